@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that brickcrypt's interop tests and benchmarks talk to.
+# Idempotent: only missing packages are installed. Needs root (or sudo) and Debian's apt.
+set -euo pipefail
+
+packages=(
+  cryptsetup-bin   # cryptsetup: the LUKS reference implementation (luksFormat, luksDump, --test-passphrase)
+  qemu-utils       # qemu-img, qemu-io, qemu-nbd: LUKS1 and qcow2 peer
+  libnbd-bin       # nbdinfo, nbdcopy, nbdfuse: NBD clients
+  nbdkit           # nbdkit --filter=luks: NBD peer for benchmarks
+  fuse3            # fusermount3 for nbdfuse
+  softhsm2         # PKCS#11 token for the keystore's KEK
+  python3-barbican # OpenStack Barbican key server
+  python3-pykmip   # KMIP key server
+  openssl
+  xz-utils
+  e2fsprogs
+  util-linux
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-test-tools: all packages present"
+  exit 0
+fi
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then sudo_cmd=(sudo); else
+    echo "install-test-tools: need root to install: ${missing[*]}" >&2; exit 1; fi
+fi
+
+echo "install-test-tools: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-test-tools: done"
