@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   cryptsetup-bin   # cryptsetup: the LUKS reference implementation (luksFormat, luksDump, --test-passphrase)
   qemu-utils       # qemu-img, qemu-io, qemu-nbd: LUKS1 and qcow2 peer
+  qemu-system-common # qemu-storage-daemon: runs printed --object/--blockdev options verbatim
+  libxml2-utils    # xmllint: checks the printed libvirt XML
   libnbd-bin       # nbdinfo, nbdcopy, nbdfuse: NBD clients
   nbdkit           # nbdkit --filter=luks: NBD peer for benchmarks
   fuse3            # fusermount3 for nbdfuse
@@ -16,6 +18,7 @@ packages=(
   xz-utils
   e2fsprogs
   util-linux
+  time             # GNU /usr/bin/time -v: peak RSS in scripts/bench.sh
 )
 
 missing=()

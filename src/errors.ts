@@ -250,6 +250,45 @@ export class CancelledError extends BrickcryptError {
   }
 }
 
+/** A qcow2 image has a backing file and the caller did not pass the backing image explicitly. */
+export class BackingFileRequiredError extends BrickcryptError {
+  /** The backing file name recorded in the image (never opened implicitly). */
+  readonly backingFile: string;
+  constructor(backingFile: string, message?: string) {
+    super(
+      'BACKING_FILE_REQUIRED',
+      message ?? `The image has a backing file (${JSON.stringify(backingFile)}); pass the backing image explicitly to read it.`,
+      { exitCode: EXIT_CODES.device, nbdErrno: NBD_ERRNO.ENOTSUP, httpStatus: 422 },
+    );
+    this.backingFile = backingFile;
+  }
+}
+
+/** Why a signing certificate was refused (see `CertificateError.reason`). */
+export type CertificateProblem = 'malformed' | 'expired' | 'not-yet-valid' | 'key-usage' | 'key-type' | 'untrusted' | 'not-a-ca' | 'path-length';
+
+/**
+ * A signing certificate cannot be relied on: malformed, outside its validity period,
+ * without the needed key usage, of the wrong key type, or not chained to a trusted root.
+ */
+export class CertificateError extends BrickcryptError {
+  readonly reason: CertificateProblem;
+  constructor(reason: CertificateProblem, message: string, options?: { cause?: unknown }) {
+    super('INVALID_CERTIFICATE', message, { exitCode: EXIT_CODES.integrity, nbdErrno: NBD_ERRNO.EINVAL, httpStatus: 422 }, options);
+    this.reason = reason;
+  }
+}
+
+/**
+ * A KMIP message is malformed: bad TTLV framing (length, padding, type, nesting, size) or
+ * a response that does not have the structure KMIP 1.x requires.
+ */
+export class KmipProtocolError extends BrickcryptError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('KMIP_PROTOCOL', message, { exitCode: EXIT_CODES.keyManager, nbdErrno: NBD_ERRNO.EIO, httpStatus: 502 }, options);
+  }
+}
+
 /** Maps any thrown value to its CLI exit code (unexpected errors are internal: 70). */
 export function exitCodeOf(err: unknown): number {
   return err instanceof BrickcryptError ? err.exitCode : EXIT_CODES.internal;

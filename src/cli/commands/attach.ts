@@ -1,0 +1,314 @@
+/**
+ * `brickcrypt attach` serves a volume over NBD (like `qemu-nbd`), `brickcrypt detach`
+ * stops it. LUKS volumes are unlocked and served as plaintext; raw files as they are;
+ * qcow2 images read-only. Writers take `<volume>.lock` so two writers never share a volume.
+ *
+ * Example:
+ *   brickcrypt attach vol.img --key-file pass --socket /run/vol.sock --daemon --pid-file /run/vol.pid
+ *   qemu-img info nbd+unix:///?socket=/run/vol.sock
+ *   brickcrypt detach --pid-file /run/vol.pid
+ */
+import type { Command } from 'commander';
+import { spawn } from 'node:child_process';
+import { promises as fsp, writeFileSync, rmSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { BlockDevice } from '../../block-device.js';
+import { BrickcryptError, InvalidArgumentError, NotFoundError, exitCodeOf, DeviceIoError } from '../../errors.js';
+import { FileDevice } from '../../devices/file-device.js';
+import { EncryptedDevice } from '../../devices/encrypted-device.js';
+import { VolumeLock, processAlive } from '../../devices/volume-lock.js';
+import { detectFormat } from '../../images/detect.js';
+import { openImage } from '../../images/open-image.js';
+import { unlockLuks } from '../../luks/index.js';
+import { NbdServer, type ListenTarget } from '../../nbd/server.js';
+import { nbdUri } from '../../nbd/uri.js';
+import type { Passphrase } from '../../secret.js';
+import { readKeyFile } from '../key-input.js';
+import { addKeyManagerOptions, KEY_MANAGER_HELP, passphraseFromKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
+import { parseChoice, parseInteger } from '../parse.js';
+
+interface AttachOptions extends KeyManagerCliOptions {
+  keyFile?: string;
+  keyId?: string;
+  header?: string;
+  socket?: string;
+  listen?: string;
+  readOnly?: boolean;
+  exportName?: string;
+  allowDiscards?: boolean;
+  listenAny?: boolean;
+  tlsCreds?: string;
+  tlsVerifyPeer?: boolean;
+  tlsPsk?: string;
+  daemon?: boolean;
+  pidFile?: string;
+  print?: string;
+  qemuSyntax?: string;
+  secretFile?: string;
+}
+
+/** Env var marking the detached child of `attach --daemon`. */
+const DAEMON_CHILD = 'BRICKCRYPT_ATTACH_DAEMON_CHILD';
+
+function parseListen(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text);
+  if (!m) throw new InvalidArgumentError(`--listen: '${text}' is not HOST:PORT (use [::1]:PORT for IPv6).`);
+  return { host: m[1] ?? m[2]!, port: parseInteger(m[3]!, 'listen', 0, 65535) };
+}
+
+async function passphraseFor(o: AttachOptions, what: string): Promise<Passphrase> {
+  if (o.keyFile !== undefined) return readKeyFile({ keyFile: o.keyFile });
+  if (o.keyId !== undefined) return passphraseFromKeyManager(o, o.keyId);
+  throw new InvalidArgumentError(`${what}: give --key-file F or --key-id ID (with --key-manager URI).`);
+}
+
+/** `--print qemu|libvirt`: configuration for QEMU's own LUKS driver (docs/native-qemu.md); nothing is served. */
+async function printNative(volume: string, o: AttachOptions): Promise<void> {
+  const { renderNativeConfig } = await import('../../attach/native-config.js');
+  const passphrase = await passphraseFor(o, `${volume} is a LUKS volume`);
+  try {
+    const cfg = await renderNativeConfig({
+      volumePath: volume,
+      target: o.print as 'qemu' | 'libvirt',
+      passphrase,
+      ...(o.qemuSyntax !== undefined ? { syntax: o.qemuSyntax as 'blockdev' } : {}),
+      ...(o.secretFile !== undefined ? { secretFile: o.secretFile } : {}),
+      ...(o.header !== undefined ? { headerPath: o.header } : {}),
+      ...(o.socket !== undefined ? { nbdSocket: resolve(o.socket) } : {}),
+      readOnly: o.readOnly === true,
+    });
+    process.stdout.write(cfg.text);
+  } finally {
+    passphrase.wipe();
+  }
+}
+
+interface Opened {
+  device: BlockDevice;
+  format: string;
+  readOnly: boolean;
+  /** Set for LUKS: the values QEMU's native LUKS driver needs. */
+  close(): Promise<void>;
+}
+
+async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
+  const probe = await FileDevice.open(path, { readOnly: true });
+  let format: string;
+  try {
+    format = await detectFormat(probe);
+  } finally {
+    await probe.close();
+  }
+  const wantReadOnly = o.readOnly === true;
+  if (format === 'qcow2') {
+    const img = await openImage(path, { readOnly: true });
+    return { device: img.device, format, readOnly: true, close: () => img.close() };
+  }
+  if (format === 'raw') {
+    if (o.keyFile || o.keyId) throw new InvalidArgumentError(`${path} is not a LUKS volume; a key is not needed.`);
+    const dev = await FileDevice.open(path, { readOnly: wantReadOnly });
+    return { device: dev, format, readOnly: wantReadOnly, close: () => dev.close() };
+  }
+  // LUKS1 / LUKS2.
+  const passphrase = await passphraseFor(o, `${path} is ${format}`);
+  const file = await FileDevice.open(path, { readOnly: wantReadOnly });
+  let header: FileDevice | undefined;
+  try {
+    if (o.header) header = await FileDevice.open(o.header, { readOnly: wantReadOnly });
+    const { volume, key } = await unlockLuks(file, passphrase, { readOnly: wantReadOnly, forWrite: !wantReadOnly, ...(header ? { headerDevice: header } : {}) });
+    const device = EncryptedDevice.open(file, volume, key, { readOnly: wantReadOnly, allowDiscards: o.allowDiscards === true });
+    return {
+      device,
+      format,
+      readOnly: wantReadOnly,
+      close: async () => {
+        await device.close(); // wipes the key
+        await file.close();
+        await header?.close();
+      },
+    };
+  } catch (err) {
+    await file.close();
+    await header?.close();
+    throw err;
+  } finally {
+    passphrase.wipe();
+  }
+}
+
+/** Runs the server in this process until SIGTERM/SIGINT; returns once everything is flushed and closed. */
+async function runAttach(volumeArg: string, o: AttachOptions, onReady: (uri: string) => void): Promise<void> {
+  const volume = resolve(volumeArg);
+  await fsp.stat(volume).catch(() => {
+    throw new NotFoundError(`${volume}: no such file or directory`);
+  });
+  const target: ListenTarget = o.socket ? { socket: resolve(o.socket) } : parseListen(o.listen!);
+  const lock = o.readOnly ? undefined : await VolumeLock.acquire(volume);
+  // `detach --socket S` finds the server through S.pid, so that file is written for every socket.
+  const pidFiles = [...new Set([...(o.pidFile ? [resolve(o.pidFile)] : []), ...(o.socket ? [`${resolve(o.socket)}.pid`] : [])])];
+  let opened: Opened | undefined;
+  let server: NbdServer | undefined;
+  const exitCleanup = (): void => {
+    lock?.releaseSync();
+    for (const f of pidFiles) rmSync(f, { force: true });
+  };
+  process.once('exit', exitCleanup);
+  // Listen for signals from the start, so a stop request during unlocking still cleans up.
+  let stop!: () => void;
+  const stopped = new Promise<void>((resolveStop) => {
+    stop = (): void => {
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      resolveStop();
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+  try {
+    opened = await openVolume(volume, o);
+    const exportName = o.exportName ?? '';
+    const tls = o.tlsPsk ? { pskFile: o.tlsPsk } : o.tlsCreds ? { certDir: o.tlsCreds, verifyPeer: o.tlsVerifyPeer === true } : undefined;
+    server = new NbdServer({
+      exports: { [exportName]: { device: opened.device, readOnly: opened.readOnly, description: `${opened.format} volume ${volume}`, allowDiscards: o.allowDiscards === true } },
+      defaultExport: exportName,
+      ...(tls ? { tls } : {}),
+      listenAny: o.listenAny === true,
+      log: (m) => process.stderr.write(`brickcrypt attach: ${m}\n`),
+    });
+    await server.listen(target);
+    const port = 'port' in target ? (server.port ?? target.port) : undefined;
+    for (const f of pidFiles) writeFileSync(f, `${process.pid}\n`);
+    const uri = nbdUri({ exportName, tls: tls !== undefined, ...('socket' in target ? { socket: target.socket } : { host: target.host, port: port! }) });
+    onReady(`${uri}\n`);
+    await stopped;
+  } finally {
+    stop();
+    await server?.close().catch((err: unknown) => process.stderr.write(`brickcrypt attach: close: ${(err as Error).message}\n`));
+    await opened?.close();
+    await lock?.release();
+    for (const f of pidFiles) await fsp.rm(f, { force: true });
+    process.off('exit', exitCleanup);
+  }
+}
+
+/** `--daemon`: start a detached copy of this command, wait until it serves, print its URI. */
+async function daemonize(argv: string[]): Promise<void> {
+  const args = argv.slice(1).filter((a) => a !== '--daemon');
+  const child = spawn(process.execPath, args, {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
+    env: { ...process.env, [DAEMON_CHILD]: '1' },
+  });
+  const message = await new Promise<{ ready?: string; error?: { code: string; message: string; exitCode: number } }>((res) => {
+    child.once('message', (m) => res(m as { ready?: string }));
+    child.once('exit', (code) => res({ error: { code: 'INTERNAL', message: `attach exited with status ${code} before serving`, exitCode: code ?? 70 } }));
+  });
+  child.removeAllListeners();
+  if (message.error) {
+    process.stderr.write(`brickcrypt: error ${message.error.code}: ${message.error.message}\n`);
+    process.exitCode = message.error.exitCode;
+    return;
+  }
+  child.disconnect();
+  child.unref();
+  process.stdout.write(message.ready!);
+}
+
+async function detach(o: { socket?: string; pidFile?: string; timeout?: string }): Promise<void> {
+  const pidFile = o.pidFile ? resolve(o.pidFile) : o.socket ? `${resolve(o.socket)}.pid` : undefined;
+  if (!pidFile) throw new InvalidArgumentError('detach needs --socket PATH or --pid-file P.');
+  let text: string;
+  try {
+    text = (await fsp.readFile(pidFile, 'utf8')).trim();
+  } catch {
+    throw new NotFoundError(`No attach process found: ${pidFile} does not exist.`);
+  }
+  const pid = Number.parseInt(text, 10);
+  if (!/^\d+$/.test(text) || !processAlive(pid)) {
+    await fsp.rm(pidFile, { force: true });
+    throw new NotFoundError(`Process ${text} from ${pidFile} is not running (stale pid file removed).`);
+  }
+  process.kill(pid, 'SIGTERM');
+  const timeoutMs = (o.timeout ? parseInteger(o.timeout, 'timeout', 1) : 60) * 1000;
+  const deadline = Date.now() + timeoutMs;
+  while (processAlive(pid)) {
+    if (Date.now() > deadline) throw new DeviceIoError(`Process ${pid} did not stop within ${timeoutMs / 1000} s.`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+export function register(program: Command): void {
+  const attach = program
+    .command('attach')
+    .description('serve a volume over NBD (LUKS unlocked, raw as is, qcow2 read-only); prints the NBD URI')
+    .argument('<volume>', 'volume file or block device');
+  addKeyManagerOptions(attach, { help: false });
+  attach
+    .option('--key-file <file>', 'LUKS passphrase file (every byte counts)')
+    .option('--key-id <id>', 'managed key whose LUKS passphrase opens the volume (key manager: --key-manager)')
+    .option('--header <file>', 'detached LUKS header')
+    .option('--socket <path>', 'listen on a Unix socket')
+    .option('--listen <host:port>', 'listen on TCP (127.0.0.1 or [::1] unless --listen-any)')
+    .option('--read-only', 'serve read-only (no lock is taken)')
+    .option('--export-name <name>', 'NBD export name (default: the empty, default export)')
+    .option('--allow-discards', 'let TRIM/WRITE_ZEROES deallocate (reveals unused blocks of an encrypted volume)')
+    .option('--listen-any', 'allow listening on non-loopback addresses')
+    .option('--tls-creds <dir>', 'require TLS with ca-cert.pem, server-cert.pem, server-key.pem from DIR')
+    .option('--tls-verify-peer', 'with --tls-creds: require a client certificate signed by ca-cert.pem')
+    .option('--tls-psk <file>', 'require TLS with pre-shared keys (username:hexkey lines)')
+    .option('--daemon', 'run in the background once serving (needs --pid-file)')
+    .option('--pid-file <path>', 'write the server pid here (default with --socket: SOCKET.pid)')
+    .option('--print <what>', 'instead of serving, print configuration for QEMU\'s own LUKS driver: qemu or libvirt (docs/native-qemu.md)')
+    .option('--qemu-syntax <form>', 'with --print qemu: blockdev, blockdev-json or drive')
+    .option('--secret-file <path>', 'with --print: where to write the passphrase file (0600)')
+    .addHelpText('after', KEY_MANAGER_HELP)
+    .action(async (volume: string, o: AttachOptions) => {
+      if (o.print !== undefined) {
+        parseChoice(o.print, 'print', ['qemu', 'libvirt'] as const);
+        if (o.daemon || o.listen) throw new InvalidArgumentError('--print only prints configuration; it does not serve (no --daemon or --listen).');
+        await printNative(resolve(volume), o);
+        return;
+      }
+      if (o.qemuSyntax !== undefined || o.secretFile !== undefined) throw new InvalidArgumentError('--qemu-syntax and --secret-file go with --print.');
+      if (!!o.socket === !!o.listen) throw new InvalidArgumentError('Give exactly one of --socket PATH or --listen HOST:PORT.');
+      if (o.keyFile !== undefined && o.keyId !== undefined) throw new InvalidArgumentError('Give either --key-file or --key-manager/--key-id, not both.');
+      if (o.keyManager !== undefined && o.keyId === undefined) throw new InvalidArgumentError('--key-manager needs --key-id ID.');
+      if (o.tlsCreds && o.tlsPsk) throw new InvalidArgumentError('Give either --tls-creds or --tls-psk, not both.');
+      if (o.tlsVerifyPeer && !o.tlsCreds) throw new InvalidArgumentError('--tls-verify-peer needs --tls-creds.');
+      if (o.listen) parseListen(o.listen);
+      if (o.daemon) {
+        if (!o.pidFile) throw new InvalidArgumentError('--daemon needs --pid-file.');
+        if (o.keyFile === '-') throw new InvalidArgumentError('--daemon cannot read the key from standard input.');
+        await daemonize(process.argv);
+        return;
+      }
+      const child = process.env[DAEMON_CHILD] === '1' && typeof process.send === 'function';
+      try {
+        await runAttach(volume, o, (text) => {
+          if (child) {
+            process.send!({ ready: text });
+            process.disconnect();
+          } else process.stdout.write(text);
+        });
+      } catch (err) {
+        if (child && process.connected) {
+          const e = err instanceof BrickcryptError ? { code: err.code, message: err.message } : { code: 'INTERNAL', message: String((err as Error)?.message ?? err) };
+          process.send!({ error: { ...e, exitCode: exitCodeOf(err) } });
+          process.disconnect();
+        }
+        throw err;
+      }
+    });
+
+  program
+    .command('detach')
+    .description('stop an attach server: it flushes, closes and exits; waits until it is gone')
+    .option('--socket <path>', 'the attach server listening on this Unix socket (uses SOCKET.pid)')
+    .option('--pid-file <path>', 'pid file given to attach')
+    .option('--timeout <seconds>', 'how long to wait (default 60)')
+    .action(async (o: { socket?: string; pidFile?: string; timeout?: string }) => {
+      if (!!o.socket === !!o.pidFile) throw new InvalidArgumentError('Give exactly one of --socket PATH or --pid-file P.');
+      await detach(o);
+    });
+}
+
