@@ -1,8 +1,15 @@
 /**
  * The one adapter between `BlockDevice` and the file system: regular files and
  * block devices (e.g. a loop device) through positional reads and writes.
+ *
+ * Sparse-aware: the device remembers a watermark above which a regular file is known
+ * to be all holes (a file that was empty when opened and then sized, or the tail
+ * added by a resize). Zero writes above the watermark are skipped, so a fresh target
+ * stays sparse; a `writeZeroes(..., { mayTrim })` that reaches the end of a regular
+ * file truncates and re-extends it, which deallocates the tail.
  */
 import { promises as fsp, constants as fsc } from 'node:fs';
+import { dirname } from 'node:path';
 import { type BlockDevice, type DeviceCapabilities, type Extent, rangeInside } from '../block-device.js';
 import { DeviceIoError, NotFoundError, OutOfRangeError, ReadOnlyDeviceError } from '../errors.js';
 
@@ -16,6 +23,20 @@ export interface OpenFileOptions {
   size?: number;
 }
 
+/** What `statPath` reports about a path (without opening it for I/O). */
+export interface PathInfo {
+  exists: boolean;
+  isBlockDevice: boolean;
+  isFile: boolean;
+  isDirectory: boolean;
+  /** Bytes (block devices: from sysfs). 0 when absent. */
+  size: number;
+  /** Allocated bytes (st_blocks * 512). */
+  allocated: number;
+  /** `dev:ino`, to notice two names of the same file. */
+  identity: string;
+}
+
 const ZERO_CHUNK = 1 << 20;
 
 export class FileDevice implements BlockDevice {
@@ -23,6 +44,8 @@ export class FileDevice implements BlockDevice {
   readonly capabilities: DeviceCapabilities;
   #size: number;
   #closed = false;
+  /** Every byte in `[#holeFrom, size)` is known to be an unallocated hole (reads zeros). */
+  #holeFrom: number;
 
   private constructor(
     readonly path: string,
@@ -30,8 +53,11 @@ export class FileDevice implements BlockDevice {
     size: number,
     readonly readOnly: boolean,
     readonly isBlockDevice: boolean,
+    holeFrom: number,
   ) {
     this.#size = size;
+    this.#holeFrom = holeFrom;
+    // Holes are tracked only above a watermark (no fallocate/SEEK_HOLE in Node), so no capability is claimed.
     this.capabilities = { discard: false, writeZeroes: false, extents: false, resize: !isBlockDevice };
   }
 
@@ -49,17 +75,22 @@ export class FileDevice implements BlockDevice {
       const st = await handle.stat();
       const isBlock = st.isBlockDevice();
       let size: number;
+      let holeFrom: number;
       if (isBlock) {
         size = await blockDeviceSize(st.rdev);
+        holeFrom = size;
       } else {
         if (options.size !== undefined && !readOnly) {
           await handle.truncate(options.size);
           size = options.size;
+          // An empty file extended by ftruncate is one hole; a shrunk or grown file keeps its old bytes below the old size.
+          holeFrom = Math.min(st.size, size);
         } else {
           size = st.size;
+          holeFrom = size;
         }
       }
-      return new FileDevice(path, handle, size, readOnly, isBlock);
+      return new FileDevice(path, handle, size, readOnly, isBlock, holeFrom);
     } catch (err) {
       await handle.close();
       throw err instanceof DeviceIoError ? err : fileError(path, err);
@@ -96,6 +127,7 @@ export class FileDevice implements BlockDevice {
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.#check(offset, buf.length, true);
+    if (offset + buf.length > this.#holeFrom) this.#holeFrom = offset + buf.length;
     let done = 0;
     while (done < buf.length) {
       const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, offset + done).catch((err) => {
@@ -112,23 +144,66 @@ export class FileDevice implements BlockDevice {
     });
   }
 
-  async writeZeroes(offset: number, length: number): Promise<void> {
+  /**
+   * Zeros `[offset, offset+length)`. Bytes above the hole watermark already read as zeros and
+   * are not written; with `mayTrim`, a range reaching the end of a regular file is deallocated
+   * by truncating and re-extending the file (Node has no fallocate(PUNCH_HOLE)).
+   */
+  async writeZeroes(offset: number, length: number, options: { mayTrim?: boolean } = {}): Promise<void> {
     this.#check(offset, length, true);
-    const zeros = new Uint8Array(Math.min(ZERO_CHUNK, length));
-    for (let pos = offset; pos < offset + length; pos += zeros.length) {
-      const n = Math.min(zeros.length, offset + length - pos);
-      await this.write(n === zeros.length ? zeros : zeros.subarray(0, n), pos);
+    const end = offset + length;
+    if (length === 0 || offset >= this.#holeFrom) return;
+    if (options.mayTrim && !this.isBlockDevice && end === this.#size) {
+      await this.handle.truncate(offset).catch((err) => {
+        throw fileError(this.path, err);
+      });
+      await this.handle.truncate(this.#size).catch((err) => {
+        throw fileError(this.path, err);
+      });
+      this.#holeFrom = offset;
+      return;
+    }
+    const stop = Math.min(end, this.#holeFrom);
+    const zeros = new Uint8Array(Math.min(ZERO_CHUNK, stop - offset));
+    for (let pos = offset; pos < stop; pos += zeros.length) {
+      const n = Math.min(zeros.length, stop - pos);
+      await this.#writeAll(n === zeros.length ? zeros : zeros.subarray(0, n), pos);
+    }
+  }
+
+  async #writeAll(buf: Uint8Array, offset: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, offset + done).catch((err) => {
+        throw fileError(this.path, err);
+      });
+      done += bytesWritten;
     }
   }
 
   async discard(offset: number, length: number): Promise<void> {
-    // Node offers no fallocate(PUNCH_HOLE); writing zeros keeps the contract (reads return zeros).
-    await this.writeZeroes(offset, length);
+    // Node offers no fallocate(PUNCH_HOLE); zeros keep the contract (reads return zeros), and a tail is deallocated.
+    await this.writeZeroes(offset, length, { mayTrim: true });
   }
 
+  /** Reports the known-hole tail of a regular file as a hole; everything else as data. */
   async extents(offset: number, length: number): Promise<Extent[]> {
     this.#check(offset, length, false);
-    return length === 0 ? [] : [{ offset, length, hole: false, zero: false }];
+    if (length === 0) return [];
+    const end = offset + length;
+    const split = Math.min(Math.max(this.#holeFrom, offset), end);
+    const out: Extent[] = [];
+    if (split > offset) out.push({ offset, length: split - offset, hole: false, zero: false });
+    if (end > split) out.push({ offset: split, length: end - split, hole: true, zero: true });
+    return out;
+  }
+
+  /** Makes data and metadata (size) durable: fsync, for a file about to be renamed into place. */
+  async sync(): Promise<void> {
+    if (this.readOnly) return;
+    await this.handle.sync().catch((err) => {
+      throw fileError(this.path, err);
+    });
   }
 
   /** Grows (sparsely) or shrinks a regular file. */
@@ -138,6 +213,8 @@ export class FileDevice implements BlockDevice {
     await this.handle.truncate(size).catch((err) => {
       throw fileError(this.path, err);
     });
+    // Growing adds a hole above the old size (the watermark stays); shrinking cuts the known-hole range.
+    if (size < this.#size) this.#holeFrom = Math.min(this.#holeFrom, size);
     this.#size = size;
   }
 
@@ -146,6 +223,67 @@ export class FileDevice implements BlockDevice {
     this.#closed = true;
     await this.handle.close();
   }
+}
+
+/**
+ * Facts about a path without opening it for I/O; `exists: false` when it is absent.
+ *
+ * @example
+ * const info = await statPath('/dev/loop0'); // { exists: true, isBlockDevice: true, size: 1073741824, ... }
+ */
+export async function statPath(path: string): Promise<PathInfo> {
+  let st;
+  try {
+    st = await fsp.stat(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      return { exists: false, isBlockDevice: false, isFile: false, isDirectory: false, size: 0, allocated: 0, identity: '' };
+    }
+    throw fileError(path, err);
+  }
+  const isBlock = st.isBlockDevice();
+  return {
+    exists: true,
+    isBlockDevice: isBlock,
+    isFile: st.isFile(),
+    isDirectory: st.isDirectory(),
+    size: isBlock ? await blockDeviceSize(st.rdev) : st.size,
+    allocated: st.blocks * 512,
+    identity: `${st.dev}:${st.ino}`,
+  };
+}
+
+/**
+ * Renames `from` to `to` (atomically replacing `to`) and fsyncs the directory, so after a
+ * crash the name points at either the old or the complete new file. Both must be in one directory.
+ */
+export async function renameDurably(from: string, to: string): Promise<void> {
+  try {
+    await fsp.rename(from, to);
+  } catch (err) {
+    throw fileError(to, err);
+  }
+  await syncDirectory(dirname(to));
+}
+
+/** fsyncs a directory, making renames and creations in it durable. */
+export async function syncDirectory(dir: string): Promise<void> {
+  let handle: fsp.FileHandle | undefined;
+  try {
+    handle = await fsp.open(dir, fsc.O_RDONLY);
+    await handle.sync();
+  } catch (err) {
+    throw fileError(dir, err);
+  } finally {
+    await handle?.close();
+  }
+}
+
+/** Removes a file if it exists (no error when it is already gone). */
+export async function removeFile(path: string): Promise<void> {
+  await fsp.rm(path, { force: true }).catch((err) => {
+    throw fileError(path, err);
+  });
 }
 
 async function blockDeviceSize(rdev: number): Promise<number> {

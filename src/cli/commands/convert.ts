@@ -1,0 +1,246 @@
+/**
+ * `brickcrypt convert` and `brickcrypt verify`: the CLI over src/workflows/convert.ts and
+ * verify.ts. Progress is a bar on a TTY (stderr) or JSON lines on stdout with `--json`;
+ * SIGINT/SIGTERM cancel cleanly (no target that looks complete is left behind).
+ */
+import type { Command } from 'commander';
+import cliProgress from 'cli-progress';
+import { InvalidArgumentError, UnsupportedError } from '../../errors.js';
+import type { Passphrase } from '../../secret.js';
+import { readKeyFile } from '../key-input.js';
+import { parseChoice, parseInteger, parseSize } from '../parse.js';
+import { convert, type ConvertReport, type LuksTargetOptions } from '../../workflows/convert.js';
+import { verify } from '../../workflows/verify.js';
+import { IMAGE_FORMATS, type ImageFormat, type PassphraseSource } from '../../workflows/open-source.js';
+
+/** Fetches a passphrase from a key manager (`--key-manager URI --src-key-id ID`). */
+export type PassphraseResolver = (request: { keyManager: string; keyId: string; role: 'source' | 'target' }) => Promise<Passphrase>;
+
+let passphraseResolver: PassphraseResolver | undefined;
+
+/**
+ * Installs the key-manager lookup used by `--key-manager` / `--src-key-id` / `--dst-key-id`.
+ *
+ * @example
+ * setPassphraseResolver(async ({ keyManager, keyId }) => fetchPassphrase(keyManager, keyId));
+ */
+export function setPassphraseResolver(resolver: PassphraseResolver | undefined): void {
+  passphraseResolver = resolver;
+}
+
+/** Resolves a key-manager reference through the installed resolver. */
+export async function resolvePassphrase(request: { keyManager: string; keyId: string; role: 'source' | 'target' }): Promise<Passphrase> {
+  if (!passphraseResolver) throw new UnsupportedError('Key-manager lookups are not available in this build; use a key file.');
+  return passphraseResolver(request);
+}
+
+interface KeyOptions {
+  srcKeyFile?: string;
+  dstKeyFile?: string;
+  keyManager?: string;
+  srcKeyId?: string;
+  dstKeyId?: string;
+}
+
+function passphraseSource(opts: KeyOptions, role: 'source' | 'target'): PassphraseSource | undefined {
+  const file = role === 'source' ? opts.srcKeyFile : opts.dstKeyFile;
+  const id = role === 'source' ? opts.srcKeyId : opts.dstKeyId;
+  if (file !== undefined && id !== undefined) {
+    throw new InvalidArgumentError(`Give either --${role === 'source' ? 'src' : 'dst'}-key-file or a key id, not both.`);
+  }
+  if (file !== undefined) return () => readKeyFile({ keyFile: file });
+  if (id !== undefined) {
+    if (!opts.keyManager) throw new InvalidArgumentError('A key id needs --key-manager URI.');
+    return () => resolvePassphrase({ keyManager: opts.keyManager!, keyId: id, role });
+  }
+  return undefined;
+}
+
+function checkKeyFiles(opts: KeyOptions): void {
+  if (opts.srcKeyFile === '-' && opts.dstKeyFile === '-') throw new InvalidArgumentError('Only one key file can be read from standard input.');
+}
+
+const MIB = 1024 * 1024;
+
+/** Progress on a TTY bar, as JSON lines, or not at all. */
+function progressReporter(json: boolean, label: string) {
+  const started = performance.now();
+  let last = -Infinity;
+  let bar: cliProgress.SingleBar | undefined;
+  const rate = (bytes: number) => bytes / Math.max(1e-3, (performance.now() - started) / 1000);
+  return {
+    update({ bytes, total }: { bytes: number; total: number }) {
+      const now = performance.now();
+      if (json) {
+        if (now - last < 1000 && bytes < total) return;
+        last = now;
+        process.stdout.write(JSON.stringify({ event: 'progress', bytes, total, rate: Math.round(rate(bytes)) }) + '\n');
+        return;
+      }
+      if (!process.stderr.isTTY) return;
+      if (!bar) {
+        bar = new cliProgress.SingleBar(
+          {
+            stream: process.stderr,
+            format: `${label} {bar} {percentage}% | {done}/{all} MiB | {rate} MiB/s | ETA {eta_formatted}`,
+            hideCursor: true,
+            etaBuffer: 50,
+          },
+          cliProgress.Presets.shades_classic,
+        );
+        bar.start(total, 0, { done: '0', all: (total / MIB).toFixed(0), rate: '0' });
+      }
+      if (now - last < 200 && bytes < total) return;
+      last = now;
+      bar.update(bytes, { done: (bytes / MIB).toFixed(0), all: (total / MIB).toFixed(0), rate: (rate(bytes) / MIB).toFixed(0) });
+    },
+    stop() {
+      bar?.stop();
+    },
+  };
+}
+
+/** Aborts on SIGINT/SIGTERM while `fn` runs; a second signal exits at once. */
+async function withCancellation<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (controller.signal.aborted) process.exit(sig === 'SIGINT' ? 130 : 143);
+    controller.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    return await fn(controller.signal);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+function describe(report: ConvertReport): string {
+  const t = report.target;
+  const lines = [
+    `Converted ${report.source.path} (${report.source.format}, ${report.source.size} bytes) to ${t.path} (${t.format}).`,
+    `  payload size:   ${t.payloadSize} bytes`,
+    `  container size: ${t.containerSize} bytes${t.dataOffset !== undefined ? ` (LUKS header ${t.dataOffset} bytes)` : ''}`,
+  ];
+  if (t.encryption) lines.push(`  encryption:     ${t.encryption}, ${t.sectorSize}-byte sectors`);
+  lines.push(
+    `  data:           ${(report.stats.bytes / MIB).toFixed(1)} MiB in ${report.dataSeconds.toFixed(2)} s` +
+      ` (${(report.stats.bytes / MIB / Math.max(report.dataSeconds, 1e-3)).toFixed(0)} MiB/s); key derivation ${report.kdfSeconds.toFixed(2)} s`,
+  );
+  for (const n of report.notes) lines.push(`  note: ${n}`);
+  return lines.join('\n') + '\n';
+}
+
+export function register(program: Command): void {
+  program
+    .command('convert')
+    .description('Convert an image between raw, qcow2, LUKS1 and LUKS2 (source format detected by content).')
+    .argument('<src>', 'source image')
+    .argument('<dst>', 'target image (created, or an existing file/device with --target-exists)')
+    .requiredOption('--dst-format <format>', `target format: ${IMAGE_FORMATS.join(', ')}`)
+    .option('--src-format <format>', 'expected source format (checked against the content): raw, qcow2, luks, luks1, luks2')
+    .option('--src-key-file <file>', "source LUKS passphrase file ('-' = stdin)")
+    .option('--dst-key-file <file>', "target LUKS passphrase file ('-' = stdin)")
+    .option('--key-manager <uri>', 'key manager for --src-key-id / --dst-key-id')
+    .option('--src-key-id <id>', 'managed key holding the source passphrase')
+    .option('--dst-key-id <id>', 'managed key holding the target passphrase')
+    .option('--cipher <spec>', 'LUKS cipher, e.g. aes-xts-plain64')
+    .option('--key-size <bits>', 'LUKS volume key size in bits')
+    .option('--hash <name>', 'LUKS hash (PBKDF2 and header digest)')
+    .option('--pbkdf <type>', 'pbkdf2, argon2i or argon2id')
+    .option('--iter-time <ms>', 'keyslot unlock time target in milliseconds')
+    .option('--pbkdf-force-iterations <n>', 'fixed PBKDF iterations / Argon2 time cost (no benchmark)')
+    .option('--pbkdf-memory <kib>', 'Argon2 memory cost in KiB')
+    .option('--pbkdf-parallel <n>', 'Argon2 lanes')
+    .option('--sector-size <bytes>', 'LUKS2 encryption sector size (512 or 4096; default 4096)')
+    .option('--label <text>', 'LUKS2 label')
+    .option('--uuid <uuid>', 'LUKS volume UUID')
+    .option('--size <size>', 'usable payload size of the target (default: the source size), e.g. 10G')
+    .option('--allow-truncate', 'allow --size below the source size (drops the source tail)')
+    .option('--target-exists', 'write into an existing file or block device')
+    .option('--force', 'replace an existing target file')
+    .option('--compress', 'compress qcow2 clusters')
+    .option('--workers <n>', 'crypto worker threads (default: one per core)')
+    .option('--json', 'JSON progress lines and a JSON summary on stdout')
+    .action(async (src: string, dst: string, opts: Record<string, string | boolean | undefined>) => {
+      const keys = opts as KeyOptions;
+      checkKeyFiles(keys);
+      const targetFormat = parseChoice(String(opts.dstFormat), 'dst-format', IMAGE_FORMATS);
+      const sourceFormat =
+        opts.srcFormat === undefined ? undefined : parseChoice(String(opts.srcFormat), 'src-format', [...IMAGE_FORMATS, 'luks'] as const);
+      const luks: LuksTargetOptions = {};
+      if (opts.cipher !== undefined) luks.cipher = String(opts.cipher);
+      if (opts.keySize !== undefined) luks.keySizeBits = parseInteger(String(opts.keySize), 'key-size', 128, 4096);
+      if (opts.hash !== undefined) luks.hash = String(opts.hash);
+      if (opts.pbkdf !== undefined) luks.pbkdf = parseChoice(String(opts.pbkdf), 'pbkdf', ['pbkdf2', 'argon2i', 'argon2id'] as const);
+      if (opts.iterTime !== undefined) luks.iterTimeMs = parseInteger(String(opts.iterTime), 'iter-time', 1);
+      if (opts.pbkdfForceIterations !== undefined) luks.iterations = parseInteger(String(opts.pbkdfForceIterations), 'pbkdf-force-iterations', 1);
+      if (opts.pbkdfMemory !== undefined) luks.memoryKiB = parseInteger(String(opts.pbkdfMemory), 'pbkdf-memory', 8);
+      if (opts.pbkdfParallel !== undefined) luks.parallel = parseInteger(String(opts.pbkdfParallel), 'pbkdf-parallel', 1, 16);
+      if (opts.sectorSize !== undefined) {
+        const ss = parseInteger(String(opts.sectorSize), 'sector-size');
+        if (ss !== 512 && ss !== 4096) throw new InvalidArgumentError('--sector-size: must be 512 or 4096.');
+        luks.sectorSize = ss;
+      }
+      if (opts.label !== undefined) luks.label = String(opts.label);
+      if (opts.uuid !== undefined) luks.uuid = String(opts.uuid);
+      const json = opts.json === true;
+      const progress = progressReporter(json, 'convert');
+      const report = await withCancellation((signal) =>
+        convert({
+          source: src,
+          target: dst,
+          targetFormat: targetFormat as ImageFormat,
+          sourceFormat,
+          sourcePassphrase: passphraseSource(keys, 'source'),
+          targetPassphrase: passphraseSource(keys, 'target'),
+          luks,
+          size: opts.size === undefined ? undefined : parseSize(String(opts.size), 'size'),
+          allowTruncate: opts.allowTruncate === true,
+          targetExists: opts.targetExists === true,
+          force: opts.force === true,
+          compress: opts.compress === true,
+          workers: opts.workers === undefined ? undefined : parseInteger(String(opts.workers), 'workers', 0, 64),
+          signal,
+          onProgress: (p) => progress.update(p),
+        }),
+      ).finally(() => progress.stop());
+      const peakRssBytes = process.resourceUsage().maxRSS * 1024;
+      if (json) process.stdout.write(JSON.stringify({ event: 'done', ...report, peakRssBytes }) + '\n');
+      else process.stdout.write(describe(report));
+    });
+
+  program
+    .command('verify')
+    .description("Compare two images' plaintext (any of raw, qcow2, LUKS1, LUKS2); exit 7 at the first difference.")
+    .argument('<src>', 'first image')
+    .argument('<dst>', 'second image')
+    .option('--src-key-file <file>', "first image's LUKS passphrase file ('-' = stdin)")
+    .option('--dst-key-file <file>', "second image's LUKS passphrase file ('-' = stdin)")
+    .option('--key-manager <uri>', 'key manager for --src-key-id / --dst-key-id')
+    .option('--src-key-id <id>', "managed key holding the first image's passphrase")
+    .option('--dst-key-id <id>', "managed key holding the second image's passphrase")
+    .option('--workers <n>', 'crypto worker threads (default: one per core)')
+    .option('--json', 'JSON progress lines and a JSON summary on stdout')
+    .action(async (a: string, b: string, opts: Record<string, string | boolean | undefined>) => {
+      const keys = opts as KeyOptions;
+      checkKeyFiles(keys);
+      const json = opts.json === true;
+      const progress = progressReporter(json, 'verify');
+      const report = await withCancellation((signal) =>
+        verify({
+          a,
+          b,
+          aPassphrase: passphraseSource(keys, 'source'),
+          bPassphrase: passphraseSource(keys, 'target'),
+          workers: opts.workers === undefined ? undefined : parseInteger(String(opts.workers), 'workers', 0, 64),
+          signal,
+          onProgress: (p) => progress.update(p),
+        }),
+      ).finally(() => progress.stop());
+      if (json) process.stdout.write(JSON.stringify({ event: 'done', ...report }) + '\n');
+      else process.stdout.write(`Images are equal: ${report.bytes} bytes of plaintext compared (${report.a.format} vs ${report.b.format}).\n`);
+    });
+}

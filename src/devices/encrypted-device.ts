@@ -1,0 +1,280 @@
+/**
+ * The decrypted view of a LUKS volume: a `BlockDevice` of `payloadSize` plaintext bytes over
+ * the volume's data device (ciphertext at `dataOffset`).
+ *
+ * Any byte offset and length may be read or written; the unaligned head and tail of a request
+ * are handled in one place (`#pieces`), partial sectors are read-modify-written under a
+ * sector-range lock so concurrent writers never lose each other's bytes.
+ *
+ * IV numbering (docs/architecture.md, cryptsetup's LUKS2 default without iv_large_sectors):
+ * the IV of the sector at payload byte `p` is `p / 512 + ivTweak`, for every sector size.
+ */
+import { type BlockDevice, type DeviceCapabilities, type Extent, rangeInside } from '../block-device.js';
+import { DeviceIoError, InvalidArgumentError, OutOfRangeError, ReadOnlyDeviceError, ReadOnlyVolumeError } from '../errors.js';
+import type { VolumeKey } from '../secret.js';
+import { parseEncryption } from '../crypto/cipher-spec.js';
+import { createSectorCipher, type SectorCipher } from '../crypto/sector-cipher.js';
+
+/** The parameters of an unlocked volume the view needs (a `LuksVolume` satisfies this). */
+export interface EncryptionParams {
+  /** dm-crypt style cipher string, e.g. "aes-xts-plain64". */
+  readonly encryption: string;
+  readonly keyBytes: number;
+  /** Encryption sector size in bytes (512 for LUKS1). */
+  readonly sectorSize: number;
+  /** Added to every IV (LUKS2 segment iv_tweak; 0 for LUKS1). */
+  readonly ivTweak: number;
+  /** Byte offset of the payload in the data device. */
+  readonly dataOffset: number;
+  /** Plaintext bytes. */
+  readonly payloadSize: number;
+  /** Set when the volume must not be written (unknown mandatory requirement). */
+  readonly readOnlyReason?: string;
+}
+
+export interface EncryptedDeviceOptions {
+  readOnly?: boolean;
+  /**
+   * Pass discards through to the data device (dm-crypt's allow_discards): `discard()` and
+   * `writeZeroes(..., { mayTrim: true })` deallocate ciphertext, after which those plaintext
+   * sectors read as unspecified bytes, and `extents()` reveals the data device's holes.
+   * Off by default because it leaks which blocks are in use.
+   */
+  allowDiscards?: boolean;
+}
+
+/** Largest plaintext piece handled at once; bounds the scratch memory of one request. */
+const PIECE_BYTES = 1 << 20;
+
+/** Sector-aligned byte-range lock: writes that overlap wait for each other. */
+class RangeLock {
+  readonly #held: Array<{ start: number; end: number; done: Promise<void> }> = [];
+
+  async acquire(start: number, end: number): Promise<() => void> {
+    for (;;) {
+      const busy = this.#held.find((h) => h.start < end && start < h.end);
+      if (!busy) break;
+      await busy.done;
+    }
+    let release!: () => void;
+    const entry = { start, end, done: new Promise<void>((r) => (release = r)) };
+    this.#held.push(entry);
+    return () => {
+      this.#held.splice(this.#held.indexOf(entry), 1);
+      release();
+    };
+  }
+}
+
+/**
+ * Plaintext view of a LUKS volume's data.
+ *
+ * @example
+ * const volume = await LuksVolume.open(file);
+ * const { key } = await volume.unlock(passphrase);
+ * const plain = EncryptedDevice.open(file, volume, key);   // takes ownership of key
+ * const buf = new Uint8Array(100);
+ * await plain.read(buf, 12345);                             // any offset, any length
+ * await plain.close();                                      // wipes the key
+ */
+export class EncryptedDevice implements BlockDevice {
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly alignment: number;
+  readonly capabilities: DeviceCapabilities;
+  readonly sectorSize: number;
+  readonly ivTweak: number;
+  readonly dataOffset: number;
+  readonly allowDiscards: boolean;
+  readonly #cipher: SectorCipher;
+  readonly #key: VolumeKey | undefined;
+  readonly #lock = new RangeLock();
+  #closed = false;
+
+  /**
+   * Builds the view from a ready cipher. `open()` is the usual entry; this form lets a caller
+   * supply any `SectorCipher`. `key`, when given, is wiped by `close()` together with the cipher.
+   */
+  constructor(
+    readonly data: BlockDevice,
+    geometry: { sectorSize: number; ivTweak: number; dataOffset: number; payloadSize: number },
+    cipher: SectorCipher,
+    options: EncryptedDeviceOptions & { key?: VolumeKey } = {},
+  ) {
+    const { sectorSize, ivTweak, dataOffset, payloadSize } = geometry;
+    if (!Number.isInteger(Math.log2(sectorSize)) || sectorSize < 512 || sectorSize > 4096) {
+      throw new InvalidArgumentError(`Sector size ${sectorSize} is not a power of two in 512..4096.`);
+    }
+    if (cipher.sectorSize !== sectorSize) throw new InvalidArgumentError('The cipher and the volume disagree on the sector size.');
+    if (!Number.isSafeInteger(ivTweak) || ivTweak < 0) throw new InvalidArgumentError(`Invalid IV tweak ${ivTweak}.`);
+    // A data device that ends inside a sector exposes only whole sectors, as dm-crypt does.
+    const size = Math.floor(payloadSize / sectorSize) * sectorSize;
+    if (!rangeInside(dataOffset, size, data.size)) {
+      throw new OutOfRangeError(`Payload ${dataOffset}+${size} does not fit the ${data.size}-byte data device.`);
+    }
+    this.size = size;
+    this.sectorSize = sectorSize;
+    this.ivTweak = ivTweak;
+    this.dataOffset = dataOffset;
+    this.#cipher = cipher;
+    this.#key = options.key;
+    this.readOnly = data.readOnly || options.readOnly === true;
+    this.allowDiscards = options.allowDiscards === true;
+    this.alignment = sectorSize;
+    this.capabilities = {
+      discard: this.allowDiscards && data.capabilities.discard,
+      writeZeroes: false,
+      extents: this.allowDiscards && data.capabilities.extents,
+      resize: false,
+    };
+  }
+
+  /**
+   * The view of an unlocked volume. Takes ownership of `key` (wiped on close).
+   * @throws ReadOnlyVolumeError when opened for writing a volume fenced by `readOnlyReason`.
+   */
+  static open(data: BlockDevice, volume: EncryptionParams, key: VolumeKey, options: EncryptedDeviceOptions = {}): EncryptedDevice {
+    const readOnly = options.readOnly === true || data.readOnly;
+    if (!readOnly && volume.readOnlyReason) {
+      throw new ReadOnlyVolumeError(`The volume can only be opened read-only: ${volume.readOnlyReason}`);
+    }
+    const spec = parseEncryption(volume.encryption, volume.keyBytes);
+    const cipher = createSectorCipher(spec, key.expose(), volume.sectorSize);
+    return new EncryptedDevice(
+      data,
+      { sectorSize: volume.sectorSize, ivTweak: volume.ivTweak, dataOffset: volume.dataOffset, payloadSize: volume.payloadSize },
+      cipher,
+      { ...options, readOnly, key },
+    );
+  }
+
+  /** IV number (512-byte units) of the sector starting at plaintext byte `pos`. */
+  ivAt(pos: number): number {
+    return pos / 512 + this.ivTweak;
+  }
+
+  #check(offset: number, length: number, writing: boolean): void {
+    if (this.#closed) throw new DeviceIoError('encrypted device is closed');
+    if (writing && this.readOnly) throw new ReadOnlyDeviceError('The encrypted device is open read-only.');
+    if (!rangeInside(offset, length, this.size)) {
+      throw new OutOfRangeError(`range ${offset}+${length} is outside the ${this.size}-byte encrypted device`);
+    }
+  }
+
+  /**
+   * Splits `[offset, offset+length)` into sector-aligned pieces of at most PIECE_BYTES:
+   * `start`/`end` are the aligned bounds, `from`/`to` the requested bytes inside them.
+   */
+  *#pieces(offset: number, length: number): Generator<{ start: number; end: number; from: number; to: number }> {
+    const ss = this.sectorSize;
+    const stop = offset + length;
+    let pos = offset;
+    while (pos < stop) {
+      const start = pos - (pos % ss);
+      const end = Math.min(Math.ceil(stop / ss) * ss, start + PIECE_BYTES);
+      const to = Math.min(stop, end);
+      yield { start, end, from: pos, to };
+      pos = to;
+    }
+  }
+
+  async #readSectors(buf: Uint8Array, start: number): Promise<void> {
+    await this.data.read(buf, this.dataOffset + start);
+    this.#cipher.decrypt(buf, this.ivAt(start));
+  }
+
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    this.#check(offset, buf.length, false);
+    for (const { start, end, from, to } of this.#pieces(offset, buf.length)) {
+      const dst = buf.subarray(from - offset, to - offset);
+      if (from === start && to === end) {
+        await this.#readSectors(dst, start); // aligned: decrypt in the caller's buffer
+      } else {
+        const tmp = new Uint8Array(end - start);
+        await this.#readSectors(tmp, start);
+        dst.set(tmp.subarray(from - start, to - start));
+        tmp.fill(0);
+      }
+    }
+  }
+
+  /** Encrypts and writes plaintext pieces; `fill(tmp, from, to)` puts the new bytes into place. */
+  async #writeRange(offset: number, length: number, fill: (tmp: Uint8Array, from: number, to: number, start: number) => void): Promise<void> {
+    const ss = this.sectorSize;
+    const release = await this.#lock.acquire(offset - (offset % ss), Math.ceil((offset + length) / ss) * ss);
+    try {
+      for (const { start, end, from, to } of this.#pieces(offset, length)) {
+        const tmp = new Uint8Array(end - start);
+        // Read-modify-write of the partial first and last sectors.
+        if (from > start) await this.#readSectors(tmp.subarray(0, ss), start);
+        if (to < end && (end - ss > start || from === start)) await this.#readSectors(tmp.subarray(end - start - ss), end - ss);
+        fill(tmp, from, to, start);
+        this.#cipher.encrypt(tmp, this.ivAt(start));
+        await this.data.write(tmp, this.dataOffset + start);
+      }
+    } finally {
+      release();
+    }
+  }
+
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    this.#check(offset, buf.length, true);
+    await this.#writeRange(offset, buf.length, (tmp, from, to, start) => tmp.set(buf.subarray(from - offset, to - offset), from - start));
+  }
+
+  async flush(): Promise<void> {
+    if (this.#closed) throw new DeviceIoError('encrypted device is closed');
+    await this.data.flush();
+  }
+
+  /**
+   * Zeros a range by writing encrypted zeros. With `mayTrim` and `allowDiscards`, whole sectors
+   * are discarded in the data device instead (their plaintext is then unspecified, as with dm-crypt).
+   */
+  async writeZeroes(offset: number, length: number, options: { mayTrim?: boolean } = {}): Promise<void> {
+    this.#check(offset, length, true);
+    if (options.mayTrim && this.allowDiscards) {
+      await this.discard(offset, length);
+      return;
+    }
+    await this.#writeRange(offset, length, (tmp, from, to, start) => tmp.fill(0, from - start, to - start));
+  }
+
+  /** Without `allowDiscards` a discard writes encrypted zeros (nothing about the layout leaks). */
+  async discard(offset: number, length: number): Promise<void> {
+    this.#check(offset, length, true);
+    if (!this.allowDiscards) {
+      await this.#writeRange(offset, length, (tmp, from, to, start) => tmp.fill(0, from - start, to - start));
+      return;
+    }
+    // Only whole sectors can go; a partial sector keeps its data (a discard is a hint).
+    const ss = this.sectorSize;
+    const start = Math.ceil(offset / ss) * ss;
+    const end = Math.floor((offset + length) / ss) * ss;
+    if (end > start) await this.data.discard(this.dataOffset + start, end - start);
+  }
+
+  /** All data, unless `allowDiscards`: then holes of the data device show through (not as zeros). */
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    this.#check(offset, length, false);
+    if (length === 0) return [];
+    if (!this.allowDiscards || !this.data.capabilities.extents) return [{ offset, length, hole: false, zero: false }];
+    const inner = await this.data.extents(this.dataOffset + offset, length);
+    const out: Extent[] = [];
+    for (const e of inner) {
+      const ext = { offset: e.offset - this.dataOffset, length: e.length, hole: e.hole, zero: false };
+      const last = out[out.length - 1];
+      if (last && last.hole === ext.hole) last.length += ext.length;
+      else out.push(ext);
+    }
+    return out;
+  }
+
+  /** Wipes the cipher's key schedule and the volume key. The data device stays open (not owned). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#cipher.wipe();
+    this.#key?.wipe();
+  }
+}

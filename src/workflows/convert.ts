@@ -1,0 +1,389 @@
+/**
+ * Conversions between raw, qcow2, LUKS1 and LUKS2 images (any pair, including LUKS to LUKS
+ * with a new volume key, cipher or sector size: out-of-place re-encryption).
+ *
+ * Sizing never loses data: the target's payload defaults to the source's virtual size; a
+ * smaller `size` is refused unless `allowTruncate`; LUKS payloads are rounded UP to the
+ * sector size (zero padding, reported). An existing target's usable size is checked before
+ * a byte is written.
+ *
+ * Crash safety: a new target is built under a temporary name in its directory and renamed
+ * into place after fsync (file and directory). LUKS headers are always written last (data
+ * first), so an interrupted target - temporary file or pre-existing device - carries no
+ * valid header. Cancellation removes the temporary file.
+ *
+ * @example
+ * const report = await convert({ source: 'disk.qcow2', target: 'disk.luks', targetFormat: 'luks2',
+ *   targetPassphrase: async () => Passphrase.fromString('secret') });
+ */
+import { basename, dirname, join } from 'node:path';
+import type { BlockDevice } from '../block-device.js';
+import {
+  AlreadyExistsError,
+  InsufficientSpaceError,
+  InvalidArgumentError,
+  NotFoundError,
+  UnsupportedError,
+} from '../errors.js';
+import { FileDevice, removeFile, renameDurably, statPath } from '../devices/file-device.js';
+import { Qcow2Writer } from '../images/qcow2-writer.js';
+import { LuksVolume } from '../luks/volume.js';
+import type { FormatOptions } from '../luks/options.js';
+import { HeaderCapture } from './header-capture.js';
+import { copyData, type CopyStats, type PipelineTarget } from './pipeline.js';
+import { openSource, type ImageFormat, type OpenedSource, type PassphraseSource } from './open-source.js';
+import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
+
+/** LUKS format parameters for a LUKS target (cryptsetup luksFormat's options). */
+export type LuksTargetOptions = Omit<FormatOptions, 'type' | 'passphrase' | 'volumeKey' | 'keyslot'>;
+
+export interface ConvertOptions {
+  source: string;
+  target: string;
+  targetFormat: ImageFormat;
+  /** Checked against the content (which always decides). */
+  sourceFormat?: ImageFormat | 'luks';
+  sourcePassphrase?: PassphraseSource;
+  targetPassphrase?: PassphraseSource;
+  luks?: LuksTargetOptions;
+  /** Usable payload size of the target in bytes (default: the source's virtual size). */
+  size?: number;
+  /** Allow `size` below the source size (the source's tail is dropped). */
+  allowTruncate?: boolean;
+  /** Write into an existing file or block device instead of creating the target. */
+  targetExists?: boolean;
+  /** Replace an existing target file (atomically, by rename). */
+  force?: boolean;
+  /** qcow2 targets: compress clusters. */
+  compress?: boolean;
+  signal?: AbortSignal;
+  onProgress?: (progress: { bytes: number; total: number }) => void;
+  /** Worker threads for crypto (default: one per core, up to 4; 0 = inline). */
+  workers?: number;
+  chunkBytes?: number;
+}
+
+export interface ConvertReport {
+  source: { path: string; format: ImageFormat; size: number; keyslot?: number };
+  target: {
+    path: string;
+    format: ImageFormat;
+    /** Usable (plaintext) bytes of the target. */
+    payloadSize: number;
+    /** Bytes of the container: file or device size (LUKS header + payload; qcow2 virtual size for qcow2). */
+    containerSize: number;
+    dataOffset?: number;
+    sectorSize?: number;
+    encryption?: string;
+    keyslot?: number;
+    existing: boolean;
+  };
+  /** Source bytes copied. */
+  copiedBytes: number;
+  /** Zero bytes added after the source's end to fill whole sectors (LUKS targets). */
+  paddedBytes: number;
+  /** Source bytes beyond the target's size that were dropped (only with allowTruncate). */
+  truncatedBytes: number;
+  stats: CopyStats;
+  seconds: number;
+  kdfSeconds: number;
+  dataSeconds: number;
+  notes: string[];
+}
+
+function roundUp(n: number, m: number): number {
+  return Math.ceil(n / m) * m;
+}
+
+/** Name of the temporary file a new target is built under: hidden, in the target's directory. */
+export function partialPath(target: string): string {
+  return join(dirname(target), `.${basename(target)}.brickcrypt-partial`);
+}
+
+interface PreparedTarget {
+  device: BlockDevice;
+  pipeline: PipelineTarget;
+  /** Plaintext bytes the pipeline produces in the target. */
+  length: number;
+  payloadSize: number;
+  containerSize: number;
+  luks?: { volume: LuksVolume; capture: HeaderCapture; cipher: number };
+  finish(): Promise<void>;
+  abort(): Promise<void>;
+}
+
+/** Converts `source` into `target`; see the module comment for the rules. */
+export async function convert(options: ConvertOptions): Promise<ConvertReport> {
+  const started = performance.now();
+  const notes: string[] = [];
+  const targetIsLuks = options.targetFormat === 'luks1' || options.targetFormat === 'luks2';
+  if (options.compress && options.targetFormat !== 'qcow2') throw new InvalidArgumentError('--compress applies to qcow2 targets only.');
+  if (options.size !== undefined && (!Number.isSafeInteger(options.size) || options.size <= 0)) {
+    throw new InvalidArgumentError(`Target size ${options.size} is not a positive number of bytes.`);
+  }
+  if (targetIsLuks && !options.targetPassphrase) throw new InvalidArgumentError('A LUKS target needs a passphrase (--dst-key-file).');
+  if (!targetIsLuks && options.luks && Object.keys(options.luks).length > 0) {
+    throw new InvalidArgumentError('LUKS format options apply to luks1/luks2 targets only.');
+  }
+
+  const srcInfo = await statPath(options.source);
+  if (!srcInfo.exists) throw new NotFoundError(`${options.source}: no such file or directory`);
+  const dstInfo = await statPath(options.target);
+  if (dstInfo.exists && dstInfo.identity === srcInfo.identity) {
+    throw new InvalidArgumentError('Source and target are the same file; conversions are out of place.');
+  }
+  if (options.targetExists) {
+    if (!dstInfo.exists) throw new NotFoundError(`${options.target}: --target-exists was given but the target does not exist`);
+    if (options.targetFormat === 'qcow2') throw new UnsupportedError('Writing qcow2 into an existing target is not supported; omit --target-exists.');
+  } else if (dstInfo.exists && !options.force) {
+    throw new AlreadyExistsError(`${options.target} exists; use --force to replace it or --target-exists to write into it.`);
+  } else if (dstInfo.exists && !dstInfo.isFile) {
+    throw new InvalidArgumentError(`${options.target} is not a regular file; use --target-exists to write into a device.`);
+  }
+
+  const pool = CryptoPool.create(options.workers ?? defaultWorkerCount());
+  let src: OpenedSource | undefined;
+  let target: PreparedTarget | undefined;
+  try {
+    src = await openSource(options.source, { pool, expected: options.sourceFormat, passphrase: options.sourcePassphrase });
+    const requested = options.size ?? src.size;
+    if (requested < src.size && !options.allowTruncate) {
+      throw new InsufficientSpaceError(
+        `Target size ${requested} is smaller than the source's ${src.size} bytes; that would drop data (use --allow-truncate to accept).`,
+      );
+    }
+    const copied = Math.min(src.size, requested);
+    const truncatedBytes = src.size - copied;
+    if (truncatedBytes > 0) notes.push(`truncated: the last ${truncatedBytes} bytes of the source were dropped (--allow-truncate).`);
+
+    let kdfSeconds = src.kdfSeconds;
+    const t0 = performance.now();
+    target = targetIsLuks
+      ? await prepareLuksTarget(options, pool, requested, notes)
+      : await preparePlainTarget(options, requested, notes);
+    if (target.luks) kdfSeconds += (performance.now() - t0) / 1000;
+    const paddedBytes = targetIsLuks ? Math.max(0, roundUp(requested, target.luks!.volume.sectorSize) - requested) : 0;
+    if (paddedBytes > 0) {
+      notes.push(`padded: ${paddedBytes} zero bytes were added to fill the last ${target.luks!.volume.sectorSize}-byte sector.`);
+    }
+
+    const source = { ...src.source, size: copied };
+    const tData = performance.now();
+    const stats = await copyData(source, target.pipeline, target.length, {
+      pool,
+      chunkBytes: options.chunkBytes,
+      signal: options.signal,
+      onProgress: (bytes) => options.onProgress?.({ bytes, total: target!.length }),
+      flushEvery: target.device instanceof FileDevice ? FLUSH_BEHIND_BYTES : 0,
+    });
+    await target.finish();
+    const dataSeconds = (performance.now() - tData) / 1000;
+    const luks = target.luks;
+    const report: ConvertReport = {
+      source: { path: options.source, format: src.format, size: src.size, keyslot: src.keyslot },
+      target: {
+        path: options.target,
+        format: options.targetFormat,
+        payloadSize: target.payloadSize,
+        containerSize: target.containerSize,
+        dataOffset: luks?.volume.dataOffset,
+        sectorSize: luks?.volume.sectorSize,
+        encryption: luks?.volume.encryption,
+        keyslot: luks ? 0 : undefined,
+        existing: options.targetExists === true,
+      },
+      copiedBytes: copied,
+      paddedBytes,
+      truncatedBytes,
+      stats,
+      seconds: (performance.now() - started) / 1000,
+      kdfSeconds,
+      dataSeconds,
+      notes,
+    };
+    target = undefined;
+    return report;
+  } catch (err) {
+    await target?.abort().catch(() => {});
+    throw err;
+  } finally {
+    await src?.close().catch(() => {});
+    await pool.close();
+  }
+}
+
+/** raw (new or existing) and qcow2 (new) targets. */
+async function preparePlainTarget(options: ConvertOptions, size: number, notes: string[]): Promise<PreparedTarget> {
+  if (options.targetExists) {
+    const dev = await FileDevice.open(options.target);
+    if (dev.size < size) {
+      await dev.close();
+      throw new InsufficientSpaceError(`${options.target} holds ${dev.size} bytes; ${size} are needed. Nothing was written.`);
+    }
+    if (dev.size > size) notes.push(`the target's last ${dev.size - size} bytes were left as they were.`);
+    return {
+      device: dev,
+      pipeline: { device: dev, base: 0, zeros: 'write-zeroes' },
+      length: size,
+      payloadSize: dev.size,
+      containerSize: dev.size,
+      finish: async () => {
+        await dev.sync();
+        await dev.close();
+      },
+      abort: () => dev.close(),
+    };
+  }
+  const temp = partialPath(options.target);
+  await removeFile(temp); // a leftover of a killed run
+  if (options.targetFormat === 'raw') {
+    const dev = await FileDevice.open(temp, { create: true, exclusive: true, size });
+    return {
+      device: dev,
+      pipeline: { device: dev, base: 0, zeros: 'skip' },
+      length: size,
+      payloadSize: size,
+      containerSize: size,
+      finish: async () => {
+        await dev.sync();
+        await dev.close();
+        await renameDurably(temp, options.target);
+      },
+      abort: async () => {
+        await dev.close().catch(() => {});
+        await removeFile(temp);
+      },
+    };
+  }
+  const file = await FileDevice.open(temp, { create: true, exclusive: true, size: 0 });
+  let writer: Qcow2Writer;
+  try {
+    writer = await Qcow2Writer.create(file, { size, compress: options.compress });
+  } catch (err) {
+    await file.close();
+    await removeFile(temp);
+    throw err;
+  }
+  return {
+    device: writer,
+    pipeline: { device: writer, base: 0, zeros: 'skip' },
+    length: size,
+    payloadSize: writer.size,
+    containerSize: writer.size,
+    finish: async () => {
+      await writer.close(); // writes the metadata and the header last, closes the file
+      const again = await FileDevice.open(temp);
+      try {
+        await again.sync();
+      } finally {
+        await again.close();
+      }
+      await renameDurably(temp, options.target);
+    },
+    abort: async () => {
+      await file.close().catch(() => {});
+      await removeFile(temp);
+    },
+  };
+}
+
+/** Background flush interval for file targets: writeback overlaps the copy instead of following it. */
+const FLUSH_BEHIND_BYTES = 256 << 20;
+
+/** Room the provisional header capture leaves for any LUKS header layout. */
+const HEADER_ROOM = 1 << 30;
+
+/** LUKS1/LUKS2 targets, new or existing: formats into a capture, writes the header last. */
+async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requested: number, notes: string[]): Promise<PreparedTarget> {
+  const luksOptions = { ...(options.luks ?? {}) };
+  const type = options.targetFormat as 'luks1' | 'luks2';
+  if (type === 'luks2' && luksOptions.sectorSize === undefined) luksOptions.sectorSize = 4096; // cryptsetup's default on files
+  if (type === 'luks1' && luksOptions.sectorSize !== undefined && luksOptions.sectorSize !== 512) {
+    throw new InvalidArgumentError('LUKS1 supports only 512-byte sectors.');
+  }
+  const sectorGuess = luksOptions.sectorSize ?? 512;
+  const existing = options.targetExists ? await FileDevice.open(options.target) : undefined;
+  let capture: HeaderCapture | undefined;
+  let volume: LuksVolume | undefined;
+  let cipher: number | undefined;
+  try {
+    // The header must be formatted before the container is sized (its data offset decides);
+    // a capture of generous size holds it until the payload is in place.
+    const provisional = existing ? existing.size : HEADER_ROOM + roundUp(requested, sectorGuess);
+    capture = new HeaderCapture(provisional);
+    const passphrase = await options.targetPassphrase!();
+    let key;
+    try {
+      ({ volume, key } = await LuksVolume.format(capture, { ...luksOptions, type, passphrase }));
+    } finally {
+      passphrase.wipe();
+    }
+    try {
+      cipher = pool.addCipher({ encryption: volume.encryption, keyBytes: volume.keyBytes, sectorSize: volume.sectorSize }, key.expose());
+    } finally {
+      key.wipe();
+    }
+    const ss = volume.sectorSize;
+    const needed = roundUp(requested, ss);
+    const dataOffset = volume.dataOffset;
+    if (capture.end > dataOffset) throw new InvalidArgumentError('The LUKS header overlaps its own payload.');
+
+    let device: FileDevice;
+    let payloadSize: number;
+    let temp: string | undefined;
+    if (existing) {
+      const usable = Math.max(0, Math.floor((existing.size - dataOffset) / ss) * ss);
+      if (usable < needed) {
+        throw new InsufficientSpaceError(
+          `${options.target} has ${usable} usable bytes after the ${dataOffset}-byte LUKS header; ${needed} are needed. Nothing was written.`,
+        );
+      }
+      device = existing;
+      payloadSize = usable;
+      if (usable > needed) notes.push(`the payload fills the existing target: ${usable - needed} bytes after the source are encrypted zeros.`);
+      // Invalidate any old header first: until the new header is written last, the target opens as nothing.
+      await device.writeZeroes(0, dataOffset);
+      await device.flush();
+    } else {
+      temp = partialPath(options.target);
+      await removeFile(temp);
+      payloadSize = needed;
+      device = await FileDevice.open(temp, { create: true, exclusive: true, size: dataOffset + payloadSize });
+    }
+    const cap = capture;
+    const vol = volume;
+    const cipherId = cipher;
+    return {
+      device,
+      pipeline: { device, base: dataOffset, encrypt: { cipher: cipherId, ivTweak: vol.ivTweak }, zeros: 'write' },
+      length: payloadSize,
+      payloadSize,
+      containerSize: dataOffset + payloadSize,
+      luks: { volume: vol, capture: cap, cipher: cipherId },
+      finish: async () => {
+        await device.flush(); // data durable before the header makes it a volume
+        await cap.replay(device);
+        await cap.close();
+        pool.dropCipher(cipherId);
+        // The written header must open and describe exactly the payload we wrote.
+        const check = await LuksVolume.open(device, { readOnly: true });
+        if (check.dataOffset !== dataOffset || Math.floor(check.payloadSize / ss) * ss !== payloadSize) {
+          throw new InvalidArgumentError(`The written LUKS header describes ${check.payloadSize} bytes at ${check.dataOffset}, not ${payloadSize} at ${dataOffset}.`);
+        }
+        await device.sync();
+        await device.close();
+        if (temp) await renameDurably(temp, options.target);
+      },
+      abort: async () => {
+        await cap.close();
+        await device.close().catch(() => {});
+        if (temp) await removeFile(temp);
+      },
+    };
+  } catch (err) {
+    await capture?.close();
+    if (cipher !== undefined) pool.dropCipher(cipher);
+    await existing?.close().catch(() => {});
+    throw err;
+  }
+}

@@ -1,0 +1,48 @@
+/**
+ * Worker-thread side of `CryptoPool`: keeps its own cipher table and runs chunk jobs on
+ * buffers transferred to it (never copied), transferring them back when done.
+ */
+import { parentPort } from 'node:worker_threads';
+import { CipherTable, runChunkJob, type ChunkJob, type CipherParams } from './chunk-transform.js';
+
+export type WorkerRequest =
+  | { type: 'key'; id: number; params: CipherParams; key: Uint8Array }
+  | { type: 'drop'; id: number }
+  | { type: 'stop' }
+  | { type: 'job'; seq: number; buffer: ArrayBuffer; job: ChunkJob };
+
+export type WorkerReply =
+  | { type: 'done'; seq: number; buffer: ArrayBuffer; zeros?: Uint8Array; allZero?: boolean }
+  | { type: 'failed'; seq: number; buffer: ArrayBuffer; message: string };
+
+const table = new CipherTable();
+const port = parentPort;
+if (port) {
+  port.on('message', (msg: WorkerRequest) => {
+    switch (msg.type) {
+      case 'key':
+        table.add(msg.id, msg.params, msg.key);
+        break;
+      case 'drop':
+        table.drop(msg.id);
+        break;
+      case 'stop':
+        // Wipe the key schedules before the thread ends.
+        table.dropAll();
+        port.close();
+        break;
+      case 'job': {
+        let reply: WorkerReply;
+        try {
+          const r = runChunkJob(table, new Uint8Array(msg.buffer), msg.job);
+          reply = { type: 'done', seq: msg.seq, buffer: msg.buffer, zeros: r.zeros, allZero: r.allZero };
+        } catch (err) {
+          reply = { type: 'failed', seq: msg.seq, buffer: msg.buffer, message: (err as Error)?.message ?? String(err) };
+        }
+        port.postMessage(reply, [msg.buffer]);
+        break;
+      }
+    }
+  });
+  port.on('close', () => table.dropAll());
+}

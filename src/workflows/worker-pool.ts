@@ -1,0 +1,134 @@
+/**
+ * A small pool of worker threads for the pipeline's crypto and zero scanning.
+ *
+ * Chunk buffers are transferred to a worker and back (never copied). Every worker holds
+ * every registered cipher, so any chunk can go to the least busy worker; the pipeline keeps
+ * write order itself, so results may complete out of order. With `size` 0 jobs run inline.
+ *
+ * @example
+ * const pool = CryptoPool.create(2);
+ * const id = pool.addCipher({ encryption: 'aes-xts-plain64', keyBytes: 64, sectorSize: 512 }, key.expose());
+ * const { buffer } = await pool.run(buf, { length: buf.byteLength, zeroBlock: 0, encrypt: { cipher: id, iv: 0, length: buf.byteLength } });
+ * await pool.close();
+ */
+import { Worker } from 'node:worker_threads';
+import { availableParallelism } from 'node:os';
+import { DeviceIoError } from '../errors.js';
+import { CipherTable, runChunkJob, type ChunkJob, type ChunkResult, type CipherParams } from './chunk-transform.js';
+import type { WorkerReply, WorkerRequest } from './crypto-worker.js';
+
+interface Pending {
+  resolve: (r: { buffer: ArrayBuffer; result: ChunkResult }) => void;
+  reject: (err: Error) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  busy: number;
+  pending: Map<number, Pending>;
+  failed?: Error;
+}
+
+/** Worker threads to use by default: one per core, at most 4 (the main thread does the I/O). */
+export function defaultWorkerCount(): number {
+  return Math.max(1, Math.min(4, availableParallelism()));
+}
+
+export class CryptoPool {
+  readonly #slots: Slot[] = [];
+  readonly #local = new CipherTable();
+  #nextCipher = 1;
+  #seq = 0;
+  #closed = false;
+
+  private constructor(readonly size: number) {
+    const script = new URL('./crypto-worker.js', import.meta.url);
+    for (let i = 0; i < size; i++) {
+      const slot: Slot = { worker: new Worker(script), busy: 0, pending: new Map() };
+      slot.worker.on('message', (msg: WorkerReply) => {
+        const p = slot.pending.get(msg.seq);
+        if (!p) return;
+        slot.pending.delete(msg.seq);
+        slot.busy--;
+        if (msg.type === 'done') p.resolve({ buffer: msg.buffer, result: { zeros: msg.zeros, allZero: msg.allZero } });
+        else p.reject(new DeviceIoError(`crypto worker: ${msg.message}`));
+      });
+      const fail = (err: Error) => {
+        slot.failed = err;
+        for (const p of slot.pending.values()) p.reject(err);
+        slot.pending.clear();
+      };
+      slot.worker.on('error', (err) => fail(new DeviceIoError(`crypto worker failed: ${err.message}`, { cause: err })));
+      slot.worker.on('exit', (code) => {
+        if (!this.#closed) fail(new DeviceIoError(`crypto worker exited with code ${code}`));
+      });
+      this.#slots.push(slot);
+    }
+  }
+
+  /** A pool of `size` workers (0: everything runs on the calling thread). */
+  static create(size = defaultWorkerCount()): CryptoPool {
+    return new CryptoPool(size);
+  }
+
+  /**
+   * Keys a cipher in every worker; returns its id for jobs. The key is validated here first
+   * (typed errors such as WeakKeyError come from this call); `key` is copied, not kept.
+   */
+  addCipher(params: CipherParams, key: Uint8Array): number {
+    const id = this.#nextCipher++;
+    this.#local.add(id, params, new Uint8Array(key));
+    for (const slot of this.#slots) {
+      const copy = new Uint8Array(key);
+      slot.worker.postMessage({ type: 'key', id, params, key: copy } satisfies WorkerRequest, [copy.buffer]);
+    }
+    return id;
+  }
+
+  dropCipher(id: number): void {
+    this.#local.drop(id);
+    for (const slot of this.#slots) slot.worker.postMessage({ type: 'drop', id } satisfies WorkerRequest);
+  }
+
+  /**
+   * Runs `job` on `buffer`, which is transferred away (views on it become detached) and comes
+   * back as the returned `buffer`.
+   */
+  run(buffer: ArrayBuffer, job: ChunkJob): Promise<{ buffer: ArrayBuffer; result: ChunkResult }> {
+    if (this.#closed) return Promise.reject(new DeviceIoError('crypto pool is closed'));
+    const live = this.#slots.filter((s) => !s.failed);
+    if (this.#slots.length === 0) {
+      try {
+        return Promise.resolve({ buffer, result: runChunkJob(this.#local, new Uint8Array(buffer), job) });
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
+    if (live.length === 0) return Promise.reject(this.#slots[0]!.failed!);
+    let slot = live[0]!;
+    for (const s of live) if (s.busy < slot.busy) slot = s;
+    const seq = this.#seq++;
+    slot.busy++;
+    return new Promise((resolve, reject) => {
+      slot.pending.set(seq, { resolve, reject });
+      slot.worker.postMessage({ type: 'job', seq, buffer, job } satisfies WorkerRequest, [buffer]);
+    });
+  }
+
+  /** Wipes every key and stops the workers. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#local.dropAll();
+    await Promise.all(
+      this.#slots.map(async (s) => {
+        if (s.failed) return void (await s.worker.terminate());
+        const exited = new Promise<void>((r) => s.worker.once('exit', () => r()));
+        s.worker.postMessage({ type: 'stop' } satisfies WorkerRequest);
+        const timer = setTimeout(() => void s.worker.terminate(), 2000);
+        await exited;
+        clearTimeout(timer);
+      }),
+    );
+  }
+}
