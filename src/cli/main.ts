@@ -23,6 +23,11 @@ export function formatError(err: unknown): string {
 }
 
 export async function main(argv: string[] = process.argv): Promise<number> {
+  // A closed pipe (`brickcrypt dump VOL | head`) ends output quietly, as for other Unix tools.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(EXIT_CODES.ok);
+    throw err;
+  });
   const program = buildProgram();
   try {
     await program.parseAsync(argv);

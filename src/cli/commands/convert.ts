@@ -5,53 +5,43 @@
  */
 import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
-import { InvalidArgumentError, UnsupportedError } from '../../errors.js';
-import type { Passphrase } from '../../secret.js';
+import { InvalidArgumentError } from '../../errors.js';
 import { readKeyFile } from '../key-input.js';
+import { addKeyManagerOptions, KEY_MANAGER_HELP, newVolumeKeyFromKeyManager, passphraseFromKeyManager, withKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
 import { convert, type ConvertReport, type LuksTargetOptions } from '../../workflows/convert.js';
 import { verify } from '../../workflows/verify.js';
 import { IMAGE_FORMATS, type ImageFormat, type PassphraseSource } from '../../workflows/open-source.js';
 
-/** Fetches a passphrase from a key manager (`--key-manager URI --src-key-id ID`). */
-export type PassphraseResolver = (request: { keyManager: string; keyId: string; role: 'source' | 'target' }) => Promise<Passphrase>;
-
-let passphraseResolver: PassphraseResolver | undefined;
-
-/**
- * Installs the key-manager lookup used by `--key-manager` / `--src-key-id` / `--dst-key-id`.
- *
- * @example
- * setPassphraseResolver(async ({ keyManager, keyId }) => fetchPassphrase(keyManager, keyId));
- */
-export function setPassphraseResolver(resolver: PassphraseResolver | undefined): void {
-  passphraseResolver = resolver;
-}
-
-/** Resolves a key-manager reference through the installed resolver. */
-export async function resolvePassphrase(request: { keyManager: string; keyId: string; role: 'source' | 'target' }): Promise<Passphrase> {
-  if (!passphraseResolver) throw new UnsupportedError('Key-manager lookups are not available in this build; use a key file.');
-  return passphraseResolver(request);
-}
-
-interface KeyOptions {
+interface KeyOptions extends KeyManagerCliOptions {
   srcKeyFile?: string;
   dstKeyFile?: string;
-  keyManager?: string;
   srcKeyId?: string;
   dstKeyId?: string;
+  createKey?: boolean;
 }
 
-function passphraseSource(opts: KeyOptions, role: 'source' | 'target'): PassphraseSource | undefined {
+/** With `--create-key`: the key made in the key manager for the target, once it exists. */
+interface CreatedKey {
+  id?: string;
+}
+
+function passphraseSource(opts: KeyOptions, role: 'source' | 'target', created?: CreatedKey): PassphraseSource | undefined {
   const file = role === 'source' ? opts.srcKeyFile : opts.dstKeyFile;
   const id = role === 'source' ? opts.srcKeyId : opts.dstKeyId;
-  if (file !== undefined && id !== undefined) {
-    throw new InvalidArgumentError(`Give either --${role === 'source' ? 'src' : 'dst'}-key-file or a key id, not both.`);
+  const create = role === 'target' && opts.createKey === true;
+  if ([file, id, create || undefined].filter((v) => v !== undefined).length > 1) {
+    const side = role === 'source' ? 'src' : 'dst';
+    throw new InvalidArgumentError(`Give one of --${side}-key-file, --${side}-key-id${role === 'target' ? ' or --create-key' : ''}.`);
   }
   if (file !== undefined) return () => readKeyFile({ keyFile: file });
-  if (id !== undefined) {
-    if (!opts.keyManager) throw new InvalidArgumentError('A key id needs --key-manager URI.');
-    return () => resolvePassphrase({ keyManager: opts.keyManager!, keyId: id, role });
+  if (id !== undefined) return () => passphraseFromKeyManager(opts, id);
+  if (create && created) {
+    return async () => {
+      const made = await newVolumeKeyFromKeyManager(opts, { name: 'brickcrypt convert target' });
+      created.id = made.id;
+      return made.passphrase;
+    };
   }
   return undefined;
 }
@@ -134,7 +124,7 @@ function describe(report: ConvertReport): string {
 }
 
 export function register(program: Command): void {
-  program
+  const convertCommand = program
     .command('convert')
     .description('Convert an image between raw, qcow2, LUKS1 and LUKS2 (source format detected by content).')
     .argument('<src>', 'source image')
@@ -143,9 +133,9 @@ export function register(program: Command): void {
     .option('--src-format <format>', 'expected source format (checked against the content): raw, qcow2, luks, luks1, luks2')
     .option('--src-key-file <file>', "source LUKS passphrase file ('-' = stdin)")
     .option('--dst-key-file <file>', "target LUKS passphrase file ('-' = stdin)")
-    .option('--key-manager <uri>', 'key manager for --src-key-id / --dst-key-id')
-    .option('--src-key-id <id>', 'managed key holding the source passphrase')
-    .option('--dst-key-id <id>', 'managed key holding the target passphrase')
+    .option('--src-key-id <id>', 'managed key whose LUKS passphrase opens the source (see --key-manager)')
+    .option('--dst-key-id <id>', 'managed key whose LUKS passphrase the target gets')
+    .option('--create-key', 'create a new key in the key manager for the LUKS target; its id is the only line on stdout')
     .option('--cipher <spec>', 'LUKS cipher, e.g. aes-xts-plain64')
     .option('--key-size <bits>', 'LUKS volume key size in bits')
     .option('--hash <name>', 'LUKS hash (PBKDF2 and header digest)')
@@ -163,10 +153,21 @@ export function register(program: Command): void {
     .option('--force', 'replace an existing target file')
     .option('--compress', 'compress qcow2 clusters')
     .option('--workers <n>', 'crypto worker threads (default: one per core)')
-    .option('--json', 'JSON progress lines and a JSON summary on stdout')
+    .option('--json', 'JSON progress lines and a JSON summary on stdout');
+  addKeyManagerOptions(convertCommand, { help: false });
+  convertCommand
+    .addHelpText('after', `
+Examples:
+  brickcrypt convert disk.qcow2 vol.luks --dst-format luks2 --dst-key-file pass.txt
+  brickcrypt convert disk.raw vol.luks --dst-format luks1 --create-key --roles creator
+  brickcrypt convert vol.luks disk.qcow2 --dst-format qcow2 --src-key-id ID --compress
+Managed keys: a symmetric key's LUKS passphrase is the lowercase hex of its bytes (os-brick).
+With --create-key a caller holding only the "creator" role makes a volume it can never open again.
+${KEY_MANAGER_HELP}`)
     .action(async (src: string, dst: string, opts: Record<string, string | boolean | undefined>) => {
       const keys = opts as KeyOptions;
       checkKeyFiles(keys);
+      const created: CreatedKey = {};
       const targetFormat = parseChoice(String(opts.dstFormat), 'dst-format', IMAGE_FORMATS);
       const sourceFormat =
         opts.srcFormat === undefined ? undefined : parseChoice(String(opts.srcFormat), 'src-format', [...IMAGE_FORMATS, 'luks'] as const);
@@ -195,7 +196,7 @@ export function register(program: Command): void {
           targetFormat: targetFormat as ImageFormat,
           sourceFormat,
           sourcePassphrase: passphraseSource(keys, 'source'),
-          targetPassphrase: passphraseSource(keys, 'target'),
+          targetPassphrase: passphraseSource(keys, 'target', created),
           luks,
           size: opts.size === undefined ? undefined : parseSize(String(opts.size), 'size'),
           allowTruncate: opts.allowTruncate === true,
@@ -206,24 +207,35 @@ export function register(program: Command): void {
           signal,
           onProgress: (p) => progress.update(p),
         }),
-      ).finally(() => progress.stop());
+      )
+        .catch(async (err: unknown) => {
+          // A key made for a target that was never finished would be an orphan: remove it.
+          if (created.id !== undefined) await withKeyManager(keys, (km, caller) => km.delete(caller, created.id!, { force: true })).catch(() => undefined);
+          throw err;
+        })
+        .finally(() => progress.stop());
       const peakRssBytes = process.resourceUsage().maxRSS * 1024;
-      if (json) process.stdout.write(JSON.stringify({ event: 'done', ...report, peakRssBytes }) + '\n');
-      else process.stdout.write(describe(report));
+      if (json) process.stdout.write(JSON.stringify({ event: 'done', ...report, ...(created.id ? { createdKeyId: created.id } : {}), peakRssBytes }) + '\n');
+      else if (created.id !== undefined) {
+        process.stdout.write(`${created.id}\n`);
+        process.stderr.write(describe(report));
+      } else process.stdout.write(describe(report));
     });
 
-  program
+  const verifyCommand = program
     .command('verify')
     .description("Compare two images' plaintext (any of raw, qcow2, LUKS1, LUKS2); exit 7 at the first difference.")
     .argument('<src>', 'first image')
     .argument('<dst>', 'second image')
     .option('--src-key-file <file>', "first image's LUKS passphrase file ('-' = stdin)")
     .option('--dst-key-file <file>', "second image's LUKS passphrase file ('-' = stdin)")
-    .option('--key-manager <uri>', 'key manager for --src-key-id / --dst-key-id')
-    .option('--src-key-id <id>', "managed key holding the first image's passphrase")
-    .option('--dst-key-id <id>', "managed key holding the second image's passphrase")
+    .option('--src-key-id <id>', "managed key whose LUKS passphrase opens the first image")
+    .option('--dst-key-id <id>', "managed key whose LUKS passphrase opens the second image")
     .option('--workers <n>', 'crypto worker threads (default: one per core)')
-    .option('--json', 'JSON progress lines and a JSON summary on stdout')
+    .option('--json', 'JSON progress lines and a JSON summary on stdout');
+  addKeyManagerOptions(verifyCommand, { help: false });
+  verifyCommand
+    .addHelpText('after', KEY_MANAGER_HELP)
     .action(async (a: string, b: string, opts: Record<string, string | boolean | undefined>) => {
       const keys = opts as KeyOptions;
       checkKeyFiles(keys);
