@@ -121,11 +121,13 @@ test('cryptsetup default KDF settings', () => {
 });
 
 test('benchmarkKdf pbkdf2: iterations scale with the target time and respect the 1000 minimum', async () => {
+  // 1 ms is at most ~10k iterations even on fast CPUs; whatever the speed, never below the minimum.
   const short = await benchmarkKdf({ type: 'pbkdf2', hash: 'sha256', targetMs: 1, keyLength: 32, minSampleMs: 20 });
   assert.equal(short.type, 'pbkdf2');
-  assert.equal(short.type === 'pbkdf2' && short.iterations, PBKDF2_MIN_ITERATIONS);
+  assert.ok(short.type === 'pbkdf2' && short.iterations >= PBKDF2_MIN_ITERATIONS, JSON.stringify(short));
   const p = await benchmarkKdf({ type: 'pbkdf2', hash: 'sha256', targetMs: 200, keyLength: 32, minSampleMs: 20 });
   assert.ok(p.type === 'pbkdf2' && p.iterations > 10_000, JSON.stringify(p));
+  assert.ok(short.type === 'pbkdf2' && p.iterations > short.iterations * 20, 'iterations scale with the target time');
   // The estimate is usable: one derivation takes the right order of magnitude (noisy shared CPU: wide bounds).
   const start = Date.now();
   await deriveKey(p, bytes('x'), new Uint8Array(32), 32);
