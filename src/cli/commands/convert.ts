@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { InvalidArgumentError } from '../../errors.js';
 import { readKeyFile } from '../key-input.js';
+import { VolumeLock } from '../../devices/volume-lock.js';
 import { addKeyManagerOptions, KEY_MANAGER_HELP, newVolumeKeyFromKeyManager, passphraseFromKeyManager, withKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
 import { convert, type ConvertReport, type LuksTargetOptions } from '../../workflows/convert.js';
@@ -189,6 +190,8 @@ ${KEY_MANAGER_HELP}`)
       if (opts.uuid !== undefined) luks.uuid = String(opts.uuid);
       const json = opts.json === true;
       const progress = progressReporter(json, 'convert');
+      // The target's writer lock: no convert onto a volume that is attached or being converted.
+      const lock = await VolumeLock.acquire(dst);
       const report = await withCancellation((signal) =>
         convert({
           source: src,
@@ -213,7 +216,10 @@ ${KEY_MANAGER_HELP}`)
           if (created.id !== undefined) await withKeyManager(keys, (km, caller) => km.delete(caller, created.id!, { force: true })).catch(() => undefined);
           throw err;
         })
-        .finally(() => progress.stop());
+        .finally(async () => {
+          progress.stop();
+          await lock.release();
+        });
       const peakRssBytes = process.resourceUsage().maxRSS * 1024;
       if (json) process.stdout.write(JSON.stringify({ event: 'done', ...report, ...(created.id ? { createdKeyId: created.id } : {}), peakRssBytes }) + '\n');
       else if (created.id !== undefined) {

@@ -10,6 +10,7 @@ import { AlreadyExistsError, DeviceIoError, InvalidArgumentError, NotFoundError 
 import { LuksVolume, plannedDataOffset, plannedHeaderSize, type FormatOptions, type KdfOptions, type PbkdfType } from '../../luks/index.js';
 import { Passphrase, VolumeKey } from '../../secret.js';
 import { readKeyFile } from '../key-input.js';
+import { VolumeLock } from '../../devices/volume-lock.js';
 import { addKeyManagerOptions, newVolumeKeyFromKeyManager, passphraseFromKeyManager, withKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
 
@@ -119,7 +120,15 @@ function addKeyFileOptions(cmd: Command, withNew: boolean): Command {
 
 /** Opens VOLUME (and --header) and runs `fn`; devices are always closed. */
 async function withVolume<T>(volume: string, o: HeaderOpt, readOnly: boolean, fn: (vol: LuksVolume) => Promise<T>, inspectOnly = false): Promise<T> {
-  const data = await FileDevice.open(volume, { readOnly });
+  // Writers take the volume lock: never change keyslots under an attached volume or a convert.
+  const lock = readOnly ? undefined : await VolumeLock.acquire(volume);
+  let data: FileDevice;
+  try {
+    data = await FileDevice.open(volume, { readOnly });
+  } catch (err) {
+    await lock?.release();
+    throw err;
+  }
   let header: FileDevice | undefined;
   try {
     if (o.header) header = await FileDevice.open(o.header, { readOnly });
@@ -129,6 +138,7 @@ async function withVolume<T>(volume: string, o: HeaderOpt, readOnly: boolean, fn
   } finally {
     await header?.close();
     await data.close();
+    await lock?.release();
   }
 }
 
@@ -225,7 +235,9 @@ ${EXIT_HELP}`,
         passphrase = await oldKey(o);
       }
       const created: string[] = [];
+      let lock: VolumeLock | undefined;
       try {
+        lock = await VolumeLock.acquire(volume);
         for (const target of [volume, ...(detached ? [o.header!] : [])]) {
           if (!force && (await exists(target)) && (await hasLuksHeader(target))) {
             throw new AlreadyExistsError(`${target} already contains a LUKS header; use --force to overwrite it.`);
@@ -262,6 +274,7 @@ ${EXIT_HELP}`,
         passphrase.wipe();
         volumeKey?.wipe();
         for (const f of created) await fsp.rm(f, { force: true });
+        await lock?.release();
         // A key created for a volume that was never formatted would be an orphan: remove it.
         if (!formatted && createdKeyId !== undefined) {
           await withKeyManager(o, (km, caller) => km.delete(caller, createdKeyId!, { force: true })).catch(() => undefined);
@@ -469,7 +482,14 @@ ${EXIT_HELP}`,
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new NotFoundError(`Backup file ${file} does not exist.`);
         throw new DeviceIoError(`${file}: ${(err as Error).message}`, { cause: err });
       }
-      const data = await FileDevice.open(volume);
+      const lock = await VolumeLock.acquire(volume);
+      let data: FileDevice;
+      try {
+        data = await FileDevice.open(volume);
+      } catch (err) {
+        await lock.release();
+        throw err;
+      }
       let header: FileDevice | undefined;
       try {
         if (o.header) header = await FileDevice.open(o.header);
@@ -478,6 +498,7 @@ ${EXIT_HELP}`,
       } finally {
         await header?.close();
         await data.close();
+        await lock.release();
       }
     });
 }
