@@ -49,6 +49,12 @@ export async function chooseKdf(options: KdfOptions, version: 1 | 2, keyBytes: n
 
 /** Iterations of the PBKDF2 volume-key digest (LUKS1 MK digest, LUKS2 digest object). */
 export async function digestIterations(options: KdfOptions, hash: string): Promise<number> {
+  if (options.digestIterations !== undefined) {
+    if (!Number.isInteger(options.digestIterations) || options.digestIterations < KDF_DEFAULTS.pbkdf2MinIterations) {
+      throw new InvalidArgumentError(`Digest iterations must be at least ${KDF_DEFAULTS.pbkdf2MinIterations}.`);
+    }
+    return options.digestIterations;
+  }
   if (options.iterations !== undefined) return KDF_DEFAULTS.pbkdf2MinIterations;
   const p = await benchmarkKdf({ type: 'pbkdf2', hash, targetMs: KDF_DEFAULTS.digestTimeMs, keyLength: 32 });
   return p.type === 'pbkdf2' ? Math.max(p.iterations, KDF_DEFAULTS.pbkdf2MinIterations) : KDF_DEFAULTS.pbkdf2MinIterations;

@@ -29,6 +29,8 @@ import { FileDevice, removeFile, renameDurably, statPath } from '../devices/file
 import { Qcow2Writer } from '../images/qcow2-writer.js';
 import { LuksVolume } from '../luks/volume.js';
 import type { FormatOptions } from '../luks/options.js';
+import { chooseKdf, digestIterations } from '../luks/kdf-choice.js';
+import { Passphrase, type VolumeKey } from '../secret.js';
 import { HeaderCapture } from './header-capture.js';
 import { copyData, type CopyStats, type PipelineTarget } from './pipeline.js';
 import { openSource, type ImageFormat, type OpenedSource, type PassphraseSource } from './open-source.js';
@@ -86,7 +88,10 @@ export interface ConvertReport {
   truncatedBytes: number;
   stats: CopyStats;
   seconds: number;
+  /** Key derivation the conversion waited for (source unlock, target KDF benchmark and any wait at the end). */
   kdfSeconds: number;
+  /** Target keyslot derivation that ran during the copy (LUKS targets; overlapped, not waited for). */
+  kdfBackgroundSeconds: number;
   dataSeconds: number;
   notes: string[];
 }
@@ -108,6 +113,11 @@ interface PreparedTarget {
   payloadSize: number;
   containerSize: number;
   luks?: { volume: LuksVolume; capture: HeaderCapture; cipher: number };
+  /**
+   * Work running alongside the copy (formatting a LUKS header: the keyslot's KDF); resolves
+   * with the seconds it took, rejects with its error.
+   */
+  ready?: Promise<number>;
   finish(): Promise<void>;
   abort(): Promise<void>;
 }
@@ -169,15 +179,33 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
 
     const source = { ...src.source, size: copied };
     const tData = performance.now();
-    const stats = await copyData(source, target.pipeline, target.length, {
-      pool,
-      chunkBytes: options.chunkBytes,
-      signal: options.signal,
-      onProgress: (bytes) => options.onProgress?.({ bytes, total: target!.length }),
-      flushEvery: target.device instanceof FileDevice ? FLUSH_BEHIND_BYTES : 0,
+    // A failure of the background work stops the copy at once and is the error reported.
+    const stop = new AbortController();
+    const ready = target.ready?.catch((err: unknown) => {
+      stop.abort();
+      throw err;
     });
+    ready?.catch(() => {});
+    let stats: CopyStats;
+    try {
+      stats = await copyData(source, target.pipeline, target.length, {
+        pool,
+        chunkBytes: options.chunkBytes,
+        signal: options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal,
+        onProgress: (bytes) => options.onProgress?.({ bytes, total: target!.length }),
+        flushEvery: target.device instanceof FileDevice ? FLUSH_BEHIND_BYTES : 0,
+      });
+    } catch (err) {
+      if (stop.signal.aborted) await ready;
+      throw err;
+    }
+    const tCopied = performance.now();
+    const kdfBackgroundSeconds = (await ready) ?? 0;
+    // Time the copy waited for the background KDF counts as key derivation, not data.
+    const kdfWait = (performance.now() - tCopied) / 1000;
+    kdfSeconds += kdfWait;
     await target.finish();
-    const dataSeconds = (performance.now() - tData) / 1000;
+    const dataSeconds = (performance.now() - tData) / 1000 - kdfWait;
     const luks = target.luks;
     const report: ConvertReport = {
       source: { path: options.source, format: src.format, size: src.size, keyslot: src.keyslot },
@@ -198,6 +226,7 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
       stats,
       seconds: (performance.now() - started) / 1000,
       kdfSeconds,
+      kdfBackgroundSeconds,
       dataSeconds,
       notes,
     };
@@ -305,28 +334,40 @@ async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requ
   const existing = options.targetExists ? await FileDevice.open(options.target) : undefined;
   let capture: HeaderCapture | undefined;
   let volume: LuksVolume | undefined;
+  let key: VolumeKey | undefined;
   let cipher: number | undefined;
+  let formatting: Promise<{ volume: LuksVolume; seconds: number }> | undefined;
   try {
-    // The header must be formatted before the container is sized (its data offset decides);
-    // a capture of generous size holds it until the payload is in place.
+    // The header's layout must be known before the container is sized (its data offset
+    // decides); a capture of generous size holds the header until the payload is in place.
     const provisional = existing ? existing.size : HEADER_ROOM + roundUp(requested, sectorGuess);
     capture = new HeaderCapture(provisional);
     const passphrase = await options.targetPassphrase!();
-    let key;
     try {
-      ({ volume, key } = await LuksVolume.format(capture, { ...luksOptions, type, passphrase }));
-    } finally {
-      passphrase.wipe();
-    }
-    try {
+      ({ volume, key } = await planLuksLayout(type, luksOptions, provisional));
+      // Keyslot KDF parameters are benchmarked now, while the CPU is quiet (a benchmark run
+      // during the copy would measure a busy machine and pick weaker parameters).
+      const kdf = await chooseKdf(luksOptions, type === 'luks1' ? 1 : 2, volume.keyBytes);
+      // The volume-key digest keeps cryptsetup's benchmarked cost even though the keyslot's is fixed here.
+      const digest = await digestIterations(luksOptions, type === 'luks1' ? (luksOptions.hash ?? 'sha256') : 'sha256');
+      const forced: LuksTargetOptions =
+        kdf.type === 'pbkdf2'
+          ? { pbkdf: 'pbkdf2', hash: kdf.hash, iterations: kdf.iterations, digestIterations: digest }
+          : { pbkdf: kdf.type, iterations: kdf.time, memoryKiB: kdf.memoryKiB, parallel: kdf.parallel, digestIterations: digest };
       cipher = pool.addCipher({ encryption: volume.encryption, keyBytes: volume.keyBytes, sectorSize: volume.sectorSize }, key.expose());
-    } finally {
-      key.wipe();
+      // The volume key is random and the layout is fixed, so the payload can be encrypted right
+      // away: the keyslot derivation (the slow part of formatting) runs during the copy and
+      // only the header write waits for it.
+      formatting = formatInBackground(capture, type, { ...luksOptions, ...forced }, passphrase, key, volume);
+      formatting.catch(() => {}); // awaited by the target's ready/finish/abort
+    } catch (err) {
+      passphrase.wipe();
+      key?.wipe();
+      throw err;
     }
     const ss = volume.sectorSize;
     const needed = roundUp(requested, ss);
     const dataOffset = volume.dataOffset;
-    if (capture.end > dataOffset) throw new InvalidArgumentError('The LUKS header overlaps its own payload.');
 
     let device: FileDevice;
     let payloadSize: number;
@@ -353,6 +394,7 @@ async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requ
     const cap = capture;
     const vol = volume;
     const cipherId = cipher;
+    const formatted = formatting;
     return {
       device,
       pipeline: { device, base: dataOffset, encrypt: { cipher: cipherId, ivTweak: vol.ivTweak }, zeros: 'write' },
@@ -360,9 +402,12 @@ async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requ
       payloadSize,
       containerSize: dataOffset + payloadSize,
       luks: { volume: vol, capture: cap, cipher: cipherId },
+      ready: formatted.then((f) => f.seconds),
       finish: async () => {
+        await formatted;
         await device.flush(); // data durable before the header makes it a volume
-        await cap.replay(device);
+        // [0, dataOffset) reads as zeros: a new file is sparse, an existing target was zeroed above.
+        await cap.replay(device, { zeroed: true });
         await cap.close();
         pool.dropCipher(cipherId);
         // The written header must open and describe exactly the payload we wrote.
@@ -375,15 +420,72 @@ async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requ
         if (temp) await renameDurably(temp, options.target);
       },
       abort: async () => {
+        await formatted.catch(() => {});
         await cap.close();
         await device.close().catch(() => {});
         if (temp) await removeFile(temp);
       },
     };
   } catch (err) {
+    await formatting?.catch(() => {});
     await capture?.close();
     if (cipher !== undefined) pool.dropCipher(cipher);
     await existing?.close().catch(() => {});
     throw err;
+  }
+}
+
+
+/**
+ * Lays out a LUKS header with the caller's options into a throw-away capture of the real
+ * device's size and the cheapest KDF, to learn the data offset, sector size and cipher the
+ * real header will have (none of them depends on the keyslot KDF), and to draw the volume key.
+ */
+async function planLuksLayout(type: 'luks1' | 'luks2', luksOptions: LuksTargetOptions, deviceSize: number): Promise<{ volume: LuksVolume; key: VolumeKey }> {
+  const scratch = new HeaderCapture(deviceSize);
+  const passphrase = Passphrase.fromString('layout');
+  try {
+    // The cheapest KDF settings: nothing derived here is kept.
+    const pbkdf = luksOptions.pbkdf ?? (type === 'luks1' ? 'pbkdf2' : 'argon2id');
+    const kdf: LuksTargetOptions = pbkdf === 'pbkdf2' ? { iterations: 1000 } : { iterations: 4, memoryKiB: 32, parallel: 1 };
+    return await LuksVolume.format(scratch, { ...luksOptions, ...kdf, type, passphrase });
+  } finally {
+    passphrase.wipe();
+    await scratch.close();
+  }
+}
+
+/**
+ * Formats the real header into `capture` with the planned volume key and fixed KDF parameters,
+ * checking that it lays out exactly as planned. Takes ownership of `passphrase` and `key` (wiped).
+ * Resolves with the volume and the seconds spent.
+ */
+async function formatInBackground(
+  capture: HeaderCapture,
+  type: 'luks1' | 'luks2',
+  luksOptions: LuksTargetOptions,
+  passphrase: Passphrase,
+  key: VolumeKey,
+  planned: LuksVolume,
+): Promise<{ volume: LuksVolume; seconds: number }> {
+  const t0 = performance.now();
+  try {
+    const real = await LuksVolume.format(capture, { ...luksOptions, type, passphrase, volumeKey: key });
+    real.key.wipe();
+    const v = real.volume;
+    if (
+      v.dataOffset !== planned.dataOffset ||
+      v.sectorSize !== planned.sectorSize ||
+      v.encryption !== planned.encryption ||
+      v.keyBytes !== planned.keyBytes ||
+      v.ivTweak !== planned.ivTweak
+    ) {
+      throw new InvalidArgumentError('The LUKS header was laid out differently from its plan; nothing was written.');
+    }
+    if (capture.end > v.dataOffset) throw new InvalidArgumentError('The LUKS header overlaps its own payload.');
+    return { volume: v, seconds: (performance.now() - t0) / 1000 };
+  } finally {
+    passphrase.wipe();
+    key.wipe();
   }
 }
