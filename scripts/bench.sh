@@ -27,12 +27,12 @@ base=${BENCH_DIR:-/tmp}
 iter=${BENCH_ITER_TIME:-100}
 runs=${BENCH_RUNS:-2}
 
-for tool in qemu-img node; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool is missing (run scripts/install-test-tools.sh)" >&2; exit 1; }
-done
+# Set up like the tests do: the peer tools from Debian, the dependencies, a fresh build.
+bash scripts/install-test-tools.sh
+[ -d node_modules ] || npm ci --no-audit --no-fund
+npx tsc -p tsconfig.json
 timer=()
 if [ -x /usr/bin/time ]; then timer=(/usr/bin/time -f '%e %M %U %S' -o); fi
-[ -f dist/src/cli/main.js ] || npx tsc -p tsconfig.json
 
 work=$(mktemp -d "$base/brickcrypt-bench.XXXXXX")
 trap '[ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"' EXIT

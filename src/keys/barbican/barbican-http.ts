@@ -12,6 +12,7 @@ import https from 'node:https';
 import {
   AlreadyExistsError,
   BackendUnavailableError,
+  BrickcryptError,
   ForbiddenError,
   InvalidObjectError,
   KeyNotFoundError,
@@ -97,6 +98,26 @@ export class BarbicanHttp {
   ): Promise<BarbicanResponse> {
     const url = this.resolve(path);
     const idempotent = method !== 'POST';
+    const what = `barbican ${method} ${url.pathname}`;
+    try {
+      return await this.#withRetry(method, url, headers, body, subject, idempotent, what);
+    } catch (err) {
+      // Failures that are not retried (a refused TLS handshake, a POST that timed out) would
+      // otherwise escape as raw node errors; callers get the typed error with the cause kept.
+      if (err instanceof BrickcryptError) throw err;
+      throw new BackendUnavailableError(`${what}: key manager unavailable: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    }
+  }
+
+  #withRetry(
+    method: string,
+    url: URL,
+    headers: Record<string, string>,
+    body: Buffer | undefined,
+    subject: string,
+    idempotent: boolean,
+    what: string,
+  ): Promise<BarbicanResponse> {
     return withRetry(
       async (signal) => {
         const res = await this.#once(method, url, headers, body, signal);
@@ -107,7 +128,7 @@ export class BarbicanHttp {
         attempts: this.#opts.attempts ?? 3,
         baseDelayMs: this.#opts.baseDelayMs ?? 200,
         timeoutMs: this.#opts.timeoutMs ?? 10_000,
-        what: `barbican ${method} ${url.pathname}`,
+        what,
         retryable: (err) => {
           const code = (err as { code?: string }).code;
           if (code === 'ECONNREFUSED') return true; // never reached the server
