@@ -41,7 +41,34 @@ export interface EncryptedDeviceOptions {
    * Off by default because it leaks which blocks are in use.
    */
   allowDiscards?: boolean;
+  /**
+   * Runs the encryption and decryption of large requests elsewhere (worker threads), so several
+   * cores share the cipher work; requests below `offloadMinBytes` stay on the calling thread.
+   * The device owns it: `close()` calls its `close()` (which must wipe its keys).
+   */
+  cryptoOffload?: SectorCryptoOffload;
+  /** Smallest piece (bytes) sent to `cryptoOffload`; default 64 KiB (smaller ones cost more to hand over). */
+  offloadMinBytes?: number;
 }
+
+/**
+ * An asynchronous sector transform with the device's key and sector size, e.g. a worker pool.
+ * `data` holds whole sectors and covers its entire ArrayBuffer; it is handed over (it may be
+ * detached) and the returned array holds the result. `iv` is the first sector's IV in 512-byte
+ * units, as in `SectorCipher`.
+ *
+ * @example
+ * const dev = EncryptedDevice.open(file, volume, key, { cryptoOffload: pool.sectorCrypto(params, key.expose()) });
+ */
+export interface SectorCryptoOffload {
+  /** Absent: writes encrypt on the calling thread. */
+  encrypt?(data: Uint8Array, iv: number): Promise<Uint8Array>;
+  decrypt(data: Uint8Array, iv: number): Promise<Uint8Array>;
+  /** Wipes the key material it holds. */
+  close(): Promise<void>;
+}
+
+const DEFAULT_OFFLOAD_MIN = 64 * 1024;
 
 /** Largest plaintext piece handled at once; bounds the scratch memory of one request. */
 const PIECE_BYTES = 1 << 20;
@@ -89,6 +116,8 @@ export class EncryptedDevice implements BlockDevice {
   readonly #cipher: SectorCipher;
   readonly #key: VolumeKey | undefined;
   readonly #lock = new RangeLock();
+  readonly #offload: SectorCryptoOffload | undefined;
+  readonly #offloadMin: number;
   #closed = false;
 
   /**
@@ -118,6 +147,8 @@ export class EncryptedDevice implements BlockDevice {
     this.dataOffset = dataOffset;
     this.#cipher = cipher;
     this.#key = options.key;
+    this.#offload = options.cryptoOffload;
+    this.#offloadMin = Math.max(sectorSize, options.offloadMinBytes ?? DEFAULT_OFFLOAD_MIN);
     this.readOnly = data.readOnly || options.readOnly === true;
     this.allowDiscards = options.allowDiscards === true;
     this.alignment = sectorSize;
@@ -183,11 +214,22 @@ export class EncryptedDevice implements BlockDevice {
     this.#cipher.decrypt(buf, this.ivAt(start));
   }
 
+  #offloads(bytes: number): boolean {
+    return this.#offload !== undefined && bytes >= this.#offloadMin;
+  }
+
   async read(buf: Uint8Array, offset: number): Promise<void> {
     this.#check(offset, buf.length, false);
     for (const { start, end, from, to } of this.#pieces(offset, buf.length)) {
       const dst = buf.subarray(from - offset, to - offset);
-      if (from === start && to === end) {
+      if (this.#offloads(end - start)) {
+        // A scratch buffer of its own (the offload takes it over); data.read fills all of it.
+        const tmp = new Uint8Array(Buffer.allocUnsafeSlow(end - start).buffer, 0, end - start);
+        await this.data.read(tmp, this.dataOffset + start);
+        const plain = await this.#offload!.decrypt(tmp, this.ivAt(start));
+        dst.set(plain.subarray(from - start, to - start));
+        plain.fill(0);
+      } else if (from === start && to === end) {
         await this.#readSectors(dst, start); // aligned: decrypt in the caller's buffer
       } else {
         const tmp = new Uint8Array(end - start);
@@ -209,8 +251,10 @@ export class EncryptedDevice implements BlockDevice {
         if (from > start) await this.#readSectors(tmp.subarray(0, ss), start);
         if (to < end && (end - ss > start || from === start)) await this.#readSectors(tmp.subarray(end - start - ss), end - ss);
         fill(tmp, from, to, start);
-        this.#cipher.encrypt(tmp, this.ivAt(start));
-        await this.data.write(tmp, this.dataOffset + start);
+        let out: Uint8Array = tmp;
+        if (this.#offload?.encrypt && this.#offloads(tmp.length)) out = await this.#offload.encrypt(tmp, this.ivAt(start));
+        else this.#cipher.encrypt(tmp, this.ivAt(start));
+        await this.data.write(out, this.dataOffset + start);
       }
     } finally {
       release();
@@ -270,11 +314,15 @@ export class EncryptedDevice implements BlockDevice {
     return out;
   }
 
-  /** Wipes the cipher's key schedule and the volume key. The data device stays open (not owned). */
+  /**
+   * Wipes the cipher's key schedule, the offload's keys and the volume key. The data device
+   * stays open (not owned).
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.#cipher.wipe();
     this.#key?.wipe();
+    await this.#offload?.close();
   }
 }

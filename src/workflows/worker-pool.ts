@@ -16,6 +16,7 @@ import { availableParallelism } from 'node:os';
 import { DeviceIoError } from '../errors.js';
 import { CipherTable, runChunkJob, type ChunkJob, type ChunkResult, type CipherParams } from './chunk-transform.js';
 import type { WorkerReply, WorkerRequest } from './crypto-worker.js';
+import type { SectorCryptoOffload } from '../devices/encrypted-device.js';
 
 interface Pending {
   resolve: (r: { buffer: ArrayBuffer; result: ChunkResult }) => void;
@@ -88,6 +89,31 @@ export class CryptoPool {
   dropCipher(id: number): void {
     this.#local.drop(id);
     for (const slot of this.#slots) slot.worker.postMessage({ type: 'drop', id } satisfies WorkerRequest);
+  }
+
+  /**
+   * One cipher of this pool as an `EncryptedDevice` offload: every call is one job on the least
+   * busy worker. Its `close()` wipes the cipher in every worker (the pool stays up).
+   */
+  sectorCrypto(params: CipherParams, key: Uint8Array): Required<SectorCryptoOffload> {
+    const id = this.addCipher(params, key);
+    const go = async (data: Uint8Array, iv: number, dir: 'encrypt' | 'decrypt'): Promise<Uint8Array> => {
+      // Only a whole ArrayBuffer can be transferred; a view into a larger one is copied.
+      const own = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && !(data.buffer instanceof SharedArrayBuffer) ? data : new Uint8Array(data);
+      const step = { cipher: id, iv, length: own.length };
+      const { buffer } = await this.run(own.buffer as ArrayBuffer, { length: own.length, zeroBlock: 0, [dir]: step });
+      return new Uint8Array(buffer);
+    };
+    let dropped = false;
+    return {
+      encrypt: (data, iv) => go(data, iv, 'encrypt'),
+      decrypt: (data, iv) => go(data, iv, 'decrypt'),
+      close: async () => {
+        if (dropped || this.#closed) return;
+        dropped = true;
+        this.dropCipher(id);
+      },
+    };
   }
 
   /**

@@ -15,11 +15,12 @@ import { resolve } from 'node:path';
 import type { BlockDevice } from '../../block-device.js';
 import { BrickcryptError, InvalidArgumentError, NotFoundError, exitCodeOf, DeviceIoError } from '../../errors.js';
 import { FileDevice } from '../../devices/file-device.js';
-import { EncryptedDevice } from '../../devices/encrypted-device.js';
+import { EncryptedDevice, type SectorCryptoOffload } from '../../devices/encrypted-device.js';
 import { VolumeLock, processAlive } from '../../devices/volume-lock.js';
 import { detectFormat } from '../../images/detect.js';
 import { openImage } from '../../images/open-image.js';
 import { unlockLuks } from '../../luks/index.js';
+import { CryptoPool, defaultWorkerCount } from '../../workflows/worker-pool.js';
 import { NbdServer, type ListenTarget } from '../../nbd/server.js';
 import { nbdUri } from '../../nbd/uri.js';
 import type { Passphrase } from '../../secret.js';
@@ -113,21 +114,37 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
   const passphrase = await passphraseFor(o, `${path} is ${format}`);
   const file = await FileDevice.open(path, { readOnly: wantReadOnly });
   let header: FileDevice | undefined;
+  let pool: CryptoPool | undefined;
   try {
     if (o.header) header = await FileDevice.open(o.header, { readOnly: wantReadOnly });
     const { volume, key } = await unlockLuks(file, passphrase, { readOnly: wantReadOnly, forWrite: !wantReadOnly, ...(header ? { headerDevice: header } : {}) });
-    const device = EncryptedDevice.open(file, volume, key, { readOnly: wantReadOnly, allowDiscards: o.allowDiscards === true });
+    // Large reads are decrypted by worker threads so every core shares the cipher work (the
+    // main thread alone is the bottleneck otherwise). Writes stay inline: handing them over
+    // measured slower (docs/attach.md, Benchmark).
+    pool = CryptoPool.create(defaultWorkerCount());
+    let cryptoOffload: SectorCryptoOffload;
+    try {
+      const offload = pool.sectorCrypto({ encryption: volume.encryption, keyBytes: volume.keyBytes, sectorSize: volume.sectorSize }, key.expose());
+      cryptoOffload = { decrypt: offload.decrypt, close: offload.close };
+    } catch (err) {
+      key.wipe();
+      throw err;
+    }
+    const device = EncryptedDevice.open(file, volume, key, { readOnly: wantReadOnly, allowDiscards: o.allowDiscards === true, cryptoOffload });
+    const workers = pool;
     return {
       device,
       format,
       readOnly: wantReadOnly,
       close: async () => {
-        await device.close(); // wipes the key
+        await device.close(); // wipes the key, also in the workers
+        await workers.close();
         await file.close();
         await header?.close();
       },
     };
   } catch (err) {
+    await pool?.close();
     await file.close();
     await header?.close();
     throw err;
