@@ -22,6 +22,27 @@ START_TIMEOUT=${BRICKCRYPT_KEY_SERVERS_TIMEOUT:-25}
 
 log() { echo "key-servers: $*" >&2; }
 
+# Waits until CHECK succeeds; fails early if the server died, or after START_TIMEOUT seconds,
+# showing the tail of its logs either way.
+wait_ready() { # name pidfile check log...
+  local name=$1 pidfile=$2 check=$3
+  shift 3
+  local deadline=$((SECONDS + START_TIMEOUT))
+  until "$check"; do
+    if ! pid_alive "$pidfile"; then
+      log "$name exited during start; last log lines:"
+      tail -n 20 "$@" >&2 2>/dev/null || true
+      return 1
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      log "$name not ready within ${START_TIMEOUT}s; last log lines:"
+      tail -n 20 "$@" >&2 2>/dev/null || true
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
 pid_alive() { # pidfile
   [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
 }
@@ -145,20 +166,7 @@ EOF
       >"$BARBICAN_DIR/stdout.log" 2>&1 </dev/null &
     echo $! >"$BARBICAN_DIR/pid"
   )
-  local deadline=$((SECONDS + START_TIMEOUT))
-  until barbican_answers; do
-    if ! pid_alive "$BARBICAN_DIR/pid"; then
-      log "barbican exited during start; last log lines:"
-      tail -n 20 "$BARBICAN_DIR/stdout.log" "$BARBICAN_DIR/barbican.log" >&2 2>/dev/null || true
-      return 1
-    fi
-    if [ $SECONDS -ge $deadline ]; then
-      log "barbican did not answer within ${START_TIMEOUT}s"
-      tail -n 20 "$BARBICAN_DIR/stdout.log" >&2 || true
-      return 1
-    fi
-    sleep 0.2
-  done
+  wait_ready barbican "$BARBICAN_DIR/pid" barbican_answers "$BARBICAN_DIR/stdout.log" "$BARBICAN_DIR/barbican.log" || return 1
   log "barbican running at $(barbican_url) (pid $(cat "$BARBICAN_DIR/pid"))"
 }
 
@@ -230,20 +238,7 @@ EOF
       >"$KMIP_DIR/stdout.log" 2>&1 </dev/null &
     echo $! >"$KMIP_DIR/pid"
   )
-  local deadline=$((SECONDS + START_TIMEOUT))
-  until kmip_answers; do
-    if ! pid_alive "$KMIP_DIR/pid"; then
-      log "pykmip-server exited during start; last log lines:"
-      tail -n 20 "$KMIP_DIR/stdout.log" "$KMIP_DIR/server.log" >&2 2>/dev/null || true
-      return 1
-    fi
-    if [ $SECONDS -ge $deadline ]; then
-      log "pykmip-server not ready within ${START_TIMEOUT}s"
-      tail -n 20 "$KMIP_DIR/server.log" >&2 || true
-      return 1
-    fi
-    sleep 0.2
-  done
+  wait_ready pykmip-server "$KMIP_DIR/pid" kmip_answers "$KMIP_DIR/stdout.log" "$KMIP_DIR/server.log" || return 1
   log "pykmip running on 127.0.0.1:$port (pid $(cat "$KMIP_DIR/pid"))"
 }
 
