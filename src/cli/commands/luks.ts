@@ -118,28 +118,32 @@ function addKeyFileOptions(cmd: Command, withNew: boolean): Command {
   return cmd;
 }
 
-/** Opens VOLUME (and --header) and runs `fn`; devices are always closed. */
-async function withVolume<T>(volume: string, o: HeaderOpt, readOnly: boolean, fn: (vol: LuksVolume) => Promise<T>, inspectOnly = false): Promise<T> {
-  // Writers take the volume lock: never change keyslots under an attached volume or a convert.
-  const lock = readOnly ? undefined : await VolumeLock.acquire(volume);
-  let data: FileDevice;
+/** Runs `fn` holding the volume's writer lock: keyslots never change under an attached volume or a convert. */
+async function withWriterLock<T>(volume: string, fn: () => Promise<T>): Promise<T> {
+  const lock = await VolumeLock.acquire(volume);
   try {
-    data = await FileDevice.open(volume, { readOnly });
-  } catch (err) {
-    await lock?.release();
-    throw err;
-  }
-  let header: FileDevice | undefined;
-  try {
-    if (o.header) header = await FileDevice.open(o.header, { readOnly });
-    // Read-only inspection also works on a header backup file (no data behind the header), as cryptsetup's.
-    const vol = await LuksVolume.open(data, { readOnly, ...(header ? { headerDevice: header } : {}), ...(inspectOnly ? { headerOnly: true } : {}) });
-    return await fn(vol);
+    return await fn();
   } finally {
-    await header?.close();
-    await data.close();
-    await lock?.release();
+    await lock.release();
   }
+}
+
+/** Opens VOLUME (and --header) and runs `fn`; devices are always closed, writers hold the lock. */
+async function withVolume<T>(volume: string, o: HeaderOpt, readOnly: boolean, fn: (vol: LuksVolume) => Promise<T>, inspectOnly = false): Promise<T> {
+  const run = async (): Promise<T> => {
+    const data = await FileDevice.open(volume, { readOnly });
+    let header: FileDevice | undefined;
+    try {
+      if (o.header) header = await FileDevice.open(o.header, { readOnly });
+      // Read-only inspection also works on a header backup file (no data behind the header), as cryptsetup's.
+      const vol = await LuksVolume.open(data, { readOnly, ...(header ? { headerDevice: header } : {}), ...(inspectOnly ? { headerOnly: true } : {}) });
+      return await fn(vol);
+    } finally {
+      await header?.close();
+      await data.close();
+    }
+  };
+  return readOnly ? run() : withWriterLock(volume, run);
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -482,23 +486,17 @@ ${EXIT_HELP}`,
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new NotFoundError(`Backup file ${file} does not exist.`);
         throw new DeviceIoError(`${file}: ${(err as Error).message}`, { cause: err });
       }
-      const lock = await VolumeLock.acquire(volume);
-      let data: FileDevice;
-      try {
-        data = await FileDevice.open(volume);
-      } catch (err) {
-        await lock.release();
-        throw err;
-      }
-      let header: FileDevice | undefined;
-      try {
-        if (o.header) header = await FileDevice.open(o.header);
-        await LuksVolume.headerRestore(data, new Uint8Array(backup), { force: o.force === true || o.batchMode === true, ...(header ? { headerDevice: header } : {}) });
-        process.stdout.write(`Header of ${volume} restored from ${file}.\n`);
-      } finally {
-        await header?.close();
-        await data.close();
-        await lock.release();
-      }
+      await withWriterLock(volume, async () => {
+        const data = await FileDevice.open(volume);
+        let header: FileDevice | undefined;
+        try {
+          if (o.header) header = await FileDevice.open(o.header);
+          await LuksVolume.headerRestore(data, new Uint8Array(backup), { force: o.force === true || o.batchMode === true, ...(header ? { headerDevice: header } : {}) });
+          process.stdout.write(`Header of ${volume} restored from ${file}.\n`);
+        } finally {
+          await header?.close();
+          await data.close();
+        }
+      });
     });
 }
