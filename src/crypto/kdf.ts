@@ -129,6 +129,8 @@ export interface KdfBenchmarkOptions {
   refine?: boolean;
   /** Shortest measurement to extrapolate from (default: 250 ms for argon2, 100 ms for pbkdf2). */
   minSampleMs?: number;
+  /** PBKDF2: measure again even if this hash was measured in the last 10 s. Default false. */
+  fresh?: boolean;
 }
 
 /** Argon2 memory default: 1 GiB, but never more than half of physical memory (utils_pbkdf.c). */
@@ -169,15 +171,37 @@ export async function benchmarkKdf(options: KdfBenchmarkOptions): Promise<KdfPar
   throw new UnsupportedError(`KDF ${String(options.type)} is not supported.`);
 }
 
+/**
+ * PBKDF2 speed measured recently, per hash: hash-block iterations per ms. PBKDF2's cost is
+ * iterations x ceil(keyLength / hash size) compression runs, so one measurement serves every
+ * key length. cryptsetup likewise benchmarks once per format and derives the volume-key
+ * digest's iterations from the keyslot's (lib/luks1/keymanage.c: LUKS_MKD_ITERATIONS_MS).
+ */
+const pbkdf2Rates = new Map<string, { blockItersPerMs: number; at: number }>();
+/** How long a PBKDF2 measurement is reused (the machine's load may change after that). */
+const PBKDF2_RATE_TTL_MS = 10_000;
+
+function pbkdf2Blocks(hash: string, keyLength: number): number {
+  return Math.ceil(keyLength / hashInfo(hash).digestSize);
+}
+
 async function benchmarkPbkdf2(options: KdfBenchmarkOptions): Promise<KdfParams> {
   const hash = hashInfo(options.hash ?? 'sha256').name;
+  const blocks = pbkdf2Blocks(hash, options.keyLength);
+  const fromRate = (blockItersPerMs: number): KdfParams => {
+    const estimate = Math.floor((blockItersPerMs * options.targetMs) / blocks);
+    return { type: 'pbkdf2', hash, iterations: Math.min(0xffffffff, Math.max(PBKDF2_MIN_ITERATIONS, estimate)) };
+  };
+  const known = pbkdf2Rates.get(hash);
+  if (known && !options.fresh && performance.now() - known.at < PBKDF2_RATE_TTL_MS) return fromRate(known.blockItersPerMs);
   const minMs = options.minSampleMs ?? 100;
   let iterations = 1 << 12;
   for (let step = 0; ; step++) {
     const ms = await timeMs(() => deriveKey({ type: 'pbkdf2', hash, iterations }, BENCH_PASSPHRASE, BENCH_SALT, options.keyLength));
     if (ms > minMs || step > 12) {
-      const estimate = Math.floor((iterations * options.targetMs) / Math.max(ms, 1e-3));
-      return { type: 'pbkdf2', hash, iterations: Math.min(0xffffffff, Math.max(PBKDF2_MIN_ITERATIONS, estimate)) };
+      const blockItersPerMs = (iterations * blocks) / Math.max(ms, 1e-3);
+      pbkdf2Rates.set(hash, { blockItersPerMs, at: performance.now() });
+      return fromRate(blockItersPerMs);
     }
     // Same growth steps as cryptsetup's crypt_pbkdf_check.
     iterations *= ms <= minMs / 8 ? 16 : ms <= minMs / 4 ? 8 : ms <= minMs / 2 ? 4 : 2;

@@ -135,6 +135,23 @@ test('benchmarkKdf pbkdf2: iterations scale with the target time and respect the
   assert.ok(ms > 20 && ms < 2000, `took ${ms} ms`);
 });
 
+test('benchmarkKdf pbkdf2: one measurement per hash serves every key length (cost = iterations x hash blocks)', async () => {
+  const first = await benchmarkKdf({ type: 'pbkdf2', hash: 'sha1', targetMs: 100, keyLength: 20, minSampleMs: 20, fresh: true });
+  // Measured just now, so no new measurement: 64 bytes of SHA-1 output are 4 blocks, a quarter of the iterations.
+  const t0 = performance.now();
+  const wide = await benchmarkKdf({ type: 'pbkdf2', hash: 'sha1', targetMs: 100, keyLength: 64, minSampleMs: 20 });
+  assert.ok(performance.now() - t0 < 15, 'reused, not measured again');
+  assert.ok(first.type === 'pbkdf2' && wide.type === 'pbkdf2');
+  assert.ok(Math.abs(wide.iterations * 4 - first.iterations) <= 4, `${wide.iterations} x 4 vs ${first.iterations}`);
+  // Twice the target time, twice the iterations, from the same measurement.
+  const longer = await benchmarkKdf({ type: 'pbkdf2', hash: 'sha1', targetMs: 200, keyLength: 20, minSampleMs: 20 });
+  assert.ok(longer.type === 'pbkdf2' && Math.abs(longer.iterations - 2 * first.iterations) <= 2);
+  // `fresh` measures again (the result differs by the noise of a new run, not by a pure computation).
+  const t1 = performance.now();
+  await benchmarkKdf({ type: 'pbkdf2', hash: 'sha1', targetMs: 100, keyLength: 20, minSampleMs: 20, fresh: true });
+  assert.ok(performance.now() - t1 >= 20, 'measured again');
+});
+
 test('benchmarkKdf argon2id: minimum time cost with capped memory and lanes', async () => {
   const p = await benchmarkKdf({ type: 'argon2id', targetMs: 60, keyLength: 64, memoryKiB: 8 * 1024, parallel: 2, minSampleMs: 15 });
   assert.equal(p.type, 'argon2id');
