@@ -1,13 +1,14 @@
 /**
- * AES-XTS throughput: the batched sector cipher (WebAssembly and JavaScript tweak
- * kernels) against one OpenSSL createCipheriv per sector, on 64 MiB of random
- * data, 512- and 4096-byte sectors, one thread.
+ * AES-XTS throughput: the native kernel (OpenSSL XTS in place, when built), the batched
+ * sector cipher (WebAssembly and JavaScript tweak kernels) and one OpenSSL createCipheriv
+ * per sector, on 64 MiB of random data, 512- and 4096-byte sectors, one thread.
  *
  *   npx tsc -p . && node dist/bench/xts-throughput.js [MiB]
  */
 import { randomBytes } from 'node:crypto';
 import { createPerSectorXtsCipher, createSectorCipher, type SectorCipher } from '../src/crypto/sector-cipher.js';
 import { parseEncryption } from '../src/crypto/cipher-spec.js';
+import { xtsNative, xtsNativeError } from '../src/crypto/xts-native.js';
 
 const mib = Number(process.argv[2] ?? 64);
 const total = mib * 1024 * 1024;
@@ -45,6 +46,12 @@ const data = new Uint8Array(randomBytes(total));
 const rows: string[] = [];
 const fmt = (e: number, d: number) => `encrypt ${e.toFixed(0).padStart(5)} / decrypt ${d.toFixed(0).padStart(5)} MiB/s`;
 for (const sectorSize of [512, 4096]) {
+  let nativeRow = `native: not built (${xtsNativeError() ?? 'unknown'})`;
+  if (xtsNative()) {
+    const native = createSectorCipher(spec, key, sectorSize, { xtsKernel: 'native' });
+    nativeRow = `native ${fmt(best(() => measure(native, data, true)), best(() => measure(native, data, false)))}`;
+    native.wipe();
+  }
   const wasm = createSectorCipher(spec, key, sectorSize, { xtsKernel: 'wasm' });
   const js = createSectorCipher(spec, key, sectorSize, { xtsKernel: 'js' });
   const perSector = createPerSectorXtsCipher(spec, key, sectorSize);
@@ -54,7 +61,7 @@ for (const sectorSize of [512, 4096]) {
   const jd = best(() => measure(js, data, false));
   const pe = best(() => measure(perSector, data, true), 1);
   const pd = best(() => measure(perSector, data, false), 1);
-  rows.push(`sector ${sectorSize}: batched+wasm ${fmt(we, wd)} | batched+js ${fmt(je, jd)} | per-sector createCipheriv ${fmt(pe, pd)}`);
+  rows.push(`sector ${sectorSize}: ${nativeRow} | batched+wasm ${fmt(we, wd)} | batched+js ${fmt(je, jd)} | per-sector createCipheriv ${fmt(pe, pd)}`);
   wasm.wipe();
   js.wipe();
   perSector.wipe();

@@ -23,6 +23,7 @@ runs=${BENCH_RUNS:-3}
 for tool in node nbdcopy nbdkit qemu-nbd nbdinfo openssl; do
   command -v "$tool" >/dev/null || { echo "bench-nbd: $tool is missing (run scripts/install-test-tools.sh)" >&2; exit 1; }
 done
+node scripts/build-native.mjs
 [ -f dist/src/cli/main.js ] || npx tsc -p tsconfig.json
 
 work=$(mktemp -d "$base/brickcrypt-bench-nbd.XXXXXX")

@@ -30,6 +30,7 @@ runs=${BENCH_RUNS:-2}
 # Set up like the tests do: the peer tools from Debian, the dependencies, a fresh build.
 bash scripts/install-test-tools.sh
 [ -d node_modules ] || npm ci --no-audit --no-fund
+node scripts/build-native.mjs
 npx tsc -p tsconfig.json
 timer=()
 if [ -x /usr/bin/time ]; then timer=(/usr/bin/time -f '%e %M %U %S' -o); fi

@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [ -d node_modules ] || npm ci --no-audit --no-fund
+node scripts/build-native.mjs
 npx tsc -p tsconfig.json
 
 demo=${BRICKCRYPT_DEMO_DIR:-$(mktemp -d -t brickcrypt-demo.XXXXXX)}

@@ -19,6 +19,9 @@ packages=(
   e2fsprogs
   util-linux
   time             # GNU /usr/bin/time -v: peak RSS in scripts/bench.sh
+  g++              # builds the native AES-XTS kernel (scripts/build-native.mjs, with make and python3 for node-gyp)
+  make
+  python3
 )
 
 missing=()

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-test-tools.sh
 [ -d node_modules ] || npm ci
+node scripts/build-native.mjs
 npx tsc -p tsconfig.json
 
 # Key servers (Barbican, PyKMIP) for the key-manager backend tests; stopped on exit.

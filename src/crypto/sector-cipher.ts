@@ -28,6 +28,7 @@ import { InvalidArgumentError, UnsupportedCipherError, WeakKeyError } from '../e
 import { cipherSpecStrings, validateKeyBytes, type CipherSpec } from './cipher-spec.js';
 import { digest } from './hash.js';
 import { xtsKernel, type XtsKernel } from './xts-wasm.js';
+import { NATIVE_IV_MODES, NativeXtsKeys, xtsNative, type NativeIvMode } from './xts-native.js';
 
 /** A keyed sector cipher. All methods are synchronous and work in place. */
 export interface SectorCipher {
@@ -43,8 +44,11 @@ export interface SectorCipher {
 
 /** Which implementation does the XTS tweak arithmetic (tests and benchmarks pin one). */
 export interface SectorCipherOptions {
-  /** 'auto' (default): WebAssembly SIMD when available, else JavaScript. */
-  xtsKernel?: 'auto' | 'wasm' | 'js';
+  /**
+   * 'auto' (default): the native kernel when it is built (xts-native.ts) and the IV generator
+   * is one it computes (plain64, plain, null), else WebAssembly SIMD, else JavaScript.
+   */
+  xtsKernel?: 'auto' | 'native' | 'wasm' | 'js';
 }
 
 /**
@@ -287,6 +291,31 @@ class BatchedXts implements SectorCipher {
   }
 }
 
+/** XTS in the native kernel: OpenSSL's XTS per sector, in place (xts-native.ts). */
+class NativeXts implements SectorCipher {
+  readonly sectorSize: number;
+  readonly #keys: NativeXtsKeys;
+
+  constructor(keys: NativeXtsKeys, sectorSize: number) {
+    this.sectorSize = sectorSize;
+    this.#keys = keys;
+  }
+
+  encrypt(data: Uint8Array, firstIv: number): void {
+    checkRun(data, firstIv, this.sectorSize);
+    this.#keys.run(data, firstIv, this.sectorSize, true);
+  }
+
+  decrypt(data: Uint8Array, firstIv: number): void {
+    checkRun(data, firstIv, this.sectorSize);
+    this.#keys.run(data, firstIv, this.sectorSize, false);
+  }
+
+  wipe(): void {
+    this.#keys.wipe();
+  }
+}
+
 /** Per-sector OpenSSL AES-XTS: used on big-endian hosts, where the word tricks above do not hold. */
 class PerSectorXts implements SectorCipher {
   readonly sectorSize: number;
@@ -512,7 +541,7 @@ export function createSectorCipher(spec: CipherSpec, key: Uint8Array, sectorSize
     case 'xts':
       // IEEE 1619-2007 5.1 / OpenSSL: Key1 must differ from Key2.
       if (halvesEqual(key)) throw new WeakKeyError('AES-XTS key halves are equal.');
-      return LITTLE_ENDIAN ? new BatchedXts(spec, key, sectorSize, options.xtsKernel ?? 'auto') : new PerSectorXts(spec, key, sectorSize);
+      return xtsCipher(spec, key, sectorSize, options.xtsKernel ?? 'auto');
     case 'cbc':
       return new Cbc(spec, key, sectorSize);
     case 'ecb':
@@ -520,6 +549,22 @@ export function createSectorCipher(spec: CipherSpec, key: Uint8Array, sectorSize
     default:
       throw new UnsupportedCipherError(cipherSpecStrings(spec).encryption);
   }
+}
+
+function xtsCipher(spec: CipherSpec, key: Uint8Array, sectorSize: number, kernel: 'auto' | 'native' | 'wasm' | 'js'): SectorCipher {
+  if (kernel === 'auto' || kernel === 'native') {
+    const mod = xtsNative();
+    const ivMode = spec.ivGen in NATIVE_IV_MODES ? (spec.ivGen as NativeIvMode) : undefined;
+    if (mod && ivMode) return new NativeXts(new NativeXtsKeys(mod, key, ivMode), sectorSize);
+    if (kernel === 'native') {
+      throw new UnsupportedCipherError(
+        cipherSpecStrings(spec).encryption,
+        mod ? `has no native kernel for ${spec.ivGen} IVs` : 'needs the native AES-XTS kernel, which is not built (scripts/build-native.mjs)',
+      );
+    }
+    kernel = 'auto';
+  }
+  return LITTLE_ENDIAN ? new BatchedXts(spec, key, sectorSize, kernel) : new PerSectorXts(spec, key, sectorSize);
 }
 
 /**

@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "brickcrypt_xts",
+      "sources": ["native/xts.c"],
+      "cflags": ["-O3", "-Wall", "-Wextra"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}

@@ -1,0 +1,73 @@
+/**
+ * The native AES-XTS kernel (native/xts.c, built by scripts/build-native.mjs): OpenSSL's own
+ * XTS, one EVP call per sector, in place in the caller's memory. About 1.7x the WebAssembly
+ * kernel for 512-byte sectors and 3-4x for 4096-byte ones, because node:crypto's
+ * `Cipher.update` must allocate and copy its output on every call and this does neither.
+ *
+ * Optional: `xtsNative()` returns null when the module was not built or does not load, and
+ * sector-cipher.ts falls back to the batched ECB + WebAssembly kernel.
+ */
+import { createRequire } from 'node:module';
+import { InvalidArgumentError } from '../errors.js';
+
+/** What the compiled module exports (see native/xts.c). */
+interface NativeXtsModule {
+  createKeys(key: Uint8Array): object;
+  run(keys: object, data: Uint8Array, firstIv: number, sectorSize: number, ivStep: number, ivMode: number, encrypt: boolean): void;
+  wipe(keys: object): void;
+}
+
+/** IV generators the kernel computes itself (dm-crypt names). */
+export const NATIVE_IV_MODES = { plain64: 0, plain: 1, null: 2 } as const;
+export type NativeIvMode = keyof typeof NATIVE_IV_MODES;
+
+let loaded: NativeXtsModule | null | undefined;
+let loadError: string | undefined;
+
+/** The native module, or null (see `xtsNativeError()` for why). Loaded once per thread. */
+export function xtsNative(): NativeXtsModule | null {
+  if (loaded !== undefined) return loaded;
+  try {
+    const require = createRequire(import.meta.url);
+    // dist/src/crypto/ -> the package root's build/Release/.
+    loaded = require(new URL('../../../build/Release/brickcrypt_xts.node', import.meta.url).pathname) as NativeXtsModule;
+  } catch (err) {
+    loaded = null;
+    loadError = (err as Error).message.split('\n')[0];
+  }
+  return loaded;
+}
+
+/** Why the native module is unavailable (undefined when it loaded or was not tried). */
+export function xtsNativeError(): string | undefined {
+  return loadError;
+}
+
+/**
+ * One keyed AES-XTS instance of the native kernel. `key` (32 or 64 bytes) goes into OpenSSL's
+ * key schedules; the caller may wipe its copy. The caller validates runs (sector multiples,
+ * safe IV numbers) - see `checkRun` in sector-cipher.ts.
+ */
+export class NativeXtsKeys {
+  #keys: object | null;
+
+  constructor(
+    private readonly mod: NativeXtsModule,
+    key: Uint8Array,
+    private readonly ivMode: NativeIvMode,
+  ) {
+    this.#keys = mod.createKeys(key);
+  }
+
+  run(data: Uint8Array, firstIv: number, sectorSize: number, encrypt: boolean): void {
+    if (!this.#keys) throw new InvalidArgumentError('Sector cipher was wiped.');
+    if (data.length === 0) return;
+    this.mod.run(this.#keys, data, firstIv, sectorSize, sectorSize / 512, NATIVE_IV_MODES[this.ivMode], encrypt);
+  }
+
+  /** Frees OpenSSL's key schedules now (OpenSSL cleanses them). */
+  wipe(): void {
+    if (this.#keys) this.mod.wipe(this.#keys);
+    this.#keys = null;
+  }
+}
