@@ -14,6 +14,7 @@ import { DeviceIoError, InvalidArgumentError, OutOfRangeError, ReadOnlyDeviceErr
 import type { VolumeKey } from '../secret.js';
 import { parseEncryption } from '../crypto/cipher-spec.js';
 import { createSectorCipher, type SectorCipher } from '../crypto/sector-cipher.js';
+import { BufferPool } from './buffer-pool.js';
 
 /** The parameters of an unlocked volume the view needs (a `LuksVolume` satisfies this). */
 export interface EncryptionParams {
@@ -64,6 +65,12 @@ export interface SectorCryptoOffload {
   /** Absent: writes encrypt on the calling thread. */
   encrypt?(data: Uint8Array, iv: number): Promise<Uint8Array>;
   decrypt(data: Uint8Array, iv: number): Promise<Uint8Array>;
+  /**
+   * In-place forms for `data` in a SharedArrayBuffer (the other thread works on the same
+   * memory: no copy, no hand-over). When present, reads into shared buffers take this path.
+   */
+  encryptInPlace?(data: Uint8Array, iv: number): Promise<void>;
+  decryptInPlace?(data: Uint8Array, iv: number): Promise<void>;
   /** Wipes the key material it holds. */
   close(): Promise<void>;
 }
@@ -118,6 +125,8 @@ export class EncryptedDevice implements BlockDevice {
   readonly #lock = new RangeLock();
   readonly #offload: SectorCryptoOffload | undefined;
   readonly #offloadMin: number;
+  /** Write scratch (one piece each), reused: fresh pages per write cost more than the cipher. */
+  readonly #scratch = new BufferPool({ maxPooledBytes: 8 * PIECE_BYTES, maxPooledSize: PIECE_BYTES });
   #closed = false;
 
   /**
@@ -220,8 +229,21 @@ export class EncryptedDevice implements BlockDevice {
 
   async read(buf: Uint8Array, offset: number): Promise<void> {
     this.#check(offset, buf.length, false);
+    const ss = this.sectorSize;
+    if (offset % ss === 0 && buf.length % ss === 0 && this.#offloads(buf.length) && this.#offload!.decryptInPlace && buf.buffer instanceof SharedArrayBuffer) {
+      // The caller's memory is shared with the workers: one read of the ciphertext, then its
+      // pieces are decrypted in place, in parallel.
+      await this.data.read(buf, this.dataOffset + offset);
+      const jobs: Array<Promise<void>> = [];
+      for (let pos = 0; pos < buf.length; pos += PIECE_BYTES) {
+        jobs.push(this.#offload!.decryptInPlace(buf.subarray(pos, Math.min(buf.length, pos + PIECE_BYTES)), this.ivAt(offset + pos)));
+      }
+      await Promise.all(jobs);
+      return;
+    }
     for (const { start, end, from, to } of this.#pieces(offset, buf.length)) {
       const dst = buf.subarray(from - offset, to - offset);
+      const aligned = from === start && to === end;
       if (this.#offloads(end - start)) {
         // A scratch buffer of its own (the offload takes it over); data.read fills all of it.
         const tmp = new Uint8Array(Buffer.allocUnsafeSlow(end - start).buffer, 0, end - start);
@@ -229,8 +251,8 @@ export class EncryptedDevice implements BlockDevice {
         const plain = await this.#offload!.decrypt(tmp, this.ivAt(start));
         dst.set(plain.subarray(from - start, to - start));
         plain.fill(0);
-      } else if (from === start && to === end) {
-        await this.#readSectors(dst, start); // aligned: decrypt in the caller's buffer
+      } else if (aligned) {
+        await this.#readSectors(dst, start); // decrypt in the caller's buffer
       } else {
         const tmp = new Uint8Array(end - start);
         await this.#readSectors(tmp, start);
@@ -246,15 +268,25 @@ export class EncryptedDevice implements BlockDevice {
     const release = await this.#lock.acquire(offset - (offset % ss), Math.ceil((offset + length) / ss) * ss);
     try {
       for (const { start, end, from, to } of this.#pieces(offset, length)) {
-        const tmp = new Uint8Array(end - start);
-        // Read-modify-write of the partial first and last sectors.
-        if (from > start) await this.#readSectors(tmp.subarray(0, ss), start);
-        if (to < end && (end - ss > start || from === start)) await this.#readSectors(tmp.subarray(end - start - ss), end - ss);
-        fill(tmp, from, to, start);
-        let out: Uint8Array = tmp;
-        if (this.#offload?.encrypt && this.#offloads(tmp.length)) out = await this.#offload.encrypt(tmp, this.ivAt(start));
-        else this.#cipher.encrypt(tmp, this.ivAt(start));
-        await this.data.write(out, this.dataOffset + start);
+        // Shared memory, so a worker can encrypt it in place (SectorCryptoOffload.encryptInPlace).
+        const tmp = this.#scratch.take(end - start);
+        let encrypted = false;
+        try {
+          // Read-modify-write of the partial first and last sectors.
+          if (from > start) await this.#readSectors(tmp.subarray(0, ss), start);
+          if (to < end && (end - ss > start || from === start)) await this.#readSectors(tmp.subarray(end - start - ss), end - ss);
+          fill(tmp, from, to, start);
+          let out: Uint8Array = tmp;
+          if (this.#offloads(tmp.length) && this.#offload?.encryptInPlace) await this.#offload.encryptInPlace(tmp, this.ivAt(start));
+          else if (this.#offloads(tmp.length) && this.#offload?.encrypt) out = await this.#offload.encrypt(tmp, this.ivAt(start));
+          else this.#cipher.encrypt(tmp, this.ivAt(start));
+          encrypted = out === tmp;
+          await this.data.write(out, this.dataOffset + start);
+        } finally {
+          // Only ciphertext goes back to the pool; anything else is wiped first.
+          if (!encrypted) tmp.fill(0);
+          this.#scratch.give(tmp);
+        }
       }
     } finally {
       release();
@@ -321,6 +353,7 @@ export class EncryptedDevice implements BlockDevice {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#scratch.wipe();
     this.#cipher.wipe();
     this.#key?.wipe();
     await this.#offload?.close();

@@ -31,6 +31,7 @@ import { AlreadyExistsError, BrickcryptError, InvalidArgumentError, nbdErrnoOf }
 import { NBD_MAX_PAYLOAD } from './protocol/constants.js';
 import { NbdSession, type ExportCatalog, type ExportInfo, type IoRequest, type SessionAction } from './protocol/session.js';
 import { loadTlsCredentials, wipeTlsCredentials, type NbdTlsOptions, type TlsCredentials } from './tls-config.js';
+import { BufferPool } from '../devices/buffer-pool.js';
 
 export interface NbdExport {
   device: BlockDevice;
@@ -74,9 +75,12 @@ export class NbdServer {
   #tlsCreds: TlsCredentials | undefined;
   #socketPath: string | undefined;
   #closing: Promise<void> | undefined;
+  /** @internal READ reply buffers, reused across requests and connections. */
+  readonly readBuffers: BufferPool;
 
   constructor(options: NbdServerOptions) {
     this.#options = options;
+    this.readBuffers = new BufferPool({ maxPooledBytes: options.maxBufferedBytes ?? 64 * 1024 * 1024 });
     const entries = options.exports instanceof Map ? [...options.exports] : Object.entries(options.exports);
     if (entries.length === 0) throw new InvalidArgumentError('An NBD server needs at least one export.');
     for (const [name, e] of entries) {
@@ -229,6 +233,7 @@ export class NbdServer {
       }
       if (this.#socketPath) await fsp.rm(this.#socketPath, { force: true });
       if (this.#tlsCreds) wipeTlsCredentials(this.#tlsCreds);
+      this.readBuffers.wipe();
     })();
     return this.#closing;
   }
@@ -327,6 +332,11 @@ async function removeStaleSocket(path: string): Promise<void> {
   await fsp.rm(path, { force: true });
 }
 
+/** A pooled buffer a request's reply borrows. */
+interface Lease {
+  buffer?: Uint8Array;
+}
+
 /** One client connection: socket <-> session <-> device. */
 class Connection {
   onClosed: () => void = () => undefined;
@@ -412,9 +422,15 @@ class Connection {
     }
   }
 
-  #send(parts: Uint8Array[]): void {
+  /** Queues `parts` on the socket; `sent` runs once the last part has been handed to the kernel. */
+  #send(parts: Uint8Array[], sent?: () => void): void {
     if (this.#closed || this.#socket.destroyed) return;
-    for (const p of parts) if (p.length > 0) this.#socket.write(p);
+    let last = parts.length - 1;
+    while (last > 0 && parts[last]!.length === 0) last--;
+    parts.forEach((p, i) => {
+      if (i === last && sent) this.#socket.write(p, (err) => void (err ? undefined : sent()));
+      else if (p.length > 0) this.#socket.write(p);
+    });
     this.#updateFlow();
   }
 
@@ -456,9 +472,11 @@ class Connection {
     this.#inflight++;
     this.#inflightBytes += cost;
     this.#updateFlow();
-    this.#perform(e, req).then(
-      (reply) => this.#completed(reply, cost),
+    const lease: Lease = {};
+    this.#perform(e, req, lease).then(
+      (reply) => this.#completed(reply, cost, lease.buffer),
       (err: unknown) => {
+        if (lease.buffer) this.server.readBuffers.give(lease.buffer);
         const msg = err instanceof BrickcryptError ? err.message : 'I/O error';
         if (!(err instanceof BrickcryptError)) this.server.log(`I/O error: ${(err as Error)?.message ?? String(err)}`);
         this.#completed(this.#session.replyError(req, nbdErrnoOf(err), msg), cost);
@@ -466,7 +484,8 @@ class Connection {
     );
   }
 
-  async #perform(e: NbdExport, req: IoRequest): Promise<Uint8Array[]> {
+  /** `lease.buffer` is set to a pooled buffer the reply sends; it goes back to the pool once sent. */
+  async #perform(e: NbdExport, req: IoRequest, lease: Lease): Promise<Uint8Array[]> {
     const d = e.device;
     const s = this.#session;
     switch (req.command) {
@@ -476,8 +495,9 @@ class Connection {
           const pieces = await readPieces(d, req.offset, req.length);
           if (pieces.some((p) => 'hole' in p)) return s.replyReadChunks(req, pieces);
         }
-        const buf = new Uint8Array(req.length);
-        if (req.length > 0) await d.read(buf, req.offset);
+        if (req.length === 0) return s.replyRead(req, new Uint8Array(0));
+        const buf = (lease.buffer = this.server.readBuffers.take(req.length));
+        await d.read(buf, req.offset);
         return s.replyRead(req, buf);
       }
       case 'write':
@@ -508,10 +528,11 @@ class Connection {
     }
   }
 
-  #completed(reply: Uint8Array[], cost: number): void {
+  #completed(reply: Uint8Array[], cost: number, leased?: Uint8Array): void {
     this.#inflight--;
     this.#inflightBytes -= cost;
-    this.#send(reply);
+    // A buffer still queued on a socket that closes is left to the garbage collector.
+    this.#send(reply, leased && (() => this.server.readBuffers.give(leased)));
     if (this.#inflight === 0) {
       const idle = this.#idle;
       this.#idle = [];

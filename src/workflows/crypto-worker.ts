@@ -9,11 +9,15 @@ export type WorkerRequest =
   | { type: 'key'; id: number; params: CipherParams; key: Uint8Array }
   | { type: 'drop'; id: number }
   | { type: 'stop' }
-  | { type: 'job'; seq: number; buffer: ArrayBuffer; job: ChunkJob };
+  | { type: 'job'; seq: number; buffer: ArrayBuffer; job: ChunkJob }
+  /** A job on memory both threads see: nothing is transferred or copied, the worker works in place. */
+  | { type: 'shared-job'; seq: number; shared: SharedArrayBuffer; offset: number; job: ChunkJob };
 
 export type WorkerReply =
   | { type: 'done'; seq: number; buffer: ArrayBuffer; zeros?: Uint8Array; allZero?: boolean }
-  | { type: 'failed'; seq: number; buffer: ArrayBuffer; message: string };
+  | { type: 'failed'; seq: number; buffer: ArrayBuffer; message: string }
+  | { type: 'shared-done'; seq: number; zeros?: Uint8Array; allZero?: boolean }
+  | { type: 'shared-failed'; seq: number; message: string };
 
 const table = new CipherTable();
 const port = parentPort;
@@ -40,6 +44,17 @@ if (port) {
           reply = { type: 'failed', seq: msg.seq, buffer: msg.buffer, message: (err as Error)?.message ?? String(err) };
         }
         port.postMessage(reply, [msg.buffer]);
+        break;
+      }
+      case 'shared-job': {
+        let reply: WorkerReply;
+        try {
+          const r = runChunkJob(table, new Uint8Array(msg.shared, msg.offset, msg.job.length), msg.job);
+          reply = { type: 'shared-done', seq: msg.seq, zeros: r.zeros, allZero: r.allZero };
+        } catch (err) {
+          reply = { type: 'shared-failed', seq: msg.seq, message: (err as Error)?.message ?? String(err) };
+        }
+        port.postMessage(reply);
         break;
       }
     }

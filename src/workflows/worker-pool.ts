@@ -13,13 +13,14 @@
  */
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
-import { DeviceIoError } from '../errors.js';
+import { DeviceIoError, InvalidArgumentError } from '../errors.js';
 import { CipherTable, runChunkJob, type ChunkJob, type ChunkResult, type CipherParams } from './chunk-transform.js';
 import type { WorkerReply, WorkerRequest } from './crypto-worker.js';
 import type { SectorCryptoOffload } from '../devices/encrypted-device.js';
 
 interface Pending {
-  resolve: (r: { buffer: ArrayBuffer; result: ChunkResult }) => void;
+  /** `buffer` is absent for shared-memory jobs (the data never left). */
+  resolve: (r: { buffer?: ArrayBuffer; result: ChunkResult }) => void;
   reject: (err: Error) => void;
 }
 
@@ -52,6 +53,7 @@ export class CryptoPool {
         slot.pending.delete(msg.seq);
         slot.busy--;
         if (msg.type === 'done') p.resolve({ buffer: msg.buffer, result: { zeros: msg.zeros, allZero: msg.allZero } });
+        else if (msg.type === 'shared-done') p.resolve({ result: { zeros: msg.zeros, allZero: msg.allZero } });
         else p.reject(new DeviceIoError(`crypto worker: ${msg.message}`));
       });
       const fail = (err: Error) => {
@@ -97,6 +99,9 @@ export class CryptoPool {
    */
   sectorCrypto(params: CipherParams, key: Uint8Array): Required<SectorCryptoOffload> {
     const id = this.addCipher(params, key);
+    const inPlace = async (data: Uint8Array, iv: number, dir: 'encrypt' | 'decrypt'): Promise<void> => {
+      await this.runShared(data, { length: data.length, zeroBlock: 0, [dir]: { cipher: id, iv, length: data.length } });
+    };
     const go = async (data: Uint8Array, iv: number, dir: 'encrypt' | 'decrypt'): Promise<Uint8Array> => {
       // Only a whole ArrayBuffer can be transferred; a view into a larger one is copied.
       const own = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && !(data.buffer instanceof SharedArrayBuffer) ? data : new Uint8Array(data);
@@ -108,6 +113,8 @@ export class CryptoPool {
     return {
       encrypt: (data, iv) => go(data, iv, 'encrypt'),
       decrypt: (data, iv) => go(data, iv, 'decrypt'),
+      encryptInPlace: (data, iv) => inPlace(data, iv, 'encrypt'),
+      decryptInPlace: (data, iv) => inPlace(data, iv, 'decrypt'),
       close: async () => {
         if (dropped || this.#closed) return;
         dropped = true;
@@ -121,15 +128,41 @@ export class CryptoPool {
    * back as the returned `buffer`.
    */
   run(buffer: ArrayBuffer, job: ChunkJob): Promise<{ buffer: ArrayBuffer; result: ChunkResult }> {
+    return this.#dispatch(
+      () => ({ buffer, result: runChunkJob(this.#local, new Uint8Array(buffer), job) }),
+      (seq) => [{ type: 'job', seq, buffer, job }, [buffer]],
+    ) as Promise<{ buffer: ArrayBuffer; result: ChunkResult }>;
+  }
+
+  /**
+   * Runs `job` in place on `view`, which must lie in a SharedArrayBuffer: the worker works on
+   * the same memory, so nothing is copied or transferred and `view` stays usable. The caller
+   * must not touch those bytes until the promise settles.
+   */
+  async runShared(view: Uint8Array, job: ChunkJob): Promise<ChunkResult> {
+    if (!(view.buffer instanceof SharedArrayBuffer)) throw new InvalidArgumentError('runShared needs memory in a SharedArrayBuffer.');
+    if (job.length > view.length) throw new InvalidArgumentError('The job is longer than its memory.');
+    const shared = view.buffer;
+    const r = await this.#dispatch(
+      () => ({ result: runChunkJob(this.#local, view, job) }),
+      (seq) => [{ type: 'shared-job', seq, shared, offset: view.byteOffset, job }, []],
+    );
+    return r.result;
+  }
+
+  #dispatch(
+    inline: () => { buffer?: ArrayBuffer; result: ChunkResult },
+    message: (seq: number) => [WorkerRequest, ArrayBuffer[]],
+  ): Promise<{ buffer?: ArrayBuffer; result: ChunkResult }> {
     if (this.#closed) return Promise.reject(new DeviceIoError('crypto pool is closed'));
-    const live = this.#slots.filter((s) => !s.failed);
     if (this.#slots.length === 0) {
       try {
-        return Promise.resolve({ buffer, result: runChunkJob(this.#local, new Uint8Array(buffer), job) });
+        return Promise.resolve(inline());
       } catch (err) {
         return Promise.reject(err);
       }
     }
+    const live = this.#slots.filter((s) => !s.failed);
     if (live.length === 0) return Promise.reject(this.#slots[0]!.failed!);
     let slot = live[0]!;
     for (const s of live) if (s.busy < slot.busy) slot = s;
@@ -137,7 +170,8 @@ export class CryptoPool {
     slot.busy++;
     return new Promise((resolve, reject) => {
       slot.pending.set(seq, { resolve, reject });
-      slot.worker.postMessage({ type: 'job', seq, buffer, job } satisfies WorkerRequest, [buffer]);
+      const [msg, transfer] = message(seq);
+      slot.worker.postMessage(msg, transfer);
     });
   }
 

@@ -18,12 +18,15 @@ function prng(seed: number): () => number {
 const THRESHOLD = 64 * 1024;
 
 /** Counts the calls that reach the offload, so the test knows both paths ran. */
-function counting(inner: Required<SectorCryptoOffload>): Required<SectorCryptoOffload> & { calls: number; closed: boolean } {
+function counting(inner: Required<SectorCryptoOffload>): Required<SectorCryptoOffload> & { calls: number; inPlaceCalls: number; closed: boolean } {
   const o = {
     calls: 0,
+    inPlaceCalls: 0,
     closed: false,
     encrypt: (d: Uint8Array, iv: number) => (o.calls++, inner.encrypt(d, iv)),
     decrypt: (d: Uint8Array, iv: number) => (o.calls++, inner.decrypt(d, iv)),
+    encryptInPlace: (d: Uint8Array, iv: number) => (o.inPlaceCalls++, inner.encryptInPlace(d, iv)),
+    decryptInPlace: (d: Uint8Array, iv: number) => (o.inPlaceCalls++, inner.decryptInPlace(d, iv)),
     close: async () => {
       o.closed = true;
       await inner.close();
@@ -74,7 +77,8 @@ for (const [sectorSize, ivTweak, workers] of [
         const len = 1 + Math.floor(rnd() * 3 * THRESHOLD);
         const off = Math.floor(rnd() * (payload - len));
         const a = new Uint8Array(len);
-        const b = new Uint8Array(len);
+        // Every other read lands in shared memory (the NBD server's buffers): decrypted in place when aligned.
+        const b = round % 2 ? new Uint8Array(new SharedArrayBuffer(len)) : new Uint8Array(len);
         await Promise.all([inline.read(a, off), pooled.read(b, off)]);
         assert.deepEqual(b, a, `read ${off}+${len}`);
         assert.deepEqual(b, shadow.subarray(off, off + len), `read ${off}+${len} vs written`);
@@ -94,6 +98,12 @@ for (const [sectorSize, ivTweak, workers] of [
       await inline.read(allInline, 0);
       assert.ok(Buffer.from(all).equals(Buffer.from(allInline)));
       assert.ok(offload.calls > 10, `offload used ${offload.calls} times`);
+      // Aligned reads into shared memory, larger than one piece: decrypted in place, piece by piece.
+      const before = offload.inPlaceCalls;
+      const shared = new Uint8Array(new SharedArrayBuffer(payload - 4096));
+      await pooled.read(shared, 4096);
+      assert.ok(Buffer.from(shared).equals(Buffer.from(allInline.subarray(4096))), 'in-place read differs');
+      assert.equal(offload.inPlaceCalls - before, 2, 'one in-place job per 1 MiB piece');
     } finally {
       await inline.close();
       await pooled.close();

@@ -214,6 +214,32 @@ test('raw socket: pipelined requests all get replies matching their cookies', as
   cl.close();
 });
 
+test('raw socket: READ buffers are reused once sent, and a reused buffer never carries stale bytes', async () => {
+  const cl = await RawClient.connect(sock);
+  await cl.go('raw', true);
+  const file = readFileSync(rawPath);
+  // 3 rounds of 40 pipelined 16 KiB reads at different offsets: later rounds run on returned buffers.
+  for (let round = 0; round < 3; round++) {
+    const parts: Uint8Array[] = [];
+    for (let i = 0; i < 40; i++) {
+      const offset = ((i * 7 + round * 13) % 120) * 16384;
+      parts.push(c.encodeRequest({ type: NBD_CMD.READ, flags: 0, cookie: BigInt(offset), offset: BigInt(offset), length: 16384 }));
+    }
+    cl.write(Buffer.concat(parts));
+    for (let i = 0; i < 40; i++) {
+      const r = await cl.anyReply();
+      assert.equal(r.error, 0);
+      const d = c.decodeOffsetData(r.payload!);
+      assert.equal(BigInt(d.offset), r.cookie);
+      assert.equal(sha(d.data), sha(file.subarray(d.offset, d.offset + 16384)), `round ${round} offset ${d.offset}`);
+    }
+    // Every reply has been written to the socket by now; their buffers went back to the pool.
+    await new Promise((r) => setImmediate(r));
+    assert.ok(server.readBuffers.pooledBytes >= 16384, `pooled ${server.readBuffers.pooledBytes}`);
+  }
+  cl.close();
+});
+
 test('raw socket: malformed requests get protocol errors and the connection keeps working', async () => {
   const cl = await RawClient.connect(sock);
   await cl.go('mem', true);

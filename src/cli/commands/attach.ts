@@ -118,14 +118,13 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
   try {
     if (o.header) header = await FileDevice.open(o.header, { readOnly: wantReadOnly });
     const { volume, key } = await unlockLuks(file, passphrase, { readOnly: wantReadOnly, forWrite: !wantReadOnly, ...(header ? { headerDevice: header } : {}) });
-    // Large reads are decrypted by worker threads so every core shares the cipher work (the
-    // main thread alone is the bottleneck otherwise). Writes stay inline: handing them over
-    // measured slower (docs/attach.md, Benchmark).
+    // Large reads and writes are decrypted/encrypted by worker threads, in place in shared
+    // memory, so every core shares the cipher work (the main thread alone is the bottleneck otherwise).
     pool = CryptoPool.create(defaultWorkerCount());
     let cryptoOffload: SectorCryptoOffload;
     try {
       const offload = pool.sectorCrypto({ encryption: volume.encryption, keyBytes: volume.keyBytes, sectorSize: volume.sectorSize }, key.expose());
-      cryptoOffload = { decrypt: offload.decrypt, close: offload.close };
+      cryptoOffload = offload;
     } catch (err) {
       key.wipe();
       throw err;

@@ -1,0 +1,52 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { InvalidArgumentError } from '../../src/errors.js';
+import { parseEncryption } from '../../src/crypto/cipher-spec.js';
+import { createSectorCipher } from '../../src/crypto/sector-cipher.js';
+import { CryptoPool } from '../../src/workflows/worker-pool.js';
+
+const params = { encryption: 'aes-xts-plain64', keyBytes: 64, sectorSize: 512 };
+
+for (const workers of [2, 0]) {
+  test(`runShared works in place on shared memory, in any part of it (${workers} workers)`, async () => {
+    const key = randomBytes(64);
+    const reference = createSectorCipher(parseEncryption(params.encryption, 64), key, 512);
+    const pool = CryptoPool.create(workers);
+    try {
+      const id = pool.addCipher(params, key);
+      const shared = new Uint8Array(new SharedArrayBuffer(1 << 20));
+      shared.set(randomBytes(shared.length));
+      const plain = Buffer.from(shared);
+      // Two jobs on disjoint halves at once, the second at an offset into the buffer.
+      const half = shared.length / 2;
+      await Promise.all([
+        pool.runShared(shared.subarray(0, half), { length: half, zeroBlock: 0, encrypt: { cipher: id, iv: 0, length: half } }),
+        pool.runShared(shared.subarray(half), { length: half, zeroBlock: 0, encrypt: { cipher: id, iv: half / 512, length: half } }),
+      ]);
+      const expected = new Uint8Array(plain);
+      reference.encrypt(expected, 0);
+      assert.ok(Buffer.from(shared).equals(expected), 'the caller sees the workers\' result in its own memory');
+      // Zero detection reports back even though no buffer travels.
+      const zeros = new Uint8Array(new SharedArrayBuffer(8192));
+      const r = await pool.runShared(zeros, { length: 8192, zeroBlock: 4096 });
+      assert.equal(r.allZero, true);
+    } finally {
+      await pool.close();
+    }
+  });
+}
+
+test('runShared refuses memory that is not shared, and jobs longer than their memory', async () => {
+  const pool = CryptoPool.create(1);
+  try {
+    const id = pool.addCipher(params, randomBytes(64));
+    await assert.rejects(pool.runShared(new Uint8Array(512), { length: 512, zeroBlock: 0, decrypt: { cipher: id, iv: 0, length: 512 } }), InvalidArgumentError);
+    const small = new Uint8Array(new SharedArrayBuffer(512));
+    await assert.rejects(pool.runShared(small, { length: 1024, zeroBlock: 0, decrypt: { cipher: id, iv: 0, length: 1024 } }), InvalidArgumentError);
+    // A worker-side failure (unknown cipher) comes back as an error, not a hang.
+    await assert.rejects(pool.runShared(small, { length: 512, zeroBlock: 0, decrypt: { cipher: 999, iv: 0, length: 512 } }), /not registered/);
+  } finally {
+    await pool.close();
+  }
+});
