@@ -5,15 +5,19 @@
  */
 import { Command, CommanderError } from 'commander';
 import { BrickcryptError, EXIT_CODES, exitCodeOf } from '../errors.js';
-import { commandModules } from './commands/index.js';
+import { commandRegistrars } from './commands/index.js';
 
-export function buildProgram(): Command {
+/**
+ * The program with the commands `args` needs (all of them by default; see `commandRegistrars`).
+ */
+export async function buildProgram(args?: readonly string[]): Promise<Command> {
+  const registrars = await commandRegistrars(args);
   const program = new Command('brickcrypt')
     .description('Encrypted block volumes in userspace: LUKS1/LUKS2, images, keys, attach.')
     .version('0.1.0')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  for (const register of commandModules) register(program);
+  for (const register of registrars) register(program);
   return program;
 }
 
@@ -28,7 +32,7 @@ export async function main(argv: string[] = process.argv): Promise<number> {
     if (err.code === 'EPIPE') process.exit(EXIT_CODES.ok);
     throw err;
   });
-  const program = buildProgram();
+  const program = await buildProgram(argv.slice(2));
   try {
     await program.parseAsync(argv);
     return process.exitCode === undefined ? EXIT_CODES.ok : Number(process.exitCode);
