@@ -8,6 +8,7 @@
  * sector-cipher.ts falls back to the batched ECB + WebAssembly kernel.
  */
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import { InvalidArgumentError } from '../errors.js';
 
 /** What the compiled module exports (see native/xts.c). */
@@ -30,7 +31,7 @@ export function xtsNative(): NativeXtsModule | null {
   try {
     const require = createRequire(import.meta.url);
     // dist/src/crypto/ -> the package root's build/Release/.
-    loaded = require(new URL('../../../build/Release/brickcrypt_xts.node', import.meta.url).pathname) as NativeXtsModule;
+    loaded = require(fileURLToPath(new URL('../../../build/Release/brickcrypt_xts.node', import.meta.url))) as NativeXtsModule;
   } catch (err) {
     loaded = null;
     loadError = (err as Error).message.split('\n')[0];

@@ -67,7 +67,8 @@ export interface SectorCryptoOffload {
   decrypt(data: Uint8Array, iv: number): Promise<Uint8Array>;
   /**
    * In-place forms for `data` in a SharedArrayBuffer (the other thread works on the same
-   * memory: no copy, no hand-over). When present, reads into shared buffers take this path.
+   * memory: no copy, no hand-over). When present, reads into shared buffers and large writes
+   * (whose scratch is shared memory) take this path.
    */
   encryptInPlace?(data: Uint8Array, iv: number): Promise<void>;
   decryptInPlace?(data: Uint8Array, iv: number): Promise<void>;
