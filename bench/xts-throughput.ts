@@ -49,8 +49,12 @@ for (const sectorSize of [512, 4096]) {
   let nativeRow = `native: not built (${xtsNativeError() ?? 'unknown'})`;
   if (xtsNative()) {
     const native = createSectorCipher(spec, key, sectorSize, { xtsKernel: 'native' });
-    nativeRow = `native ${fmt(best(() => measure(native, data, true)), best(() => measure(native, data, false)))}`;
+    const evp = createSectorCipher(spec, key, sectorSize, { xtsKernel: 'native-evp' });
+    nativeRow =
+      `native ${fmt(best(() => measure(native, data, true)), best(() => measure(native, data, false)))}` +
+      ` | native OpenSSL EVP ${fmt(best(() => measure(evp, data, true)), best(() => measure(evp, data, false)))}`;
     native.wipe();
+    evp.wipe();
   }
   const wasm = createSectorCipher(spec, key, sectorSize, { xtsKernel: 'wasm' });
   const js = createSectorCipher(spec, key, sectorSize, { xtsKernel: 'js' });

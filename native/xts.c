@@ -7,6 +7,12 @@
  * N-API call; each sector is one EVP_CipherInit_ex (new IV only, the key schedule stays) and
  * one EVP_CipherUpdate, in place, into the caller's memory (which may be a SharedArrayBuffer).
  *
+ * On x86-64 CPUs with AES-NI a second engine does XTS itself with the AES instructions: the
+ * per-sector EVP_CipherInit_ex costs about as much as encrypting a 512-byte sector, and eight
+ * blocks in flight keep the AES unit busy. It follows IEEE 1619-2007 5.3.1 directly (sectors are
+ * whole multiples of 16 bytes here, so no ciphertext stealing); the tests compare both engines
+ * with OpenSSL's XTS on random data and with the IEEE 1619 vectors.
+ *
  * IVs (dm-crypt, cryptsetup docs/on-disk-format): plain64 = the 64-bit sector number, little
  * endian, zero-padded to 16 bytes; plain = its low 32 bits only; null = all zeros.
  * IEEE 1619-2007 5.1: the two key halves must differ - checked by the caller and here.
@@ -17,9 +23,20 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_AESNI_ENGINE 1
+#include <immintrin.h>
+#endif
+
 typedef struct {
   EVP_CIPHER_CTX *enc;
   EVP_CIPHER_CTX *dec;
+#ifdef HAVE_AESNI_ENGINE
+  /* Round keys for the AES-NI engine: data key encrypt/decrypt schedules, tweak key encrypt. */
+  int use_aesni;
+  int rounds;
+  __m128i k1e[15], k1d[15], k2e[15];
+#endif
 } xts_keys;
 
 enum { IV_PLAIN64 = 0, IV_PLAIN = 1, IV_NULL = 2 };
@@ -31,6 +48,12 @@ static napi_value throw_error(napi_env env, const char *code, const char *msg) {
 
 static void free_keys(xts_keys *k) {
   if (!k) return;
+#ifdef HAVE_AESNI_ENGINE
+  OPENSSL_cleanse(k->k1e, sizeof(k->k1e));
+  OPENSSL_cleanse(k->k1d, sizeof(k->k1d));
+  OPENSSL_cleanse(k->k2e, sizeof(k->k2e));
+  k->use_aesni = 0;
+#endif
   /* EVP_CIPHER_CTX_free cleanses the key schedule before freeing it. */
   if (k->enc) EVP_CIPHER_CTX_free(k->enc);
   if (k->dec) EVP_CIPHER_CTX_free(k->dec);
@@ -59,13 +82,103 @@ static int get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
   return 1;
 }
 
-/* createKeys(key: Uint8Array of 32 or 64 bytes) -> external */
+
+#ifdef HAVE_AESNI_ENGINE
+#define AESNI __attribute__((target("aes,sse2")))
+
+/* FIPS-197 5.2 key expansion with AESKEYGENASSIST: w[i] = w[i-Nk] ^ f(w[i-1]). */
+AESNI static inline __m128i expand_step(__m128i prev, __m128i assist, int lane) {
+  assist = lane == 3 ? _mm_shuffle_epi32(assist, 0xff) : _mm_shuffle_epi32(assist, 0xaa);
+  prev = _mm_xor_si128(prev, _mm_slli_si128(prev, 4));
+  prev = _mm_xor_si128(prev, _mm_slli_si128(prev, 4));
+  prev = _mm_xor_si128(prev, _mm_slli_si128(prev, 4));
+  return _mm_xor_si128(prev, assist);
+}
+
+/* AESKEYGENASSIST needs its round constant as an immediate, hence the macros. */
+#define EXP128(i, rcon) rk[i] = expand_step(rk[i - 1], _mm_aeskeygenassist_si128(rk[i - 1], rcon), 3)
+#define EXP256(i, rcon)                                                          \
+  rk[i] = expand_step(rk[i - 2], _mm_aeskeygenassist_si128(rk[i - 1], rcon), 3); \
+  if (i + 1 <= 14) rk[i + 1] = expand_step(rk[i - 1], _mm_aeskeygenassist_si128(rk[i], 0), 2)
+
+AESNI static int expand_key(const uint8_t *key, size_t len, __m128i *rk) {
+  if (len == 16) {
+    rk[0] = _mm_loadu_si128((const __m128i *)key);
+    EXP128(1, 0x01); EXP128(2, 0x02); EXP128(3, 0x04); EXP128(4, 0x08); EXP128(5, 0x10);
+    EXP128(6, 0x20); EXP128(7, 0x40); EXP128(8, 0x80); EXP128(9, 0x1b); EXP128(10, 0x36);
+    return 10;
+  }
+  rk[0] = _mm_loadu_si128((const __m128i *)key);
+  rk[1] = _mm_loadu_si128((const __m128i *)(key + 16));
+  EXP256(2, 0x01); EXP256(4, 0x02); EXP256(6, 0x04); EXP256(8, 0x08); EXP256(10, 0x10); EXP256(12, 0x20);
+  rk[14] = expand_step(rk[12], _mm_aeskeygenassist_si128(rk[13], 0x40), 3);
+  return 14;
+}
+
+/* The equivalent inverse cipher's schedule (FIPS-197 5.3.5), as AESDEC expects it. */
+AESNI static void decrypt_schedule(const __m128i *ek, __m128i *dk, int rounds) {
+  dk[0] = ek[rounds];
+  for (int i = 1; i < rounds; i++) dk[i] = _mm_aesimc_si128(ek[rounds - i]);
+  dk[rounds] = ek[0];
+}
+
+/* Multiplication by alpha in GF(2^128), little-endian block (IEEE 1619-2007 5.2). */
+AESNI static inline __m128i mul_alpha(__m128i t) {
+  __m128i carry = _mm_and_si128(_mm_srai_epi32(t, 31), _mm_set_epi32(0x87, 1, 1, 1));
+  return _mm_xor_si128(_mm_add_epi32(t, t), _mm_shuffle_epi32(carry, 0x93));
+}
+
+AESNI static inline __m128i encrypt_block(const __m128i *rk, int rounds, __m128i b) {
+  b = _mm_xor_si128(b, rk[0]);
+  for (int r = 1; r < rounds; r++) b = _mm_aesenc_si128(b, rk[r]);
+  return _mm_aesenclast_si128(b, rk[rounds]);
+}
+
+/* One sector (len a multiple of 128 bytes), eight blocks in flight. */
+AESNI static void sector_aesni(const xts_keys *k, const uint8_t iv[16], uint8_t *data, size_t len, int encrypt) {
+  const int nr = k->rounds;
+  const __m128i *rk = encrypt ? k->k1e : k->k1d;
+  __m128i t = encrypt_block(k->k2e, nr, _mm_loadu_si128((const __m128i *)iv));
+  for (size_t pos = 0; pos < len; pos += 128) {
+    __m128i tw[8], b[8];
+    for (int j = 0; j < 8; j++) {
+      tw[j] = t;
+      t = mul_alpha(t);
+      b[j] = _mm_xor_si128(_mm_xor_si128(_mm_loadu_si128((const __m128i *)(data + pos + 16 * j)), tw[j]), rk[0]);
+    }
+    if (encrypt) {
+      for (int r = 1; r < nr; r++)
+        for (int j = 0; j < 8; j++) b[j] = _mm_aesenc_si128(b[j], rk[r]);
+      for (int j = 0; j < 8; j++) b[j] = _mm_aesenclast_si128(b[j], rk[nr]);
+    } else {
+      for (int r = 1; r < nr; r++)
+        for (int j = 0; j < 8; j++) b[j] = _mm_aesdec_si128(b[j], rk[r]);
+      for (int j = 0; j < 8; j++) b[j] = _mm_aesdeclast_si128(b[j], rk[nr]);
+    }
+    for (int j = 0; j < 8; j++) _mm_storeu_si128((__m128i *)(data + pos + 16 * j), _mm_xor_si128(b[j], tw[j]));
+  }
+}
+
+static void setup_aesni(xts_keys *k, const uint8_t *key, size_t key_len) {
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("aes") || !__builtin_cpu_supports("sse2")) return;
+  size_t half = key_len / 2;
+  k->rounds = expand_key(key, half, k->k1e);
+  expand_key(key + half, half, k->k2e);
+  decrypt_schedule(k->k1e, k->k1d, k->rounds);
+  k->use_aesni = 1;
+}
+#endif
+
+/* createKeys(key: Uint8Array of 32 or 64 bytes, engine: 0 = best available, 1 = OpenSSL EVP only) -> external */
 static napi_value create_keys(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 2;
+  napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   uint8_t *key;
   size_t key_len;
+  uint32_t engine = 0;
+  if (argc >= 2 && napi_get_value_uint32(env, argv[1], &engine) != napi_ok) return throw_error(env, "ERR_INVALID_ARG_TYPE", "engine must be a number");
   if (argc < 1 || !get_bytes(env, argv[0], &key, &key_len)) return throw_error(env, "ERR_INVALID_ARG_TYPE", "key must be a Uint8Array");
   const EVP_CIPHER *cipher = key_len == 32 ? EVP_aes_128_xts() : key_len == 64 ? EVP_aes_256_xts() : NULL;
   if (!cipher) return throw_error(env, "ERR_INVALID_ARG_VALUE", "AES-XTS keys are 32 or 64 bytes");
@@ -80,6 +193,9 @@ static napi_value create_keys(napi_env env, napi_callback_info info) {
     OPENSSL_free(k);
     return throw_error(env, "ERR_CRYPTO", "AES-XTS key setup failed");
   }
+#ifdef HAVE_AESNI_ENGINE
+  if (engine == 0) setup_aesni(k, key, key_len);
+#endif
   napi_value handle;
   if (napi_create_external(env, k, finalize_keys, NULL, &handle) != napi_ok) {
     free_keys(k);
@@ -130,6 +246,12 @@ static napi_value run(napi_env env, napi_callback_info info) {
       uint64_t v = mode == IV_PLAIN ? (iv_no & 0xffffffffu) : iv_no;
       for (int b = 0; b < 8; b++) iv[b] = (uint8_t)(v >> (8 * b));
     }
+#ifdef HAVE_AESNI_ENGINE
+    if (k->use_aesni && sector_size % 128 == 0) {
+      sector_aesni(k, iv, data + pos, sector_size, encrypt);
+      continue;
+    }
+#endif
     int outl = 0;
     if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1) != 1 || EVP_CipherUpdate(ctx, data + pos, &outl, data + pos, (int)sector_size) != 1 ||
         outl != (int)sector_size) {
@@ -137,6 +259,23 @@ static napi_value run(napi_env env, napi_callback_info info) {
     }
   }
   return NULL;
+}
+
+/* engine(keys) -> "aesni" | "evp" */
+static napi_value engine_of(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  xts_keys *k = argc >= 1 ? keys_of(env, argv[0]) : NULL;
+  const char *name = "evp";
+#ifdef HAVE_AESNI_ENGINE
+  if (k && k->use_aesni) name = "aesni";
+#else
+  (void)k;
+#endif
+  napi_value out;
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &out);
+  return out;
 }
 
 /* wipe(keys): frees the key schedules now instead of at garbage collection. */
@@ -154,6 +293,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"createKeys", NULL, create_keys, NULL, NULL, NULL, napi_default, NULL},
       {"run", NULL, run, NULL, NULL, NULL, napi_default, NULL},
       {"wipe", NULL, wipe, NULL, NULL, NULL, napi_default, NULL},
+      {"engine", NULL, engine_of, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

@@ -47,8 +47,9 @@ export interface SectorCipherOptions {
   /**
    * 'auto' (default): the native kernel when it is built (xts-native.ts) and the IV generator
    * is one it computes (plain64, plain, null), else WebAssembly SIMD, else JavaScript.
+   * 'native-evp' pins the native kernel's OpenSSL engine (no AES-NI code of ours).
    */
-  xtsKernel?: 'auto' | 'native' | 'wasm' | 'js';
+  xtsKernel?: 'auto' | 'native' | 'native-evp' | 'wasm' | 'js';
 }
 
 /**
@@ -551,12 +552,12 @@ export function createSectorCipher(spec: CipherSpec, key: Uint8Array, sectorSize
   }
 }
 
-function xtsCipher(spec: CipherSpec, key: Uint8Array, sectorSize: number, kernel: 'auto' | 'native' | 'wasm' | 'js'): SectorCipher {
-  if (kernel === 'auto' || kernel === 'native') {
+function xtsCipher(spec: CipherSpec, key: Uint8Array, sectorSize: number, kernel: NonNullable<SectorCipherOptions['xtsKernel']>): SectorCipher {
+  if (kernel === 'auto' || kernel === 'native' || kernel === 'native-evp') {
     const mod = xtsNative();
     const ivMode = spec.ivGen in NATIVE_IV_MODES ? (spec.ivGen as NativeIvMode) : undefined;
-    if (mod && ivMode) return new NativeXts(new NativeXtsKeys(mod, key, ivMode), sectorSize);
-    if (kernel === 'native') {
+    if (mod && ivMode) return new NativeXts(new NativeXtsKeys(mod, key, ivMode, kernel === 'native-evp' ? 'evp' : 'auto'), sectorSize);
+    if (kernel !== 'auto') {
       throw new UnsupportedCipherError(
         cipherSpecStrings(spec).encryption,
         mod ? `has no native kernel for ${spec.ivGen} IVs` : 'needs the native AES-XTS kernel, which is not built (scripts/build-native.mjs)',

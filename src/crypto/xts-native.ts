@@ -1,8 +1,9 @@
 /**
- * The native AES-XTS kernel (native/xts.c, built by scripts/build-native.mjs): OpenSSL's own
- * XTS, one EVP call per sector, in place in the caller's memory. About 1.7x the WebAssembly
- * kernel for 512-byte sectors and 3-4x for 4096-byte ones, because node:crypto's
- * `Cipher.update` must allocate and copy its output on every call and this does neither.
+ * The native AES-XTS kernel (native/xts.c, built by scripts/build-native.mjs), in place in the
+ * caller's memory, with two engines: the AES-NI instructions directly (x86-64 CPUs that have
+ * them), or OpenSSL's own XTS with one EVP call per sector. About 2.5x the WebAssembly kernel
+ * for 512-byte sectors and 3-4x for 4096-byte ones, because node:crypto's `Cipher.update` must
+ * allocate and copy its output on every call and this does neither.
  *
  * Optional: `xtsNative()` returns null when the module was not built or does not load, and
  * sector-cipher.ts falls back to the batched ECB + WebAssembly kernel.
@@ -13,7 +14,9 @@ import { InvalidArgumentError } from '../errors.js';
 
 /** What the compiled module exports (see native/xts.c). */
 interface NativeXtsModule {
-  createKeys(key: Uint8Array): object;
+  /** engine 0: AES-NI when the CPU has it, else OpenSSL EVP; 1: OpenSSL EVP only. */
+  createKeys(key: Uint8Array, engine: number): object;
+  engine(keys: object): 'aesni' | 'evp';
   run(keys: object, data: Uint8Array, firstIv: number, sectorSize: number, ivStep: number, ivMode: number, encrypt: boolean): void;
   wipe(keys: object): void;
 }
@@ -51,13 +54,18 @@ export function xtsNativeError(): string | undefined {
  */
 export class NativeXtsKeys {
   #keys: object | null;
+  /** The engine in use. */
+  readonly engine: 'aesni' | 'evp';
 
   constructor(
     private readonly mod: NativeXtsModule,
     key: Uint8Array,
     private readonly ivMode: NativeIvMode,
+    /** 'auto': AES-NI when available; 'evp': OpenSSL's XTS only. */
+    engine: 'auto' | 'evp' = 'auto',
   ) {
-    this.#keys = mod.createKeys(key);
+    this.#keys = mod.createKeys(key, engine === 'evp' ? 1 : 0);
+    this.engine = mod.engine(this.#keys);
   }
 
   run(data: Uint8Array, firstIv: number, sectorSize: number, encrypt: boolean): void {

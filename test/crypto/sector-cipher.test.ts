@@ -11,7 +11,16 @@ import {
 import { parseEncryption, type CipherSpec } from '../../src/crypto/cipher-spec.js';
 import { InvalidArgumentError, UnsupportedCipherError, WeakKeyError } from '../../src/errors.js';
 import { SECTOR_VECTORS, SHORT_VECTORS, VECTOR_1 } from './ieee1619-vectors.js';
-import { xtsNative, xtsNativeError } from '../../src/crypto/xts-native.js';
+import { NativeXtsKeys, xtsNative, xtsNativeError } from '../../src/crypto/xts-native.js';
+import { readFileSync } from 'node:fs';
+
+function readCpuFlags(): string {
+  try {
+    return readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1] ?? '';
+  } catch {
+    return '';
+  }
+}
 
 const hex = (s: string) => new Uint8Array(Buffer.from(s, 'hex'));
 const rnd = (n: number) => new Uint8Array(randomBytes(n));
@@ -48,10 +57,17 @@ const SECTOR_SIZES = [512, 1024, 2048, 4096];
 const BATCHES = [1, 3, 17, 130]; // 130 x 512 B crosses the 64 KiB internal chunk
 
 const NATIVE = xtsNative() !== null;
-const KERNELS = [...(NATIVE ? (['native'] as const) : []), 'wasm', 'js'] as const;
+const KERNELS = [...(NATIVE ? (['native', 'native-evp'] as const) : []), 'wasm', 'js'] as const;
 
 test('the native AES-XTS kernel is built and loads (CI requires it)', (t) => {
-  if (NATIVE) return;
+  if (NATIVE) {
+    // The engines are what they claim: AES-NI where the CPU has it (x86-64), OpenSSL's XTS when pinned.
+    const key = rnd(64);
+    const hasAes = process.arch === 'x64' && /\baes\b/.test(readCpuFlags());
+    assert.equal(new NativeXtsKeys(xtsNative()!, key, 'plain64').engine, hasAes ? 'aesni' : 'evp');
+    assert.equal(new NativeXtsKeys(xtsNative()!, key, 'plain64', 'evp').engine, 'evp');
+    return;
+  }
   const why = `native AES-XTS kernel unavailable: ${xtsNativeError()} (run: node scripts/build-native.mjs)`;
   if (process.env.CI === 'true') assert.fail(why);
   console.error(`\n*** SKIPPED: ${why}\n`);
