@@ -110,6 +110,9 @@ for run in $(seq "$runs"); do
     sync
     cat "$vol" "$src" >/dev/null # page cache warm for every server alike
     w=$(timed nbdcopy "$src" "$uri")
+    # The write leaves up to 2 GiB dirty in the page cache; without a sync its writeback would
+    # run during the read and charge it to whichever server wrote fastest.
+    sync
     r=$(timed nbdcopy "$uri" null:)
     results[$s.write]+="$w "
     results[$s.read]+="$r "
