@@ -30,6 +30,12 @@ const VECTORS: Array<{ name: string; bytes: Uint8Array; want: string }> = [
   { name: 'error chunk', bytes: c.encodeErrorChunk(22, 'x'), want: '00000016' + '0001' + '78' },
   { name: 'error offset chunk', bytes: c.encodeErrorChunk(5, '', 9), want: '00000005' + '0000' + '0000000000000009' },
   { name: 'offset hole', bytes: c.encodeOffsetHole(512, 1024), want: '0000000000000200' + '00000400' },
+  {
+    // Structured header (length = 8 + data) followed by the chunk's 8-byte offset.
+    name: 'OFFSET_DATA header for 4096 data bytes at 0x200, DONE',
+    bytes: c.encodeOffsetDataHeader(1, 9n, 512, 4096),
+    want: '668e33ef' + '0001' + '0001' + '0000000000000009' + '00001008' + '0000000000000200',
+  },
   { name: 'server reply', bytes: c.encodeServerReply('ab', 'd'), want: '00000002' + '6162' + '64' },
   { name: 'meta context reply', bytes: c.encodeMetaContextReply(1, 'base:allocation'), want: '00000001' + Buffer.from('base:allocation').toString('hex') },
 ];

@@ -15,6 +15,7 @@ import {
   NBD_SIMPLE_REPLY_MAGIC,
   NBD_STRUCTURED_REPLY_MAGIC,
   NBD_EXPORT_NAME_PADDING,
+  NBD_REPLY_TYPE,
 } from './constants.js';
 
 const utf8 = new TextEncoder();
@@ -417,9 +418,19 @@ export function decodeStructuredReplyHeader(b: Uint8Array): StructuredReplyHeade
 }
 
 /** NBD_REPLY_TYPE_OFFSET_DATA payload prefix. | 0 | 8 | offset | 8 | .. | data | */
-export function encodeOffsetDataPrefix(offset: number): Uint8Array {
-  const b = new Uint8Array(8);
-  view(b).setBigUint64(0, BigInt(offset));
+/**
+ * Structured reply header and OFFSET_DATA prefix in one 28-byte buffer (the data follows), so
+ * a READ reply goes out as two socket writes, not three.
+ */
+export function encodeOffsetDataHeader(flags: number, cookie: bigint, offset: number, dataLength: number): Uint8Array {
+  const b = new Uint8Array(STRUCTURED_REPLY_HEADER_SIZE + 8);
+  const v = view(b);
+  v.setUint32(0, NBD_STRUCTURED_REPLY_MAGIC);
+  v.setUint16(4, flags);
+  v.setUint16(6, NBD_REPLY_TYPE.OFFSET_DATA);
+  v.setBigUint64(8, cookie);
+  v.setUint32(16, 8 + dataLength);
+  v.setBigUint64(STRUCTURED_REPLY_HEADER_SIZE, BigInt(offset));
   return b;
 }
 export function decodeOffsetData(b: Uint8Array): { offset: number; data: Uint8Array } {

@@ -56,7 +56,7 @@ import {
   encodeGreeting,
   encodeInfoReply,
   encodeMetaContextReply,
-  encodeOffsetDataPrefix,
+  encodeOffsetDataHeader,
   encodeOffsetHole,
   encodeOptionReply,
   encodeServerReply,
@@ -528,8 +528,7 @@ export class NbdSession {
     if (!this.#structured) return [encodeSimpleReply(0, req.cookie), data];
     if (data.length === 0) return [encodeStructuredReply(NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE.NONE, req.cookie)];
     return [
-      encodeStructuredReplyHeader(NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE.OFFSET_DATA, req.cookie, 8 + data.length),
-      encodeOffsetDataPrefix(req.offset),
+      encodeOffsetDataHeader(NBD_REPLY_FLAG_DONE, req.cookie, req.offset, data.length),
       data,
     ];
   }
@@ -544,7 +543,7 @@ export class NbdSession {
     pieces.forEach((p, i) => {
       const flags = i === pieces.length - 1 ? NBD_REPLY_FLAG_DONE : 0;
       if ('hole' in p) out.push(encodeStructuredReply(flags, NBD_REPLY_TYPE.OFFSET_HOLE, req.cookie, encodeOffsetHole(p.offset, p.hole)));
-      else out.push(encodeStructuredReplyHeader(flags, NBD_REPLY_TYPE.OFFSET_DATA, req.cookie, 8 + p.data.length), encodeOffsetDataPrefix(p.offset), p.data);
+      else out.push(encodeOffsetDataHeader(flags, req.cookie, p.offset, p.data.length), p.data);
     });
     if (pieces.length === 0) out.push(encodeStructuredReply(NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE.NONE, req.cookie));
     return out;
