@@ -316,8 +316,12 @@ async function preparePlainTarget(options: ConvertOptions, size: number, notes: 
   };
 }
 
-/** Background flush interval for file targets: writeback overlaps the copy instead of following it. */
-const FLUSH_BEHIND_BYTES = 256 << 20;
+/**
+ * Background flush interval for file targets: writeback overlaps the copy instead of following
+ * it. Small enough that the disk starts early and stays busy (measured on luks1->raw, 2 GiB:
+ * data phase 2.3-3.2 s with 64 MiB against 2.5-3.6 s with 256 MiB, on a noisy VM).
+ */
+const FLUSH_BEHIND_BYTES = 64 << 20;
 
 /** Room the provisional header capture leaves for any LUKS header layout. */
 const HEADER_ROOM = 1 << 30;
