@@ -292,7 +292,7 @@ class BatchedXts implements SectorCipher {
   }
 }
 
-/** XTS in the native kernel: OpenSSL's XTS per sector, in place (xts-native.ts). */
+/** XTS in the native kernel (AES-NI or OpenSSL EVP engine), in place (xts-native.ts). */
 class NativeXts implements SectorCipher {
   readonly sectorSize: number;
   readonly #keys: NativeXtsKeys;
