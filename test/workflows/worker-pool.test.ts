@@ -50,3 +50,12 @@ test('runShared refuses memory that is not shared, and jobs longer than their me
     await pool.close();
   }
 });
+
+test('a server leaves a core to its main thread; never fewer than one worker, never more than four', async () => {
+  const { availableParallelism } = await import('node:os');
+  const { defaultWorkerCount, serverWorkerCount } = await import('../../src/workflows/worker-pool.js');
+  const cores = availableParallelism();
+  for (const n of [defaultWorkerCount(), serverWorkerCount()]) assert.ok(n >= 1 && n <= 4, String(n));
+  if (cores >= 2) assert.ok(serverWorkerCount() <= cores - 1, `${serverWorkerCount()} workers on ${cores} cores`);
+  assert.ok(serverWorkerCount() <= defaultWorkerCount());
+});

@@ -20,7 +20,7 @@ import { VolumeLock, processAlive } from '../../devices/volume-lock.js';
 import { detectFormat } from '../../images/detect.js';
 import { openImage } from '../../images/open-image.js';
 import { unlockLuks } from '../../luks/index.js';
-import { CryptoPool, defaultWorkerCount } from '../../workflows/worker-pool.js';
+import { CryptoPool, serverWorkerCount } from '../../workflows/worker-pool.js';
 import { NbdServer, type ListenTarget } from '../../nbd/server.js';
 import { nbdUri } from '../../nbd/uri.js';
 import type { Passphrase } from '../../secret.js';
@@ -119,8 +119,8 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
     if (o.header) header = await FileDevice.open(o.header, { readOnly: wantReadOnly });
     const { volume, key } = await unlockLuks(file, passphrase, { readOnly: wantReadOnly, forWrite: !wantReadOnly, ...(header ? { headerDevice: header } : {}) });
     // Large reads and writes are decrypted/encrypted by worker threads, in place in shared
-    // memory, so every core shares the cipher work (the main thread alone is the bottleneck otherwise).
-    pool = CryptoPool.create(defaultWorkerCount());
+    // memory, so the cipher work runs beside the main thread's protocol and socket work.
+    pool = CryptoPool.create(serverWorkerCount());
     let cryptoOffload: SectorCryptoOffload;
     try {
       const offload = pool.sectorCrypto({ encryption: volume.encryption, keyBytes: volume.keyBytes, sectorSize: volume.sectorSize }, key.expose());
