@@ -42,6 +42,12 @@ export interface BlockDevice {
   read(buf: Uint8Array, offset: number): Promise<void>;
   /** Writes all of `buf` at `offset`. Writing past the end is an `OutOfRangeError`. */
   write(buf: Uint8Array, offset: number): Promise<void>;
+  /**
+   * Optional: as `write`, but the device may use `buf` as scratch (its content afterwards is
+   * unspecified), which saves a copy when the caller no longer needs the bytes, e.g. the
+   * encrypted view encrypting in place. Callers without it use `write`.
+   */
+  writeConsuming?(buf: Uint8Array, offset: number): Promise<void>;
   /** Makes every completed write durable. */
   flush(): Promise<void>;
   /** Makes `[offset, offset+length)` read as zeros; may deallocate if `mayTrim`. */

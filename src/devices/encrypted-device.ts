@@ -294,6 +294,29 @@ export class EncryptedDevice implements BlockDevice {
     }
   }
 
+  /**
+   * As `write`, encrypting `buf` itself when it is whole sectors in shared memory and large
+   * enough for the offload (no scratch, no copy); `buf` then holds ciphertext. Otherwise `write`.
+   */
+  async writeConsuming(buf: Uint8Array, offset: number): Promise<void> {
+    const ss = this.sectorSize;
+    if (!(offset % ss === 0 && buf.length % ss === 0 && this.#offloads(buf.length) && this.#offload!.encryptInPlace && buf.buffer instanceof SharedArrayBuffer)) {
+      return this.write(buf, offset);
+    }
+    this.#check(offset, buf.length, true);
+    const release = await this.#lock.acquire(offset, offset + buf.length);
+    try {
+      const jobs: Array<Promise<void>> = [];
+      for (let pos = 0; pos < buf.length; pos += PIECE_BYTES) {
+        jobs.push(this.#offload!.encryptInPlace!(buf.subarray(pos, Math.min(buf.length, pos + PIECE_BYTES)), this.ivAt(offset + pos)));
+      }
+      await Promise.all(jobs);
+      await this.data.write(buf, this.dataOffset + offset);
+    } finally {
+      release();
+    }
+  }
+
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.#check(offset, buf.length, true);
     await this.#writeRange(offset, buf.length, (tmp, from, to, start) => tmp.set(buf.subarray(from - offset, to - offset), from - start));

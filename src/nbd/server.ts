@@ -75,12 +75,12 @@ export class NbdServer {
   #tlsCreds: TlsCredentials | undefined;
   #socketPath: string | undefined;
   #closing: Promise<void> | undefined;
-  /** @internal READ reply buffers, reused across requests and connections. */
-  readonly readBuffers: BufferPool;
+  /** @internal READ reply and WRITE payload buffers, reused across requests and connections. */
+  readonly ioBuffers: BufferPool;
 
   constructor(options: NbdServerOptions) {
     this.#options = options;
-    this.readBuffers = new BufferPool({ maxPooledBytes: options.maxBufferedBytes ?? 64 * 1024 * 1024 });
+    this.ioBuffers = new BufferPool({ maxPooledBytes: options.maxBufferedBytes ?? 64 * 1024 * 1024 });
     const entries = options.exports instanceof Map ? [...options.exports] : Object.entries(options.exports);
     if (entries.length === 0) throw new InvalidArgumentError('An NBD server needs at least one export.');
     for (const [name, e] of entries) {
@@ -211,7 +211,12 @@ export class NbdServer {
 
   /** @internal */
   sessionFor(): NbdSession {
-    return new NbdSession(this.catalog, { tls: this.#options.tls ? 'require' : 'off', maxPayload: this.#options.maxPayload ?? NBD_MAX_PAYLOAD });
+    return new NbdSession(this.catalog, {
+      tls: this.#options.tls ? 'require' : 'off',
+      maxPayload: this.#options.maxPayload ?? NBD_MAX_PAYLOAD,
+      // WRITE payloads land in pooled shared memory, which the device may encrypt in place.
+      allocatePayload: (n) => this.ioBuffers.take(n),
+    });
   }
 
   /** @internal */
@@ -233,7 +238,7 @@ export class NbdServer {
       }
       if (this.#socketPath) await fsp.rm(this.#socketPath, { force: true });
       if (this.#tlsCreds) wipeTlsCredentials(this.#tlsCreds);
-      this.readBuffers.wipe();
+      this.ioBuffers.wipe();
     })();
     return this.#closing;
   }
@@ -476,7 +481,7 @@ class Connection {
     this.#perform(e, req, lease).then(
       (reply) => this.#completed(reply, cost, lease.buffer),
       (err: unknown) => {
-        if (lease.buffer) this.server.readBuffers.give(lease.buffer);
+        if (lease.buffer) this.server.ioBuffers.give(lease.buffer);
         const msg = err instanceof BrickcryptError ? err.message : 'I/O error';
         if (!(err instanceof BrickcryptError)) this.server.log(`I/O error: ${(err as Error)?.message ?? String(err)}`);
         this.#completed(this.#session.replyError(req, nbdErrnoOf(err), msg), cost);
@@ -496,12 +501,17 @@ class Connection {
           if (pieces.some((p) => 'hole' in p)) return s.replyReadChunks(req, pieces);
         }
         if (req.length === 0) return s.replyRead(req, new Uint8Array(0));
-        const buf = (lease.buffer = this.server.readBuffers.take(req.length));
+        const buf = (lease.buffer = this.server.ioBuffers.take(req.length));
         await d.read(buf, req.offset);
         return s.replyRead(req, buf);
       }
       case 'write':
-        if (req.length > 0) await d.write(req.data!, req.offset);
+        if (req.length > 0) {
+          // The payload buffer came from the pool (sessionFor) and is ours: the device may consume it.
+          lease.buffer = req.data!;
+          if (d.writeConsuming) await d.writeConsuming(req.data!, req.offset);
+          else await d.write(req.data!, req.offset);
+        }
         if (req.fua) await d.flush();
         return s.replyOk(req);
       case 'flush':
@@ -532,7 +542,7 @@ class Connection {
     this.#inflight--;
     this.#inflightBytes -= cost;
     // A buffer still queued on a socket that closes is left to the garbage collector.
-    this.#send(reply, leased && (() => this.server.readBuffers.give(leased)));
+    this.#send(reply, leased && (() => this.server.ioBuffers.give(leased)));
     if (this.#inflight === 0) {
       const idle = this.#idle;
       this.#idle = [];

@@ -113,6 +113,41 @@ for (const [sectorSize, ivTweak, workers] of [
   });
 }
 
+test('writeConsuming encrypts a shared buffer in place and writes what write() writes; other buffers fall back', async () => {
+  const key = randomBytes(64);
+  const params: EncryptionParams = { encryption: 'aes-xts-plain64', keyBytes: 64, sectorSize: 512, ivTweak: 0, dataOffset: 4096, payloadSize: 4 << 20 };
+  const pool = CryptoPool.create(1);
+  const offload = counting(pool.sectorCrypto({ encryption: params.encryption, keyBytes: 64, sectorSize: 512 }, key));
+  const viaWrite = new MemoryDevice(4096 + (4 << 20));
+  const viaConsume = new MemoryDevice(4096 + (4 << 20));
+  const a = EncryptedDevice.open(viaWrite, params, VolumeKey.copyOf(key));
+  const b = EncryptedDevice.open(viaConsume, params, VolumeKey.copyOf(key), { cryptoOffload: offload, offloadMinBytes: THRESHOLD });
+  try {
+    const plain = randomBytes((2 << 20) + 512 * 3); // more than one 1 MiB piece
+    const shared = new Uint8Array(new SharedArrayBuffer(plain.length));
+    shared.set(plain);
+    await a.write(new Uint8Array(plain), 8192);
+    await b.writeConsuming(shared, 8192);
+    assert.ok(Buffer.from(viaWrite.bytes).equals(Buffer.from(viaConsume.bytes)), 'same ciphertext on disk');
+    assert.ok(Buffer.from(shared).equals(Buffer.from(viaConsume.bytes.subarray(4096 + 8192, 4096 + 8192 + plain.length))), 'the buffer now holds the ciphertext');
+    assert.equal(offload.inPlaceCalls, 3, 'one in-place job per 1 MiB piece');
+    // Unaligned, or not shared: the ordinary write path, and the caller's bytes are left alone.
+    const odd = new Uint8Array(randomBytes(THRESHOLD * 2));
+    const oddCopy = Buffer.from(odd);
+    await a.write(odd.slice(), (3 << 20) + 1000);
+    await b.writeConsuming(odd, (3 << 20) + 1000);
+    assert.ok(Buffer.from(odd).equals(oddCopy));
+    assert.ok(Buffer.from(viaWrite.bytes).equals(Buffer.from(viaConsume.bytes)));
+    const back = new Uint8Array(plain.length);
+    await b.read(back, 8192);
+    assert.ok(Buffer.from(back).equals(plain));
+  } finally {
+    await a.close();
+    await b.close();
+    await pool.close();
+  }
+});
+
 test('small requests stay inline; the offload is not called below the threshold', async () => {
   const key = randomBytes(64);
   const params: EncryptionParams = { encryption: 'aes-xts-plain64', keyBytes: 64, sectorSize: 512, ivTweak: 0, dataOffset: 0, payloadSize: 1 << 20 };

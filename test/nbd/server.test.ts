@@ -235,7 +235,7 @@ test('raw socket: READ buffers are reused once sent, and a reused buffer never c
     }
     // Every reply has been written to the socket by now; their buffers went back to the pool.
     await new Promise((r) => setImmediate(r));
-    assert.ok(server.readBuffers.pooledBytes >= 16384, `pooled ${server.readBuffers.pooledBytes}`);
+    assert.ok(server.ioBuffers.pooledBytes >= 16384, `pooled ${server.ioBuffers.pooledBytes}`);
   }
   cl.close();
 });

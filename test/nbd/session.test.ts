@@ -282,3 +282,21 @@ test('extentsToDescriptors: clips, merges, fills gaps, honours REQ_ONE', () => {
   assert.deepEqual(extentsToDescriptors(5000, 100, ex, true), [{ length: 100, flags: 3 }]);
   assert.deepEqual(extentsToDescriptors(0, 8192, ex, true), [{ length: 4096, flags: 0 }]);
 });
+
+test('session: WRITE payloads land in the buffers allocatePayload hands out, however the bytes arrive', () => {
+  const given: Uint8Array[] = [];
+  const s = new NbdSession(catalog, { tls: 'off', allocatePayload: (n) => (given.push(new Uint8Array(n)), given[given.length - 1]!) });
+  s.start();
+  s.receive(c.encodeClientFlags(3));
+  s.receive(c.encodeOption(NBD_OPT.GO, c.encodeInfoRequest({ name: 'disk', infos: [] })));
+  const payload = new Uint8Array(3000).map((_, i) => i * 7);
+  const wire = req(NBD_CMD.WRITE, 4096, payload.length, 0, 5n, payload);
+  // In one piece, and split inside the payload: both times the request carries an allocated buffer.
+  const ios = [...s.receive(wire), ...s.receive(wire.subarray(0, 100)), ...s.receive(wire.subarray(100))].flatMap((a) => (a.type === 'io' ? [a.request] : []));
+  assert.equal(ios.length, 2);
+  assert.equal(given.length, 2);
+  ios.forEach((r, i) => {
+    assert.equal(r.data, given[i], 'the payload is the allocated buffer itself');
+    assert.deepEqual([...r.data!], [...payload]);
+  });
+});

@@ -17,19 +17,23 @@ export class ByteQueue {
     this.#length += chunk.length;
   }
 
-  /** Removes and returns the first `n` bytes (a view when they lie in one chunk, else a copy). */
-  take(n: number): Uint8Array {
+  /**
+   * Removes and returns the first `n` bytes: a view when they lie in one chunk, else a copy.
+   * With `allocate`, always a copy, into the buffer it returns (exactly `n` bytes).
+   */
+  take(n: number, allocate?: (n: number) => Uint8Array): Uint8Array {
     if (n > this.#length) throw new RangeError(`ByteQueue.take(${n}) with ${this.#length} bytes queued`);
     if (n === 0) return new Uint8Array(0);
     const first = this.#chunks[0]!;
-    if (first.length >= n) {
+    if (first.length >= n && !allocate) {
       const out = first.subarray(0, n);
       if (first.length === n) this.#chunks.shift();
       else this.#chunks[0] = first.subarray(n);
       this.#length -= n;
       return out;
     }
-    const out = new Uint8Array(n);
+    const out = allocate ? allocate(n) : new Uint8Array(n);
+    if (out.length !== n) throw new RangeError(`ByteQueue.take: the allocator returned ${out.length} bytes, not ${n}`);
     let o = 0;
     while (o < n) {
       const c = this.#chunks[0]!;

@@ -95,6 +95,11 @@ export interface SessionOptions {
   tls: 'off' | 'require';
   /** Largest READ/WRITE length accepted (default 32 MiB). */
   maxPayload?: number;
+  /**
+   * Where WRITE payloads go: a buffer of exactly `n` bytes the caller owns (e.g. from a pool;
+   * returned to it after the write). Default: a new Uint8Array, or a view of the received chunk.
+   */
+  allocatePayload?: (n: number) => Uint8Array;
 }
 
 export type IoCommand = 'read' | 'write' | 'flush' | 'trim' | 'write-zeroes' | 'cache' | 'block-status';
@@ -136,6 +141,7 @@ export class NbdSession {
   readonly #catalog: ExportCatalog;
   readonly #tlsMode: 'off' | 'require';
   readonly #maxPayload: number;
+  readonly #allocatePayload: ((n: number) => Uint8Array) | undefined;
   readonly #in = new ByteQueue();
   #phase: Phase = 'client-flags';
   #noZeroes = false;
@@ -159,6 +165,7 @@ export class NbdSession {
     this.#catalog = catalog;
     this.#tlsMode = options.tls;
     this.#maxPayload = options.maxPayload ?? NBD_MAX_PAYLOAD;
+    this.#allocatePayload = options.allocatePayload;
   }
 
   get phase(): Phase {
@@ -440,7 +447,7 @@ export class NbdSession {
       const h = this.#pendingWrite;
       if (this.#in.length < h.length) return [];
       this.#pendingWrite = undefined;
-      return this.#validate(h, this.#in.take(h.length));
+      return this.#validate(h, this.#in.take(h.length, this.#allocatePayload));
     }
     if (this.#in.length < REQUEST_HEADER_SIZE) return [];
     const h = decodeRequest(this.#in.take(REQUEST_HEADER_SIZE));
@@ -457,7 +464,7 @@ export class NbdSession {
         this.#pendingWrite = h;
         return [{ type: 'send', data: [] }];
       }
-      return this.#validate(h, this.#in.take(h.length));
+      return this.#validate(h, this.#in.take(h.length, this.#allocatePayload));
     }
     return this.#validate(h);
   }
