@@ -3,7 +3,8 @@
 # nbdkit's luks filter, on the same LUKS1 volume, in one run. A client (nbdcopy, its defaults:
 # multi-conn when offered, 64 requests in flight, 256 KiB requests) copies the whole export
 # to null: (sequential read) and a random raw file onto the export (sequential write).
-# Prints MiB/s (median of BENCH_RUNS runs) and brickcrypt's ratios against the targets.
+# Prints MiB/s (median of BENCH_RUNS runs) and brickcrypt's ratios against the targets. Each
+# server gets one untimed warm-up read after it starts.
 #
 #   BENCH_SIZE  volume payload size (default 2G; e.g. 512M for a quick run)
 #   BENCH_DIR   where the temporary files go (default /tmp; needs ~2x BENCH_SIZE free)
@@ -109,6 +110,9 @@ for run in $(seq "$runs"); do
     start_server "$s"
     sync
     cat "$vol" "$src" >/dev/null # page cache warm for every server alike
+    # One untimed read first, for every server alike: the servers are long-running daemons, and
+    # a fresh process pays once for growing its buffers (and JIT warm-up), not on every request.
+    nbdcopy "$uri" null:
     w=$(timed nbdcopy "$src" "$uri")
     # The write leaves up to 2 GiB dirty in the page cache; without a sync its writeback would
     # run during the read and charge it to whichever server wrote fastest.
