@@ -32,18 +32,8 @@ import { verifyAuditChain, type AuditableKeyManager, type AuditEntry, type Audit
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 
-/** A stored object's descriptive fields (no bytes). */
-export interface ObjectRecord {
-  id: string;
-  type: ObjectType;
-  algorithm?: string;
-  bitLength?: number;
-  name?: string;
-  created: string;
-  owner: { user: string; project: string };
-  consumers: Consumer[];
-  readers: string[];
-}
+/** A stored object's descriptive fields (no bytes); policy backends always keep the readers list. */
+export type ObjectRecord = ManagedObjectMetadata & { readers: string[] };
 
 /** Where a policy backend keeps its records. Mutations record their audit event atomically with the change. */
 export interface RecordStore {
