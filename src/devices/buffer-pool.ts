@@ -1,13 +1,13 @@
 /**
- * Reusable I/O buffers: the NBD server's READ replies, the encrypted view's write scratch.
+ * Reusable I/O buffers: the NBD server's READ replies and WRITE payloads, the encrypted view's scratch.
  *
  * A fresh buffer per request costs more than the request: its pages are new to the process, so
  * the kernel faults and zeroes them while the file read fills them, and the garbage collector
  * later reclaims them (measured: a 1 GiB read in 256 KiB requests took 3-4x as long with fresh
- * buffers as with reused ones). Buffers are returned once the socket has sent them.
+ * buffers as with reused ones). Buffers are returned once their work is done (a reply sent).
  *
  * The memory is a SharedArrayBuffer, so a device with a worker-thread cipher
- * (`SectorCryptoOffload.decryptInPlace`) decrypts in the very buffer that goes to the socket.
+ * (`SectorCryptoOffload`) decrypts or encrypts in the very buffer the socket sends or filled.
  * Returned buffers are zeroed when the pool is wiped (on close), not on every reuse: a taken
  * buffer is always filled completely before it is used.
  *

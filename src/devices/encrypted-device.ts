@@ -53,25 +53,18 @@ export interface EncryptedDeviceOptions {
 }
 
 /**
- * An asynchronous sector transform with the device's key and sector size, e.g. a worker pool.
- * `data` holds whole sectors and covers its entire ArrayBuffer; it is handed over (it may be
- * detached) and the returned array holds the result. `iv` is the first sector's IV in 512-byte
- * units, as in `SectorCipher`.
+ * An asynchronous sector transform with the device's key and sector size, e.g. a worker pool,
+ * working in place on memory both sides share: `data` holds whole sectors and lies in a
+ * SharedArrayBuffer, and must not be touched until the promise settles. `iv` is the first
+ * sector's IV in 512-byte units, as in `SectorCipher`.
  *
  * @example
  * const dev = EncryptedDevice.open(file, volume, key, { cryptoOffload: pool.sectorCrypto(params, key.expose()) });
  */
 export interface SectorCryptoOffload {
   /** Absent: writes encrypt on the calling thread. */
-  encrypt?(data: Uint8Array, iv: number): Promise<Uint8Array>;
-  decrypt(data: Uint8Array, iv: number): Promise<Uint8Array>;
-  /**
-   * In-place forms for `data` in a SharedArrayBuffer (the other thread works on the same
-   * memory: no copy, no hand-over). When present, reads into shared buffers and large writes
-   * (whose scratch is shared memory) take this path.
-   */
   encryptInPlace?(data: Uint8Array, iv: number): Promise<void>;
-  decryptInPlace?(data: Uint8Array, iv: number): Promise<void>;
+  decryptInPlace(data: Uint8Array, iv: number): Promise<void>;
   /** Wipes the key material it holds. */
   close(): Promise<void>;
 }
@@ -126,7 +119,7 @@ export class EncryptedDevice implements BlockDevice {
   readonly #lock = new RangeLock();
   readonly #offload: SectorCryptoOffload | undefined;
   readonly #offloadMin: number;
-  /** Write scratch (one piece each), reused: fresh pages per write cost more than the cipher. */
+  /** Scratch (one piece each) in shared memory, reused: fresh pages per request cost more than the cipher. */
   readonly #scratch = new BufferPool({ maxPooledBytes: 8 * PIECE_BYTES, maxPooledSize: PIECE_BYTES });
   #closed = false;
 
@@ -228,37 +221,46 @@ export class EncryptedDevice implements BlockDevice {
     return this.#offload !== undefined && bytes >= this.#offloadMin;
   }
 
+  /** True when `buf` at `offset` can be handed to the offload as it is: whole sectors in shared memory. */
+  #sharedRun(buf: Uint8Array, offset: number): boolean {
+    const ss = this.sectorSize;
+    return offset % ss === 0 && buf.length % ss === 0 && this.#offloads(buf.length) && buf.buffer instanceof SharedArrayBuffer;
+  }
+
+  /** Runs the offload over `buf` (plaintext byte `offset` onwards) in PIECE_BYTES pieces, in parallel. */
+  async #offloadRun(buf: Uint8Array, offset: number, fn: (data: Uint8Array, iv: number) => Promise<void>): Promise<void> {
+    const jobs: Array<Promise<void>> = [];
+    for (let pos = 0; pos < buf.length; pos += PIECE_BYTES) {
+      jobs.push(fn(buf.subarray(pos, Math.min(buf.length, pos + PIECE_BYTES)), this.ivAt(offset + pos)));
+    }
+    await Promise.all(jobs);
+  }
+
   async read(buf: Uint8Array, offset: number): Promise<void> {
     this.#check(offset, buf.length, false);
-    const ss = this.sectorSize;
-    if (offset % ss === 0 && buf.length % ss === 0 && this.#offloads(buf.length) && this.#offload!.decryptInPlace && buf.buffer instanceof SharedArrayBuffer) {
-      // The caller's memory is shared with the workers: one read of the ciphertext, then its
-      // pieces are decrypted in place, in parallel.
+    const offload = this.#offload;
+    if (offload && this.#sharedRun(buf, offset)) {
+      // The caller's memory is shared with the workers: one read of the ciphertext, decrypted in place.
       await this.data.read(buf, this.dataOffset + offset);
-      const jobs: Array<Promise<void>> = [];
-      for (let pos = 0; pos < buf.length; pos += PIECE_BYTES) {
-        jobs.push(this.#offload!.decryptInPlace(buf.subarray(pos, Math.min(buf.length, pos + PIECE_BYTES)), this.ivAt(offset + pos)));
-      }
-      await Promise.all(jobs);
+      await this.#offloadRun(buf, offset, (d, iv) => offload.decryptInPlace(d, iv));
       return;
     }
     for (const { start, end, from, to } of this.#pieces(offset, buf.length)) {
       const dst = buf.subarray(from - offset, to - offset);
-      const aligned = from === start && to === end;
-      if (this.#offloads(end - start)) {
-        // A scratch buffer of its own (the offload takes it over); data.read fills all of it.
-        const tmp = new Uint8Array(Buffer.allocUnsafeSlow(end - start).buffer, 0, end - start);
-        await this.data.read(tmp, this.dataOffset + start);
-        const plain = await this.#offload!.decrypt(tmp, this.ivAt(start));
-        dst.set(plain.subarray(from - start, to - start));
-        plain.fill(0);
-      } else if (aligned) {
+      if (from === start && to === end && !this.#offloads(end - start)) {
         await this.#readSectors(dst, start); // decrypt in the caller's buffer
-      } else {
-        const tmp = new Uint8Array(end - start);
-        await this.#readSectors(tmp, start);
+        continue;
+      }
+      // Partial sectors, or a piece for the offload: decrypt in pooled (shared) scratch.
+      const tmp = this.#scratch.take(end - start);
+      try {
+        await this.data.read(tmp, this.dataOffset + start);
+        if (offload && this.#offloads(tmp.length)) await offload.decryptInPlace(tmp, this.ivAt(start));
+        else this.#cipher.decrypt(tmp, this.ivAt(start));
         dst.set(tmp.subarray(from - start, to - start));
+      } finally {
         tmp.fill(0);
+        this.#scratch.give(tmp);
       }
     }
   }
@@ -269,7 +271,7 @@ export class EncryptedDevice implements BlockDevice {
     const release = await this.#lock.acquire(offset - (offset % ss), Math.ceil((offset + length) / ss) * ss);
     try {
       for (const { start, end, from, to } of this.#pieces(offset, length)) {
-        // Shared memory, so a worker can encrypt it in place (SectorCryptoOffload.encryptInPlace).
+        // Shared memory, so a worker can encrypt it in place.
         const tmp = this.#scratch.take(end - start);
         let encrypted = false;
         try {
@@ -277,12 +279,10 @@ export class EncryptedDevice implements BlockDevice {
           if (from > start) await this.#readSectors(tmp.subarray(0, ss), start);
           if (to < end && (end - ss > start || from === start)) await this.#readSectors(tmp.subarray(end - start - ss), end - ss);
           fill(tmp, from, to, start);
-          let out: Uint8Array = tmp;
           if (this.#offloads(tmp.length) && this.#offload?.encryptInPlace) await this.#offload.encryptInPlace(tmp, this.ivAt(start));
-          else if (this.#offloads(tmp.length) && this.#offload?.encrypt) out = await this.#offload.encrypt(tmp, this.ivAt(start));
           else this.#cipher.encrypt(tmp, this.ivAt(start));
-          encrypted = out === tmp;
-          await this.data.write(out, this.dataOffset + start);
+          encrypted = true;
+          await this.data.write(tmp, this.dataOffset + start);
         } finally {
           // Only ciphertext goes back to the pool; anything else is wiped first.
           if (!encrypted) tmp.fill(0);
@@ -299,18 +299,12 @@ export class EncryptedDevice implements BlockDevice {
    * enough for the offload (no scratch, no copy); `buf` then holds ciphertext. Otherwise `write`.
    */
   async writeConsuming(buf: Uint8Array, offset: number): Promise<void> {
-    const ss = this.sectorSize;
-    if (!(offset % ss === 0 && buf.length % ss === 0 && this.#offloads(buf.length) && this.#offload!.encryptInPlace && buf.buffer instanceof SharedArrayBuffer)) {
-      return this.write(buf, offset);
-    }
+    const encrypt = this.#offload?.encryptInPlace?.bind(this.#offload);
+    if (!encrypt || !this.#sharedRun(buf, offset)) return this.write(buf, offset);
     this.#check(offset, buf.length, true);
     const release = await this.#lock.acquire(offset, offset + buf.length);
     try {
-      const jobs: Array<Promise<void>> = [];
-      for (let pos = 0; pos < buf.length; pos += PIECE_BYTES) {
-        jobs.push(this.#offload!.encryptInPlace!(buf.subarray(pos, Math.min(buf.length, pos + PIECE_BYTES)), this.ivAt(offset + pos)));
-      }
-      await Promise.all(jobs);
+      await this.#offloadRun(buf, offset, encrypt);
       await this.data.write(buf, this.dataOffset + offset);
     } finally {
       release();

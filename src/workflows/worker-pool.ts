@@ -111,17 +111,8 @@ export class CryptoPool {
     const inPlace = async (data: Uint8Array, iv: number, dir: 'encrypt' | 'decrypt'): Promise<void> => {
       await this.runShared(data, { length: data.length, zeroBlock: 0, [dir]: { cipher: id, iv, length: data.length } });
     };
-    const go = async (data: Uint8Array, iv: number, dir: 'encrypt' | 'decrypt'): Promise<Uint8Array> => {
-      // Only a whole ArrayBuffer can be transferred; a view into a larger one is copied.
-      const own = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && !(data.buffer instanceof SharedArrayBuffer) ? data : new Uint8Array(data);
-      const step = { cipher: id, iv, length: own.length };
-      const { buffer } = await this.run(own.buffer as ArrayBuffer, { length: own.length, zeroBlock: 0, [dir]: step });
-      return new Uint8Array(buffer);
-    };
     let dropped = false;
     return {
-      encrypt: (data, iv) => go(data, iv, 'encrypt'),
-      decrypt: (data, iv) => go(data, iv, 'decrypt'),
       encryptInPlace: (data, iv) => inPlace(data, iv, 'encrypt'),
       decryptInPlace: (data, iv) => inPlace(data, iv, 'decrypt'),
       close: async () => {

@@ -18,15 +18,14 @@ function prng(seed: number): () => number {
 const THRESHOLD = 64 * 1024;
 
 /** Counts the calls that reach the offload, so the test knows both paths ran. */
-function counting(inner: Required<SectorCryptoOffload>): Required<SectorCryptoOffload> & { calls: number; inPlaceCalls: number; closed: boolean } {
+function counting(inner: Required<SectorCryptoOffload>): Required<SectorCryptoOffload> & { calls: number; memory: ArrayBufferLike[]; closed: boolean } {
   const o = {
     calls: 0,
-    inPlaceCalls: 0,
+    /** The memory each job ran on: the caller's own buffer, or the device's scratch. */
+    memory: [] as ArrayBufferLike[],
     closed: false,
-    encrypt: (d: Uint8Array, iv: number) => (o.calls++, inner.encrypt(d, iv)),
-    decrypt: (d: Uint8Array, iv: number) => (o.calls++, inner.decrypt(d, iv)),
-    encryptInPlace: (d: Uint8Array, iv: number) => (o.inPlaceCalls++, inner.encryptInPlace(d, iv)),
-    decryptInPlace: (d: Uint8Array, iv: number) => (o.inPlaceCalls++, inner.decryptInPlace(d, iv)),
+    encryptInPlace: (d: Uint8Array, iv: number) => (o.calls++, o.memory.push(d.buffer), inner.encryptInPlace(d, iv)),
+    decryptInPlace: (d: Uint8Array, iv: number) => (o.calls++, o.memory.push(d.buffer), inner.decryptInPlace(d, iv)),
     close: async () => {
       o.closed = true;
       await inner.close();
@@ -99,11 +98,12 @@ for (const [sectorSize, ivTweak, workers] of [
       assert.ok(Buffer.from(all).equals(Buffer.from(allInline)));
       assert.ok(offload.calls > 10, `offload used ${offload.calls} times`);
       // Aligned reads into shared memory, larger than one piece: decrypted in place, piece by piece.
-      const before = offload.inPlaceCalls;
+      const before = offload.calls;
       const shared = new Uint8Array(new SharedArrayBuffer(payload - 4096));
       await pooled.read(shared, 4096);
       assert.ok(Buffer.from(shared).equals(Buffer.from(allInline.subarray(4096))), 'in-place read differs');
-      assert.equal(offload.inPlaceCalls - before, 2, 'one in-place job per 1 MiB piece');
+      assert.equal(offload.calls - before, 2, 'one in-place job per 1 MiB piece');
+      assert.ok(offload.memory.slice(before).every((m) => m === shared.buffer), 'decrypted in the caller\'s own memory');
     } finally {
       await inline.close();
       await pooled.close();
@@ -130,7 +130,8 @@ test('writeConsuming encrypts a shared buffer in place and writes what write() w
     await b.writeConsuming(shared, 8192);
     assert.ok(Buffer.from(viaWrite.bytes).equals(Buffer.from(viaConsume.bytes)), 'same ciphertext on disk');
     assert.ok(Buffer.from(shared).equals(Buffer.from(viaConsume.bytes.subarray(4096 + 8192, 4096 + 8192 + plain.length))), 'the buffer now holds the ciphertext');
-    assert.equal(offload.inPlaceCalls, 3, 'one in-place job per 1 MiB piece');
+    assert.equal(offload.calls, 3, 'one in-place job per 1 MiB piece');
+    assert.ok(offload.memory.every((m) => m === shared.buffer), 'encrypted in the caller\'s own memory');
     // Unaligned, or not shared: the ordinary write path, and the caller's bytes are left alone.
     const odd = new Uint8Array(randomBytes(THRESHOLD * 2));
     const oddCopy = Buffer.from(odd);
@@ -165,7 +166,7 @@ test('small requests stay inline; the offload is not called below the threshold'
       await dev.close();
     }
     // The device's close dropped the cipher in the workers: a job for it now fails.
-    await assert.rejects(offload.decrypt(new Uint8Array(512), 0));
+    await assert.rejects(offload.decryptInPlace(new Uint8Array(new SharedArrayBuffer(512)), 0));
   } finally {
     await pool.close();
   }
