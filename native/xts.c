@@ -18,6 +18,7 @@
  * IEEE 1619-2007 5.1: the two key halves must differ - checked by the caller and here.
  */
 #include <node_api.h>
+#include "addon.h"
 #include <openssl/evp.h>
 #include <openssl/crypto.h>
 #include <stdint.h>
@@ -294,6 +295,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"run", NULL, run, NULL, NULL, NULL, napi_default, NULL},
       {"wipe", NULL, wipe, NULL, NULL, NULL, napi_default, NULL},
       {"engine", NULL, engine_of, NULL, NULL, NULL, napi_default, NULL},
+      {"copyBytes", NULL, brickcrypt_copy_bytes, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

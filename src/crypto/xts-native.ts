@@ -8,43 +8,23 @@
  * Optional: `xtsNative()` returns null when the module was not built or does not load, and
  * sector-cipher.ts falls back to the batched ECB + WebAssembly kernel.
  */
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import { InvalidArgumentError } from '../errors.js';
+import { nativeAddon, nativeAddonError, type NativeAddon } from '../native-addon.js';
 
-/** What the compiled module exports (see native/xts.c). */
-interface NativeXtsModule {
-  /** engine 0: AES-NI when the CPU has it, else OpenSSL EVP; 1: OpenSSL EVP only. */
-  createKeys(key: Uint8Array, engine: number): object;
-  engine(keys: object): 'aesni' | 'evp';
-  run(keys: object, data: Uint8Array, firstIv: number, sectorSize: number, ivStep: number, ivMode: number, encrypt: boolean): void;
-  wipe(keys: object): void;
-}
+type NativeXtsModule = Pick<NativeAddon, 'createKeys' | 'engine' | 'run' | 'wipe'>;
 
 /** IV generators the kernel computes itself (dm-crypt names). */
 export const NATIVE_IV_MODES = { plain64: 0, plain: 1, null: 2 } as const;
 export type NativeIvMode = keyof typeof NATIVE_IV_MODES;
 
-let loaded: NativeXtsModule | null | undefined;
-let loadError: string | undefined;
-
-/** The native module, or null (see `xtsNativeError()` for why). Loaded once per thread. */
+/** The native AES-XTS kernel, or null (see `xtsNativeError()` for why). Loaded once per thread. */
 export function xtsNative(): NativeXtsModule | null {
-  if (loaded !== undefined) return loaded;
-  try {
-    const require = createRequire(import.meta.url);
-    // dist/src/crypto/ -> the package root's build/Release/.
-    loaded = require(fileURLToPath(new URL('../../../build/Release/brickcrypt_xts.node', import.meta.url))) as NativeXtsModule;
-  } catch (err) {
-    loaded = null;
-    loadError = (err as Error).message.split('\n')[0];
-  }
-  return loaded;
+  return nativeAddon();
 }
 
-/** Why the native module is unavailable (undefined when it loaded or was not tried). */
+/** Why the native kernel is unavailable (undefined when it loaded or was not tried). */
 export function xtsNativeError(): string | undefined {
-  return loadError;
+  return nativeAddonError();
 }
 
 /**
