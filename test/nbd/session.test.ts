@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { NbdSession, extentsToDescriptors, type ExportCatalog, type ExportInfo, type SessionAction } from '../../src/nbd/protocol/session.js';
+import { NbdSession, extentsToDescriptors, type ExportCatalog, type ExportInfo, type SessionAction, type IoRequest } from '../../src/nbd/protocol/session.js';
 import * as c from '../../src/nbd/protocol/codec.js';
 import { NBD_CMD, NBD_CMD_FLAG, NBD_FLAG, NBD_INFO, NBD_OPT, NBD_REP, NBD_REPLY_TYPE, NBD_STATE_HOLE, NBD_STATE_ZERO } from '../../src/nbd/protocol/constants.js';
 import { NBD_ERRNO } from '../../src/errors.js';
@@ -299,4 +299,55 @@ test('session: WRITE payloads land in the buffers allocatePayload hands out, how
     assert.equal(r.data, given[i], 'the payload is the allocated buffer itself');
     assert.deepEqual([...r.data!], [...payload]);
   });
+});
+
+test('session: WRITE payload bytes are copied with the copyBytes it is given', () => {
+  let copied = 0;
+  const s = new NbdSession(catalog, {
+    tls: 'off',
+    allocatePayload: (n) => new Uint8Array(new SharedArrayBuffer(n)),
+    copyBytes: (dst, dstOffset, src) => {
+      copied += src.length;
+      dst.set(src, dstOffset);
+    },
+  });
+  s.start();
+  s.receive(c.encodeClientFlags(3));
+  s.receive(c.encodeOption(NBD_OPT.GO, c.encodeInfoRequest({ name: 'disk', infos: [] })));
+  const payload = new Uint8Array(1000).map((_, i) => i * 3);
+  const wire = req(NBD_CMD.WRITE, 0, payload.length, 0, 9n, payload);
+  const ios = [...s.receive(wire.subarray(0, 50)), ...s.receive(wire.subarray(50))].flatMap((a) => (a.type === 'io' ? [a.request] : []));
+  assert.equal(ios.length, 1);
+  assert.deepEqual([...ios[0]!.data!], [...payload]);
+  assert.equal(copied, payload.length, 'every payload byte went through copyBytes');
+});
+
+test('session: transient input (one receive buffer, reused and scribbled over after every call) loses no byte', () => {
+  const given: Uint8Array[] = [];
+  const payloads = [new Uint8Array(3000).map((_, i) => i * 7), new Uint8Array(5).fill(9), new Uint8Array(700).map((_, i) => 255 - i)];
+  const wire = Buffer.concat([
+    c.encodeClientFlags(3),
+    c.encodeOption(NBD_OPT.GO, c.encodeInfoRequest({ name: 'disk', infos: [] })),
+    ...payloads.map((p, i) => req(NBD_CMD.WRITE, 512 * i, p.length, 0, BigInt(i + 1), p)),
+    req(NBD_CMD.READ, 0, 512, 0, 99n),
+  ]);
+  for (const step of [1, 5, 29, 4096]) {
+    given.length = 0;
+    const t = new NbdSession(catalog, { tls: 'off', allocatePayload: (n) => (given.push(new Uint8Array(n)), given[given.length - 1]!) });
+    t.start();
+    const recv = new Uint8Array(step);
+    const ios: IoRequest[] = [];
+    for (let at = 0; at < wire.length; at += step) {
+      const k = Math.min(step, wire.length - at);
+      recv.set(wire.subarray(at, at + k));
+      for (const a of t.receive(recv.subarray(0, k), true)) if (a.type === 'io') ios.push(a.request);
+      recv.fill(0xff); // the owner reuses its buffer
+    }
+    assert.deepEqual(ios.map((r) => r.command), ['write', 'write', 'write', 'read'], `step ${step}`);
+    payloads.forEach((p, i) => {
+      assert.equal(ios[i]!.data, given[i], 'each payload is a buffer of its own');
+      assert.deepEqual([...ios[i]!.data!], [...p], `step ${step} payload ${i}`);
+    });
+    assert.equal(ios[3]!.cookie, 99n);
+  }
 });

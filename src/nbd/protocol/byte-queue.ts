@@ -1,3 +1,6 @@
+/** Copies `src` into `dst` at `dstOffset` (the same contract as `dst.set(src, dstOffset)`). */
+export type CopyBytes = (dst: Uint8Array, dstOffset: number, src: Uint8Array) => void;
+
 /**
  * A FIFO of received bytes for the protocol state machine: append socket chunks,
  * then take exactly-sized structures off the front without copying when a structure
@@ -6,6 +9,12 @@
 export class ByteQueue {
   #chunks: Uint8Array[] = [];
   #length = 0;
+  readonly #copy: CopyBytes;
+
+  /** `copy` moves received bytes into taken buffers (default: `TypedArray.prototype.set`). */
+  constructor(copy: CopyBytes = (dst, dstOffset, src) => dst.set(src, dstOffset)) {
+    this.#copy = copy;
+  }
 
   get length(): number {
     return this.#length;
@@ -38,13 +47,47 @@ export class ByteQueue {
     while (o < n) {
       const c = this.#chunks[0]!;
       const k = Math.min(c.length, n - o);
-      out.set(c.subarray(0, k), o);
+      this.#copy(out, o, c.subarray(0, k));
       o += k;
       if (k === c.length) this.#chunks.shift();
       else this.#chunks[0] = c.subarray(k);
     }
     this.#length -= n;
     return out;
+  }
+
+  /**
+   * Moves up to `max` bytes from the front into `out` at `offset` (with the queue's copy
+   * function); returns how many were moved. For filling a buffer as its bytes arrive.
+   */
+  takeInto(out: Uint8Array, offset: number, max: number): number {
+    const n = Math.min(max, this.#length);
+    let o = offset;
+    while (o < offset + n) {
+      const c = this.#chunks[0]!;
+      const k = Math.min(c.length, offset + n - o);
+      this.#copy(out, o, c.subarray(0, k));
+      o += k;
+      if (k === c.length) this.#chunks.shift();
+      else this.#chunks[0] = c.subarray(k);
+    }
+    this.#length -= n;
+    return n;
+  }
+
+  /**
+   * Replaces the queued bytes by one copy the queue owns, so the chunks that were pushed can be
+   * reused by their owner (a socket's receive buffer).
+   */
+  own(): void {
+    if (this.#chunks.length === 0) return;
+    const copy = new Uint8Array(this.#length);
+    let o = 0;
+    for (const c of this.#chunks) {
+      copy.set(c, o);
+      o += c.length;
+    }
+    this.#chunks = [copy];
   }
 
   /** Drops up to `n` bytes from the front; returns how many were dropped. */

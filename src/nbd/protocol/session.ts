@@ -17,7 +17,7 @@
  */
 import { NBD_ERRNO } from '../../errors.js';
 import type { Extent } from '../../block-device.js';
-import { ByteQueue } from './byte-queue.js';
+import { ByteQueue, type CopyBytes } from './byte-queue.js';
 import {
   BASE_ALLOCATION,
   NBD_CMD,
@@ -97,9 +97,12 @@ export interface SessionOptions {
   maxPayload?: number;
   /**
    * Where WRITE payloads go: a buffer of exactly `n` bytes the caller owns (e.g. from a pool;
-   * returned to it after the write). Default: a new Uint8Array, or a view of the received chunk.
+   * returned to it after the write), taken when the request header arrives and filled as the
+   * payload does. Default: a new Uint8Array. A payload never aliases the received bytes.
    */
   allocatePayload?: (n: number) => Uint8Array;
+  /** How received bytes are copied into payload buffers (default: `TypedArray.prototype.set`). */
+  copyBytes?: CopyBytes;
 }
 
 export type IoCommand = 'read' | 'write' | 'flush' | 'trim' | 'write-zeroes' | 'cache' | 'block-status';
@@ -142,7 +145,7 @@ export class NbdSession {
   readonly #tlsMode: 'off' | 'require';
   readonly #maxPayload: number;
   readonly #allocatePayload: ((n: number) => Uint8Array) | undefined;
-  readonly #in = new ByteQueue();
+  readonly #in: ByteQueue;
   #phase: Phase = 'client-flags';
   #noZeroes = false;
   #tlsActive = false;
@@ -156,8 +159,8 @@ export class NbdSession {
   #discard = 0;
   /** Option whose data is still arriving. */
   #pendingOption: { option: number; length: number } | undefined;
-  /** Header of a WRITE whose payload is still arriving. */
-  #pendingWrite: RequestHeader | undefined;
+  /** A WRITE whose payload is still arriving, and the buffer it is filling. */
+  #pendingWrite: { header: RequestHeader; payload: Uint8Array; filled: number } | undefined;
   /** The answer to an oversized option or write, sent once its payload has been discarded. */
   #afterDiscard: (() => SessionAction[]) | undefined;
 
@@ -166,6 +169,7 @@ export class NbdSession {
     this.#tlsMode = options.tls;
     this.#maxPayload = options.maxPayload ?? NBD_MAX_PAYLOAD;
     this.#allocatePayload = options.allocatePayload;
+    this.#in = new ByteQueue(options.copyBytes);
   }
 
   get phase(): Phase {
@@ -201,9 +205,21 @@ export class NbdSession {
     this.#shuttingDown = true;
   }
 
-  /** Feeds received bytes; returns the resulting actions in order. */
-  receive(bytes: Uint8Array): SessionAction[] {
+  /**
+   * Feeds received bytes; returns the resulting actions in order. With `transient`, the caller
+   * reuses `bytes` as soon as this returns (a socket's receive buffer): the session then copies
+   * whatever it keeps, and every WRITE payload lands in a buffer of its own.
+   */
+  receive(bytes: Uint8Array, transient = false): SessionAction[] {
     if (this.#phase === 'closed' || this.#phase === 'tls-upgrade') return [];
+    try {
+      return this.#receive(bytes);
+    } finally {
+      if (transient) this.#in.own();
+    }
+  }
+
+  #receive(bytes: Uint8Array): SessionAction[] {
     this.#in.push(bytes);
     const out: SessionAction[] = [];
     for (;;) {
@@ -444,10 +460,13 @@ export class NbdSession {
   // ------------------------------------------------------------ transmission
   #request(): SessionAction[] {
     if (this.#pendingWrite) {
-      const h = this.#pendingWrite;
-      if (this.#in.length < h.length) return [];
+      // Payload bytes go straight into the request's buffer as they arrive: copied once, and
+      // nothing of a large payload waits in the queue.
+      const w = this.#pendingWrite;
+      w.filled += this.#in.takeInto(w.payload, w.filled, w.header.length - w.filled);
+      if (w.filled < w.header.length) return [];
       this.#pendingWrite = undefined;
-      return this.#validate(h, this.#in.take(h.length, this.#allocatePayload));
+      return this.#validate(w.header, w.payload);
     }
     if (this.#in.length < REQUEST_HEADER_SIZE) return [];
     const h = decodeRequest(this.#in.take(REQUEST_HEADER_SIZE));
@@ -461,13 +480,20 @@ export class NbdSession {
         return [{ type: 'send', data: [] }];
       }
       if (this.#in.length < h.length) {
-        this.#pendingWrite = h;
+        this.#pendingWrite = { header: h, payload: this.#newPayload(h.length), filled: 0 };
         return [{ type: 'send', data: [] }];
       }
-      return this.#validate(h, this.#in.take(h.length, this.#allocatePayload));
+      return this.#validate(h, this.#in.take(h.length, this.#newPayload));
     }
     return this.#validate(h);
   }
+
+  /** A buffer of its own for a WRITE payload of `n` bytes. */
+  readonly #newPayload = (n: number): Uint8Array => {
+    const buf = this.#allocatePayload ? this.#allocatePayload(n) : new Uint8Array(n);
+    if (buf.length !== n) throw new RangeError(`allocatePayload returned ${buf.length} bytes, not ${n}`);
+    return buf;
+  };
 
   #validate(h: RequestHeader, data?: Uint8Array): SessionAction[] {
     const e = this.#export!;
