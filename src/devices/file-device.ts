@@ -21,6 +21,11 @@ export interface OpenFileOptions {
   exclusive?: boolean;
   /** Set the file's size (regular files only: sparse extend or truncate). */
   size?: number;
+  /**
+   * `flush()` and `sync()` do nothing (QEMU's cache=unsafe): data reaches the disk whenever the
+   * kernel writes it back. It survives a killed process, not a power loss or kernel crash.
+   */
+  ignoreFlush?: boolean;
 }
 
 /** What `statPath` reports about a path (without opening it for I/O). */
@@ -54,6 +59,7 @@ export class FileDevice implements BlockDevice {
     readonly readOnly: boolean,
     readonly isBlockDevice: boolean,
     holeFrom: number,
+    private readonly ignoreFlush: boolean,
   ) {
     this.#size = size;
     this.#holeFrom = holeFrom;
@@ -90,7 +96,7 @@ export class FileDevice implements BlockDevice {
           holeFrom = size;
         }
       }
-      return new FileDevice(path, handle, size, readOnly, isBlock, holeFrom);
+      return new FileDevice(path, handle, size, readOnly, isBlock, holeFrom, options.ignoreFlush === true);
     } catch (err) {
       await handle.close();
       throw err instanceof DeviceIoError ? err : fileError(path, err);
@@ -138,7 +144,7 @@ export class FileDevice implements BlockDevice {
   }
 
   async flush(): Promise<void> {
-    if (this.readOnly) return;
+    if (this.readOnly || this.ignoreFlush) return;
     await this.handle.datasync().catch((err) => {
       throw fileError(this.path, err);
     });
@@ -200,7 +206,7 @@ export class FileDevice implements BlockDevice {
 
   /** Makes data and metadata (size) durable: fsync, for a file about to be renamed into place. */
   async sync(): Promise<void> {
-    if (this.readOnly) return;
+    if (this.readOnly || this.ignoreFlush) return;
     await this.handle.sync().catch((err) => {
       throw fileError(this.path, err);
     });
@@ -256,14 +262,16 @@ export async function statPath(path: string): Promise<PathInfo> {
 /**
  * Renames `from` to `to` (atomically replacing `to`) and fsyncs the directory, so after a
  * crash the name points at either the old or the complete new file. Both must be in one directory.
+ * With `syncDir` false the directory is not synced (a killed process still never leaves a
+ * half-written file under the name; a power loss may).
  */
-export async function renameDurably(from: string, to: string): Promise<void> {
+export async function renameDurably(from: string, to: string, syncDir = true): Promise<void> {
   try {
     await fsp.rename(from, to);
   } catch (err) {
     throw fileError(to, err);
   }
-  await syncDirectory(dirname(to));
+  if (syncDir) await syncDirectory(dirname(to));
 }
 
 /** fsyncs a directory, making renames and creations in it durable. */

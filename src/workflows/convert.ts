@@ -10,7 +10,9 @@
  * Crash safety: a new target is built under a temporary name in its directory and renamed
  * into place after fsync (file and directory). LUKS headers are always written last (data
  * first), so an interrupted target - temporary file or pre-existing device - carries no
- * valid header. Cancellation removes the temporary file.
+ * valid header. Cancellation removes the temporary file. `sync: false` keeps the temporary
+ * name and header-last order but skips every fsync (qemu-img's default, cache=unsafe): safe
+ * against a killed process, not against a power loss.
  *
  * @example
  * const report = await convert({ source: 'disk.qcow2', target: 'disk.luks', targetFormat: 'luks2',
@@ -63,6 +65,13 @@ export interface ConvertOptions {
   /** Worker threads for crypto (default: one per core, up to 4; 0 = inline). */
   workers?: number;
   chunkBytes?: number;
+  /**
+   * false: never fsync the target (QEMU's cache=unsafe, qemu-img convert's default). The target
+   * is still built under a temporary name and renamed when complete, so a killed run leaves
+   * nothing that looks finished; after a power loss or kernel crash it may be incomplete.
+   * Default true: data, header and directory are fsynced before the target gets its name.
+   */
+  sync?: boolean;
 }
 
 export interface ConvertReport {
@@ -151,6 +160,7 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
     throw new InvalidArgumentError(`${options.target} is not a regular file; use --target-exists to write into a device.`);
   }
 
+  if (options.sync === false) notes.push('not synced (--no-sync): the target may still be partly in the page cache only.');
   const pool = CryptoPool.create(options.workers ?? defaultWorkerCount());
   let src: OpenedSource | undefined;
   let target: PreparedTarget | undefined;
@@ -193,7 +203,7 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
         chunkBytes: options.chunkBytes,
         signal: options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal,
         onProgress: (bytes) => options.onProgress?.({ bytes, total: target!.length }),
-        flushEvery: target.device instanceof FileDevice ? FLUSH_BEHIND_BYTES : 0,
+        flushEvery: target.device instanceof FileDevice && options.sync !== false ? FLUSH_BEHIND_BYTES : 0,
       });
     } catch (err) {
       if (stop.signal.aborted) await ready;
@@ -243,8 +253,9 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
 
 /** raw (new or existing) and qcow2 (new) targets. */
 async function preparePlainTarget(options: ConvertOptions, size: number, notes: string[]): Promise<PreparedTarget> {
+  const durable = options.sync !== false;
   if (options.targetExists) {
-    const dev = await FileDevice.open(options.target);
+    const dev = await FileDevice.open(options.target, { ignoreFlush: !durable });
     if (dev.size < size) {
       await dev.close();
       throw new InsufficientSpaceError(`${options.target} holds ${dev.size} bytes; ${size} are needed. Nothing was written.`);
@@ -266,7 +277,7 @@ async function preparePlainTarget(options: ConvertOptions, size: number, notes: 
   const temp = partialPath(options.target);
   await removeFile(temp); // a leftover of a killed run
   if (options.targetFormat === 'raw') {
-    const dev = await FileDevice.open(temp, { create: true, exclusive: true, size });
+    const dev = await FileDevice.open(temp, { create: true, exclusive: true, size, ignoreFlush: !durable });
     return {
       device: dev,
       pipeline: { device: dev, base: 0, zeros: 'skip' },
@@ -276,7 +287,7 @@ async function preparePlainTarget(options: ConvertOptions, size: number, notes: 
       finish: async () => {
         await dev.sync();
         await dev.close();
-        await renameDurably(temp, options.target);
+        await renameDurably(temp, options.target, durable);
       },
       abort: async () => {
         await dev.close().catch(() => {});
@@ -284,7 +295,7 @@ async function preparePlainTarget(options: ConvertOptions, size: number, notes: 
       },
     };
   }
-  const file = await FileDevice.open(temp, { create: true, exclusive: true, size: 0 });
+  const file = await FileDevice.open(temp, { create: true, exclusive: true, size: 0, ignoreFlush: !durable });
   let writer: Qcow2Writer;
   try {
     writer = await Qcow2Writer.create(file, { size, compress: options.compress });
@@ -301,13 +312,13 @@ async function preparePlainTarget(options: ConvertOptions, size: number, notes: 
     containerSize: writer.size,
     finish: async () => {
       await writer.close(); // writes the metadata and the header last, closes the file
-      const again = await FileDevice.open(temp);
+      const again = await FileDevice.open(temp, { ignoreFlush: !durable });
       try {
         await again.sync();
       } finally {
         await again.close();
       }
-      await renameDurably(temp, options.target);
+      await renameDurably(temp, options.target, durable);
     },
     abort: async () => {
       await file.close().catch(() => {});
@@ -335,7 +346,7 @@ async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requ
     throw new InvalidArgumentError('LUKS1 supports only 512-byte sectors.');
   }
   const sectorGuess = luksOptions.sectorSize ?? 512;
-  const existing = options.targetExists ? await FileDevice.open(options.target) : undefined;
+  const existing = options.targetExists ? await FileDevice.open(options.target, { ignoreFlush: options.sync === false }) : undefined;
   let capture: HeaderCapture | undefined;
   let volume: LuksVolume | undefined;
   let key: VolumeKey | undefined;
@@ -393,7 +404,7 @@ async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requ
       temp = partialPath(options.target);
       await removeFile(temp);
       payloadSize = needed;
-      device = await FileDevice.open(temp, { create: true, exclusive: true, size: dataOffset + payloadSize });
+      device = await FileDevice.open(temp, { create: true, exclusive: true, size: dataOffset + payloadSize, ignoreFlush: options.sync === false });
     }
     const cap = capture;
     const vol = volume;
@@ -421,7 +432,7 @@ async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requ
         }
         await device.sync();
         await device.close();
-        if (temp) await renameDurably(temp, options.target);
+        if (temp) await renameDurably(temp, options.target, options.sync !== false);
       },
       abort: async () => {
         await formatted.catch(() => {});

@@ -153,6 +153,7 @@ export function register(program: Command): void {
     .option('--target-exists', 'write into an existing file or block device')
     .option('--force', 'replace an existing target file')
     .option('--compress', 'compress qcow2 clusters')
+    .option('--no-sync', "never fsync the target (qemu-img's cache=unsafe): faster; a killed run still leaves no finished-looking target, but after a power loss it may be incomplete")
     .option('--workers <n>', 'crypto worker threads (default: one per core)')
     .option('--json', 'JSON progress lines and a JSON summary on stdout');
   addKeyManagerOptions(convertCommand, { help: false });
@@ -206,6 +207,7 @@ ${KEY_MANAGER_HELP}`)
           targetExists: opts.targetExists === true,
           force: opts.force === true,
           compress: opts.compress === true,
+          sync: opts.sync !== false,
           workers: opts.workers === undefined ? undefined : parseInteger(String(opts.workers), 'workers', 0, 64),
           signal,
           onProgress: (p) => progress.update(p),
