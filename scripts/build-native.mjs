@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// Builds the native AES-XTS kernel (native/xts.c -> build/Release/brickcrypt_xts.node) with
+// Builds the native module (native/xts.c: the AES-XTS kernel, native/copy-bytes.c: a memcpy into
+// shared memory -> build/Release/brickcrypt_xts.node) with
 // node-gyp against Node's own headers (which carry OpenSSL's). brickcrypt works without it
 // (the WebAssembly kernel takes over, about half as fast), so a failed build only warns -
 // except under CI=true, where the fast path must be there and tested.
@@ -33,7 +34,7 @@ function nodeDir() {
 }
 
 function fail(why) {
-  const msg = `build-native: the native AES-XTS kernel was NOT built (${why}); brickcrypt falls back to the slower WebAssembly kernel.`;
+  const msg = `build-native: the native module was NOT built (${why}); brickcrypt falls back to the slower WebAssembly AES-XTS kernel and JavaScript copies.`;
   console.error(`\n*** ${msg}\n`);
   process.exit(strict ? 1 : 0);
 }
