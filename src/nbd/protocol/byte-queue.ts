@@ -43,16 +43,7 @@ export class ByteQueue {
     }
     const out = allocate ? allocate(n) : new Uint8Array(n);
     if (out.length !== n) throw new RangeError(`ByteQueue.take: the allocator returned ${out.length} bytes, not ${n}`);
-    let o = 0;
-    while (o < n) {
-      const c = this.#chunks[0]!;
-      const k = Math.min(c.length, n - o);
-      this.#copy(out, o, c.subarray(0, k));
-      o += k;
-      if (k === c.length) this.#chunks.shift();
-      else this.#chunks[0] = c.subarray(k);
-    }
-    this.#length -= n;
+    this.takeInto(out, 0, n);
     return out;
   }
 
