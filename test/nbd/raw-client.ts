@@ -23,9 +23,10 @@ export class RawClient {
     this.#waiters = [];
     for (const f of w) f();
   }
-  static connect(path: string): Promise<RawClient> {
+  /** A Unix socket path, or a TCP port on 127.0.0.1. */
+  static connect(to: string | number): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const s = net.connect(path, () => resolve(new RawClient(s)));
+      const s = typeof to === 'number' ? net.connect(to, '127.0.0.1', () => resolve(new RawClient(s))) : net.connect(to, () => resolve(new RawClient(s)));
       s.once('error', reject);
     });
   }

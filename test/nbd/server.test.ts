@@ -466,16 +466,17 @@ test('structured reads send OFFSET_HOLE for known-zero runs (not with DF); clien
   }
 });
 
-test('receive paths: a tiny receive buffer, the default one and Node stream reads serve the same pipelined writes and reads', { timeout: 60_000 }, async () => {
+test('receive paths: a tiny receive buffer, the default one (Unix and TCP) and Node stream reads serve the same pipelined writes and reads', { timeout: 60_000 }, async () => {
   const DISK = 1 << 20;
   const init = randomBytes(DISK);
-  for (const receiveBufferBytes of [7, undefined, 0]) {
+  for (const [receiveBufferBytes, tcp] of [[7, false], [undefined, false], [0, false], [undefined, true]] as const) {
     const dev = new MemoryDevice(new Uint8Array(init));
     const shadow = new Uint8Array(init);
     const s = new NbdServer({ exports: { d: { device: dev } }, receiveBufferBytes });
     const p = join(tmp.dir, `recv-${receiveBufferBytes}.sock`);
-    await s.listen({ socket: p });
-    const cl = await RawClient.connect(p);
+    if (tcp) await s.listen({ host: '127.0.0.1', port: 0 });
+    else await s.listen({ socket: p });
+    const cl = await RawClient.connect(tcp ? s.port! : p);
     await cl.go('d', true);
     // Writes of odd sizes at odd offsets, reads of what they wrote, all pipelined in one burst.
     const parts: Uint8Array[] = [];
