@@ -48,6 +48,14 @@ export interface BlockDevice {
    * encrypted view encrypting in place. Callers without it use `write`.
    */
   writeConsuming?(buf: Uint8Array, offset: number): Promise<void>;
+  /**
+   * Optional: lets `io` write `length` bytes at `offset` itself, with `pwrite` on the device's
+   * file descriptor at `position`, from any thread (a crypto worker encrypts and writes in one
+   * step, without a round trip through the caller's thread). The device checks the range, keeps
+   * its own bookkeeping, maps errors (`io` rejects with an errno-coded error) and does not close
+   * while `io` runs.
+   */
+  writeThrough?(offset: number, length: number, io: (fd: number, position: number) => Promise<void>): Promise<void>;
   /** Makes every completed write durable. */
   flush(): Promise<void>;
   /** Makes `[offset, offset+length)` read as zeros; may deallocate if `mayTrim`. */

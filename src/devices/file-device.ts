@@ -49,6 +49,8 @@ export class FileDevice implements BlockDevice {
   readonly capabilities: DeviceCapabilities;
   #size: number;
   #closed = false;
+  /** `writeThrough` calls still running: close() waits, so their fd is never closed (and reused) under them. */
+  readonly #through = new Set<Promise<void>>();
   /** Every byte in `[#holeFrom, size)` is known to be an unallocated hole (reads zeros). */
   #holeFrom: number;
 
@@ -143,6 +145,24 @@ export class FileDevice implements BlockDevice {
     }
   }
 
+  async writeThrough(offset: number, length: number, io: (fd: number, position: number) => Promise<void>): Promise<void> {
+    this.#check(offset, length, true);
+    if (offset + length > this.#holeFrom) this.#holeFrom = offset + length;
+    const run = io(this.handle.fd, offset).catch((err) => {
+      throw fileError(this.path, err);
+    });
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#through.add(settled);
+    try {
+      await run;
+    } finally {
+      this.#through.delete(settled);
+    }
+  }
+
   async flush(): Promise<void> {
     if (this.readOnly || this.ignoreFlush) return;
     await this.handle.datasync().catch((err) => {
@@ -227,6 +247,7 @@ export class FileDevice implements BlockDevice {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    await Promise.all(this.#through);
     await this.handle.close();
   }
 }

@@ -4,20 +4,25 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { CipherTable, runChunkJob, type ChunkJob, type CipherParams } from './chunk-transform.js';
+import { writeAll } from './write-all.js';
 
 export type WorkerRequest =
   | { type: 'key'; id: number; params: CipherParams; key: Uint8Array }
   | { type: 'drop'; id: number }
   | { type: 'stop' }
   | { type: 'job'; seq: number; buffer: ArrayBuffer; job: ChunkJob }
-  /** A job on memory both threads see: nothing is transferred or copied, the worker works in place. */
-  | { type: 'shared-job'; seq: number; shared: SharedArrayBuffer; offset: number; job: ChunkJob };
+  /**
+   * A job on memory both threads see: nothing is transferred or copied, the worker works in
+   * place; with `write`, it then pwrites the result to that file descriptor and position.
+   */
+  | { type: 'shared-job'; seq: number; shared: SharedArrayBuffer; offset: number; job: ChunkJob; write?: { fd: number; position: number } };
 
 export type WorkerReply =
   | { type: 'done'; seq: number; buffer: ArrayBuffer; zeros?: Uint8Array; allZero?: boolean }
   | { type: 'failed'; seq: number; buffer: ArrayBuffer; message: string }
   | { type: 'shared-done'; seq: number; zeros?: Uint8Array; allZero?: boolean }
-  | { type: 'shared-failed'; seq: number; message: string };
+  /** `code`: the errno name when the job's write failed (ENOSPC, EIO, ...). */
+  | { type: 'shared-failed'; seq: number; message: string; code?: string };
 
 const table = new CipherTable();
 const port = parentPort;
@@ -49,10 +54,13 @@ if (port) {
       case 'shared-job': {
         let reply: WorkerReply;
         try {
-          const r = runChunkJob(table, new Uint8Array(msg.shared, msg.offset, msg.job.length), msg.job);
+          const view = new Uint8Array(msg.shared, msg.offset, msg.job.length);
+          const r = runChunkJob(table, view, msg.job);
+          if (msg.write) writeAll(msg.write.fd, view, msg.write.position);
           reply = { type: 'shared-done', seq: msg.seq, zeros: r.zeros, allZero: r.allZero };
         } catch (err) {
-          reply = { type: 'shared-failed', seq: msg.seq, message: (err as Error)?.message ?? String(err) };
+          const code = (err as NodeJS.ErrnoException)?.code;
+          reply = { type: 'shared-failed', seq: msg.seq, message: (err as Error)?.message ?? String(err), ...(code ? { code } : {}) };
         }
         port.postMessage(reply);
         break;

@@ -16,6 +16,7 @@ import { availableParallelism } from 'node:os';
 import { DeviceIoError, InvalidArgumentError } from '../errors.js';
 import { CipherTable, runChunkJob, type ChunkJob, type ChunkResult, type CipherParams } from './chunk-transform.js';
 import type { WorkerReply, WorkerRequest } from './crypto-worker.js';
+import { writeAll } from './write-all.js';
 import type { SectorCryptoOffload } from '../devices/encrypted-device.js';
 
 interface Pending {
@@ -63,6 +64,7 @@ export class CryptoPool {
         slot.busy--;
         if (msg.type === 'done') p.resolve({ buffer: msg.buffer, result: { zeros: msg.zeros, allZero: msg.allZero } });
         else if (msg.type === 'shared-done') p.resolve({ result: { zeros: msg.zeros, allZero: msg.allZero } });
+        else if (msg.type === 'shared-failed' && msg.code) p.reject(Object.assign(new Error(msg.message), { code: msg.code }));
         else p.reject(new DeviceIoError(`crypto worker: ${msg.message}`));
       });
       const fail = (err: Error) => {
@@ -115,6 +117,9 @@ export class CryptoPool {
     return {
       encryptInPlace: (data, iv) => inPlace(data, iv, 'encrypt'),
       decryptInPlace: (data, iv) => inPlace(data, iv, 'decrypt'),
+      encryptAndWrite: async (data, iv, fd, position) => {
+        await this.runShared(data, { length: data.length, zeroBlock: 0, encrypt: { cipher: id, iv, length: data.length } }, { fd, position });
+      },
       close: async () => {
         if (dropped || this.#closed) return;
         dropped = true;
@@ -137,15 +142,21 @@ export class CryptoPool {
   /**
    * Runs `job` in place on `view`, which must lie in a SharedArrayBuffer: the worker works on
    * the same memory, so nothing is copied or transferred and `view` stays usable. The caller
-   * must not touch those bytes until the promise settles.
+   * must not touch those bytes until the promise settles. With `write`, the worker then writes
+   * the job's bytes to that file descriptor at that position (a failed write rejects with an
+   * error carrying its errno `code`); the caller keeps the descriptor open until then.
    */
-  async runShared(view: Uint8Array, job: ChunkJob): Promise<ChunkResult> {
+  async runShared(view: Uint8Array, job: ChunkJob, write?: { fd: number; position: number }): Promise<ChunkResult> {
     if (!(view.buffer instanceof SharedArrayBuffer)) throw new InvalidArgumentError('runShared needs memory in a SharedArrayBuffer.');
     if (job.length > view.length) throw new InvalidArgumentError('The job is longer than its memory.');
     const shared = view.buffer;
     const r = await this.#dispatch(
-      () => ({ result: runChunkJob(this.#local, view, job) }),
-      (seq) => [{ type: 'shared-job', seq, shared, offset: view.byteOffset, job }, []],
+      () => {
+        const result = runChunkJob(this.#local, view, job);
+        if (write) writeAll(write.fd, view.subarray(0, job.length), write.position);
+        return { result };
+      },
+      (seq) => [{ type: 'shared-job', seq, shared, offset: view.byteOffset, job, ...(write ? { write } : {}) }, []],
     );
     return r.result;
   }

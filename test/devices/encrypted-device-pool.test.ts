@@ -3,6 +3,9 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { EncryptedDevice, type EncryptionParams, type SectorCryptoOffload } from '../../src/devices/encrypted-device.js';
 import { MemoryDevice } from '../../src/devices/memory-device.js';
+import { FileDevice } from '../../src/devices/file-device.js';
+import { tempDir } from '../helpers/tools.js';
+import { join } from 'node:path';
 import { VolumeKey } from '../../src/secret.js';
 import { CryptoPool } from '../../src/workflows/worker-pool.js';
 
@@ -26,6 +29,7 @@ function counting(inner: Required<SectorCryptoOffload>): Required<SectorCryptoOf
     closed: false,
     encryptInPlace: (d: Uint8Array, iv: number) => (o.calls++, o.memory.push(d.buffer), inner.encryptInPlace(d, iv)),
     decryptInPlace: (d: Uint8Array, iv: number) => (o.calls++, o.memory.push(d.buffer), inner.decryptInPlace(d, iv)),
+    encryptAndWrite: (d: Uint8Array, iv: number, fd: number, position: number) => (o.calls++, o.memory.push(d.buffer), inner.encryptAndWrite(d, iv, fd, position)),
     close: async () => {
       o.closed = true;
       await inner.close();
@@ -171,3 +175,48 @@ test('small requests stay inline; the offload is not called below the threshold'
     await pool.close();
   }
 });
+
+for (const workers of [1, 0]) {
+  test(`writeConsuming over a file: the worker encrypts and writes each piece itself, bytes as write() (${workers} workers)`, async () => {
+    const { dir, cleanup } = tempDir('brickcrypt-through-');
+    const key = randomBytes(64);
+    const size = 4096 + (4 << 20);
+    const params: EncryptionParams = { encryption: 'aes-xts-plain64', keyBytes: 64, sectorSize: 512, ivTweak: 5, dataOffset: 4096, payloadSize: 4 << 20 };
+    const pool = CryptoPool.create(workers);
+    const offload = counting(pool.sectorCrypto({ encryption: params.encryption, keyBytes: 64, sectorSize: 512 }, key));
+    const fileA = await FileDevice.open(join(dir, 'a'), { create: true, size });
+    const fileB = await FileDevice.open(join(dir, 'b'), { create: true, size });
+    let through = 0;
+    const writeThrough = fileB.writeThrough.bind(fileB);
+    fileB.writeThrough = (offset, length, io) => (through++, writeThrough(offset, length, io));
+    const a = EncryptedDevice.open(fileA, params, VolumeKey.copyOf(key));
+    const b = EncryptedDevice.open(fileB, params, VolumeKey.copyOf(key), { cryptoOffload: offload, offloadMinBytes: THRESHOLD });
+    try {
+      const plain = randomBytes((2 << 20) + 512 * 5); // three pieces
+      const shared = new Uint8Array(new SharedArrayBuffer(plain.length));
+      shared.set(plain);
+      await a.write(new Uint8Array(plain), 1 << 20);
+      await b.writeConsuming(shared, 1 << 20);
+      assert.equal(through, 3, 'one write-through per 1 MiB piece');
+      assert.equal(offload.calls, 3);
+      const bytesA = new Uint8Array(size);
+      const bytesB = new Uint8Array(size);
+      await fileA.read(bytesA, 0);
+      await fileB.read(bytesB, 0);
+      assert.ok(Buffer.from(bytesA).equals(Buffer.from(bytesB)), 'the same ciphertext in the same place');
+      // Zeroing part of it afterwards (encrypted zeros) reads back as zeros, the rest as written.
+      await b.writeZeroes(1 << 20, 4096);
+      const back = new Uint8Array(8192);
+      await b.read(back, 1 << 20);
+      assert.ok(back.subarray(0, 4096).every((x) => x === 0));
+      assert.ok(Buffer.from(back.subarray(4096)).equals(plain.subarray(4096, 8192)));
+    } finally {
+      await a.close();
+      await b.close();
+      await fileA.close();
+      await fileB.close();
+      await pool.close();
+      cleanup();
+    }
+  });
+}

@@ -5,6 +5,9 @@ import { InvalidArgumentError } from '../../src/errors.js';
 import { parseEncryption } from '../../src/crypto/cipher-spec.js';
 import { createSectorCipher } from '../../src/crypto/sector-cipher.js';
 import { CryptoPool } from '../../src/workflows/worker-pool.js';
+import { openSync, closeSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tempDir } from '../helpers/tools.js';
 
 const params = { encryption: 'aes-xts-plain64', keyBytes: 64, sectorSize: 512 };
 
@@ -59,3 +62,35 @@ test('a server leaves a core to its main thread; never fewer than one worker, ne
   if (cores >= 2) assert.ok(serverWorkerCount() <= cores - 1, `${serverWorkerCount()} workers on ${cores} cores`);
   assert.ok(serverWorkerCount() <= defaultWorkerCount());
 });
+
+for (const workers of [1, 0]) {
+  test(`runShared with a write: the result lands in the file at the position; a bad descriptor rejects with its errno (${workers} workers)`, async () => {
+    const { dir, cleanup } = tempDir('brickcrypt-pool-write-');
+    const key = randomBytes(64);
+    const reference = createSectorCipher(parseEncryption(params.encryption, 64), key, 512);
+    const pool = CryptoPool.create(workers);
+    const path = join(dir, 'out');
+    const fd = openSync(path, 'w+');
+    try {
+      const id = pool.addCipher(params, key);
+      const shared = new Uint8Array(new SharedArrayBuffer(3 * 65536));
+      shared.set(randomBytes(shared.length));
+      const expected = new Uint8Array(shared.subarray(65536, 2 * 65536));
+      reference.encrypt(expected, 128);
+      const view = shared.subarray(65536, 2 * 65536);
+      await pool.runShared(view, { length: view.length, zeroBlock: 0, encrypt: { cipher: id, iv: 128, length: view.length } }, { fd, position: 1000 });
+      const file = readFileSync(path);
+      assert.equal(file.length, 1000 + 65536);
+      assert.ok(file.subarray(1000).equals(expected), 'the ciphertext, at the position asked for');
+      assert.ok(Buffer.from(view).equals(expected), 'and in the caller\'s memory');
+      await assert.rejects(
+        pool.runShared(view, { length: view.length, zeroBlock: 0 }, { fd: 1 << 30, position: 0 }),
+        (err: NodeJS.ErrnoException) => err.code === 'EBADF',
+      );
+    } finally {
+      closeSync(fd);
+      await pool.close();
+      cleanup();
+    }
+  });
+}
