@@ -49,13 +49,14 @@ export interface BlockDevice {
    */
   writeConsuming?(buf: Uint8Array, offset: number): Promise<void>;
   /**
-   * Optional: lets `io` write `length` bytes at `offset` itself, with `pwrite` on the device's
-   * file descriptor at `position`, from any thread (a crypto worker encrypts and writes in one
-   * step, without a round trip through the caller's thread). The device checks the range, keeps
-   * its own bookkeeping, maps errors (`io` rejects with an errno-coded error) and does not close
-   * while `io` runs.
+   * Optional: lets `io` read or write `length` bytes at `offset` itself, with pread/pwrite on
+   * the device's file descriptor at `position`, from any thread (a crypto worker reads and
+   * decrypts, or encrypts and writes, in one step, without a round trip through the caller's
+   * thread). The device checks the range, keeps its own bookkeeping, maps errors (`io` rejects
+   * with an errno-coded error) and does not close while `io` runs. A reader treats the end of
+   * a file that is shorter than `size` as zeros, as `read` does.
    */
-  writeThrough?(offset: number, length: number, io: (fd: number, position: number) => Promise<void>): Promise<void>;
+  directIo?(access: 'read' | 'write', offset: number, length: number, io: (fd: number, position: number) => Promise<void>): Promise<void>;
   /** Makes every completed write durable. */
   flush(): Promise<void>;
   /** Makes `[offset, offset+length)` read as zeros; may deallocate if `mayTrim`. */

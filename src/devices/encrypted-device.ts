@@ -68,9 +68,11 @@ export interface SectorCryptoOffload {
   /**
    * Optional: encrypts `data` in place, then writes it with `pwrite(fd, position)` on the same
    * thread; rejects with an errno-coded error when the write fails. Used with a data device's
-   * `writeThrough`, it spares the calling thread a second round trip per write.
+   * `directIo`, it spares the calling thread a second round trip per write.
    */
   encryptAndWrite?(data: Uint8Array, iv: number, fd: number, position: number): Promise<void>;
+  /** Optional: the reverse, `pread(fd, position)` into `data` (zeros past the end of the file), then decrypt in place. */
+  readAndDecrypt?(data: Uint8Array, iv: number, fd: number, position: number): Promise<void>;
   /** Wipes the key material it holds. */
   close(): Promise<void>;
 }
@@ -247,6 +249,15 @@ export class EncryptedDevice implements BlockDevice {
     const offload = this.#offload;
     if (offload && this.#sharedRun(buf, offset)) {
       // The caller's memory is shared with the workers: one read of the ciphertext, decrypted in place.
+      const directIo = this.data.directIo?.bind(this.data);
+      const readAndDecrypt = offload.readAndDecrypt?.bind(offload);
+      if (directIo && readAndDecrypt) {
+        // Each piece is read and decrypted by one worker, without a round trip through this thread.
+        await this.#offloadRun(buf, offset, (piece, iv, at) =>
+          directIo('read', this.dataOffset + at, piece.length, (fd, position) => readAndDecrypt(piece, iv, fd, position)),
+        );
+        return;
+      }
       await this.data.read(buf, this.dataOffset + offset);
       await this.#offloadRun(buf, offset, (d, iv) => offload.decryptInPlace(d, iv));
       return;
@@ -310,12 +321,12 @@ export class EncryptedDevice implements BlockDevice {
     this.#check(offset, buf.length, true);
     const release = await this.#lock.acquire(offset, offset + buf.length);
     try {
-      const writeThrough = this.data.writeThrough?.bind(this.data);
+      const directIo = this.data.directIo?.bind(this.data);
       const encryptAndWrite = this.#offload?.encryptAndWrite?.bind(this.#offload);
-      if (writeThrough && encryptAndWrite) {
+      if (directIo && encryptAndWrite) {
         // Each piece is encrypted and written by the worker that has it in its cache.
         await this.#offloadRun(buf, offset, (piece, iv, at) =>
-          writeThrough(this.dataOffset + at, piece.length, (fd, position) => encryptAndWrite(piece, iv, fd, position)),
+          directIo('write', this.dataOffset + at, piece.length, (fd, position) => encryptAndWrite(piece, iv, fd, position)),
         );
         return;
       }

@@ -49,7 +49,7 @@ export class FileDevice implements BlockDevice {
   readonly capabilities: DeviceCapabilities;
   #size: number;
   #closed = false;
-  /** `writeThrough` calls still running: close() waits, so their fd is never closed (and reused) under them. */
+  /** `directIo` calls still running: close() waits, so their fd is never closed (and reused) under them. */
   readonly #through = new Set<Promise<void>>();
   /** Every byte in `[#holeFrom, size)` is known to be an unallocated hole (reads zeros). */
   #holeFrom: number;
@@ -145,9 +145,10 @@ export class FileDevice implements BlockDevice {
     }
   }
 
-  async writeThrough(offset: number, length: number, io: (fd: number, position: number) => Promise<void>): Promise<void> {
-    this.#check(offset, length, true);
-    if (offset + length > this.#holeFrom) this.#holeFrom = offset + length;
+  async directIo(access: 'read' | 'write', offset: number, length: number, io: (fd: number, position: number) => Promise<void>): Promise<void> {
+    const writing = access === 'write';
+    this.#check(offset, length, writing);
+    if (writing && offset + length > this.#holeFrom) this.#holeFrom = offset + length;
     const run = io(this.handle.fd, offset).catch((err) => {
       throw fileError(this.path, err);
     });

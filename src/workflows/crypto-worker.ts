@@ -4,7 +4,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { CipherTable, runChunkJob, type ChunkJob, type CipherParams } from './chunk-transform.js';
-import { writeAll } from './write-all.js';
+import { runJobWithIo } from './job-io.js';
 
 export type WorkerRequest =
   | { type: 'key'; id: number; params: CipherParams; key: Uint8Array }
@@ -13,9 +13,17 @@ export type WorkerRequest =
   | { type: 'job'; seq: number; buffer: ArrayBuffer; job: ChunkJob }
   /**
    * A job on memory both threads see: nothing is transferred or copied, the worker works in
-   * place; with `write`, it then pwrites the result to that file descriptor and position.
+   * place; with `io`, it first preads the bytes from that file descriptor and position
+   * ('read'), or pwrites the result there afterwards ('write').
    */
-  | { type: 'shared-job'; seq: number; shared: SharedArrayBuffer; offset: number; job: ChunkJob; write?: { fd: number; position: number } };
+  | { type: 'shared-job'; seq: number; shared: SharedArrayBuffer; offset: number; job: ChunkJob; io?: JobIo };
+
+/** File I/O a shared job does itself: before the job ('read') or after it ('write'). */
+export interface JobIo {
+  access: 'read' | 'write';
+  fd: number;
+  position: number;
+}
 
 export type WorkerReply =
   | { type: 'done'; seq: number; buffer: ArrayBuffer; zeros?: Uint8Array; allZero?: boolean }
@@ -55,8 +63,7 @@ if (port) {
         let reply: WorkerReply;
         try {
           const view = new Uint8Array(msg.shared, msg.offset, msg.job.length);
-          const r = runChunkJob(table, view, msg.job);
-          if (msg.write) writeAll(msg.write.fd, view, msg.write.position);
+          const r = runJobWithIo(table, view, msg.job, msg.io);
           reply = { type: 'shared-done', seq: msg.seq, zeros: r.zeros, allZero: r.allZero };
         } catch (err) {
           const code = (err as NodeJS.ErrnoException)?.code;

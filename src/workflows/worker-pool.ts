@@ -15,8 +15,8 @@ import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import { DeviceIoError, InvalidArgumentError } from '../errors.js';
 import { CipherTable, runChunkJob, type ChunkJob, type ChunkResult, type CipherParams } from './chunk-transform.js';
-import type { WorkerReply, WorkerRequest } from './crypto-worker.js';
-import { writeAll } from './write-all.js';
+import type { JobIo, WorkerReply, WorkerRequest } from './crypto-worker.js';
+import { runJobWithIo } from './job-io.js';
 import type { SectorCryptoOffload } from '../devices/encrypted-device.js';
 
 interface Pending {
@@ -118,7 +118,10 @@ export class CryptoPool {
       encryptInPlace: (data, iv) => inPlace(data, iv, 'encrypt'),
       decryptInPlace: (data, iv) => inPlace(data, iv, 'decrypt'),
       encryptAndWrite: async (data, iv, fd, position) => {
-        await this.runShared(data, { length: data.length, zeroBlock: 0, encrypt: { cipher: id, iv, length: data.length } }, { fd, position });
+        await this.runShared(data, { length: data.length, zeroBlock: 0, encrypt: { cipher: id, iv, length: data.length } }, { access: 'write', fd, position });
+      },
+      readAndDecrypt: async (data, iv, fd, position) => {
+        await this.runShared(data, { length: data.length, zeroBlock: 0, decrypt: { cipher: id, iv, length: data.length } }, { access: 'read', fd, position });
       },
       close: async () => {
         if (dropped || this.#closed) return;
@@ -142,21 +145,18 @@ export class CryptoPool {
   /**
    * Runs `job` in place on `view`, which must lie in a SharedArrayBuffer: the worker works on
    * the same memory, so nothing is copied or transferred and `view` stays usable. The caller
-   * must not touch those bytes until the promise settles. With `write`, the worker then writes
-   * the job's bytes to that file descriptor at that position (a failed write rejects with an
-   * error carrying its errno `code`); the caller keeps the descriptor open until then.
+   * must not touch those bytes until the promise settles. With `io`, the worker first reads the
+   * job's bytes from that file descriptor and position, or writes them there afterwards (a
+   * failed read or write rejects with an error carrying its errno `code`); the caller keeps the
+   * descriptor open until then.
    */
-  async runShared(view: Uint8Array, job: ChunkJob, write?: { fd: number; position: number }): Promise<ChunkResult> {
+  async runShared(view: Uint8Array, job: ChunkJob, io?: JobIo): Promise<ChunkResult> {
     if (!(view.buffer instanceof SharedArrayBuffer)) throw new InvalidArgumentError('runShared needs memory in a SharedArrayBuffer.');
     if (job.length > view.length) throw new InvalidArgumentError('The job is longer than its memory.');
     const shared = view.buffer;
     const r = await this.#dispatch(
-      () => {
-        const result = runChunkJob(this.#local, view, job);
-        if (write) writeAll(write.fd, view.subarray(0, job.length), write.position);
-        return { result };
-      },
-      (seq) => [{ type: 'shared-job', seq, shared, offset: view.byteOffset, job, ...(write ? { write } : {}) }, []],
+      () => ({ result: runJobWithIo(this.#local, view.subarray(0, job.length), job, io) }),
+      (seq) => [{ type: 'shared-job', seq, shared, offset: view.byteOffset, job, ...(io ? { io } : {}) }, []],
     );
     return r.result;
   }

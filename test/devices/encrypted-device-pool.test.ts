@@ -30,6 +30,7 @@ function counting(inner: Required<SectorCryptoOffload>): Required<SectorCryptoOf
     encryptInPlace: (d: Uint8Array, iv: number) => (o.calls++, o.memory.push(d.buffer), inner.encryptInPlace(d, iv)),
     decryptInPlace: (d: Uint8Array, iv: number) => (o.calls++, o.memory.push(d.buffer), inner.decryptInPlace(d, iv)),
     encryptAndWrite: (d: Uint8Array, iv: number, fd: number, position: number) => (o.calls++, o.memory.push(d.buffer), inner.encryptAndWrite(d, iv, fd, position)),
+    readAndDecrypt: (d: Uint8Array, iv: number, fd: number, position: number) => (o.calls++, o.memory.push(d.buffer), inner.readAndDecrypt(d, iv, fd, position)),
     close: async () => {
       o.closed = true;
       await inner.close();
@@ -177,7 +178,7 @@ test('small requests stay inline; the offload is not called below the threshold'
 });
 
 for (const workers of [1, 0]) {
-  test(`writeConsuming over a file: the worker encrypts and writes each piece itself, bytes as write() (${workers} workers)`, async () => {
+  test(`over a file: the worker encrypts and writes, or reads and decrypts, each piece itself; bytes as write()/read() (${workers} workers)`, async () => {
     const { dir, cleanup } = tempDir('brickcrypt-through-');
     const key = randomBytes(64);
     const size = 4096 + (4 << 20);
@@ -186,9 +187,9 @@ for (const workers of [1, 0]) {
     const offload = counting(pool.sectorCrypto({ encryption: params.encryption, keyBytes: 64, sectorSize: 512 }, key));
     const fileA = await FileDevice.open(join(dir, 'a'), { create: true, size });
     const fileB = await FileDevice.open(join(dir, 'b'), { create: true, size });
-    let through = 0;
-    const writeThrough = fileB.writeThrough.bind(fileB);
-    fileB.writeThrough = (offset, length, io) => (through++, writeThrough(offset, length, io));
+    const direct = { read: 0, write: 0 };
+    const directIo = fileB.directIo.bind(fileB);
+    fileB.directIo = (access, offset, length, io) => (direct[access]++, directIo(access, offset, length, io));
     const a = EncryptedDevice.open(fileA, params, VolumeKey.copyOf(key));
     const b = EncryptedDevice.open(fileB, params, VolumeKey.copyOf(key), { cryptoOffload: offload, offloadMinBytes: THRESHOLD });
     try {
@@ -197,8 +198,13 @@ for (const workers of [1, 0]) {
       shared.set(plain);
       await a.write(new Uint8Array(plain), 1 << 20);
       await b.writeConsuming(shared, 1 << 20);
-      assert.equal(through, 3, 'one write-through per 1 MiB piece');
+      assert.deepEqual(direct, { read: 0, write: 3 }, 'one direct write per 1 MiB piece');
       assert.equal(offload.calls, 3);
+      // A read into shared memory comes back the same way, read and decrypted by the worker.
+      const sharedBack = new Uint8Array(new SharedArrayBuffer(plain.length));
+      await b.read(sharedBack, 1 << 20);
+      assert.ok(Buffer.from(sharedBack).equals(plain));
+      assert.deepEqual(direct, { read: 3, write: 3 }, 'one direct read per 1 MiB piece');
       const bytesA = new Uint8Array(size);
       const bytesB = new Uint8Array(size);
       await fileA.read(bytesA, 0);

@@ -73,28 +73,34 @@ test('statPath, renameDurably and removeFile', async () => {
   }
 });
 
-test('writeThrough: range-checked, updates the hole bookkeeping, maps errors, and close waits for it', async () => {
+test('directIo: range-checked, writes update the hole bookkeeping, errors are mapped, and close waits for it', async () => {
   const { dir, cleanup } = tempDir();
   try {
     const path = join(dir, 'wt');
     const dev = await FileDevice.open(path, { create: true, size: 1 << 20 });
     const { writeSync } = await import('node:fs');
-    await dev.writeThrough(65536, 4096, async (fd, position) => void writeSync(fd, new Uint8Array(4096).fill(7), 0, 4096, position));
+    await dev.directIo('write', 65536, 4096, async (fd, position) => void writeSync(fd, new Uint8Array(4096).fill(7), 0, 4096, position));
     // Above the old watermark: a later writeZeroes must really zero it, not skip it as a hole.
     await dev.writeZeroes(65536, 1024);
     const back = new Uint8Array(4096);
     await dev.read(back, 65536);
     assert.ok(back.subarray(0, 1024).every((b) => b === 0) && back.subarray(1024).every((b) => b === 7));
-    await assert.rejects(dev.writeThrough((1 << 20) - 10, 20, async () => undefined), /outside/);
+    await assert.rejects(dev.directIo('write', (1 << 20) - 10, 20, async () => undefined), /outside/);
+    await assert.rejects(dev.directIo('read', (1 << 20) - 10, 20, async () => undefined), /outside/);
+    // A read hands out the same descriptor and leaves the bookkeeping alone.
+    const { readSync } = await import('node:fs');
+    const got = new Uint8Array(8);
+    await dev.directIo('read', 65536 + 2000, 8, async (fd, position) => void readSync(fd, got, 0, 8, position));
+    assert.deepEqual([...got], [7, 7, 7, 7, 7, 7, 7, 7]);
     await assert.rejects(
-      dev.writeThrough(0, 10, async () => {
+      dev.directIo('write', 0, 10, async () => {
         throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
       }),
       (err: Error) => err.name === 'DeviceIoError' && err.message.includes(path),
     );
     // close() waits for a write-through still running.
     let finished = false;
-    const slow = dev.writeThrough(0, 10, () => new Promise<void>((r) => setTimeout(() => ((finished = true), r()), 100)));
+    const slow = dev.directIo('write', 0, 10, () => new Promise<void>((r) => setTimeout(() => ((finished = true), r()), 100)));
     await dev.close();
     assert.equal(finished, true, 'close waited');
     await slow;

@@ -64,7 +64,7 @@ test('a server leaves a core to its main thread; never fewer than one worker, ne
 });
 
 for (const workers of [1, 0]) {
-  test(`runShared with a write: the result lands in the file at the position; a bad descriptor rejects with its errno (${workers} workers)`, async () => {
+  test(`runShared with file I/O: a write lands in the file at the position, a read comes back (zeros past EOF), a bad descriptor rejects with its errno (${workers} workers)`, async () => {
     const { dir, cleanup } = tempDir('brickcrypt-pool-write-');
     const key = randomBytes(64);
     const reference = createSectorCipher(parseEncryption(params.encryption, 64), key, 512);
@@ -75,18 +75,28 @@ for (const workers of [1, 0]) {
       const id = pool.addCipher(params, key);
       const shared = new Uint8Array(new SharedArrayBuffer(3 * 65536));
       shared.set(randomBytes(shared.length));
-      const expected = new Uint8Array(shared.subarray(65536, 2 * 65536));
+      const plainHalf = Buffer.from(shared.subarray(65536, 2 * 65536));
+      const expected = new Uint8Array(plainHalf);
       reference.encrypt(expected, 128);
       const view = shared.subarray(65536, 2 * 65536);
-      await pool.runShared(view, { length: view.length, zeroBlock: 0, encrypt: { cipher: id, iv: 128, length: view.length } }, { fd, position: 1000 });
+      await pool.runShared(view, { length: view.length, zeroBlock: 0, encrypt: { cipher: id, iv: 128, length: view.length } }, { access: 'write', fd, position: 1000 });
       const file = readFileSync(path);
       assert.equal(file.length, 1000 + 65536);
       assert.ok(file.subarray(1000).equals(expected), 'the ciphertext, at the position asked for');
       assert.ok(Buffer.from(view).equals(expected), 'and in the caller\'s memory');
-      await assert.rejects(
-        pool.runShared(view, { length: view.length, zeroBlock: 0 }, { fd: 1 << 30, position: 0 }),
-        (err: NodeJS.ErrnoException) => err.code === 'EBADF',
-      );
+      // Read back and decrypt in one job; the part past the end of the file reads as zeros.
+      const again = new Uint8Array(new SharedArrayBuffer(65536 + 512)).fill(9);
+      await pool.runShared(again, { length: again.length, zeroBlock: 0 }, { access: 'read', fd, position: 1000 });
+      assert.ok(Buffer.from(again.subarray(0, 65536)).equals(expected));
+      assert.ok(again.subarray(65536).every((x) => x === 0), 'zeros past the end of the file');
+      await pool.runShared(again, { length: 65536, zeroBlock: 0, decrypt: { cipher: id, iv: 128, length: 65536 } }, { access: 'read', fd, position: 1000 });
+      assert.ok(Buffer.from(again.subarray(0, 65536)).equals(plainHalf), 'read and decrypted');
+      for (const access of ['read', 'write'] as const) {
+        await assert.rejects(
+          pool.runShared(view, { length: view.length, zeroBlock: 0 }, { access, fd: 1 << 30, position: 0 }),
+          (err: NodeJS.ErrnoException) => err.code === 'EBADF',
+        );
+      }
     } finally {
       closeSync(fd);
       await pool.close();
