@@ -158,7 +158,10 @@ import waitress
 ini, port = sys.argv[1], int(sys.argv[2])
 del sys.argv[1:]  # barbican parses sys.argv with oslo.config on import
 app = loadapp("config:" + ini)
-waitress.serve(app, host="127.0.0.1", port=port, threads=4, _quiet=True)
+# One request at a time: barbican keeps its state in SQLite, and two writing requests at once
+# fail with "database is locked" (HTTP 500 "Secret creation failure") when the test files run
+# side by side.
+waitress.serve(app, host="127.0.0.1", port=port, threads=1, _quiet=True)
 EOF
   (
     cd "$BARBICAN_DIR"
