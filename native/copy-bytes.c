@@ -11,7 +11,8 @@
 #include <stdint.h>
 #include <string.h>
 
-static int bytes_of(napi_env env, napi_value v, uint8_t **data, size_t *len) {
+/* Declared in addon.h. */
+int brickcrypt_bytes_of(napi_env env, napi_value v, uint8_t **data, size_t *len) {
   bool is_ta = false;
   if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta) return 0;
   napi_typedarray_type type;
@@ -30,7 +31,7 @@ napi_value brickcrypt_copy_bytes(napi_env env, napi_callback_info info) {
   uint8_t *dst, *src;
   size_t dst_len, src_len;
   double offset;
-  if (argc < 3 || !bytes_of(env, argv[0], &dst, &dst_len) || !bytes_of(env, argv[2], &src, &src_len) ||
+  if (argc < 3 || !brickcrypt_bytes_of(env, argv[0], &dst, &dst_len) || !brickcrypt_bytes_of(env, argv[2], &src, &src_len) ||
       napi_get_value_double(env, argv[1], &offset) != napi_ok) {
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "copyBytes(dst: Uint8Array, dstOffset: number, src: Uint8Array)");
     return NULL;

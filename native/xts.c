@@ -68,21 +68,6 @@ static void finalize_keys(napi_env env, void *data, void *hint) {
   OPENSSL_free(data);
 }
 
-static int get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
-  bool is_ta = false;
-  if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta) return 0;
-  napi_typedarray_type type;
-  size_t length;
-  void *ptr;
-  napi_value ab;
-  size_t offset;
-  if (napi_get_typedarray_info(env, v, &type, &length, &ptr, &ab, &offset) != napi_ok) return 0;
-  if (type != napi_uint8_array) return 0;
-  *data = (uint8_t *)ptr;
-  *len = length;
-  return 1;
-}
-
 
 #ifdef HAVE_AESNI_ENGINE
 #define AESNI __attribute__((target("aes,sse2")))
@@ -180,7 +165,7 @@ static napi_value create_keys(napi_env env, napi_callback_info info) {
   size_t key_len;
   uint32_t engine = 0;
   if (argc >= 2 && napi_get_value_uint32(env, argv[1], &engine) != napi_ok) return throw_error(env, "ERR_INVALID_ARG_TYPE", "engine must be a number");
-  if (argc < 1 || !get_bytes(env, argv[0], &key, &key_len)) return throw_error(env, "ERR_INVALID_ARG_TYPE", "key must be a Uint8Array");
+  if (argc < 1 || !brickcrypt_bytes_of(env, argv[0], &key, &key_len)) return throw_error(env, "ERR_INVALID_ARG_TYPE", "key must be a Uint8Array");
   const EVP_CIPHER *cipher = key_len == 32 ? EVP_aes_128_xts() : key_len == 64 ? EVP_aes_256_xts() : NULL;
   if (!cipher) return throw_error(env, "ERR_INVALID_ARG_VALUE", "AES-XTS keys are 32 or 64 bytes");
   if (CRYPTO_memcmp(key, key + key_len / 2, key_len / 2) == 0) return throw_error(env, "ERR_CRYPTO_INVALID_KEYLEN", "AES-XTS key halves are equal");
@@ -214,6 +199,14 @@ static xts_keys *keys_of(napi_env env, napi_value v) {
   return (xts_keys *)p;
 }
 
+/* The keys passed as the only argument, or NULL. */
+static xts_keys *keys_arg(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  return argc >= 1 ? keys_of(env, argv[0]) : NULL;
+}
+
 /*
  * run(keys, data: Uint8Array, firstIv: number, sectorSize, ivStep, ivMode, encrypt: boolean)
  * Sector i of `data` gets IV number firstIv + i * ivStep. The caller checks that
@@ -228,7 +221,7 @@ static napi_value run(napi_env env, napi_callback_info info) {
   if (!k || !k->enc) return throw_error(env, "ERR_INVALID_STATE", "the AES-XTS key was wiped");
   uint8_t *data;
   size_t len;
-  if (!get_bytes(env, argv[1], &data, &len)) return throw_error(env, "ERR_INVALID_ARG_TYPE", "data must be a Uint8Array");
+  if (!brickcrypt_bytes_of(env, argv[1], &data, &len)) return throw_error(env, "ERR_INVALID_ARG_TYPE", "data must be a Uint8Array");
   double first_d;
   uint32_t sector_size, step, mode;
   bool encrypt;
@@ -264,10 +257,7 @@ static napi_value run(napi_env env, napi_callback_info info) {
 
 /* engine(keys) -> "aesni" | "evp" */
 static napi_value engine_of(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  xts_keys *k = argc >= 1 ? keys_of(env, argv[0]) : NULL;
+  xts_keys *k = keys_arg(env, info);
   const char *name = "evp";
 #ifdef HAVE_AESNI_ENGINE
   if (k && k->use_aesni) name = "aesni";
@@ -281,10 +271,7 @@ static napi_value engine_of(napi_env env, napi_callback_info info) {
 
 /* wipe(keys): frees the key schedules now instead of at garbage collection. */
 static napi_value wipe(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  xts_keys *k = argc >= 1 ? keys_of(env, argv[0]) : NULL;
+  xts_keys *k = keys_arg(env, info);
   if (k) free_keys(k);
   return NULL;
 }
