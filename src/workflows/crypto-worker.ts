@@ -4,7 +4,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { CipherTable, runChunkJob, type ChunkJob, type CipherParams } from './chunk-transform.js';
-import { runJobWithIo } from './job-io.js';
+import { runJobWithIo, type JobIo } from './job-io.js';
 
 export type WorkerRequest =
   | { type: 'key'; id: number; params: CipherParams; key: Uint8Array }
@@ -17,13 +17,6 @@ export type WorkerRequest =
    * ('read'), or pwrites the result there afterwards ('write').
    */
   | { type: 'shared-job'; seq: number; shared: SharedArrayBuffer; offset: number; job: ChunkJob; io?: JobIo };
-
-/** File I/O a shared job does itself: before the job ('read') or after it ('write'). */
-export interface JobIo {
-  access: 'read' | 'write';
-  fd: number;
-  position: number;
-}
 
 export type WorkerReply =
   | { type: 'done'; seq: number; buffer: ArrayBuffer; zeros?: Uint8Array; allZero?: boolean }

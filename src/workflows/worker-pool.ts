@@ -15,8 +15,8 @@ import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import { DeviceIoError, InvalidArgumentError } from '../errors.js';
 import { CipherTable, runChunkJob, type ChunkJob, type ChunkResult, type CipherParams } from './chunk-transform.js';
-import type { JobIo, WorkerReply, WorkerRequest } from './crypto-worker.js';
-import { runJobWithIo } from './job-io.js';
+import type { WorkerReply, WorkerRequest } from './crypto-worker.js';
+import { runJobWithIo, type JobIo } from './job-io.js';
 import type { SectorCryptoOffload } from '../devices/encrypted-device.js';
 
 interface Pending {
@@ -110,19 +110,15 @@ export class CryptoPool {
    */
   sectorCrypto(params: CipherParams, key: Uint8Array): Required<SectorCryptoOffload> {
     const id = this.addCipher(params, key);
-    const inPlace = async (data: Uint8Array, iv: number, dir: 'encrypt' | 'decrypt'): Promise<void> => {
-      await this.runShared(data, { length: data.length, zeroBlock: 0, [dir]: { cipher: id, iv, length: data.length } });
+    const inPlace = async (data: Uint8Array, iv: number, dir: 'encrypt' | 'decrypt', io?: JobIo): Promise<void> => {
+      await this.runShared(data, { length: data.length, zeroBlock: 0, [dir]: { cipher: id, iv, length: data.length } }, io);
     };
     let dropped = false;
     return {
       encryptInPlace: (data, iv) => inPlace(data, iv, 'encrypt'),
       decryptInPlace: (data, iv) => inPlace(data, iv, 'decrypt'),
-      encryptAndWrite: async (data, iv, fd, position) => {
-        await this.runShared(data, { length: data.length, zeroBlock: 0, encrypt: { cipher: id, iv, length: data.length } }, { access: 'write', fd, position });
-      },
-      readAndDecrypt: async (data, iv, fd, position) => {
-        await this.runShared(data, { length: data.length, zeroBlock: 0, decrypt: { cipher: id, iv, length: data.length } }, { access: 'read', fd, position });
-      },
+      encryptAndWrite: (data, iv, fd, position) => inPlace(data, iv, 'encrypt', { access: 'write', fd, position }),
+      readAndDecrypt: (data, iv, fd, position) => inPlace(data, iv, 'decrypt', { access: 'read', fd, position }),
       close: async () => {
         if (dropped || this.#closed) return;
         dropped = true;

@@ -72,13 +72,10 @@ export class ByteQueue {
    */
   own(): void {
     if (this.#chunks.length === 0) return;
-    const copy = new Uint8Array(this.#length);
-    let o = 0;
-    for (const c of this.#chunks) {
-      copy.set(c, o);
-      o += c.length;
-    }
-    this.#chunks = [copy];
+    const n = this.#length;
+    const copy = new Uint8Array(n);
+    this.takeInto(copy, 0, n);
+    this.push(copy);
   }
 
   /** Drops up to `n` bytes from the front; returns how many were dropped. */
