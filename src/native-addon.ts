@@ -1,13 +1,14 @@
 /**
  * The optional native module (native/*.c, built by scripts/build-native.mjs into
- * build/Release/brickcrypt_xts.node): the AES-XTS kernel (see crypto/xts-native.ts) and a
- * plain memory copy. Everything it offers has a slower portable fallback, so a missing or
- * broken build only costs speed; `nativeAddonError()` says why it did not load.
+ * build/Release/brickcrypt_xts.node): the AES-XTS kernel (see crypto/xts-native.ts), a
+ * plain memory copy and aligned memory for O_DIRECT. Everything it offers has a slower
+ * portable fallback, so a missing or broken build only costs speed; `nativeAddonError()` says
+ * why it did not load.
  */
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
-/** What the compiled module exports (native/xts.c, native/copy-bytes.c). */
+/** What the compiled module exports (native/xts.c, native/copy-bytes.c, native/align.c). */
 export interface NativeAddon {
   /** engine 0: AES-NI when the CPU has it, else OpenSSL EVP; 1: OpenSSL EVP only. */
   createKeys(key: Uint8Array, engine: number): object;
@@ -15,6 +16,7 @@ export interface NativeAddon {
   run(keys: object, data: Uint8Array, firstIv: number, sectorSize: number, ivStep: number, ivMode: number, encrypt: boolean): void;
   wipe(keys: object): void;
   copyBytes(dst: Uint8Array, dstOffset: number, src: Uint8Array): void;
+  alignGap(view: Uint8Array, alignment: number): number;
 }
 
 let loaded: NativeAddon | null | undefined;
@@ -54,4 +56,26 @@ export function copyBytes(dst: Uint8Array, dstOffset: number, src: Uint8Array): 
   const addon = nativeAddon();
   if (addon) addon.copyBytes(dst, dstOffset, src);
   else copyBytesPortable(dst, dstOffset, src);
+}
+
+/**
+ * `length` bytes of zeroed shared memory whose first byte sits at a multiple of `alignment` (a
+ * power of two), as O_DIRECT I/O requires; `aligned` says whether that could be arranged
+ * (without the native module no address is known, and the view starts at offset 0).
+ *
+ * @example
+ * const { view, aligned } = allocateAligned(4 << 20, 4096);
+ */
+export function allocateAligned(length: number, alignment: number): { view: Uint8Array; aligned: boolean } {
+  const addon = nativeAddon();
+  if (!addon) return { view: new Uint8Array(new SharedArrayBuffer(length)), aligned: false };
+  const whole = new Uint8Array(new SharedArrayBuffer(length + alignment));
+  const gap = addon.alignGap(whole, alignment);
+  return { view: whole.subarray(gap, gap + length), aligned: true };
+}
+
+/** True when the native module is there and `view`'s first byte is at a multiple of `alignment`. */
+export function isAddressAligned(view: Uint8Array, alignment: number): boolean {
+  const addon = nativeAddon();
+  return addon !== null && addon.alignGap(view, alignment) === 0;
 }
