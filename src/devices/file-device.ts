@@ -7,11 +7,18 @@
  * added by a resize). Zero writes above the watermark are skipped, so a fresh target
  * stays sparse; a `writeZeroes(..., { mayTrim })` that reaches the end of a regular
  * file truncates and re-extends it, which deallocates the tail.
+ *
+ * With `bypassCache`, writes whose offset, length and memory are aligned to
+ * `DIRECT_IO_ALIGNMENT` go through a second descriptor opened with O_DIRECT (QEMU's
+ * cache=none): the data travels from the caller's buffer to the device without being copied
+ * into the page cache, and the final fsync has no dirty pages left to write. Everything else
+ * (headers, unaligned pieces) goes through the page cache; the kernel keeps the two coherent.
  */
 import { promises as fsp, constants as fsc } from 'node:fs';
 import { dirname } from 'node:path';
 import { type BlockDevice, type DeviceCapabilities, type Extent, rangeInside } from '../block-device.js';
 import { DeviceIoError, NotFoundError, OutOfRangeError, ReadOnlyDeviceError } from '../errors.js';
+import { isAddressAligned, nativeAddon } from '../native-addon.js';
 
 export interface OpenFileOptions {
   readOnly?: boolean;
@@ -26,6 +33,25 @@ export interface OpenFileOptions {
    * kernel writes it back. It survives a killed process, not a power loss or kernel crash.
    */
   ignoreFlush?: boolean;
+  /**
+   * Write aligned data with O_DIRECT, past the page cache (see the module comment). Where the
+   * file system refuses O_DIRECT, or the native module that finds buffer addresses is missing,
+   * every write goes through the page cache and `cacheBypass.unavailable` says why.
+   */
+  bypassCache?: boolean;
+}
+
+/** Offset, length and memory alignment of O_DIRECT writes: the largest common logical block size. */
+export const DIRECT_IO_ALIGNMENT = 4096;
+
+/** How much of a device's writing went past the page cache (`bypassCache`). */
+export interface CacheBypassStats {
+  /** Bytes written with O_DIRECT. */
+  bytes: number;
+  /** Bytes written through the page cache (headers, unaligned pieces, or everything when unavailable). */
+  cachedBytes: number;
+  /** Why O_DIRECT is not (or no longer) used, when it was asked for. */
+  unavailable?: string;
 }
 
 /** What `statPath` reports about a path (without opening it for I/O). */
@@ -53,6 +79,9 @@ export class FileDevice implements BlockDevice {
   readonly #through = new Set<Promise<void>>();
   /** Every byte in `[#holeFrom, size)` is known to be an unallocated hole (reads zeros). */
   #holeFrom: number;
+  /** The O_DIRECT descriptor of `bypassCache`, while it works. */
+  #direct: fsp.FileHandle | undefined;
+  readonly #bypass: CacheBypassStats = { bytes: 0, cachedBytes: 0 };
 
   private constructor(
     readonly path: string,
@@ -98,7 +127,9 @@ export class FileDevice implements BlockDevice {
           holeFrom = size;
         }
       }
-      return new FileDevice(path, handle, size, readOnly, isBlock, holeFrom, options.ignoreFlush === true);
+      const device = new FileDevice(path, handle, size, readOnly, isBlock, holeFrom, options.ignoreFlush === true);
+      if (options.bypassCache && !readOnly) await device.#openDirect();
+      return device;
     } catch (err) {
       await handle.close();
       throw err instanceof DeviceIoError ? err : fileError(path, err);
@@ -107,6 +138,24 @@ export class FileDevice implements BlockDevice {
 
   get size(): number {
     return this.#size;
+  }
+
+  /** What `bypassCache` achieved so far (zeros when it was not asked for). */
+  get cacheBypass(): Readonly<CacheBypassStats> {
+    return { ...this.#bypass };
+  }
+
+  async #openDirect(): Promise<void> {
+    if (fsc.O_DIRECT === undefined) return void (this.#bypass.unavailable = 'this platform has no O_DIRECT');
+    if (!nativeAddon()) {
+      return void (this.#bypass.unavailable = 'the native module is not built (buffer addresses are unknown)');
+    }
+    try {
+      // Through /proc: the very file already open (a path could have been replaced since).
+      this.#direct = await fsp.open(`/proc/self/fd/${this.handle.fd}`, fsc.O_WRONLY | fsc.O_DIRECT);
+    } catch (err) {
+      this.#bypass.unavailable = `O_DIRECT open failed: ${(err as NodeJS.ErrnoException)?.code ?? String(err)}`;
+    }
   }
 
   #check(offset: number, length: number, writing: boolean): void {
@@ -136,13 +185,24 @@ export class FileDevice implements BlockDevice {
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.#check(offset, buf.length, true);
     if (offset + buf.length > this.#holeFrom) this.#holeFrom = offset + buf.length;
-    let done = 0;
-    while (done < buf.length) {
-      const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, offset + done).catch((err) => {
-        throw fileError(this.path, err);
-      });
-      done += bytesWritten;
+    const direct = this.#direct;
+    if (direct && offset % DIRECT_IO_ALIGNMENT === 0 && buf.length % DIRECT_IO_ALIGNMENT === 0 && isAddressAligned(buf, DIRECT_IO_ALIGNMENT)) {
+      try {
+        await writeFully(direct, buf, offset);
+        this.#bypass.bytes += buf.length;
+        return;
+      } catch (err) {
+        // EINVAL: the device wants a larger alignment than ours. Write through the cache from now on.
+        if ((err as NodeJS.ErrnoException)?.code !== 'EINVAL') throw fileError(this.path, err);
+        this.#bypass.unavailable = 'the device refused an aligned O_DIRECT write (EINVAL)';
+        this.#direct = undefined;
+        await direct.close().catch(() => {});
+      }
     }
+    await writeFully(this.handle, buf, offset).catch((err) => {
+      throw fileError(this.path, err);
+    });
+    this.#bypass.cachedBytes += buf.length;
   }
 
   async directIo(access: 'read' | 'write', offset: number, length: number, io: (fd: number, position: number) => Promise<void>): Promise<void> {
@@ -199,13 +259,9 @@ export class FileDevice implements BlockDevice {
   }
 
   async #writeAll(buf: Uint8Array, offset: number): Promise<void> {
-    let done = 0;
-    while (done < buf.length) {
-      const { bytesWritten } = await this.handle.write(buf, done, buf.length - done, offset + done).catch((err) => {
-        throw fileError(this.path, err);
-      });
-      done += bytesWritten;
-    }
+    await writeFully(this.handle, buf, offset).catch((err) => {
+      throw fileError(this.path, err);
+    });
   }
 
   async discard(offset: number, length: number): Promise<void> {
@@ -249,7 +305,18 @@ export class FileDevice implements BlockDevice {
     if (this.#closed) return;
     this.#closed = true;
     await Promise.all(this.#through);
+    await this.#direct?.close();
+    this.#direct = undefined;
     await this.handle.close();
+  }
+}
+
+/** pwrite until every byte is written (a short write is not an error). */
+async function writeFully(handle: fsp.FileHandle, buf: Uint8Array, offset: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesWritten } = await handle.write(buf, done, buf.length - done, offset + done);
+    done += bytesWritten;
   }
 }
 

@@ -1,8 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { statSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { constants, readdirSync, readlinkSync, statSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { FileDevice, removeFile, renameDurably, statPath } from '../../src/devices/file-device.js';
+import { DIRECT_IO_ALIGNMENT, FileDevice, removeFile, renameDurably, statPath } from '../../src/devices/file-device.js';
+import { allocateAligned } from '../../src/native-addon.js';
 import { tempDir } from '../helpers/tools.js';
 
 test('writeZeroes above the hole watermark of a fresh file writes nothing', async () => {
@@ -104,6 +106,68 @@ test('directIo: range-checked, writes update the hole bookkeeping, errors are ma
     await dev.close();
     assert.equal(finished, true, 'close waited');
     await slow;
+  } finally {
+    cleanup();
+  }
+});
+
+/** The flags (from /proc/self/fdinfo) of every descriptor of this process open on `path`. */
+function openFlags(path: string): number[] {
+  const flags: number[] = [];
+  for (const fd of readdirSync('/proc/self/fd')) {
+    let target = '';
+    try {
+      target = readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue; // closed meanwhile (the readdir's own descriptor)
+    }
+    if (target !== path) continue;
+    const line = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8').split('\n').find((l) => l.startsWith('flags:'));
+    flags.push(Number.parseInt(line!.split(/\s+/)[1]!, 8));
+  }
+  return flags;
+}
+
+test('bypassCache: aligned writes go with O_DIRECT, the rest through the page cache, and everything reads back', async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const path = join(dir, 'direct');
+    const size = 1 << 20;
+    const shadow = new Uint8Array(size);
+    const dev = await FileDevice.open(path, { create: true, size, bypassCache: true });
+    assert.equal(dev.cacheBypass.unavailable, undefined);
+    assert.ok(openFlags(path).some((f) => (f & constants.O_DIRECT) !== 0), 'an O_DIRECT descriptor is open');
+    const put = async (data: Uint8Array, offset: number) => {
+      await dev.write(data, offset);
+      shadow.set(data, offset);
+    };
+    const aligned = allocateAligned(3 * DIRECT_IO_ALIGNMENT, DIRECT_IO_ALIGNMENT).view;
+    aligned.set(randomBytes(aligned.length));
+    await put(aligned, 4 * DIRECT_IO_ALIGNMENT);
+    assert.deepEqual(dev.cacheBypass, { bytes: aligned.length, cachedBytes: 0 });
+    // Misaligned offset, length or memory: through the cache.
+    await put(new Uint8Array(randomBytes(DIRECT_IO_ALIGNMENT)), 100);
+    await put(aligned.subarray(0, 1000), 2 * DIRECT_IO_ALIGNMENT);
+    const offByOne = allocateAligned(DIRECT_IO_ALIGNMENT + 512, DIRECT_IO_ALIGNMENT).view.subarray(512);
+    offByOne.fill(9);
+    await put(offByOne, 8 * DIRECT_IO_ALIGNMENT);
+    assert.deepEqual(dev.cacheBypass, { bytes: aligned.length, cachedBytes: 2 * DIRECT_IO_ALIGNMENT + 1000 });
+    // A cached write over bytes written directly, then a direct write over cached ones: the kernel keeps them coherent.
+    await put(new Uint8Array(10).fill(1), 4 * DIRECT_IO_ALIGNMENT + 5);
+    await put(aligned.subarray(0, DIRECT_IO_ALIGNMENT), 0);
+    const back = new Uint8Array(size);
+    await dev.read(back, 0);
+    assert.deepEqual(Buffer.from(back), Buffer.from(shadow));
+    await dev.flush();
+    await dev.close();
+    assert.deepEqual(openFlags(path), [], 'both descriptors are closed');
+    assert.deepEqual(Buffer.from(readFileSync(path)), Buffer.from(shadow));
+    // Without the option there is one descriptor, without O_DIRECT, and every byte is cached.
+    const plain = await FileDevice.open(path, {});
+    assert.deepEqual(openFlags(path).map((f) => f & constants.O_DIRECT), [0]);
+    await plain.write(aligned, 0);
+    assert.deepEqual(plain.cacheBypass, { bytes: 0, cachedBytes: aligned.length });
+    await plain.close();
   } finally {
     cleanup();
   }
