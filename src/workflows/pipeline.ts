@@ -4,7 +4,10 @@
  * A fixed set of large chunk buffers (bounded memory for any volume size) circulates:
  * reads run ahead of the writer, crypto and zero scanning run on the worker pool, and the
  * writer issues writes strictly in ascending offset order (deterministic; keeps a fresh
- * sparse target's hole watermark useful). Every stage overlaps with the others.
+ * sparse target's hole watermark useful), with up to `writeConcurrency` of them in flight.
+ * Every stage overlaps with the others. The buffers are shared memory aligned for O_DIRECT, so
+ * workers work on them in place and a file target opened with `bypassCache` writes them
+ * straight to the device.
  *
  * Sources and targets are described at the ciphertext level (device + base offset + optional
  * cipher), so a LUKS volume is read and written without going through `EncryptedDevice`'s
@@ -12,6 +15,8 @@
  */
 import type { BlockDevice } from '../block-device.js';
 import { CancelledError } from '../errors.js';
+import { allocateAligned } from '../native-addon.js';
+import { DIRECT_IO_ALIGNMENT } from '../devices/file-device.js';
 import { zeroBlocks, type ChunkJob, type ChunkResult } from './chunk-transform.js';
 import type { CryptoPool } from './worker-pool.js';
 
@@ -57,6 +62,12 @@ export interface PipelineOptions {
    * Only for targets whose flush does not stall writes (files, block devices).
    */
   flushEvery?: number;
+  /**
+   * Writes in flight at once (default 1). More keep a device busy that completes each write only
+   * when it reaches the disk (O_DIRECT). Only for targets that take concurrent writes to
+   * disjoint ranges (files, block devices; not the qcow2 writer, which appends).
+   */
+  writeConcurrency?: number;
 }
 
 export interface CopyStats {
@@ -94,25 +105,31 @@ class Gate {
 interface Chunk {
   pos: number;
   len: number;
-  buffer: ArrayBuffer;
+  /** The chunk's whole buffer (capacity `chunkBytes`); its first `len` bytes carry the data. */
+  memory: Uint8Array;
   result: ChunkResult;
+}
+
+/** `count` chunk buffers of `bytes` each, in shared memory aligned for O_DIRECT. */
+function chunkBuffers(count: number, bytes: number): Uint8Array[] {
+  return Array.from({ length: count }, () => allocateAligned(bytes, DIRECT_IO_ALIGNMENT).view);
 }
 
 function checkAbort(signal?: AbortSignal): void {
   if (signal?.aborted) throw new CancelledError();
 }
 
-/** Reads (and decrypts, scans, encrypts) one chunk of `source` into `buffer`. */
+/** Reads (and decrypts, scans, encrypts) one chunk of `source` into `memory`. */
 async function loadChunk(
   pool: CryptoPool,
   source: PipelineSource,
   pos: number,
   len: number,
-  buffer: ArrayBuffer,
+  memory: Uint8Array,
   transform: { zeroBlock: number; encrypt?: { cipher: number; ivTweak: number } },
   gate: Gate,
 ): Promise<Chunk> {
-  const view = new Uint8Array(buffer, 0, len);
+  const view = memory.subarray(0, len);
   const readLen = Math.max(0, Math.min(pos + len, source.size) - pos);
   let knownZero = readLen === 0;
   if (readLen > 0 && !source.decrypt && source.device.capabilities.extents) {
@@ -124,7 +141,7 @@ async function loadChunk(
     await gate.run(() => source.device.read(view.subarray(0, readLen), source.base + pos));
     if (readLen < len) view.fill(0, readLen);
   }
-  if (knownZero && !transform.encrypt) return { pos, len, buffer, result: { allZero: true } };
+  if (knownZero && !transform.encrypt) return { pos, len, memory, result: { allZero: true } };
   const job: ChunkJob = {
     length: len,
     decrypt: source.decrypt && !knownZero ? { cipher: source.decrypt.cipher, iv: pos / 512 + source.decrypt.ivTweak, length: readLen } : undefined,
@@ -133,16 +150,15 @@ async function loadChunk(
   };
   if (!job.decrypt && !job.encrypt) {
     // Zero scan only: cheap enough inline (memcmp), and saves a round trip.
-    return { pos, len, buffer, result: job.zeroBlock ? zeroBlocks(view, job.zeroBlock) : {} };
+    return { pos, len, memory, result: job.zeroBlock ? zeroBlocks(view, job.zeroBlock) : {} };
   }
-  const done = await pool.run(buffer, job);
-  return { pos, len, buffer: done.buffer, result: done.result };
+  return { pos, len, memory, result: await pool.runShared(view, job) };
 }
 
 /** Writes one chunk in place, honouring the zero policy for plaintext targets. */
 async function storeChunk(target: PipelineTarget, chunk: Chunk, stats: CopyStats): Promise<void> {
   const { pos, len, result } = chunk;
-  const view = new Uint8Array(chunk.buffer, 0, len);
+  const view = chunk.memory.subarray(0, len);
   const dev = target.device;
   const at = target.base + pos;
   if (target.encrypt || target.zeros === 'write') {
@@ -188,13 +204,16 @@ async function storeChunk(target: PipelineTarget, chunk: Chunk, stats: CopyStats
 export async function copyData(source: PipelineSource, target: PipelineTarget, length: number, options: PipelineOptions): Promise<CopyStats> {
   const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
   const depth = Math.max(1, options.depth ?? DEFAULT_DEPTH);
-  const free: ArrayBuffer[] = [];
-  for (let i = 0; i < Math.min(depth, Math.ceil(length / chunkBytes)); i++) free.push(new ArrayBuffer(chunkBytes));
+  const free = chunkBuffers(Math.min(depth, Math.ceil(length / chunkBytes)), chunkBytes);
   const stats: CopyStats = { bytes: 0, written: 0, zeroBytes: 0 };
   const transform = { zeroBlock: target.encrypt || target.zeros === 'write' ? 0 : ZERO_BLOCK, encrypt: target.encrypt };
   const inflight: Array<Promise<Chunk>> = [];
   const gate = new Gate(READ_CONCURRENCY);
   const flushEvery = options.flushEvery ?? 0;
+  const writeConcurrency = Math.max(1, options.writeConcurrency ?? 1);
+  // Writes in flight; each settles (never rejects) once its buffer is free again.
+  const writing = new Set<Promise<void>>();
+  let writeError: unknown;
   let flushing: Promise<void> | undefined;
   let flushError: unknown;
   let flushedAt = 0;
@@ -202,6 +221,7 @@ export async function copyData(source: PipelineSource, target: PipelineTarget, l
   try {
     while (next < length || inflight.length > 0) {
       if (flushError) throw flushError;
+      if (writeError) throw writeError;
       checkAbort(options.signal);
       while (next < length && free.length > 0) {
         const len = Math.min(chunkBytes, length - next);
@@ -212,22 +232,38 @@ export async function copyData(source: PipelineSource, target: PipelineTarget, l
       }
       const chunk = await inflight.shift()!;
       checkAbort(options.signal);
-      await storeChunk(target, chunk, stats);
-      stats.bytes += chunk.len;
-      free.push(chunk.buffer);
-      if (flushEvery > 0 && !flushing && stats.bytes - flushedAt >= flushEvery) {
-        flushedAt = stats.bytes;
-        flushing = target.device.flush().then(
-          () => void (flushing = undefined),
-          (err) => void ((flushError = err), (flushing = undefined)),
-        );
-      }
-      options.onProgress?.(stats.bytes);
+      while (writing.size >= writeConcurrency) await Promise.race(writing);
+      if (writeError) throw writeError;
+      checkAbort(options.signal);
+      const stored: Promise<void> = storeChunk(target, chunk, stats).then(
+        () => {
+          writing.delete(stored);
+          stats.bytes += chunk.len;
+          free.push(chunk.memory);
+          if (flushEvery > 0 && !flushing && stats.bytes - flushedAt >= flushEvery) {
+            flushedAt = stats.bytes;
+            flushing = target.device.flush().then(
+              () => void (flushing = undefined),
+              (err) => void ((flushError = err), (flushing = undefined)),
+            );
+          }
+          options.onProgress?.(stats.bytes);
+        },
+        (err) => {
+          writing.delete(stored);
+          writeError ??= err;
+        },
+      );
+      writing.add(stored);
+      // Without spare buffers the next read has to wait for a write anyway.
+      if (free.length === 0 && writing.size > 0) await Promise.race(writing);
     }
+    await Promise.all(writing);
+    if (writeError) throw writeError;
     await flushing;
     if (flushError) throw flushError;
   } catch (err) {
-    await Promise.allSettled([...inflight, flushing]);
+    await Promise.allSettled([...inflight, ...writing, flushing]);
     throw err;
   }
   return stats;
@@ -252,8 +288,7 @@ function firstDifference(a: Uint8Array, b: Uint8Array): number {
 export async function compareData(a: PipelineSource, b: PipelineSource, length: number, options: PipelineOptions): Promise<number> {
   const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
   const depth = Math.max(1, Math.floor((options.depth ?? DEFAULT_DEPTH) / 2));
-  const free: ArrayBuffer[] = [];
-  for (let i = 0; i < 2 * Math.min(depth, Math.ceil(length / chunkBytes)); i++) free.push(new ArrayBuffer(chunkBytes));
+  const free = chunkBuffers(2 * Math.min(depth, Math.ceil(length / chunkBytes)), chunkBytes);
   const transform = { zeroBlock: 0 };
   const inflight: Array<Promise<[Chunk, Chunk]>> = [];
   const gate = new Gate(READ_CONCURRENCY);
@@ -273,12 +308,12 @@ export async function compareData(a: PipelineSource, b: PipelineSource, length: 
         next += len;
       }
       const [ca, cb] = await inflight.shift()!;
-      const diff = firstDifference(new Uint8Array(ca.buffer, 0, ca.len), new Uint8Array(cb.buffer, 0, cb.len));
+      const diff = firstDifference(ca.memory.subarray(0, ca.len), cb.memory.subarray(0, cb.len));
       if (diff >= 0) {
         await Promise.allSettled(inflight);
         return ca.pos + diff;
       }
-      free.push(ca.buffer, cb.buffer);
+      free.push(ca.memory, cb.memory);
       done += ca.len;
       options.onProgress?.(done);
     }

@@ -9,6 +9,7 @@ import { compareData, copyData } from '../../src/workflows/pipeline.js';
 import { CryptoPool } from '../../src/workflows/worker-pool.js';
 import { CancelledError, DeviceIoError, WeakKeyError } from '../../src/errors.js';
 import { tempDir } from '../helpers/tools.js';
+import { isAddressAligned, nativeAddon } from '../../src/native-addon.js';
 
 const pool = CryptoPool.create(2);
 const inline = CryptoPool.create(0);
@@ -163,4 +164,64 @@ test('a fresh sparse file target keeps zero runs as holes', async () => {
   } finally {
     cleanup();
   }
+});
+
+/** A memory target whose writes finish after a random delay (out of order), counting how many overlap. */
+class SlowWriteDevice extends MemoryDevice {
+  inFlight = 0;
+  maxInFlight = 0;
+  writes = 0;
+  alignedMemory = 0;
+  failAt = -1;
+  override async write(buf: Uint8Array, offset: number): Promise<void> {
+    const n = this.writes++;
+    if (isAddressAligned(buf, 4096)) this.alignedMemory++;
+    this.inFlight++;
+    this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
+    try {
+      await new Promise((r) => setTimeout(r, Math.random() * 6));
+      if (n === this.failAt) throw new DeviceIoError('injected write failure');
+      await super.write(buf, offset);
+    } finally {
+      this.inFlight--;
+    }
+  }
+}
+
+for (const concurrency of [1, 3]) {
+  test(`writeConcurrency ${concurrency}: out-of-order completion still yields every byte, from aligned chunk memory`, async () => {
+    const data = new Uint8Array(randomBytes(6 << 20));
+    const dst = new SlowWriteDevice(data.length);
+    const progress: number[] = [];
+    const stats = await copyData({ device: new MemoryDevice(data), base: 0, size: data.length }, { device: dst, base: 0, zeros: 'write' }, data.length, {
+      pool,
+      chunkBytes: 256 * 1024,
+      depth: 6,
+      writeConcurrency: concurrency,
+      onProgress: (b) => progress.push(b),
+    });
+    assert.deepEqual(Buffer.from(dst.bytes), Buffer.from(data));
+    assert.equal(stats.bytes, data.length);
+    assert.equal(dst.writes, 24);
+    assert.equal(dst.maxInFlight, concurrency, `at most (and, with 24 slow writes, at some point exactly) ${concurrency} in flight`);
+    assert.deepEqual(progress, [...progress].sort((a, b) => a - b), 'progress never goes back');
+    assert.equal(progress.at(-1), data.length);
+    // The chunk buffers are aligned for O_DIRECT when the native module is there.
+    assert.equal(dst.alignedMemory, nativeAddon() ? 24 : 0);
+  });
+}
+
+test('a failed write among several in flight fails the copy, after the others have settled', async () => {
+  const dst = new SlowWriteDevice(8 << 20);
+  dst.failAt = 5;
+  await assert.rejects(
+    copyData({ device: new MemoryDevice(8 << 20), base: 0, size: 8 << 20 }, { device: dst, base: 0, zeros: 'write' }, 8 << 20, {
+      pool,
+      chunkBytes: 256 * 1024,
+      writeConcurrency: 4,
+    }),
+    /injected write failure/,
+  );
+  assert.equal(dst.inFlight, 0, 'no write still running when the copy reports its failure');
+  assert.ok(dst.writes < 32, `the copy stopped early (${dst.writes} writes issued)`);
 });
