@@ -10,9 +10,13 @@
  * Crash safety: a new target is built under a temporary name in its directory and renamed
  * into place after fsync (file and directory). LUKS headers are always written last (data
  * first), so an interrupted target - temporary file or pre-existing device - carries no
- * valid header. Cancellation removes the temporary file. `sync: false` keeps the temporary
- * name and header-last order but skips every fsync (qemu-img's default, cache=unsafe): safe
- * against a killed process, not against a power loss.
+ * valid header. Cancellation removes the temporary file.
+ *
+ * The target's cache mode follows QEMU's names. 'none' (the default) writes the data with
+ * O_DIRECT past the page cache, where the file system allows it, and fsyncs at the end;
+ * 'writeback' writes through the page cache and fsyncs at the end; 'unsafe' keeps the
+ * temporary name and header-last order but skips every fsync (qemu-img convert's default):
+ * safe against a killed process, not against a power loss.
  *
  * @example
  * const report = await convert({ source: 'disk.qcow2', target: 'disk.luks', targetFormat: 'luks2',
@@ -27,7 +31,7 @@ import {
   NotFoundError,
   UnsupportedError,
 } from '../errors.js';
-import { FileDevice, removeFile, renameDurably, statPath } from '../devices/file-device.js';
+import { FileDevice, removeFile, renameDurably, statPath, type CacheBypassStats, type OpenFileOptions } from '../devices/file-device.js';
 import { Qcow2Writer } from '../images/qcow2-writer.js';
 import { LuksVolume } from '../luks/volume.js';
 import type { FormatOptions } from '../luks/options.js';
@@ -37,6 +41,13 @@ import { HeaderCapture } from './header-capture.js';
 import { copyData, type CopyStats, type PipelineTarget } from './pipeline.js';
 import { openSource, type ImageFormat, type OpenedSource, type PassphraseSource } from './open-source.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
+
+/**
+ * How the target is written, in QEMU's terms: 'none' = O_DIRECT data + fsync, 'writeback' =
+ * page cache + fsync, 'unsafe' = page cache, never fsynced.
+ */
+export type CacheMode = 'none' | 'writeback' | 'unsafe';
+export const CACHE_MODES: readonly CacheMode[] = ['none', 'writeback', 'unsafe'];
 
 /** LUKS format parameters for a LUKS target (cryptsetup luksFormat's options). */
 export type LuksTargetOptions = Omit<FormatOptions, 'type' | 'passphrase' | 'volumeKey' | 'keyslot'>;
@@ -66,12 +77,15 @@ export interface ConvertOptions {
   workers?: number;
   chunkBytes?: number;
   /**
-   * false: never fsync the target (QEMU's cache=unsafe, qemu-img convert's default). The target
-   * is still built under a temporary name and renamed when complete, so a killed run leaves
-   * nothing that looks finished; after a power loss or kernel crash it may be incomplete.
-   * Default true: data, header and directory are fsynced before the target gets its name.
+   * The target's cache mode (default 'none'). With 'none' and 'writeback', data, header and
+   * directory are fsynced before the target gets its name. 'unsafe' never fsyncs (qemu-img
+   * convert's default): the target is still built under a temporary name and renamed when
+   * complete, so a killed run leaves nothing that looks finished, but after a power loss or
+   * kernel crash it may be incomplete. 'none' writes aligned data with O_DIRECT: nothing is
+   * copied into the page cache, and the final fsync has no dirty data left to write. qcow2
+   * targets are always written through the page cache.
    */
-  sync?: boolean;
+  cache?: CacheMode;
 }
 
 export interface ConvertReport {
@@ -96,6 +110,8 @@ export interface ConvertReport {
   /** Source bytes beyond the target's size that were dropped (only with allowTruncate). */
   truncatedBytes: number;
   stats: CopyStats;
+  /** The cache mode used, and how many bytes went past the page cache (mode 'none'). */
+  cache: { mode: CacheMode } & CacheBypassStats;
   seconds: number;
   /** Key derivation the conversion waited for (source unlock, target KDF benchmark and any wait at the end). */
   kdfSeconds: number;
@@ -116,6 +132,8 @@ export function partialPath(target: string): string {
 
 interface PreparedTarget {
   device: BlockDevice;
+  /** The file underneath (for its cache statistics). */
+  file: FileDevice;
   pipeline: PipelineTarget;
   /** Plaintext bytes the pipeline produces in the target. */
   length: number;
@@ -160,7 +178,9 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
     throw new InvalidArgumentError(`${options.target} is not a regular file; use --target-exists to write into a device.`);
   }
 
-  if (options.sync === false) notes.push('not synced (--no-sync): the target may still be partly in the page cache only.');
+  const cache = options.cache ?? 'none';
+  if (!CACHE_MODES.includes(cache)) throw new InvalidArgumentError(`Unknown cache mode '${String(cache)}' (use ${CACHE_MODES.join(', ')}).`);
+  if (cache === 'unsafe') notes.push('not synced (cache mode unsafe): the target may still be partly in the page cache only.');
   const pool = CryptoPool.create(options.workers ?? defaultWorkerCount());
   let src: OpenedSource | undefined;
   let target: PreparedTarget | undefined;
@@ -196,6 +216,10 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
       throw err;
     });
     ready?.catch(() => {});
+    const fileTarget = target.device instanceof FileDevice;
+    // With O_DIRECT the page cache holds none of the data: a flush during the copy would have
+    // nothing to start writing back and only stalls the device.
+    const direct = cache === 'none' && !target.file.cacheBypass.unavailable;
     let stats: CopyStats;
     try {
       stats = await copyData(source, target.pipeline, target.length, {
@@ -203,7 +227,8 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
         chunkBytes: options.chunkBytes,
         signal: options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal,
         onProgress: (bytes) => options.onProgress?.({ bytes, total: target!.length }),
-        flushEvery: target.device instanceof FileDevice && options.sync !== false ? FLUSH_BEHIND_BYTES : 0,
+        flushEvery: fileTarget && cache !== 'unsafe' && !direct ? FLUSH_BEHIND_BYTES : 0,
+        writeConcurrency: fileTarget && direct ? DIRECT_WRITES_IN_FLIGHT : 1,
       });
     } catch (err) {
       if (stop.signal.aborted) await ready;
@@ -217,6 +242,8 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
     await target.finish();
     const dataSeconds = (performance.now() - tData) / 1000 - kdfWait;
     const luks = target.luks;
+    const bypass = target.file.cacheBypass;
+    if (cache === 'none' && bypass.unavailable) notes.push(`written through the page cache: ${bypass.unavailable}.`);
     const report: ConvertReport = {
       source: { path: options.source, format: src.format, size: src.size, keyslot: src.keyslot },
       target: {
@@ -234,6 +261,7 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
       paddedBytes,
       truncatedBytes,
       stats,
+      cache: { mode: cache, ...bypass },
       seconds: (performance.now() - started) / 1000,
       kdfSeconds,
       kdfBackgroundSeconds,
@@ -251,11 +279,17 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
   }
 }
 
+/** How a target file is opened in cache mode `mode` (`direct`: may the data bypass the page cache). */
+function fileOptions(mode: CacheMode, direct: boolean): OpenFileOptions {
+  return { ignoreFlush: mode === 'unsafe', bypassCache: direct && mode === 'none' };
+}
+
 /** raw (new or existing) and qcow2 (new) targets. */
 async function preparePlainTarget(options: ConvertOptions, size: number, notes: string[]): Promise<PreparedTarget> {
-  const durable = options.sync !== false;
+  const mode = options.cache ?? 'none';
+  const durable = mode !== 'unsafe';
   if (options.targetExists) {
-    const dev = await FileDevice.open(options.target, { ignoreFlush: !durable });
+    const dev = await FileDevice.open(options.target, fileOptions(mode, true));
     if (dev.size < size) {
       await dev.close();
       throw new InsufficientSpaceError(`${options.target} holds ${dev.size} bytes; ${size} are needed. Nothing was written.`);
@@ -263,6 +297,7 @@ async function preparePlainTarget(options: ConvertOptions, size: number, notes: 
     if (dev.size > size) notes.push(`the target's last ${dev.size - size} bytes were left as they were.`);
     return {
       device: dev,
+      file: dev,
       pipeline: { device: dev, base: 0, zeros: 'write-zeroes' },
       length: size,
       payloadSize: dev.size,
@@ -277,9 +312,10 @@ async function preparePlainTarget(options: ConvertOptions, size: number, notes: 
   const temp = partialPath(options.target);
   await removeFile(temp); // a leftover of a killed run
   if (options.targetFormat === 'raw') {
-    const dev = await FileDevice.open(temp, { create: true, exclusive: true, size, ignoreFlush: !durable });
+    const dev = await FileDevice.open(temp, { create: true, exclusive: true, size, ...fileOptions(mode, true) });
     return {
       device: dev,
+      file: dev,
       pipeline: { device: dev, base: 0, zeros: 'skip' },
       length: size,
       payloadSize: size,
@@ -295,7 +331,8 @@ async function preparePlainTarget(options: ConvertOptions, size: number, notes: 
       },
     };
   }
-  const file = await FileDevice.open(temp, { create: true, exclusive: true, size: 0, ignoreFlush: !durable });
+  // The qcow2 writer's clusters are small and in its own memory: always through the page cache.
+  const file = await FileDevice.open(temp, { create: true, exclusive: true, size: 0, ...fileOptions(mode, false) });
   let writer: Qcow2Writer;
   try {
     writer = await Qcow2Writer.create(file, { size, compress: options.compress });
@@ -306,13 +343,14 @@ async function preparePlainTarget(options: ConvertOptions, size: number, notes: 
   }
   return {
     device: writer,
+    file,
     pipeline: { device: writer, base: 0, zeros: 'skip' },
     length: size,
     payloadSize: writer.size,
     containerSize: writer.size,
     finish: async () => {
       await writer.close(); // writes the metadata and the header last, closes the file
-      const again = await FileDevice.open(temp, { ignoreFlush: !durable });
+      const again = await FileDevice.open(temp, fileOptions(mode, false));
       try {
         await again.sync();
       } finally {
@@ -328,11 +366,18 @@ async function preparePlainTarget(options: ConvertOptions, size: number, notes: 
 }
 
 /**
- * Background flush interval for file targets: writeback overlaps the copy instead of following
- * it. Small enough that the disk starts early and stays busy (measured on luks1->raw, 2 GiB:
+ * Background flush interval for file targets written through the page cache: writeback
+ * overlaps the copy instead of following it. Small enough that the disk starts early and stays busy (measured on luks1->raw, 2 GiB:
  * data phase 2.3-3.2 s with 64 MiB against 2.5-3.6 s with 256 MiB, on a noisy VM).
  */
 const FLUSH_BEHIND_BYTES = 64 << 20;
+
+/**
+ * Concurrent O_DIRECT writes (cache mode 'none'): each completes only when the device has the
+ * data, so one at a time would leave the device idle between writes. Leaves threads of
+ * libuv's pool (4) for the reads ahead.
+ */
+const DIRECT_WRITES_IN_FLIGHT = 3;
 
 /** Room the provisional header capture leaves for any LUKS header layout. */
 const HEADER_ROOM = 1 << 30;
@@ -346,7 +391,8 @@ async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requ
     throw new InvalidArgumentError('LUKS1 supports only 512-byte sectors.');
   }
   const sectorGuess = luksOptions.sectorSize ?? 512;
-  const existing = options.targetExists ? await FileDevice.open(options.target, { ignoreFlush: options.sync === false }) : undefined;
+  const mode = options.cache ?? 'none';
+  const existing = options.targetExists ? await FileDevice.open(options.target, fileOptions(mode, true)) : undefined;
   let capture: HeaderCapture | undefined;
   let volume: LuksVolume | undefined;
   let key: VolumeKey | undefined;
@@ -404,7 +450,7 @@ async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requ
       temp = partialPath(options.target);
       await removeFile(temp);
       payloadSize = needed;
-      device = await FileDevice.open(temp, { create: true, exclusive: true, size: dataOffset + payloadSize, ignoreFlush: options.sync === false });
+      device = await FileDevice.open(temp, { create: true, exclusive: true, size: dataOffset + payloadSize, ...fileOptions(mode, true) });
     }
     const cap = capture;
     const vol = volume;
@@ -412,6 +458,7 @@ async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requ
     const formatted = formatting;
     return {
       device,
+      file: device,
       pipeline: { device, base: dataOffset, encrypt: { cipher: cipherId, ivTweak: vol.ivTweak }, zeros: 'write' },
       length: payloadSize,
       payloadSize,
@@ -432,7 +479,7 @@ async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requ
         }
         await device.sync();
         await device.close();
-        if (temp) await renameDurably(temp, options.target, options.sync !== false);
+        if (temp) await renameDurably(temp, options.target, mode !== 'unsafe');
       },
       abort: async () => {
         await formatted.catch(() => {});

@@ -10,7 +10,7 @@ import { readKeyFile } from '../key-input.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
 import { addKeyManagerOptions, KEY_MANAGER_HELP, newVolumeKeyFromKeyManager, passphraseFromKeyManager, withKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
-import { convert, type ConvertReport, type LuksTargetOptions } from '../../workflows/convert.js';
+import { CACHE_MODES, convert, type CacheMode, type ConvertReport, type LuksTargetOptions } from '../../workflows/convert.js';
 import { verify } from '../../workflows/verify.js';
 import { IMAGE_FORMATS, type ImageFormat, type PassphraseSource } from '../../workflows/open-source.js';
 
@@ -124,6 +124,16 @@ function describe(report: ConvertReport): string {
   return lines.join('\n') + '\n';
 }
 
+/** --cache, with --no-sync as its 'unsafe'. */
+function cacheMode(opts: Record<string, string | boolean | undefined>): CacheMode {
+  const mode = opts.cache === undefined ? undefined : parseChoice(String(opts.cache), 'cache', CACHE_MODES);
+  if (opts.sync === false) {
+    if (mode !== undefined && mode !== 'unsafe') throw new InvalidArgumentError(`--no-sync contradicts --cache ${mode}.`);
+    return 'unsafe';
+  }
+  return mode ?? 'none';
+}
+
 export function register(program: Command): void {
   const convertCommand = program
     .command('convert')
@@ -153,7 +163,11 @@ export function register(program: Command): void {
     .option('--target-exists', 'write into an existing file or block device')
     .option('--force', 'replace an existing target file')
     .option('--compress', 'compress qcow2 clusters')
-    .option('--no-sync', "never fsync the target (qemu-img's cache=unsafe): faster; a killed run still leaves no finished-looking target, but after a power loss it may be incomplete")
+    .option(
+      '--cache <mode>',
+      "how the target is written: none (default: data with O_DIRECT past the page cache, then fsync), writeback (page cache, then fsync), unsafe (never fsync, as qemu-img convert's default: a killed run still leaves no finished-looking target, but after a power loss it may be incomplete)",
+    )
+    .option('--no-sync', 'the same as --cache unsafe')
     .option('--workers <n>', 'crypto worker threads (default: one per core)')
     .option('--json', 'JSON progress lines and a JSON summary on stdout');
   addKeyManagerOptions(convertCommand, { help: false });
@@ -207,7 +221,7 @@ ${KEY_MANAGER_HELP}`)
           targetExists: opts.targetExists === true,
           force: opts.force === true,
           compress: opts.compress === true,
-          sync: opts.sync !== false,
+          cache: cacheMode(opts),
           workers: opts.workers === undefined ? undefined : parseInteger(String(opts.workers), 'workers', 0, 64),
           signal,
           onProgress: (p) => progress.update(p),
