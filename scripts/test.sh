@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-test-tools.sh
 [ -d node_modules ] || npm ci
 node scripts/build-native.mjs
+# A fresh dist/: a compiled test whose source was renamed or removed must not run.
+rm -rf dist
 npx tsc -p tsconfig.json
 
 # Key servers (Barbican, PyKMIP) for the key-manager backend tests; stopped on exit.
