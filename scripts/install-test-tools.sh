@@ -18,6 +18,7 @@ packages=(
   xz-utils
   e2fsprogs
   util-linux
+  mount            # losetup: loop devices for the block-device tests
   time             # GNU /usr/bin/time -v: peak RSS in scripts/bench.sh
   g++              # builds the native AES-XTS kernel (scripts/build-native.mjs, with make and python3 for node-gyp)
   make

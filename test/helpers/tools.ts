@@ -36,6 +36,15 @@ export function needTools(...names: string[]): false | string {
   return message;
 }
 
+/** Like `needTools`, for root privileges (loop devices, mounts): `false` when running as root. */
+export function needRoot(purpose: string): false | string {
+  if (process.getuid?.() === 0) return false;
+  const message = `MISSING PRIVILEGE: root (${purpose})`;
+  if (inCI) throw new Error(`${message} (CI=true makes this a failure)`);
+  process.stderr.write(`\n*** SKIPPING: ${message} ***\n`);
+  return message;
+}
+
 /** Runs a tool and returns stdout; throws with stderr on a non-zero exit. */
 export function run(cmd: string, args: string[], options: { input?: string | Uint8Array; env?: NodeJS.ProcessEnv; timeout?: number } = {}): string {
   const path = whichTool(cmd) ?? cmd;
