@@ -1,16 +1,15 @@
 /**
- * Worker-thread side of `CryptoPool`: keeps its own cipher table and runs chunk jobs on
- * buffers transferred to it (never copied), transferring them back when done.
+ * Worker-thread side of `CryptoPool`: keeps its own cipher table and runs chunk jobs in place
+ * on shared memory (never copied).
  */
 import { parentPort } from 'node:worker_threads';
-import { CipherTable, runChunkJob, type ChunkJob, type CipherParams } from './chunk-transform.js';
+import { CipherTable, type ChunkJob, type CipherParams } from './chunk-transform.js';
 import { runJobWithIo, type JobIo } from './job-io.js';
 
 export type WorkerRequest =
   | { type: 'key'; id: number; params: CipherParams; key: Uint8Array }
   | { type: 'drop'; id: number }
   | { type: 'stop' }
-  | { type: 'job'; seq: number; buffer: ArrayBuffer; job: ChunkJob }
   /**
    * A job on memory both threads see: nothing is transferred or copied, the worker works in
    * place; with `io`, it first preads the bytes from that file descriptor and position
@@ -19,8 +18,6 @@ export type WorkerRequest =
   | { type: 'shared-job'; seq: number; shared: SharedArrayBuffer; offset: number; job: ChunkJob; io?: JobIo };
 
 export type WorkerReply =
-  | { type: 'done'; seq: number; buffer: ArrayBuffer; zeros?: Uint8Array; allZero?: boolean }
-  | { type: 'failed'; seq: number; buffer: ArrayBuffer; message: string }
   | { type: 'shared-done'; seq: number; zeros?: Uint8Array; allZero?: boolean }
   /** `code`: the errno name when the job's write failed (ENOSPC, EIO, ...). */
   | { type: 'shared-failed'; seq: number; message: string; code?: string };
@@ -41,17 +38,6 @@ if (port) {
         table.dropAll();
         port.close();
         break;
-      case 'job': {
-        let reply: WorkerReply;
-        try {
-          const r = runChunkJob(table, new Uint8Array(msg.buffer), msg.job);
-          reply = { type: 'done', seq: msg.seq, buffer: msg.buffer, zeros: r.zeros, allZero: r.allZero };
-        } catch (err) {
-          reply = { type: 'failed', seq: msg.seq, buffer: msg.buffer, message: (err as Error)?.message ?? String(err) };
-        }
-        port.postMessage(reply, [msg.buffer]);
-        break;
-      }
       case 'shared-job': {
         let reply: WorkerReply;
         try {

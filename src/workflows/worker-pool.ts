@@ -1,27 +1,27 @@
 /**
  * A small pool of worker threads for the pipeline's crypto and zero scanning.
  *
- * Chunk buffers are transferred to a worker and back (never copied). Every worker holds
+ * Jobs work in place on shared memory (nothing is copied or transferred). Every worker holds
  * every registered cipher, so any chunk can go to the least busy worker; the pipeline keeps
  * write order itself, so results may complete out of order. With `size` 0 jobs run inline.
  *
  * @example
  * const pool = CryptoPool.create(2);
  * const id = pool.addCipher({ encryption: 'aes-xts-plain64', keyBytes: 64, sectorSize: 512 }, key.expose());
- * const { buffer } = await pool.run(buf, { length: buf.byteLength, zeroBlock: 0, encrypt: { cipher: id, iv: 0, length: buf.byteLength } });
+ * const buf = new Uint8Array(new SharedArrayBuffer(1 << 20));
+ * await pool.runShared(buf, { length: buf.length, zeroBlock: 0, encrypt: { cipher: id, iv: 0, length: buf.length } });
  * await pool.close();
  */
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import { DeviceIoError, InvalidArgumentError } from '../errors.js';
-import { CipherTable, runChunkJob, type ChunkJob, type ChunkResult, type CipherParams } from './chunk-transform.js';
+import { CipherTable, type ChunkJob, type ChunkResult, type CipherParams } from './chunk-transform.js';
 import type { WorkerReply, WorkerRequest } from './crypto-worker.js';
 import { runJobWithIo, type JobIo } from './job-io.js';
 import type { SectorCryptoOffload } from '../devices/encrypted-device.js';
 
 interface Pending {
-  /** `buffer` is absent for shared-memory jobs (the data never left). */
-  resolve: (r: { buffer?: ArrayBuffer; result: ChunkResult }) => void;
+  resolve: (r: ChunkResult) => void;
   reject: (err: Error) => void;
 }
 
@@ -62,9 +62,8 @@ export class CryptoPool {
         if (!p) return;
         slot.pending.delete(msg.seq);
         slot.busy--;
-        if (msg.type === 'done') p.resolve({ buffer: msg.buffer, result: { zeros: msg.zeros, allZero: msg.allZero } });
-        else if (msg.type === 'shared-done') p.resolve({ result: { zeros: msg.zeros, allZero: msg.allZero } });
-        else if (msg.type === 'shared-failed' && msg.code) p.reject(Object.assign(new Error(msg.message), { code: msg.code }));
+        if (msg.type === 'shared-done') p.resolve({ zeros: msg.zeros, allZero: msg.allZero });
+        else if (msg.code) p.reject(Object.assign(new Error(msg.message), { code: msg.code }));
         else p.reject(new DeviceIoError(`crypto worker: ${msg.message}`));
       });
       const fail = (err: Error) => {
@@ -128,17 +127,6 @@ export class CryptoPool {
   }
 
   /**
-   * Runs `job` on `buffer`, which is transferred away (views on it become detached) and comes
-   * back as the returned `buffer`.
-   */
-  run(buffer: ArrayBuffer, job: ChunkJob): Promise<{ buffer: ArrayBuffer; result: ChunkResult }> {
-    return this.#dispatch(
-      () => ({ buffer, result: runChunkJob(this.#local, new Uint8Array(buffer), job) }),
-      (seq) => [{ type: 'job', seq, buffer, job }, [buffer]],
-    ) as Promise<{ buffer: ArrayBuffer; result: ChunkResult }>;
-  }
-
-  /**
    * Runs `job` in place on `view`, which must lie in a SharedArrayBuffer: the worker works on
    * the same memory, so nothing is copied or transferred and `view` stays usable. The caller
    * must not touch those bytes until the promise settles. With `io`, the worker first reads the
@@ -150,17 +138,13 @@ export class CryptoPool {
     if (!(view.buffer instanceof SharedArrayBuffer)) throw new InvalidArgumentError('runShared needs memory in a SharedArrayBuffer.');
     if (job.length > view.length) throw new InvalidArgumentError('The job is longer than its memory.');
     const shared = view.buffer;
-    const r = await this.#dispatch(
-      () => ({ result: runJobWithIo(this.#local, view.subarray(0, job.length), job, io) }),
-      (seq) => [{ type: 'shared-job', seq, shared, offset: view.byteOffset, job, ...(io ? { io } : {}) }, []],
+    return this.#dispatch(
+      () => runJobWithIo(this.#local, view.subarray(0, job.length), job, io),
+      (seq) => ({ type: 'shared-job', seq, shared, offset: view.byteOffset, job, ...(io ? { io } : {}) }),
     );
-    return r.result;
   }
 
-  #dispatch(
-    inline: () => { buffer?: ArrayBuffer; result: ChunkResult },
-    message: (seq: number) => [WorkerRequest, ArrayBuffer[]],
-  ): Promise<{ buffer?: ArrayBuffer; result: ChunkResult }> {
+  #dispatch(inline: () => ChunkResult, message: (seq: number) => WorkerRequest): Promise<ChunkResult> {
     if (this.#closed) return Promise.reject(new DeviceIoError('crypto pool is closed'));
     if (this.#slots.length === 0) {
       try {
@@ -177,8 +161,7 @@ export class CryptoPool {
     slot.busy++;
     return new Promise((resolve, reject) => {
       slot.pending.set(seq, { resolve, reject });
-      const [msg, transfer] = message(seq);
-      slot.worker.postMessage(msg, transfer);
+      slot.worker.postMessage(message(seq));
     });
   }
 

@@ -144,7 +144,10 @@ test('an aborted signal stops the copy with CancelledError', async () => {
 test('pool errors are typed: weak keys refused up front, unknown ciphers fail the job', async () => {
   const weak = new Uint8Array(64).fill(7);
   assert.throws(() => pool.addCipher({ encryption: 'aes-xts-plain64', keyBytes: 64, sectorSize: 512 }, weak), WeakKeyError);
-  await assert.rejects(pool.run(new ArrayBuffer(512), { length: 512, zeroBlock: 0, encrypt: { cipher: 999, iv: 0, length: 512 } }), DeviceIoError);
+  const buf = new Uint8Array(new SharedArrayBuffer(512));
+  await assert.rejects(pool.runShared(buf, { length: 512, zeroBlock: 0, encrypt: { cipher: 999, iv: 0, length: 512 } }), DeviceIoError);
+  await assert.rejects(inline.runShared(buf, { length: 512, zeroBlock: 0, encrypt: { cipher: 999, iv: 0, length: 512 } }), /not registered/);
+  await assert.rejects(pool.runShared(new Uint8Array(512), { length: 512, zeroBlock: 0 }), /SharedArrayBuffer/);
 });
 
 test('a fresh sparse file target keeps zero runs as holes', async () => {
