@@ -15,10 +15,11 @@
 # Durability differs by default, so each tool runs in more than one cache mode: qemu-img as it
 # runs by default (cache=unsafe for the target: no flush at all, the data may still be only in
 # the page cache when it exits) and with `-t writeback`, where it fdatasyncs the target at the
-# end; brickcrypt as it runs by default (--cache none: data with O_DIRECT, then it fsyncs the
-# target and its directory before it renames the target into place), with --cache writeback
-# (page cache, same fsyncs) and with --no-sync (no fsync at all, like qemu-img's default). The
-# like-for-like ratios are bc-wb/qemu-wb (both page cache + sync) and bc-ns/qemu (neither synced).
+# end; brickcrypt as it runs by default (for a file target --cache auto is writeback: page
+# cache, then it fsyncs the target and its directory before it renames the target into place),
+# with --cache none (data with O_DIRECT, same fsyncs) and with --no-sync (no fsync at all, like
+# qemu-img's default). The like-for-like ratios are bc/qemu-wb (both page cache + sync) and
+# bc-ns/qemu (neither synced).
 # The copy references: `cp` (coreutils uses copy_file_range: an in-kernel copy, no user-space
 # pass over the data), `cp` + `sync FILE`, and `dd bs=4M` through user space, with and without
 # conv=fsync. brickcrypt's fair reference is a copy that also syncs: cp+sync and dd+fsync.
@@ -107,7 +108,7 @@ best bc_raw_luks 'rm -f "$work/bc.luks"' "${bc[@]}" "$work/src.raw" "$work/bc.lu
 best q_raw_luks 'rm -f "$work/q.luks"' "${qemu[@]}" -f raw -O luks -o "key-secret=sec0,iter-time=$iter" "$work/src.raw" "$work/q.luks"
 best qw_raw_luks 'rm -f "$work/q.luks"' "${qemu[@]}" -t writeback -f raw -O luks -o "key-secret=sec0,iter-time=$iter" "$work/src.raw" "$work/q.luks"
 best bn_raw_luks 'rm -f "$work/bc.luks"' "${bc[@]}" --no-sync "$work/src.raw" "$work/bc.luks" --dst-format luks1 --dst-key-file "$work/key" --iter-time "$iter"
-best bw_raw_luks 'rm -f "$work/bc.luks"' "${bc[@]}" --cache writeback "$work/src.raw" "$work/bc.luks" --dst-format luks1 --dst-key-file "$work/key" --iter-time "$iter"
+best bd_raw_luks 'rm -f "$work/bc.luks"' "${bc[@]}" --cache none "$work/src.raw" "$work/bc.luks" --dst-format luks1 --dst-key-file "$work/key" --iter-time "$iter"
 
 # luks1 -> raw (both read the same LUKS1 file, made by brickcrypt; warmed like the other sources)
 "${bc[@]}" "$work/src.raw" "$work/bc.luks" --dst-format luks1 --dst-key-file "$work/key" --iter-time "$iter" >/dev/null
@@ -116,7 +117,7 @@ best bc_luks_raw 'rm -f "$work/bc.raw"' "${bc[@]}" "$work/bc.luks" "$work/bc.raw
 best q_luks_raw 'rm -f "$work/q.raw"' "${qemu[@]}" --image-opts "driver=luks,key-secret=sec0,file.filename=$work/bc.luks" -O raw "$work/q.raw"
 best qw_luks_raw 'rm -f "$work/q.raw"' "${qemu[@]}" -t writeback --image-opts "driver=luks,key-secret=sec0,file.filename=$work/bc.luks" -O raw "$work/q.raw"
 best bn_luks_raw 'rm -f "$work/bc.raw"' "${bc[@]}" --no-sync "$work/bc.luks" "$work/bc.raw" --dst-format raw --src-key-file "$work/key"
-best bw_luks_raw 'rm -f "$work/bc.raw"' "${bc[@]}" --cache writeback "$work/bc.luks" "$work/bc.raw" --dst-format raw --src-key-file "$work/key"
+best bd_luks_raw 'rm -f "$work/bc.raw"' "${bc[@]}" --cache none "$work/bc.luks" "$work/bc.raw" --dst-format raw --src-key-file "$work/key"
 rm -f "$work/bc.luks"
 
 # qcow2 -> luks1
@@ -124,7 +125,7 @@ best bc_qcow_luks 'rm -f "$work/bc2.luks"' "${bc[@]}" "$work/src.qcow2" "$work/b
 best q_qcow_luks 'rm -f "$work/q2.luks"' "${qemu[@]}" -f qcow2 -O luks -o "key-secret=sec0,iter-time=$iter" "$work/src.qcow2" "$work/q2.luks"
 best qw_qcow_luks 'rm -f "$work/q2.luks"' "${qemu[@]}" -t writeback -f qcow2 -O luks -o "key-secret=sec0,iter-time=$iter" "$work/src.qcow2" "$work/q2.luks"
 best bn_qcow_luks 'rm -f "$work/bc2.luks"' "${bc[@]}" --no-sync "$work/src.qcow2" "$work/bc2.luks" --dst-format luks1 --dst-key-file "$work/key" --iter-time "$iter"
-best bw_qcow_luks 'rm -f "$work/bc2.luks"' "${bc[@]}" --cache writeback "$work/src.qcow2" "$work/bc2.luks" --dst-format luks1 --dst-key-file "$work/key" --iter-time "$iter"
+best bd_qcow_luks 'rm -f "$work/bc2.luks"' "${bc[@]}" --cache none "$work/src.qcow2" "$work/bc2.luks" --dst-format luks1 --dst-key-file "$work/key" --iter-time "$iter"
 
 kdf() { grep '"event":"done"' "$work/best.$1" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const r=JSON.parse(s);process.stdout.write(r.kdfSeconds.toFixed(2)+" "+(r.kdfBackgroundSeconds??0).toFixed(2)+" "+(r.peakRssBytes/1048576).toFixed(0)+"\n")})'; }
 rate() { awk -v m="$mib" -v s="$1" 'BEGIN { printf "%.0f", m / s }'; }
@@ -137,27 +138,27 @@ dds_rate=$(rate "${secs[ddsync]}")
 echo
 echo "size ${mib} MiB; iter-time ${iter} ms for both tools; best of ${runs} runs (copies: best of 3)"
 echo "copies: cp ${cp_rate} MiB/s (in-kernel copy_file_range), cp+sync ${cps_rate}, dd bs=4M ${dd_rate}, dd bs=4M conv=fsync ${dds_rate}"
-echo "bc = brickcrypt default (O_DIRECT + fsync); bc-wb = brickcrypt --cache writeback (page cache + fsync); bc-ns = brickcrypt --no-sync"
+echo "bc = brickcrypt default (for a file: page cache + fsync); bc-dio = brickcrypt --cache none (O_DIRECT + fsync); bc-ns = brickcrypt --no-sync"
 echo "qemu = qemu-img default (cache=unsafe, no flush); qemu-wb = qemu-img -t writeback (fdatasync at the end)"
-printf '%-10s %6s %6s %6s %6s %7s | %8s %9s %9s %8s | %8s %7s %6s %6s | %6s %6s %7s %6s %6s\n' case bc bc-wb bc-ns qemu qemu-wb 'bc/q-wb' 'bc-wb/q-wb' 'bc-ns/q' 'bc/qemu' 'bc/cp+s' 'bc-ns/cp' 'bc/dd+s' 'bc-ns/dd' 'KDF s' 'KDF bg' 'RSS' 'bcCPU' 'qCPU'
+printf '%-10s %6s %6s %6s %6s %7s | %8s %9s %9s %8s | %8s %7s %6s %6s | %6s %6s %7s %6s %6s\n' case bc bc-dio bc-ns qemu qemu-wb 'bc/q-wb' 'bc-dio/q-wb' 'bc-ns/q' 'bc/qemu' 'bc/cp+s' 'bc-ns/cp' 'bc/dd+s' 'bc-ns/dd' 'KDF s' 'KDF bg' 'RSS' 'bcCPU' 'qCPU'
 for c in raw_luks luks_raw qcow_luks; do
   b=$(rate "${secs[bc_$c]}")
   bn=$(rate "${secs[bn_$c]}")
-  bw=$(rate "${secs[bw_$c]}")
+  bd=$(rate "${secs[bd_$c]}")
   q=$(rate "${secs[q_$c]}")
   qw=$(rate "${secs[qw_$c]}")
   read -r k kb r < <(kdf "bc_$c")
   tr=$(awk -v k="${rss[bc_$c]}" 'BEGIN { printf "%.0f", k / 1024 }')
   [ "$tr" != 0 ] && r="$r/$tr"
-  printf '%-10s %6s %6s %6s %6s %7s | %8s %9s %9s %8s | %8s %7s %6s %6s | %6s %6s %7s %6s %6s\n' "${c/_/->}" "$b" "$bw" "$bn" "$q" "$qw" \
-    "$(ratio "$b" "$qw")" "$(ratio "$bw" "$qw")" "$(ratio "$bn" "$q")" "$(ratio "$b" "$q")" \
+  printf '%-10s %6s %6s %6s %6s %7s | %8s %9s %9s %8s | %8s %7s %6s %6s | %6s %6s %7s %6s %6s\n' "${c/_/->}" "$b" "$bd" "$bn" "$q" "$qw" \
+    "$(ratio "$b" "$qw")" "$(ratio "$bd" "$qw")" "$(ratio "$bn" "$q")" "$(ratio "$b" "$q")" \
     "$(ratio "$b" "$cps_rate")" "$(ratio "$bn" "$cp_rate")" "$(ratio "$b" "$dds_rate")" "$(ratio "$bn" "$dd_rate")" \
     "$k" "$kb" "$r" "${cpu[bc_$c]}" "${cpu[q_$c]}"
 done
 echo "MiB/s end to end (process start to exit, including each tool's PBKDF benchmark and, where it flushes, the final flush)."
 echo "KDF s: key derivation brickcrypt waited for; KDF bg: keyslot derivation it ran during the copy. RSS MiB: from --json / from GNU time."
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (a loaded machine distorts MiB/s; CPU seconds are steadier)"
-echo "ratios: bc-wb/q-wb and bc-ns/q compare like with like (page cache + sync, neither synced); bc/q-wb compares synced runs; bc/qemu compares the defaults."
+echo "ratios: bc/q-wb and bc-ns/q compare like with like (page cache + sync, neither synced); bc-dio/q-wb compares synced runs; bc/qemu compares the defaults."
 echo "targets: brickcrypt >= 3x qemu-img; >= 0.70 of cp (bc/cp+s and bc-ns/cp are the like-for-like copies)"
 
 # Attach path: sequential read/write through nbdcopy, brickcrypt vs qemu-nbd and nbdkit's luks filter.

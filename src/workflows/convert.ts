@@ -12,11 +12,12 @@
  * first), so an interrupted target - temporary file or pre-existing device - carries no
  * valid header. Cancellation removes the temporary file.
  *
- * The target's cache mode follows QEMU's names. 'none' (the default) writes the data with
- * O_DIRECT past the page cache, where the file system allows it, and fsyncs at the end;
- * 'writeback' writes through the page cache and fsyncs at the end; 'unsafe' keeps the
- * temporary name and header-last order but skips every fsync (qemu-img convert's default):
- * safe against a killed process, not against a power loss.
+ * The target's cache mode follows QEMU's names. 'none' writes the data with O_DIRECT past the
+ * page cache, where the file system allows it, and fsyncs at the end; 'writeback' writes
+ * through the page cache and fsyncs at the end; 'unsafe' keeps the temporary name and
+ * header-last order but skips every fsync (qemu-img convert's default): safe against a killed
+ * process, not against a power loss. The default, 'auto', is Cinder's rule for image
+ * conversions: 'none' for a block device, 'writeback' for a file.
  *
  * @example
  * const report = await convert({ source: 'disk.qcow2', target: 'disk.luks', targetFormat: 'luks2',
@@ -44,10 +45,13 @@ import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
 
 /**
  * How the target is written, in QEMU's terms: 'none' = O_DIRECT data + fsync, 'writeback' =
- * page cache + fsync, 'unsafe' = page cache, never fsynced.
+ * page cache + fsync, 'unsafe' = page cache, never fsynced; 'auto' = 'none' for a block device,
+ * 'writeback' for a file.
  */
-export type CacheMode = 'none' | 'writeback' | 'unsafe';
-export const CACHE_MODES: readonly CacheMode[] = ['none', 'writeback', 'unsafe'];
+export type CacheMode = 'auto' | 'none' | 'writeback' | 'unsafe';
+export const CACHE_MODES: readonly CacheMode[] = ['auto', 'none', 'writeback', 'unsafe'];
+/** The mode a conversion runs in once 'auto' is decided. */
+export type EffectiveCacheMode = Exclude<CacheMode, 'auto'>;
 
 /** LUKS format parameters for a LUKS target (cryptsetup luksFormat's options). */
 export type LuksTargetOptions = Omit<FormatOptions, 'type' | 'passphrase' | 'volumeKey' | 'keyslot'>;
@@ -77,12 +81,13 @@ export interface ConvertOptions {
   workers?: number;
   chunkBytes?: number;
   /**
-   * The target's cache mode (default 'none'). With 'none' and 'writeback', data, header and
-   * directory are fsynced before the target gets its name. 'unsafe' never fsyncs (qemu-img
+   * The target's cache mode (default 'auto': 'none' for a block device, 'writeback' for a
+   * file, as Cinder converts images into volumes). With 'none' and 'writeback', data, header
+   * and directory are fsynced before the target gets its name. 'unsafe' never fsyncs (qemu-img
    * convert's default): the target is still built under a temporary name and renamed when
    * complete, so a killed run leaves nothing that looks finished, but after a power loss or
    * kernel crash it may be incomplete. 'none' writes aligned data with O_DIRECT: nothing is
-   * copied into the page cache, and the final fsync has no dirty data left to write. qcow2
+   * copied into the page cache, and the final fsync has no dirty pages to write back. qcow2
    * targets are always written through the page cache.
    */
   cache?: CacheMode;
@@ -110,8 +115,8 @@ export interface ConvertReport {
   /** Source bytes beyond the target's size that were dropped (only with allowTruncate). */
   truncatedBytes: number;
   stats: CopyStats;
-  /** The cache mode used, and how many bytes went past the page cache (mode 'none'). */
-  cache: { mode: CacheMode } & CacheBypassStats;
+  /** The cache mode used ('auto' decided), and how many bytes went past the page cache (mode 'none'). */
+  cache: { mode: EffectiveCacheMode } & CacheBypassStats;
   seconds: number;
   /** Key derivation the conversion waited for (source unlock, target KDF benchmark and any wait at the end). */
   kdfSeconds: number;
@@ -163,6 +168,10 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
     throw new InvalidArgumentError('LUKS format options apply to luks1/luks2 targets only.');
   }
 
+  const requestedCache = options.cache ?? 'auto';
+  if (!CACHE_MODES.includes(requestedCache)) {
+    throw new InvalidArgumentError(`Unknown cache mode '${String(requestedCache)}' (use ${CACHE_MODES.join(', ')}).`);
+  }
   const srcInfo = await statPath(options.source);
   if (!srcInfo.exists) throw new NotFoundError(`${options.source}: no such file or directory`);
   const dstInfo = await statPath(options.target);
@@ -178,8 +187,10 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
     throw new InvalidArgumentError(`${options.target} is not a regular file; use --target-exists to write into a device.`);
   }
 
-  const cache = options.cache ?? 'none';
-  if (!CACHE_MODES.includes(cache)) throw new InvalidArgumentError(`Unknown cache mode '${String(cache)}' (use ${CACHE_MODES.join(', ')}).`);
+  // Cinder's rule (cinder/image/image_utils.py): O_DIRECT into block devices, so every byte has
+  // reached the device before it is detached; files get the page cache and one flush at the end.
+  const cache: EffectiveCacheMode =
+    requestedCache !== 'auto' ? requestedCache : options.targetExists && dstInfo.isBlockDevice ? 'none' : 'writeback';
   if (cache === 'unsafe') notes.push('not synced (cache mode unsafe): the target may still be partly in the page cache only.');
   const pool = CryptoPool.create(options.workers ?? defaultWorkerCount());
   let src: OpenedSource | undefined;
@@ -199,8 +210,8 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
     let kdfSeconds = src.kdfSeconds;
     const t0 = performance.now();
     target = targetIsLuks
-      ? await prepareLuksTarget(options, pool, requested, notes)
-      : await preparePlainTarget(options, requested, notes);
+      ? await prepareLuksTarget(options, cache, pool, requested, notes)
+      : await preparePlainTarget(options, cache, requested, notes);
     if (target.luks) kdfSeconds += (performance.now() - t0) / 1000;
     const paddedBytes = targetIsLuks ? Math.max(0, roundUp(requested, target.luks!.volume.sectorSize) - requested) : 0;
     if (paddedBytes > 0) {
@@ -280,13 +291,12 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
 }
 
 /** How a target file is opened in cache mode `mode` (`direct`: may the data bypass the page cache). */
-function fileOptions(mode: CacheMode, direct: boolean): OpenFileOptions {
+function fileOptions(mode: EffectiveCacheMode, direct: boolean): OpenFileOptions {
   return { ignoreFlush: mode === 'unsafe', bypassCache: direct && mode === 'none' };
 }
 
 /** raw (new or existing) and qcow2 (new) targets. */
-async function preparePlainTarget(options: ConvertOptions, size: number, notes: string[]): Promise<PreparedTarget> {
-  const mode = options.cache ?? 'none';
+async function preparePlainTarget(options: ConvertOptions, mode: EffectiveCacheMode, size: number, notes: string[]): Promise<PreparedTarget> {
   const durable = mode !== 'unsafe';
   if (options.targetExists) {
     const dev = await FileDevice.open(options.target, fileOptions(mode, true));
@@ -383,7 +393,13 @@ const DIRECT_WRITES_IN_FLIGHT = 3;
 const HEADER_ROOM = 1 << 30;
 
 /** LUKS1/LUKS2 targets, new or existing: formats into a capture, writes the header last. */
-async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requested: number, notes: string[]): Promise<PreparedTarget> {
+async function prepareLuksTarget(
+  options: ConvertOptions,
+  mode: EffectiveCacheMode,
+  pool: CryptoPool,
+  requested: number,
+  notes: string[],
+): Promise<PreparedTarget> {
   const luksOptions = { ...(options.luks ?? {}) };
   const type = options.targetFormat as 'luks1' | 'luks2';
   if (type === 'luks2' && luksOptions.sectorSize === undefined) luksOptions.sectorSize = 4096; // cryptsetup's default on files
@@ -391,7 +407,6 @@ async function prepareLuksTarget(options: ConvertOptions, pool: CryptoPool, requ
     throw new InvalidArgumentError('LUKS1 supports only 512-byte sectors.');
   }
   const sectorGuess = luksOptions.sectorSize ?? 512;
-  const mode = options.cache ?? 'none';
   const existing = options.targetExists ? await FileDevice.open(options.target, fileOptions(mode, true)) : undefined;
   let capture: HeaderCapture | undefined;
   let volume: LuksVolume | undefined;

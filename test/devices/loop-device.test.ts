@@ -61,7 +61,7 @@ test('FileDevice on a loop device: size from sysfs, no resize, O_DIRECT writes t
   }
 });
 
-test('convert --target-exists into a loop device: LUKS2 over the whole device, cryptsetup reads it, the plaintext matches', { skip }, async () => {
+test('convert --target-exists into a loop device: O_DIRECT by default, LUKS2 over the whole device, cryptsetup reads it, the plaintext matches', { skip }, async () => {
   const { loop, backing } = loopDevice('vol.img', 24 << 20);
   const src = join(tmp.dir, 'src.raw');
   writeFileSync(src, randomBytes(8 << 20));
@@ -77,6 +77,8 @@ test('convert --target-exists into a loop device: LUKS2 over the whole device, c
   assert.equal(report.target.existing, true);
   assert.equal(report.target.containerSize, 24 << 20);
   assert.equal(report.target.payloadSize, (24 << 20) - report.target.dataOffset!);
+  // The default cache mode for a block device is 'none' (O_DIRECT).
+  assert.equal(report.cache.mode, 'none');
   assert.ok(report.cache.bytes >= 8 << 20, `O_DIRECT bytes ${report.cache.bytes}`);
   // The whole payload beyond the source reads as zeros; the device opens in cryptsetup.
   await verify({ a: src, b: loop, bPassphrase: pass, workers: 1 });

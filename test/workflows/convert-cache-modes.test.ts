@@ -66,19 +66,25 @@ for (const format of ['raw', 'qcow2', 'luks1', 'luks2'] as const) {
       await verify({ a: src, b: target(name), ...(isLuks ? { bPassphrase: pass } : {}), workers: 1 });
       return { syncs, report: report! };
     };
-    // The default is 'none': fsynced, and (except qcow2) the data went past the page cache.
-    const none = await run('none');
+    // The default for a file is 'writeback': fsynced, nothing past the page cache.
+    const auto = await run('auto');
+    assert.equal(auto.report.cache.mode, 'writeback');
+    assert.ok(auto.syncs > 0, `the default conversion fsynced ${auto.syncs} times`);
+    assert.equal(auto.report.cache.bytes, 0);
+    // 'none': fsynced, and (except qcow2) the data went past the page cache.
+    const none = await run('none', 'none');
     assert.equal(none.report.cache.mode, 'none');
-    assert.ok(none.syncs > 0, `the default conversion fsynced ${none.syncs} times`);
+    assert.ok(none.syncs > 0, `cache mode none fsynced ${none.syncs} times`);
     assert.equal(none.report.cache.unavailable, undefined, 'O_DIRECT works on this file system');
     if (format === 'qcow2') assert.equal(none.report.cache.bytes, 0, 'qcow2 clusters go through the page cache');
     else {
       // The random data (2 MiB of the 3) is written with O_DIRECT; the raw target skips the zero run.
       assert.ok(none.report.cache.bytes >= 2 << 20, `O_DIRECT bytes ${none.report.cache.bytes}`);
     }
-    // 'writeback': fsynced, nothing past the cache.
+    // 'writeback', asked for: the same as the default here.
     const writeback = await run('writeback', 'writeback');
     assert.ok(writeback.syncs > 0, `writeback fsynced ${writeback.syncs} times`);
+    assert.equal(writeback.report.cache.mode, 'writeback');
     assert.equal(writeback.report.cache.bytes, 0);
     assert.ok(writeback.report.cache.cachedBytes >= 2 << 20);
     // 'unsafe': no fsync at all, the temporary-name protocol kept.
@@ -87,6 +93,15 @@ for (const format of ['raw', 'qcow2', 'luks1', 'luks2'] as const) {
     assert.ok(unsafe.report.notes.some((n) => n.includes('not synced')), unsafe.report.notes.join('; '));
   });
 }
+
+test('auto into an existing regular file (--target-exists) is writeback', async () => {
+  const dst = join(dir, 'existing.raw');
+  writeFileSync(dst, new Uint8Array(4 << 20));
+  const report = await convert({ source: src, target: dst, targetFormat: 'raw', targetExists: true, workers: 1 });
+  assert.equal(report.cache.mode, 'writeback');
+  assert.equal(report.cache.bytes, 0);
+  await verify({ a: src, b: dst, workers: 1 });
+});
 
 test('an unknown cache mode is refused before anything is written', async () => {
   const dst = join(dir, 'bad-mode.raw');
@@ -103,8 +118,8 @@ test('CLI: --cache and --no-sync reach the JSON summary; contradicting them is a
   const unsafe = done([join(dir, 'cli-ns.raw'), '--no-sync']);
   assert.equal(unsafe.cache.mode, 'unsafe');
   assert.ok(unsafe.notes.some((n: string) => n.includes('not synced')));
-  assert.equal(done([join(dir, 'cli-wb.raw'), '--cache', 'writeback']).cache.mode, 'writeback');
-  const none = done([join(dir, 'cli-none.raw')]);
+  assert.equal(done([join(dir, 'cli-wb.raw')]).cache.mode, 'writeback', 'auto picks writeback for a file');
+  const none = done([join(dir, 'cli-none.raw'), '--cache', 'none']);
   assert.equal(none.cache.mode, 'none');
   assert.ok(none.cache.bytes > 0);
   const r = runCli(['convert', src, join(dir, 'cli-bad.raw'), '--dst-format', 'raw', '--no-sync', '--cache', 'none'], { env: { CI: process.env.CI } });

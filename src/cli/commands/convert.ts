@@ -131,7 +131,7 @@ function cacheMode(opts: Record<string, string | boolean | undefined>): CacheMod
     if (mode !== undefined && mode !== 'unsafe') throw new InvalidArgumentError(`--no-sync contradicts --cache ${mode}.`);
     return 'unsafe';
   }
-  return mode ?? 'none';
+  return mode ?? 'auto';
 }
 
 export function register(program: Command): void {
@@ -165,7 +165,7 @@ export function register(program: Command): void {
     .option('--compress', 'compress qcow2 clusters')
     .option(
       '--cache <mode>',
-      "how the target is written: none (default: data with O_DIRECT past the page cache, then fsync), writeback (page cache, then fsync), unsafe (never fsync, as qemu-img convert's default: a killed run still leaves no finished-looking target, but after a power loss it may be incomplete)",
+      "how the target is written: none (data with O_DIRECT past the page cache, then fsync), writeback (page cache, then fsync), unsafe (never fsync, as qemu-img convert's default: a killed run still leaves no finished-looking target, but after a power loss it may be incomplete), auto (default: none for a block device, writeback for a file)",
     )
     .option('--no-sync', 'the same as --cache unsafe')
     .option('--workers <n>', 'crypto worker threads (default: one per core)')
