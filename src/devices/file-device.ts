@@ -79,8 +79,10 @@ export class FileDevice implements BlockDevice {
   readonly #through = new Set<Promise<void>>();
   /** Every byte in `[#holeFrom, size)` is known to be an unallocated hole (reads zeros). */
   #holeFrom: number;
-  /** The O_DIRECT descriptor of `bypassCache`, while it works. */
+  /** The O_DIRECT descriptor of `bypassCache` (closed by close(): writes may still be using it). */
   #direct: fsp.FileHandle | undefined;
+  /** False once the device has refused an O_DIRECT write. */
+  #directWorks = true;
   readonly #bypass: CacheBypassStats = { bytes: 0, cachedBytes: 0 };
 
   private constructor(
@@ -185,7 +187,7 @@ export class FileDevice implements BlockDevice {
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.#check(offset, buf.length, true);
     if (offset + buf.length > this.#holeFrom) this.#holeFrom = offset + buf.length;
-    const direct = this.#direct;
+    const direct = this.#directWorks ? this.#direct : undefined;
     if (direct && offset % DIRECT_IO_ALIGNMENT === 0 && buf.length % DIRECT_IO_ALIGNMENT === 0 && isAddressAligned(buf, DIRECT_IO_ALIGNMENT)) {
       try {
         await writeFully(direct, buf, offset);
@@ -195,8 +197,7 @@ export class FileDevice implements BlockDevice {
         // EINVAL: the device wants a larger alignment than ours. Write through the cache from now on.
         if ((err as NodeJS.ErrnoException)?.code !== 'EINVAL') throw fileError(this.path, err);
         this.#bypass.unavailable = 'the device refused an aligned O_DIRECT write (EINVAL)';
-        this.#direct = undefined;
-        await direct.close().catch(() => {});
+        this.#directWorks = false;
       }
     }
     await writeFully(this.handle, buf, offset).catch((err) => {

@@ -230,7 +230,7 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
     const fileTarget = target.device instanceof FileDevice;
     // With O_DIRECT the page cache holds none of the data: a flush during the copy would have
     // nothing to start writing back and only stalls the device.
-    const direct = cache === 'none' && !target.file.cacheBypass.unavailable;
+    const direct = cache === 'none' && fileTarget && !target.file.cacheBypass.unavailable;
     let stats: CopyStats;
     try {
       stats = await copyData(source, target.pipeline, target.length, {
@@ -342,6 +342,7 @@ async function preparePlainTarget(options: ConvertOptions, mode: EffectiveCacheM
     };
   }
   // The qcow2 writer's clusters are small and in its own memory: always through the page cache.
+  if (mode === 'none') notes.push('qcow2 clusters are written through the page cache (cache mode none applies to raw and LUKS targets).');
   const file = await FileDevice.open(temp, { create: true, exclusive: true, size: 0, ...fileOptions(mode, false) });
   let writer: Qcow2Writer;
   try {

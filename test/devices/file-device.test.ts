@@ -172,3 +172,48 @@ test('bypassCache: aligned writes go with O_DIRECT, the rest through the page ca
     cleanup();
   }
 });
+
+test('bypassCache: a device that refuses O_DIRECT writes (EINVAL) is written through the page cache from then on', async () => {
+  const { dir, cleanup } = tempDir();
+  const probe = await FileDevice.open(join(dir, 'probe'), { create: true, size: 0 });
+  await probe.close();
+  // Make every write on an O_DIRECT descriptor fail as a device with a larger block size would.
+  const { promises } = await import('node:fs');
+  const handle = await promises.open(join(dir, 'probe'), 'r');
+  const proto = Object.getPrototypeOf(handle) as { write: (...args: unknown[]) => Promise<unknown> };
+  await handle.close();
+  const write = proto.write;
+  let refused = 0;
+  proto.write = function (this: { fd: number }, ...args: unknown[]) {
+    const flags = readFileSync(`/proc/self/fdinfo/${this.fd}`, 'utf8').split('\n').find((l) => l.startsWith('flags:'))!;
+    if ((Number.parseInt(flags.split(/\s+/)[1]!, 8) & constants.O_DIRECT) !== 0) {
+      refused++;
+      return Promise.reject(Object.assign(new Error('EINVAL: invalid argument, write'), { code: 'EINVAL' }));
+    }
+    return write.apply(this, args);
+  };
+  try {
+    const path = join(dir, 'refusing');
+    const dev = await FileDevice.open(path, { create: true, size: 1 << 20, bypassCache: true });
+    const pieces = [0, 1, 2, 3].map(() => {
+      const v = allocateAligned(64 * 1024, DIRECT_IO_ALIGNMENT).view;
+      v.set(randomBytes(v.length));
+      return v;
+    });
+    // Several at once, as the pipeline issues them: each either fails over or never tries.
+    await Promise.all(pieces.map((p, i) => dev.write(p, i * p.length)));
+    await dev.write(pieces[0]!, 8 * 65536);
+    assert.ok(refused >= 1 && refused <= 4, `refused ${refused}`);
+    assert.deepEqual({ ...dev.cacheBypass, unavailable: undefined }, { bytes: 0, cachedBytes: 5 * 65536, unavailable: undefined });
+    assert.match(dev.cacheBypass.unavailable ?? '', /EINVAL/);
+    const back = new Uint8Array(5 * 65536);
+    await dev.read(back.subarray(0, 4 * 65536), 0);
+    await dev.read(back.subarray(4 * 65536), 8 * 65536);
+    assert.deepEqual(Buffer.from(back), Buffer.concat([...pieces, pieces[0]!]));
+    await dev.close();
+    assert.deepEqual(openFlags(path), [], 'both descriptors are closed');
+  } finally {
+    proto.write = write;
+    cleanup();
+  }
+});
