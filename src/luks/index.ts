@@ -6,7 +6,8 @@
  * const { volume, key } = await LuksVolume.format(dev, { type: 'luks2', passphrase });
  */
 export { LuksVolume, LUKS2_DEFAULTS, plannedDataOffset, plannedHeaderSize } from './volume.js';
-export type { OpenOptions, UnlockOptions, UnlockResult, KeyslotInfo, AddKeyOptions, HeaderRestoreOptions } from './volume.js';
+export type { OpenOptions, UnlockOptions, UnlockResult, KeyslotInfo, AddKeyOptions } from './volume.js';
+export { restoreLuksHeader, type HeaderRestoreOptions } from './header-restore.js';
 export type { FormatOptions, KdfOptions, PbkdfType } from './options.js';
 export { chooseKdf, KDF_DEFAULTS } from './kdf-choice.js';
 

@@ -8,12 +8,10 @@
  * const { key } = await vol.unlock(Passphrase.fromString('secret'));
  * // ... use key with an EncryptedDevice, then key.wipe()
  */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { BlockDevice } from '../block-device.js';
 import {
-  AlreadyExistsError,
   CorruptHeaderError,
-  InsufficientSpaceError,
   InvalidArgumentError,
   KeyslotNotFoundError,
   KeyslotUnavailableError,
@@ -25,7 +23,7 @@ import {
   WrongPassphraseError,
 } from '../errors.js';
 import { Passphrase, VolumeKey } from '../secret.js';
-import { cipherSpecStrings, parseCipherSpec, parseEncryption, validateKeyBytes, type CipherSpec } from '../crypto/cipher-spec.js';
+import { parseCipherSpec, parseEncryption, validateKeyBytes, type CipherSpec } from '../crypto/cipher-spec.js';
 import { hashInfo } from '../crypto/hash.js';
 import {
   LUKS1_HEADER_SIZE,
@@ -41,21 +39,25 @@ import {
   type Luks1Header,
 } from '../formats/luks1/header.js';
 import { LUKS2_BINARY_HEADER_SIZE, LUKS2_HDR_SIZES, isLuks2Magic } from '../formats/luks2/binary-header.js';
-import {
-  LUKS2_LIMITS,
-  base64,
-  mandatoryRequirements,
-  u64,
-  type Luks2Digest,
-  type Luks2Keyslot,
-  type Luks2Metadata,
-  type Luks2Segment,
-} from '../formats/luks2/metadata.js';
-import { AF_STRIPES, afMaterialBytes, deriveKey, openKeyMaterial, pbkdf2Digest, sealKeyMaterial, type KdfParams } from './keyslot-crypto.js';
-import { chooseKdf, digestIterations } from './kdf-choice.js';
-import { readLuks2Headers, repairLuks2Copies, writeLuks2Headers, type Luks2HeaderState } from './luks2-io.js';
+import { LUKS2_LIMITS, mandatoryRequirements, u64, type Luks2Digest, type Luks2Metadata, type Luks2Segment } from '../formats/luks2/metadata.js';
+import { readLuks2Headers, repairLuks2Copies, writeLuks2Headers } from './luks2-io.js';
 import type { FormatOptions, KdfOptions } from './options.js';
 import { dumpJson, dumpText } from './dump.js';
+import { isXtsWeak, writeLuks1Skeleton, writeLuks2Skeleton } from './format.js';
+import { defaultKeyBytes, luks1KeyslotEnd, luks2KeyslotAreaBytes, roundUp } from './layout.js';
+import {
+  allocateLuks2Area,
+  luks1DigestMatches,
+  luks2DigestMatches,
+  luks2DigestOfKeyslot,
+  openLuks1Keyslot,
+  openLuks2Keyslot,
+  sealLuks1Keyslot,
+  sealLuks2Keyslot,
+} from './keyslot-store.js';
+import type { LuksHeaderState } from './state.js';
+
+export { LUKS2_DEFAULTS, plannedDataOffset, plannedHeaderSize } from './layout.js';
 
 export interface OpenOptions {
   /** Detached header (cryptsetup --header): header and keyslots live here, the data device holds only data. */
@@ -99,36 +101,7 @@ export interface AddKeyOptions extends KdfOptions {
   unlockKeyslot?: number;
 }
 
-export interface HeaderRestoreOptions {
-  headerDevice?: BlockDevice;
-  /** Replace a LUKS header whose UUID differs from the backup's (cryptsetup asks; --batch-mode). */
-  force?: boolean;
-}
-
-type State = { version: 1; hdr: Luks1Header } | { version: 2; h2: Luks2HeaderState };
-
-const MIB = 1024 * 1024;
-/** cryptsetup 2.6 LUKS2 defaults (lib/luks2/luks2.h, setup.c). */
-export const LUKS2_DEFAULTS = { hdrSize: 16384, dataOffset: 16 * MIB, keyslotsSize: 16 * MIB - 2 * 16384 } as const;
-const DEFAULT_ALIGNMENT = MIB;
-
-function isXtsWeak(spec: CipherSpec, key: Uint8Array): boolean {
-  if (spec.mode !== 'xts') return false;
-  const half = key.length / 2;
-  for (let i = 0; i < half; i++) if (key[i] !== key[half + i]) return false;
-  return true;
-}
-
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  let d = 0;
-  for (let i = 0; i < a.length; i++) d |= a[i]! ^ b[i]!;
-  return d === 0;
-}
-
-function roundUp(n: number, m: number): number {
-  return Math.ceil(n / m) * m;
-}
+type State = LuksHeaderState;
 
 export class LuksVolume {
   #state: State;
@@ -189,7 +162,7 @@ export class LuksVolume {
     const detached = options.headerDevice !== undefined && options.headerDevice !== device;
     const cipher = options.cipher ?? 'aes-xts-plain64';
     const spec = parseEncryption(cipher);
-    const keyBits = options.keySizeBits ?? (spec.mode === 'xts' ? 512 : 256);
+    const keyBits = options.keySizeBits ?? defaultKeyBytes(spec) * 8;
     if (keyBits % 8 !== 0) throw new InvalidArgumentError(`Key size ${keyBits} is not a whole number of bytes.`);
     const keyBytes = keyBits / 8;
     validateKeyBytes(spec, keyBytes);
@@ -208,20 +181,17 @@ export class LuksVolume {
       if (!/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/.test(uuid)) {
         throw new InvalidArgumentError(`'${uuid}' is not a UUID.`);
       }
-      const volume =
-        options.type === 'luks1'
-          ? await formatLuks1(device, header, detached, spec, keyBytes, hash, uuid, key, options)
-          : await formatLuks2(device, header, detached, spec, keyBytes, hash, uuid, key, options);
+      const skeleton = { device, header, detached, spec, keyBytes, hash, uuid, key };
+      const state = options.type === 'luks1' ? await writeLuks1Skeleton(skeleton, options) : await writeLuks2Skeleton(skeleton, options);
+      const volume = new LuksVolume(state, device, detached ? header : undefined, false);
+      // The first keyslot, authorised by the new volume key (material before the header that enables it).
+      const kdf: AddKeyOptions = options.type === 'luks1' ? { ...options } : { ...options, hash };
+      await volume.addKey(key, options.passphrase, kdf);
       return { volume, key };
     } catch (err) {
       key.wipe();
       throw err;
     }
-  }
-
-  /** @internal */
-  static _create(state: State, data: BlockDevice, header: BlockDevice | undefined): LuksVolume {
-    return new LuksVolume(state, data, header, false);
   }
 
   get version(): 1 | 2 {
@@ -308,7 +278,7 @@ export class LuksVolume {
   }
 
   #digestOfKeyslot(id: string): [string, Luks2Digest] | undefined {
-    return Object.entries(this.#metadata().digests).find(([, d]) => d.keyslots.includes(id));
+    return luks2DigestOfKeyslot(this.#metadata(), id);
   }
 
   /** Active keyslots. */
@@ -372,7 +342,7 @@ export class LuksVolume {
       const spec = this.#dataSpec();
       for (const info of this.keyslots()) {
         if (options.keyslot !== undefined && info.id !== options.keyslot) continue;
-        const key = await this.#tryLuks1Slot(spec, info.id, passphrase);
+        const key = await openLuks1Keyslot(this.#header, st.hdr, spec, info.id, passphrase);
         if (key) return { key, keyslot: info.id, unbound: false };
       }
       throw new WrongPassphraseError();
@@ -385,7 +355,7 @@ export class LuksVolume {
       candidates.sort((a, b) => (b.priority ?? 1) - (a.priority ?? 1) || a.id - b.id);
     }
     for (const info of candidates) {
-      const key = await this.#tryLuks2Slot(String(info.id), passphrase);
+      const key = await openLuks2Keyslot(this.#header, st.h2.metadata, String(info.id), passphrase);
       if (key) {
         if (options.forWrite && info.unbound) {
           key.wipe();
@@ -397,66 +367,14 @@ export class LuksVolume {
     throw new WrongPassphraseError();
   }
 
-  async #tryLuks1Slot(spec: CipherSpec, slot: number, passphrase: Passphrase): Promise<VolumeKey | undefined> {
-    if (this.#state.version !== 1) return undefined;
-    const hdr = this.#state.hdr;
-    const ks = hdr.keyslots[slot]!;
-    const slotKey = await deriveKey({ type: 'pbkdf2', hash: hdr.hashSpec, iterations: ks.iterations }, passphrase.expose(), ks.salt, hdr.keyBytes);
-    const material = new Uint8Array(luks1KeyslotSectors(hdr.keyBytes, ks.stripes) * 512);
-    await this.#header.read(material, ks.keyMaterialOffset * 512);
-    let candidate: Uint8Array;
-    try {
-      candidate = openKeyMaterial(spec, slotKey, material, hdr.keyBytes, hdr.hashSpec);
-    } finally {
-      slotKey.fill(0);
-    }
-    const digest = await pbkdf2Digest(hdr.hashSpec, candidate, hdr.mkDigestSalt, hdr.mkDigestIterations, 20);
-    if (equalBytes(digest, hdr.mkDigest)) return new VolumeKey(candidate);
-    candidate.fill(0);
-    return undefined;
-  }
-
-  async #tryLuks2Slot(id: string, passphrase: Passphrase): Promise<VolumeKey | undefined> {
-    const ks = this.#metadata().keyslots[id]!;
-    const kdf = ks.kdf!;
-    let params: KdfParams;
-    if (kdf.type === 'pbkdf2') params = { type: 'pbkdf2', hash: kdf.hash, iterations: kdf.iterations };
-    else if (kdf.type === 'argon2i' || kdf.type === 'argon2id') {
-      params = { type: kdf.type, time: kdf.time, memoryKiB: kdf.memory, parallel: kdf.cpus };
-    } else throw new UnsupportedError(`Keyslot ${id} uses the unsupported KDF '${String((kdf as { type: unknown }).type)}'.`);
-    const areaSpec = parseEncryption(ks.area.encryption!, ks.area.key_size);
-    const slotKey = await deriveKey(params, passphrase.expose(), base64(kdf.salt, 'kdf salt'), ks.area.key_size!);
-    const material = new Uint8Array(afMaterialBytes(ks.key_size, ks.af!.stripes));
-    await this.#header.read(material, u64(ks.area.offset, 'area offset'));
-    let candidate: Uint8Array;
-    try {
-      candidate = openKeyMaterial(areaSpec, slotKey, material, ks.key_size, ks.af!.hash);
-    } finally {
-      slotKey.fill(0);
-    }
-    const found = this.#digestOfKeyslot(id);
-    if (found && (await this.#luks2DigestMatches(found[1], candidate))) return new VolumeKey(candidate);
-    candidate.fill(0);
-    return undefined;
-  }
-
-  async #luks2DigestMatches(d: Luks2Digest, key: Uint8Array): Promise<boolean> {
-    if (d.type !== 'pbkdf2') throw new UnsupportedError(`LUKS2 digest type '${d.type}' is not supported.`);
-    const want = base64(d.digest, 'digest');
-    const got = await pbkdf2Digest(d.hash!, key, base64(d.salt, 'digest salt'), d.iterations!, want.length);
-    return equalBytes(got, want);
-  }
-
   /** True when `key` is this volume's (data segment) key. */
   async verifyVolumeKey(key: VolumeKey): Promise<boolean> {
     const st = this.#state;
     if (st.version === 1) {
-      if (key.length !== st.hdr.keyBytes) return false;
-      const d = await pbkdf2Digest(st.hdr.hashSpec, key.expose(), st.hdr.mkDigestSalt, st.hdr.mkDigestIterations, 20);
-      return equalBytes(d, st.hdr.mkDigest);
+      return luks1DigestMatches(st.hdr, key.expose());
     }
     const d = this.#segmentDigest();
-    return d !== undefined && (await this.#luks2DigestMatches(d, key.expose()));
+    return d !== undefined && (await luks2DigestMatches(d, key.expose()));
   }
 
   /** Tests a passphrase; returns the keyslot it opens (unbound keyslots only when named). */
@@ -514,60 +432,27 @@ export class LuksVolume {
     throw new KeyslotUnavailableError('All keyslots are full.');
   }
 
-  /** Writes material for `slot` and activates it. For LUKS2, `replaceArea` lets an existing slot id move to a new area. */
+  /** Writes material for `slot`, flushes it, then writes the header that activates it. */
   async #writeKeyslot(slot: number, key: VolumeKey, passphrase: Passphrase, kdfOptions: KdfOptions, digestId?: string): Promise<void> {
     const st = this.#state;
-    const salt = new Uint8Array(randomBytes(32));
     if (st.version === 1) {
       const hdr = st.hdr;
-      const params = await chooseKdf({ ...kdfOptions, pbkdf: 'pbkdf2', hash: hdr.hashSpec }, 1, hdr.keyBytes);
-      if (params.type !== 'pbkdf2') throw new InvalidArgumentError('LUKS1 keyslots use PBKDF2 only.');
-      const slotKey = await deriveKey(params, passphrase.expose(), salt, hdr.keyBytes);
-      let material: Uint8Array;
-      try {
-        material = sealKeyMaterial(this.#dataSpec(), slotKey, key.expose(), hdr.hashSpec);
-      } finally {
-        slotKey.fill(0);
-      }
+      const sealed = await sealLuks1Keyslot(hdr, this.#dataSpec(), key, passphrase, kdfOptions);
       const ks = hdr.keyslots[slot]!;
-      await this.#header.write(material, ks.keyMaterialOffset * 512);
+      await this.#header.write(sealed.material, ks.keyMaterialOffset * 512);
       await this.#header.flush();
       const next: Luks1Header = {
         ...hdr,
-        keyslots: hdr.keyslots.map((k, i) => (i === slot ? { ...k, state: LUKS1_KEY_ENABLED, iterations: params.iterations, salt, stripes: LUKS1_STRIPES } : k)),
+        keyslots: hdr.keyslots.map((k, i) => (i === slot ? { ...k, state: LUKS1_KEY_ENABLED, iterations: sealed.iterations, salt: sealed.salt, stripes: LUKS1_STRIPES } : k)),
       };
       await this.#writeLuks1(next);
       return;
     }
     const meta = st.h2.metadata;
-    const segSpec = parseEncryption(this.encryption, key.length);
-    const encryption = cipherSpecStrings(segSpec).encryption;
-    const keyBytes = key.length;
-    const hash = hashInfo(kdfOptions.hash ?? 'sha256').name;
-    const params = await chooseKdf({ ...kdfOptions, hash }, 2, keyBytes);
-    const area = this.#allocateArea(afMaterialBytesAligned(keyBytes));
-    const slotKey = await deriveKey(params, passphrase.expose(), salt, keyBytes);
-    let material: Uint8Array;
-    try {
-      material = sealKeyMaterial(segSpec, slotKey, key.expose(), hash);
-    } finally {
-      slotKey.fill(0);
-    }
-    const padded = new Uint8Array(area.size);
-    padded.set(material);
-    await this.#header.write(padded, area.offset);
+    const area = allocateLuks2Area(meta, st.h2.bin.hdrSize, luks2KeyslotAreaBytes(key.length));
+    const { material, keyslot } = await sealLuks2Keyslot(this.encryption, key, passphrase, kdfOptions, area);
+    await this.#header.write(material, area.offset);
     await this.#header.flush();
-    const kdf =
-      params.type === 'pbkdf2'
-        ? { type: 'pbkdf2' as const, hash: params.hash, iterations: params.iterations, salt: Buffer.from(salt).toString('base64') }
-        : { type: params.type, time: params.time, memory: params.memoryKiB, cpus: params.parallel, salt: Buffer.from(salt).toString('base64') };
-    const keyslot: Luks2Keyslot = {
-      type: 'luks2',
-      key_size: keyBytes,
-      af: { type: 'luks1', stripes: AF_STRIPES, hash },
-      area: { type: 'raw', offset: String(area.offset), size: String(area.size), encryption, key_size: keyBytes },
-      kdf,
-    };
     const id = String(slot);
     const previous = meta.keyslots[id];
     if (previous && typeof previous.priority === 'number') keyslot.priority = previous.priority;
@@ -582,25 +467,6 @@ export class LuksVolume {
     const found = Object.entries(this.#metadata().digests).find(([, d]) => d.segments.includes(segId));
     if (!found) throw new CorruptHeaderError('LUKS2 data segment has no digest.');
     return found[0];
-  }
-
-  /** First gap in the keyslots area that holds `size` bytes (cryptsetup allocates the same way). */
-  #allocateArea(size: number, ignoreId?: string): { offset: number; size: number } {
-    const st = this.#state;
-    if (st.version !== 2) throw new Error('not LUKS2');
-    const start = 2 * st.h2.bin.hdrSize;
-    const end = start + u64(st.h2.metadata.config.keyslots_size, 'keyslots_size');
-    const used = Object.entries(st.h2.metadata.keyslots)
-      .filter(([id]) => id !== ignoreId)
-      .map(([, k]) => [u64(k.area.offset, 'offset'), u64(k.area.offset, 'offset') + u64(k.area.size, 'size')] as const)
-      .sort((a, b) => a[0] - b[0]);
-    let pos = start;
-    for (const [s, e] of used) {
-      if (s - pos >= size) break;
-      pos = Math.max(pos, e);
-    }
-    if (pos + size > end) throw new KeyslotUnavailableError('No space left in the LUKS2 keyslots area.');
-    return { offset: pos, size };
   }
 
   async #writeLuks1(next: Luks1Header): Promise<void> {
@@ -685,7 +551,7 @@ export class LuksVolume {
       const digestId = this.#digestOfKeyslot(id)![0];
       let inPlace = false;
       try {
-        this.#allocateArea(afMaterialBytesAligned(r.key.length));
+        allocateLuks2Area(st.h2.metadata, st.h2.bin.hdrSize, luks2KeyslotAreaBytes(r.key.length));
       } catch (err) {
         if (!(err instanceof KeyslotUnavailableError)) throw err;
         inPlace = true;
@@ -747,65 +613,14 @@ export class LuksVolume {
     return out;
   }
 
-  /**
-   * Validates `backup` and writes it over the header area of `device`. Refuses when the device
-   * holds a LUKS header with another data offset or key size (always, as cryptsetup) or
-   * another UUID (unless `force`).
-   */
-  static async headerRestore(device: BlockDevice, backup: Uint8Array, options: HeaderRestoreOptions = {}): Promise<LuksVolume> {
-    const header = options.headerDevice ?? device;
-    if (header.readOnly) throw new ReadOnlyDeviceError('Cannot restore a header onto a read-only device.');
-    const { MemoryDevice } = await import('../devices/memory-device.js');
-    const image = new MemoryDevice(new Uint8Array(backup), true);
-    let fromBackup: LuksVolume;
-    try {
-      fromBackup = await LuksVolume.open(image, { readOnly: true, headerOnly: true });
-    } catch (err) {
-      if (err instanceof UnknownFormatError) throw new UnknownFormatError('The backup file does not contain a LUKS header.');
-      throw err;
-    }
-    if (fromBackup.headerBackupSize() > backup.length) throw new CorruptHeaderError('The backup file is truncated.');
-    if (backup.length > header.size) throw new InsufficientSpaceError('The device is smaller than the header backup.');
-    let current: LuksVolume | undefined;
-    try {
-      current = await LuksVolume.open(device, { readOnly: true, ...(options.headerDevice ? { headerDevice: options.headerDevice } : {}) });
-    } catch {
-      current = undefined;
-    }
-    if (current) {
-      const fenced = current.readOnlyReason;
-      if (fenced !== undefined) throw new ReadOnlyVolumeError(fenced);
-      const [ka, kb] = [current.#volumeKeyBytes(), fromBackup.#volumeKeyBytes()];
-      // A LUKS2 volume without keyslots does not know its key size; then only the offset is compared.
-      if (current.version !== fromBackup.version || current.dataOffset !== fromBackup.dataOffset || (ka !== undefined && kb !== undefined && ka !== kb)) {
-        throw new InvalidArgumentError('Data offset or key size differs on device and backup, restore failed.');
-      }
-      if (current.uuid !== fromBackup.uuid && !options.force) {
-        throw new AlreadyExistsError(`Device already contains a LUKS header with UUID ${current.uuid} (backup: ${fromBackup.uuid}); use force to replace it.`);
-      }
-    }
-    const size = fromBackup.headerBackupSize();
-    await header.write(backup.subarray(0, size), 0);
-    await header.flush();
-    return LuksVolume.open(device, options.headerDevice ? { headerDevice: options.headerDevice } : {});
-  }
-
-  #volumeKeyBytes(): number | undefined {
+  /** The volume key size, or undefined for a LUKS2 volume without a keyslot for its data segment. */
+  knownKeyBytes(): number | undefined {
     try {
       return this.keyBytes;
     } catch {
       return undefined;
     }
   }
-}
-
-function afMaterialBytesAligned(keyBytes: number): number {
-  return roundUp(keyBytes * AF_STRIPES, 4096);
-}
-
-function luks1KeyslotEnd(hdr: Luks1Header): number {
-  const sectors = luks1KeyslotSectors(hdr.keyBytes);
-  return Math.max(...hdr.keyslots.map((k) => k.keyMaterialOffset + sectors)) * 512;
 }
 
 async function hasLuks2Secondary(dev: BlockDevice): Promise<boolean> {
@@ -822,197 +637,4 @@ function validateDataSegments(meta: Luks2Metadata, dataSize: number): void {
   for (const [id, s] of Object.entries(meta.segments)) {
     if (u64(s.offset, 'segment offset') > dataSize) throw new CorruptHeaderError(`LUKS2 segment ${id} starts past the end of the data device.`);
   }
-}
-
-async function formatLuks1(
-  device: BlockDevice,
-  header: BlockDevice,
-  detached: boolean,
-  spec: CipherSpec,
-  keyBytes: number,
-  hash: string,
-  uuid: string,
-  key: VolumeKey,
-  options: FormatOptions,
-): Promise<LuksVolume> {
-  if (options.pbkdf !== undefined && options.pbkdf !== 'pbkdf2') throw new InvalidArgumentError('LUKS1 supports only the pbkdf2 KDF.');
-  if (options.sectorSize !== undefined && options.sectorSize !== 512) throw new InvalidArgumentError('LUKS1 supports only 512-byte sectors.');
-  if (options.label || options.subsystem) throw new InvalidArgumentError('LUKS1 has no label or subsystem.');
-  // Keyslot areas 4 KiB aligned from sector 8 (cryptsetup LUKS_generate_phdr).
-  const areaSectors = luks1KeyslotSectors(keyBytes);
-  const keyslots = [];
-  let sector = 8;
-  for (let i = 0; i < LUKS1_NUM_KEYSLOTS; i++) {
-    keyslots.push({ state: LUKS1_KEY_DISABLED, iterations: 0, salt: new Uint8Array(32), keyMaterialOffset: sector, stripes: LUKS1_STRIPES });
-    sector = roundUp(sector + areaSectors, 8);
-  }
-  const align = (options.alignment ?? DEFAULT_ALIGNMENT) / 512;
-  if (!Number.isInteger(align) || align < 1) throw new InvalidArgumentError('Alignment must be a positive multiple of 512 bytes.');
-  let payloadOffset: number;
-  if (options.dataOffset !== undefined) {
-    if (options.dataOffset % 512 !== 0) throw new InvalidArgumentError('Data offset must be a multiple of 512 bytes.');
-    payloadOffset = options.dataOffset / 512;
-    if (!detached && payloadOffset < sector) throw new InvalidArgumentError(`Data offset must be at least ${sector * 512} bytes for this key size.`);
-  } else {
-    payloadOffset = detached ? 0 : roundUp(sector, align);
-  }
-  if (payloadOffset > 0xffffffff) throw new InvalidArgumentError('Data offset is too large for LUKS1.');
-  if (header.size < (detached ? sector * 512 : payloadOffset * 512)) {
-    throw new InsufficientSpaceError(`Device is too small for the LUKS1 header (needs ${(detached ? sector : payloadOffset) * 512} bytes).`);
-  }
-  if (device.size < payloadOffset * 512) throw new InsufficientSpaceError('Data device is smaller than the data offset.');
-  const mkSalt = new Uint8Array(randomBytes(32));
-  const mkIter = await digestIterations(options, hash);
-  const hdr: Luks1Header = {
-    magic: LUKS1_MAGIC,
-    version: 1,
-    cipherName: spec.cipher,
-    cipherMode: cipherSpecStrings(spec).cipherMode,
-    hashSpec: hash,
-    payloadOffset,
-    keyBytes,
-    mkDigest: await pbkdf2Digest(hash, key.expose(), mkSalt, mkIter, 20),
-    mkDigestSalt: mkSalt,
-    mkDigestIterations: mkIter,
-    uuid,
-    keyslots,
-  };
-  validateLuks1Header(hdr, { headerDeviceSize: header.size, dataDeviceSize: device.size, detached });
-  // Clear old signatures and keyslots first, then key material, then the header.
-  await header.writeZeroes(0, detached ? sector * 512 : payloadOffset * 512);
-  await header.flush();
-  const vol = LuksVolume._create({ version: 1, hdr }, device, detached ? header : undefined);
-  // The disabled header first (the area was zeroed), then addKey writes key material and the enabled header.
-  await header.write(encodeLuks1Header(hdr), 0);
-  await header.flush();
-  return finishFormat(vol, key, options);
-}
-
-async function formatLuks2(
-  device: BlockDevice,
-  header: BlockDevice,
-  detached: boolean,
-  spec: CipherSpec,
-  keyBytes: number,
-  hash: string,
-  uuid: string,
-  key: VolumeKey,
-  options: FormatOptions,
-): Promise<LuksVolume> {
-  const hdrSize = options.hdrSize ?? LUKS2_DEFAULTS.hdrSize;
-  if (!(LUKS2_HDR_SIZES as readonly number[]).includes(hdrSize)) throw new InvalidArgumentError(`LUKS2 header size ${hdrSize} is not one of 16 KiB..4 MiB.`);
-  let dataOffset: number;
-  if (options.dataOffset !== undefined) dataOffset = options.dataOffset;
-  else if (detached) dataOffset = 0;
-  else dataOffset = Math.max(LUKS2_DEFAULTS.dataOffset, roundUp(2 * hdrSize + (options.keyslotsSize ?? 0), options.alignment ?? DEFAULT_ALIGNMENT));
-  let keyslotsSize = options.keyslotsSize ?? (detached || dataOffset === 0 ? LUKS2_DEFAULTS.dataOffset - 2 * hdrSize : dataOffset - 2 * hdrSize);
-  keyslotsSize = Math.floor(keyslotsSize / 4096) * 4096;
-  if (keyslotsSize < afMaterialBytesAligned(keyBytes)) throw new InvalidArgumentError('The keyslots area is too small for one keyslot.');
-  if (!detached && dataOffset < 2 * hdrSize + keyslotsSize) throw new InvalidArgumentError('Data offset overlaps the LUKS2 header and keyslots area.');
-  const sectorSize = options.sectorSize ?? (dataOffset % 4096 === 0 && (device.size - dataOffset) % 4096 === 0 ? 4096 : 512);
-  if (sectorSize !== 512 && sectorSize !== 4096) throw new InvalidArgumentError('Sector size must be 512 or 4096.');
-  if (dataOffset % sectorSize !== 0) throw new InvalidArgumentError('Data offset must be a multiple of the sector size.');
-  const metaEnd = 2 * hdrSize + keyslotsSize;
-  if (header.size < metaEnd) throw new InsufficientSpaceError(`Device is too small for the LUKS2 header (needs ${metaEnd} bytes).`);
-  if (device.size < dataOffset) throw new InsufficientSpaceError('Data device is smaller than the data offset.');
-  if ((device.size - dataOffset) % sectorSize !== 0) throw new InvalidArgumentError(`Payload size is not a multiple of the ${sectorSize}-byte sector size.`);
-  for (const [what, v, max] of [
-    ['label', options.label, 47],
-    ['subsystem', options.subsystem, 47],
-  ] as const) {
-    if (v !== undefined && Buffer.byteLength(v, 'latin1') > max) throw new InvalidArgumentError(`LUKS2 ${what} is longer than ${max} bytes.`);
-  }
-  const digestSalt = new Uint8Array(randomBytes(32));
-  const iterations = await digestIterations(options, 'sha256');
-  const digest = await pbkdf2Digest('sha256', key.expose(), digestSalt, iterations, 32);
-  const metadata: Luks2Metadata = {
-    keyslots: {},
-    tokens: {},
-    segments: {
-      '0': {
-        type: 'crypt',
-        offset: String(dataOffset),
-        size: 'dynamic',
-        iv_tweak: '0',
-        encryption: cipherSpecStrings(spec).encryption,
-        sector_size: sectorSize,
-      },
-    },
-    digests: {
-      '0': {
-        type: 'pbkdf2',
-        keyslots: [],
-        segments: ['0'],
-        hash: 'sha256',
-        iterations,
-        salt: Buffer.from(digestSalt).toString('base64'),
-        digest: Buffer.from(digest).toString('base64'),
-      },
-    },
-    config: { json_size: String(hdrSize - 4096), keyslots_size: String(keyslotsSize) },
-  };
-  const h2: Luks2HeaderState = {
-    bin: {
-      magic: new Uint8Array(6),
-      version: 2,
-      hdrSize,
-      seqid: 0n,
-      label: options.label ?? '',
-      checksumAlg: 'sha256',
-      salt: new Uint8Array(64),
-      uuid,
-      subsystem: options.subsystem ?? '',
-      hdrOffset: 0,
-      checksum: new Uint8Array(64),
-      padding: new Uint8Array(184),
-      padding4096: new Uint8Array(3584),
-    },
-    metadata,
-    escapeSlashes: false,
-    salts: [new Uint8Array(randomBytes(64)), new Uint8Array(randomBytes(64))],
-  };
-  await header.writeZeroes(0, metaEnd);
-  await header.flush();
-  const vol = LuksVolume._create({ version: 2, h2 }, device, detached ? header : undefined);
-  return finishFormat(vol, key, { ...options, hash });
-}
-
-/** Adds the first keyslot, authorised by the new volume key (material before the header that enables it). */
-async function finishFormat(vol: LuksVolume, key: VolumeKey, options: FormatOptions): Promise<LuksVolume> {
-  const kdf: AddKeyOptions = { ...options };
-  if (options.keyslot !== undefined) kdf.keyslot = options.keyslot;
-  await vol.addKey(key, options.passphrase, kdf);
-  return vol;
-}
-
-/**
- * The data offset `LuksVolume.format` will choose for these options, so a caller can size a
- * new file (header + payload) before formatting it.
- */
-export function plannedDataOffset(options: Pick<FormatOptions, 'type' | 'cipher' | 'keySizeBits' | 'dataOffset' | 'alignment' | 'hdrSize' | 'keyslotsSize'> & { detached?: boolean }): number {
-  if (options.dataOffset !== undefined) return options.dataOffset;
-  if (options.detached) return 0;
-  if (options.type === 'luks2') {
-    const hdrSize = options.hdrSize ?? LUKS2_DEFAULTS.hdrSize;
-    return Math.max(LUKS2_DEFAULTS.dataOffset, roundUp(2 * hdrSize + (options.keyslotsSize ?? 0), options.alignment ?? DEFAULT_ALIGNMENT));
-  }
-  const spec = parseEncryption(options.cipher ?? 'aes-xts-plain64');
-  const keyBytes = (options.keySizeBits ?? (spec.mode === 'xts' ? 512 : 256)) / 8;
-  const areaSectors = luks1KeyslotSectors(keyBytes);
-  let sector = 8;
-  for (let i = 0; i < LUKS1_NUM_KEYSLOTS; i++) sector = roundUp(sector + areaSectors, 8);
-  return roundUp(sector, (options.alignment ?? DEFAULT_ALIGNMENT) / 512) * 512;
-}
-
-/** Bytes a detached header file needs for these options. */
-export function plannedHeaderSize(options: Pick<FormatOptions, 'type' | 'cipher' | 'keySizeBits' | 'hdrSize' | 'keyslotsSize'>): number {
-  if (options.type === 'luks2') {
-    const hdrSize = options.hdrSize ?? LUKS2_DEFAULTS.hdrSize;
-    return 2 * hdrSize + (options.keyslotsSize ?? LUKS2_DEFAULTS.dataOffset - 2 * hdrSize);
-  }
-  const spec = parseEncryption(options.cipher ?? 'aes-xts-plain64');
-  const keyBytes = (options.keySizeBits ?? (spec.mode === 'xts' ? 512 : 256)) / 8;
-  let sector = 8;
-  for (let i = 0; i < LUKS1_NUM_KEYSLOTS; i++) sector = roundUp(sector + luks1KeyslotSectors(keyBytes), 8);
-  return sector * 512;
 }

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync, truncateSync as truncateExisting } from 'node:fs';
 import { join } from 'node:path';
 import { FileDevice } from '../../src/devices/file-device.js';
-import { LuksVolume, type FormatOptions } from '../../src/luks/index.js';
+import { LuksVolume, restoreLuksHeader, type FormatOptions } from '../../src/luks/index.js';
 import { Passphrase, VolumeKey } from '../../src/secret.js';
 import { AlreadyExistsError, InvalidArgumentError, WrongPassphraseError } from '../../src/errors.js';
 import { parseEncryption } from '../../src/crypto/cipher-spec.js';
@@ -298,7 +298,7 @@ test('header backup equals cryptsetup luksHeaderBackup; restore validates, refus
       await withVol(img, (v) => v.killSlot(0));
       assert.notEqual(runStatus('cryptsetup', ['open', '--test-passphrase', '--key-file', keyFile, img]).status, 0);
       await withVol(img, async (v) => {
-        await LuksVolume.headerRestore(v.dataDevice, ours);
+        await restoreLuksHeader(v.dataDevice, ours);
       });
       assert.equal(runStatus('cryptsetup', ['open', '--test-passphrase', '--key-file', keyFile, img]).status, 0);
       // Another volume (other UUID, same layout): refused unless forced. A garbled backup is refused.
@@ -307,13 +307,13 @@ test('header backup equals cryptsetup luksHeaderBackup; restore validates, refus
       const dev = await FileDevice.open(other);
       try {
         const before = createHash('sha256').update(readFileSync(other)).digest('hex');
-        await assert.rejects(LuksVolume.headerRestore(dev, ours), AlreadyExistsError);
+        await assert.rejects(restoreLuksHeader(dev, ours), AlreadyExistsError);
         const garbled = new Uint8Array(ours);
         garbled[0] = 0;
         garbled[type === 'luks1' ? 0 : 16384] = 0;
-        await assert.rejects(LuksVolume.headerRestore(dev, garbled));
+        await assert.rejects(restoreLuksHeader(dev, garbled));
         assert.equal(createHash('sha256').update(readFileSync(other)).digest('hex'), before);
-        await LuksVolume.headerRestore(dev, ours, { force: true });
+        await restoreLuksHeader(dev, ours, { force: true });
       } finally {
         await dev.close();
       }
@@ -322,7 +322,7 @@ test('header backup equals cryptsetup luksHeaderBackup; restore validates, refus
     }
     const l1 = await FileDevice.open(join(dir, 'luks1.img'));
     try {
-      await assert.rejects(LuksVolume.headerRestore(l1, readFileSync(join(dir, 'luks2.cs.hdr')), { force: true }), InvalidArgumentError);
+      await assert.rejects(restoreLuksHeader(l1, readFileSync(join(dir, 'luks2.cs.hdr')), { force: true }), InvalidArgumentError);
     } finally {
       await l1.close();
     }

@@ -7,7 +7,7 @@ import { promises as fsp, constants as fsc } from 'node:fs';
 import type { Command } from 'commander';
 import { FileDevice } from '../../devices/file-device.js';
 import { AlreadyExistsError, DeviceIoError, InvalidArgumentError, NotFoundError } from '../../errors.js';
-import { LuksVolume, plannedDataOffset, plannedHeaderSize, type FormatOptions, type KdfOptions, type PbkdfType } from '../../luks/index.js';
+import { LuksVolume, restoreLuksHeader, plannedDataOffset, plannedHeaderSize, type FormatOptions, type KdfOptions, type PbkdfType } from '../../luks/index.js';
 import { Passphrase, VolumeKey } from '../../secret.js';
 import { readKeyFile } from '../key-input.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
@@ -491,7 +491,7 @@ ${EXIT_HELP}`,
         let header: FileDevice | undefined;
         try {
           if (o.header) header = await FileDevice.open(o.header);
-          await LuksVolume.headerRestore(data, new Uint8Array(backup), { force: o.force === true || o.batchMode === true, ...(header ? { headerDevice: header } : {}) });
+          await restoreLuksHeader(data, new Uint8Array(backup), { force: o.force === true || o.batchMode === true, ...(header ? { headerDevice: header } : {}) });
           process.stdout.write(`Header of ${volume} restored from ${file}.\n`);
         } finally {
           await header?.close();
