@@ -166,3 +166,11 @@ if [ "${BENCH_NBD:-1}" = 1 ]; then
   echo
   bash "$(dirname "$0")/bench-nbd.sh"
 fi
+
+# Workflow benchmarks (image service, backup, re-encryption, service API): each
+# scripts/bench.d/*.sh prints its own ratios against the peer it measures in the same run.
+for b in scripts/bench.d/*.sh; do
+  [ -e "$b" ] || continue
+  echo
+  bash "$b"
+done

@@ -11,11 +11,21 @@ node scripts/build-native.mjs
 rm -rf dist
 npx tsc -p tsconfig.json
 
-# Key servers (Barbican, PyKMIP) for the key-manager backend tests; stopped on exit.
-if [ -x scripts/key-servers.sh ]; then
-  bash scripts/key-servers.sh start
-  trap 'bash scripts/key-servers.sh stop' EXIT
-fi
+# Real servers the tests talk to, each a script taking start|stop: the key servers (Barbican,
+# PyKMIP) and every scripts/servers/*.sh (one per server kind). All are stopped on exit, in
+# reverse order, also when a start fails half-way.
+servers=(scripts/key-servers.sh)
+for s in scripts/servers/*.sh; do [ -e "$s" ] && servers+=("$s"); done
+started=()
+stop_servers() {
+  local i
+  for ((i = ${#started[@]} - 1; i >= 0; i--)); do bash "${started[$i]}" stop || true; done
+}
+trap stop_servers EXIT
+for s in "${servers[@]}"; do
+  started+=("$s")
+  bash "$s" start
+done
 
 files=$(find dist/test -name '*.test.js' | sort)
 if [ $# -gt 0 ]; then files="$*"; fi
