@@ -289,6 +289,14 @@ export class KmipProtocolError extends BrickcryptError {
   }
 }
 
+// --- plain volumes and passphrase prompts ---
+/** A new passphrase typed twice at a terminal did not match (cryptsetup: -EPERM, exit 2). */
+export class PassphraseMismatchError extends BrickcryptError {
+  constructor(message = 'Passphrases do not match.') {
+    super('PASSPHRASE_MISMATCH', message, PERMISSION);
+  }
+}
+
 /** Maps any thrown value to its CLI exit code (unexpected errors are internal: 70). */
 export function exitCodeOf(err: unknown): number {
   return err instanceof BrickcryptError ? err.exitCode : EXIT_CODES.internal;

@@ -40,7 +40,7 @@ import { chooseKdf, digestIterations } from '../luks/kdf-choice.js';
 import { Passphrase, type VolumeKey } from '../secret.js';
 import { HeaderCapture } from './header-capture.js';
 import { copyData, type CopyStats, type PipelineTarget } from './pipeline.js';
-import { openSource, type ImageFormat, type OpenedSource, type PassphraseSource } from './open-source.js';
+import { openSource, type ImageFormat, type OpenedSource, type PassphraseSource, type PlainSource, type SourceFormat } from './open-source.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
 
 /**
@@ -61,8 +61,10 @@ export interface ConvertOptions {
   target: string;
   targetFormat: ImageFormat;
   /** Checked against the content (which always decides). */
-  sourceFormat?: ImageFormat | 'luks';
+  sourceFormat?: ImageFormat | 'luks' | 'plain';
   sourcePassphrase?: PassphraseSource;
+  /** A plain dm-crypt source (with `sourceFormat: 'plain'`): parameters and key. */
+  sourcePlain?: PlainSource;
   targetPassphrase?: PassphraseSource;
   luks?: LuksTargetOptions;
   /** Usable payload size of the target in bytes (default: the source's virtual size). */
@@ -94,7 +96,7 @@ export interface ConvertOptions {
 }
 
 export interface ConvertReport {
-  source: { path: string; format: ImageFormat; size: number; keyslot?: number };
+  source: { path: string; format: SourceFormat; size: number; keyslot?: number };
   target: {
     path: string;
     format: ImageFormat;
@@ -196,7 +198,7 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
   let src: OpenedSource | undefined;
   let target: PreparedTarget | undefined;
   try {
-    src = await openSource(options.source, { pool, expected: options.sourceFormat, passphrase: options.sourcePassphrase });
+    src = await openSource(options.source, { pool, expected: options.sourceFormat, passphrase: options.sourcePassphrase, ...(options.sourcePlain ? { plain: options.sourcePlain } : {}) });
     const requested = options.size ?? src.size;
     if (requested < src.size && !options.allowTruncate) {
       throw new InsufficientSpaceError(

@@ -1,27 +1,38 @@
 /**
- * Opens any supported image as a plaintext pipeline source: raw, qcow2, or a LUKS1/LUKS2
- * volume (unlocked; the pipeline decrypts on the worker pool). The format is found by
- * content (`detectFormat`), never by the file name.
+ * Opens any supported image as a plaintext pipeline source: raw, qcow2, a LUKS1/LUKS2
+ * volume (unlocked; the pipeline decrypts on the worker pool), or a plain dm-crypt volume
+ * described by its parameters. The format is found by content (`detectFormat`), never by the
+ * file name; plain volumes have no header, so only the caller can say a source is one.
  */
 import type { BlockDevice } from '../block-device.js';
 import { InvalidArgumentError, UnknownFormatError } from '../errors.js';
-import type { Passphrase } from '../secret.js';
+import type { Passphrase, VolumeKey } from '../secret.js';
 import { FileDevice } from '../devices/file-device.js';
 import { detectFormat } from '../images/detect.js';
 import { openImage } from '../images/open-image.js';
 import { LuksVolume } from '../luks/volume.js';
+import { plainGeometry, type PlainParams } from '../plain/plain-volume.js';
 import type { PipelineSource } from './pipeline.js';
 import type { CryptoPool } from './worker-pool.js';
 
 export type ImageFormat = 'raw' | 'qcow2' | 'luks1' | 'luks2';
 export const IMAGE_FORMATS: readonly ImageFormat[] = ['raw', 'qcow2', 'luks1', 'luks2'];
 
+/** Formats a source can have: the image formats, and plain dm-crypt (no header, so never detected). */
+export type SourceFormat = ImageFormat | 'plain';
+
 /** Supplies a passphrase only when a LUKS volume needs one. */
 export type PassphraseSource = () => Promise<Passphrase>;
 
+/** A plain dm-crypt source: its parameters and where its volume key comes from (asked once). */
+export interface PlainSource {
+  params: PlainParams;
+  key: () => Promise<VolumeKey>;
+}
+
 export interface OpenedSource {
   path: string;
-  format: ImageFormat;
+  format: SourceFormat;
   /** Plaintext (virtual) size. */
   size: number;
   source: PipelineSource;
@@ -40,15 +51,21 @@ export function normaliseFormat(detected: string): ImageFormat {
 
 /**
  * Opens `path` read-only. `expected` (from --src-format) must agree with the content; the
- * generic 'luks' accepts either version.
+ * generic 'luks' accepts either version. 'plain' needs `plain` (parameters and key).
  */
 export async function openSource(
   path: string,
-  options: { pool: CryptoPool; expected?: ImageFormat | 'luks'; passphrase?: PassphraseSource },
+  options: { pool: CryptoPool; expected?: ImageFormat | 'luks' | 'plain'; passphrase?: PassphraseSource; plain?: PlainSource },
 ): Promise<OpenedSource> {
   const file = await FileDevice.open(path, { readOnly: true });
   let closeAll: () => Promise<void> = () => file.close();
   try {
+    if (options.expected === 'plain' || options.plain) {
+      if (!options.plain) throw new InvalidArgumentError(`${path}: a plain source needs its parameters and key.`);
+      const opened = await openPlainSource(path, file, options.pool, options.plain);
+      closeAll = opened.close;
+      return opened;
+    }
     const format = normaliseFormat(await detectFormat(file));
     const expected = options.expected;
     if (expected && expected !== format && !(expected === 'luks' && format.startsWith('luks'))) {
@@ -104,4 +121,36 @@ export async function openSource(
     await closeAll().catch(() => {});
     throw err;
   }
+}
+
+/**
+ * A plain dm-crypt source on `file`. A file whose first bytes are a LUKS or qcow2 header is
+ * refused when the ciphertext would start there: that is not a plain volume, and reading it
+ * as one would convert noise (cryptsetup warns about such signatures before opening).
+ */
+async function openPlainSource(path: string, file: FileDevice, pool: CryptoPool, plain: PlainSource): Promise<OpenedSource> {
+  const geometry = plainGeometry(plain.params, file.size);
+  if (geometry.dataOffset === 0) {
+    const detected = await detectFormat(file);
+    if (detected !== 'raw') throw new InvalidArgumentError(`${path} holds ${detected} data, not a plain dm-crypt volume.`);
+  }
+  const key = await plain.key();
+  let cipher: number;
+  try {
+    cipher = pool.addCipher({ encryption: geometry.encryption, keyBytes: geometry.keyBytes, sectorSize: geometry.sectorSize }, key.expose());
+  } finally {
+    key.wipe();
+  }
+  const size = Math.floor(geometry.payloadSize / geometry.sectorSize) * geometry.sectorSize;
+  return {
+    path,
+    format: 'plain',
+    size,
+    source: { device: file, base: geometry.dataOffset, size, decrypt: { cipher, ivTweak: geometry.ivTweak } },
+    kdfSeconds: 0,
+    close: async () => {
+      pool.dropCipher(cipher);
+      await file.close();
+    },
+  };
 }

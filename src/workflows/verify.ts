@@ -9,7 +9,7 @@
  */
 import { IntegrityError } from '../errors.js';
 import { compareData } from './pipeline.js';
-import { openSource, type ImageFormat, type OpenedSource, type PassphraseSource } from './open-source.js';
+import { openSource, type ImageFormat, type OpenedSource, type PassphraseSource, type PlainSource, type SourceFormat } from './open-source.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
 
 export interface VerifyOptions {
@@ -17,6 +17,12 @@ export interface VerifyOptions {
   b: string;
   aPassphrase?: PassphraseSource;
   bPassphrase?: PassphraseSource;
+  /** Either side may be a plain dm-crypt volume: its parameters and key. */
+  aPlain?: PlainSource;
+  bPlain?: PlainSource;
+  /** Expected formats, checked against the content. */
+  aFormat?: ImageFormat | 'luks';
+  bFormat?: ImageFormat | 'luks';
   signal?: AbortSignal;
   onProgress?: (progress: { bytes: number; total: number }) => void;
   workers?: number;
@@ -25,8 +31,8 @@ export interface VerifyOptions {
 
 export interface VerifyReport {
   equal: true;
-  a: { path: string; format: ImageFormat; size: number };
-  b: { path: string; format: ImageFormat; size: number };
+  a: { path: string; format: SourceFormat; size: number };
+  b: { path: string; format: SourceFormat; size: number };
   /** Bytes compared (the larger size). */
   bytes: number;
   seconds: number;
@@ -39,8 +45,8 @@ export async function verify(options: VerifyOptions): Promise<VerifyReport> {
   let a: OpenedSource | undefined;
   let b: OpenedSource | undefined;
   try {
-    a = await openSource(options.a, { pool, passphrase: options.aPassphrase });
-    b = await openSource(options.b, { pool, passphrase: options.bPassphrase });
+    a = await openSource(options.a, { pool, passphrase: options.aPassphrase, ...(options.aFormat ? { expected: options.aFormat } : {}), ...(options.aPlain ? { plain: options.aPlain } : {}) });
+    b = await openSource(options.b, { pool, passphrase: options.bPassphrase, ...(options.bFormat ? { expected: options.bFormat } : {}), ...(options.bPlain ? { plain: options.bPlain } : {}) });
     const length = Math.max(a.size, b.size);
     const diff = await compareData(a.source, b.source, length, {
       pool,

@@ -12,7 +12,8 @@ import { addKeyManagerOptions, KEY_MANAGER_HELP, newVolumeKeyFromKeyManager, pas
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
 import { CACHE_MODES, convert, type CacheMode, type ConvertReport, type LuksTargetOptions } from '../../workflows/convert.js';
 import { verify } from '../../workflows/verify.js';
-import { IMAGE_FORMATS, type ImageFormat, type PassphraseSource } from '../../workflows/open-source.js';
+import { IMAGE_FORMATS, type ImageFormat, type PassphraseSource, type PlainSource } from '../../workflows/open-source.js';
+import { addKeyfileRangeOptions, addPlainOptions, PLAIN_HELP, plainSourceFrom, type PlainPrefix } from '../plain-options.js';
 
 interface KeyOptions extends KeyManagerCliOptions {
   srcKeyFile?: string;
@@ -45,6 +46,26 @@ function passphraseSource(opts: KeyOptions, role: 'source' | 'target', created?:
     };
   }
   return undefined;
+}
+
+const PLAIN_OPTION_NAMES = ['cipher', 'keySize', 'hash', 'offset', 'skip', 'size', 'sectorSize', 'keyfileOffset', 'keyfileSize'];
+
+/** The plain source of one side when its format is 'plain'; plain options without it are refused. */
+function plainSide(opts: Record<string, unknown>, prefix: 'src-' | 'dst-', format: string | undefined, keys: KeyOptions, path: string): PlainSource | undefined {
+  const side = prefix === 'src-' ? 'src' : 'dst';
+  const given = PLAIN_OPTION_NAMES.map((n) => `${side}${n[0]!.toUpperCase()}${n.slice(1)}`).filter((k) => opts[k] !== undefined);
+  if (format !== 'plain') {
+    if (given.length > 0) throw new InvalidArgumentError(`--${prefix}cipher, --${prefix}offset etc. describe a plain volume: they need --${prefix}format plain.`);
+    return undefined;
+  }
+  const keyFile = prefix === 'src-' ? keys.srcKeyFile : keys.dstKeyFile;
+  const keyId = prefix === 'src-' ? keys.srcKeyId : keys.dstKeyId;
+  if (keyFile !== undefined && keyId !== undefined) throw new InvalidArgumentError(`Give one of --${side}-key-file or --${side}-key-id.`);
+  return plainSourceFrom(opts, prefix as PlainPrefix, {
+    ...(keyFile !== undefined ? { keyFile } : {}),
+    ...(keyId !== undefined ? { managed: () => passphraseFromKeyManager(keys, keyId) } : {}),
+    prompt: `Enter passphrase for ${path}: `,
+  });
 }
 
 function checkKeyFiles(opts: KeyOptions): void {
@@ -141,7 +162,7 @@ export function register(program: Command): void {
     .argument('<src>', 'source image')
     .argument('<dst>', 'target image (created, or an existing file/device with --target-exists)')
     .requiredOption('--dst-format <format>', `target format: ${IMAGE_FORMATS.join(', ')}`)
-    .option('--src-format <format>', 'expected source format (checked against the content): raw, qcow2, luks, luks1, luks2')
+    .option('--src-format <format>', 'expected source format (checked against the content): raw, qcow2, luks, luks1, luks2; or plain (dm-crypt without a header: see --src-cipher)')
     .option('--src-key-file <file>', "source LUKS passphrase file ('-' = stdin)")
     .option('--dst-key-file <file>', "target LUKS passphrase file ('-' = stdin)")
     .option('--src-key-id <id>', 'managed key whose LUKS passphrase opens the source (see --key-manager)')
@@ -170,6 +191,8 @@ export function register(program: Command): void {
     .option('--no-sync', 'the same as --cache unsafe')
     .option('--workers <n>', 'crypto worker threads (default: one per core)')
     .option('--json', 'JSON progress lines and a JSON summary on stdout');
+  addPlainOptions(convertCommand, 'src-', 'plain source');
+  addKeyfileRangeOptions(convertCommand, 'src-');
   addKeyManagerOptions(convertCommand, { help: false });
   convertCommand
     .addHelpText('after', `
@@ -177,6 +200,9 @@ Examples:
   brickcrypt convert disk.qcow2 vol.luks --dst-format luks2 --dst-key-file pass.txt
   brickcrypt convert disk.raw vol.luks --dst-format luks1 --create-key --roles creator
   brickcrypt convert vol.luks disk.qcow2 --dst-format qcow2 --src-key-id ID --compress
+  brickcrypt convert old.plain vol.luks --src-format plain --src-cipher aes-xts-plain64 --src-key-size 512 \\
+      --src-key-id ID --dst-format luks2 --dst-key-id ID      (an os-brick "plain" volume to LUKS2)
+${PLAIN_HELP}
 Managed keys: a symmetric key's LUKS passphrase is the lowercase hex of its bytes (os-brick).
 With --create-key a caller holding only the "creator" role makes a volume it can never open again.
 ${KEY_MANAGER_HELP}`)
@@ -186,7 +212,8 @@ ${KEY_MANAGER_HELP}`)
       const created: CreatedKey = {};
       const targetFormat = parseChoice(String(opts.dstFormat), 'dst-format', IMAGE_FORMATS);
       const sourceFormat =
-        opts.srcFormat === undefined ? undefined : parseChoice(String(opts.srcFormat), 'src-format', [...IMAGE_FORMATS, 'luks'] as const);
+        opts.srcFormat === undefined ? undefined : parseChoice(String(opts.srcFormat), 'src-format', [...IMAGE_FORMATS, 'luks', 'plain'] as const);
+      const sourcePlain = plainSide(opts, 'src-', sourceFormat, keys, src);
       const luks: LuksTargetOptions = {};
       if (opts.cipher !== undefined) luks.cipher = String(opts.cipher);
       if (opts.keySize !== undefined) luks.keySizeBits = parseInteger(String(opts.keySize), 'key-size', 128, 4096);
@@ -213,7 +240,8 @@ ${KEY_MANAGER_HELP}`)
           target: dst,
           targetFormat: targetFormat as ImageFormat,
           sourceFormat,
-          sourcePassphrase: passphraseSource(keys, 'source'),
+          sourcePassphrase: sourcePlain ? undefined : passphraseSource(keys, 'source'),
+          ...(sourcePlain ? { sourcePlain } : {}),
           targetPassphrase: passphraseSource(keys, 'target', created),
           luks,
           size: opts.size === undefined ? undefined : parseSize(String(opts.size), 'size'),
@@ -249,26 +277,46 @@ ${KEY_MANAGER_HELP}`)
     .description("Compare two images' plaintext (any of raw, qcow2, LUKS1, LUKS2); exit 7 at the first difference.")
     .argument('<src>', 'first image')
     .argument('<dst>', 'second image')
+    .option('--src-format <format>', "first image's expected format; plain for a plain dm-crypt volume (see --src-cipher)")
+    .option('--dst-format <format>', "second image's expected format; plain for a plain dm-crypt volume (see --dst-cipher)")
     .option('--src-key-file <file>', "first image's LUKS passphrase file ('-' = stdin)")
     .option('--dst-key-file <file>', "second image's LUKS passphrase file ('-' = stdin)")
     .option('--src-key-id <id>', "managed key whose LUKS passphrase opens the first image")
     .option('--dst-key-id <id>', "managed key whose LUKS passphrase opens the second image")
     .option('--workers <n>', 'crypto worker threads (default: one per core)')
     .option('--json', 'JSON progress lines and a JSON summary on stdout');
+  addPlainOptions(verifyCommand, 'src-', 'plain first image');
+  addKeyfileRangeOptions(verifyCommand, 'src-');
+  addPlainOptions(verifyCommand, 'dst-', 'plain second image');
+  addKeyfileRangeOptions(verifyCommand, 'dst-');
   addKeyManagerOptions(verifyCommand, { help: false });
   verifyCommand
-    .addHelpText('after', KEY_MANAGER_HELP)
+    .addHelpText('after', `
+Examples:
+  brickcrypt verify disk.qcow2 vol.luks --dst-key-file pass.txt
+  brickcrypt verify old.plain vol.luks --src-format plain --src-key-size 512 --src-key-file key.bin --dst-key-file pass.txt
+${PLAIN_HELP}
+${KEY_MANAGER_HELP}`)
     .action(async (a: string, b: string, opts: Record<string, string | boolean | undefined>) => {
       const keys = opts as KeyOptions;
       checkKeyFiles(keys);
+      const formats = [...IMAGE_FORMATS, 'luks', 'plain'] as const;
+      const aFormat = opts.srcFormat === undefined ? undefined : parseChoice(String(opts.srcFormat), 'src-format', formats);
+      const bFormat = opts.dstFormat === undefined ? undefined : parseChoice(String(opts.dstFormat), 'dst-format', formats);
+      const aPlain = plainSide(opts, 'src-', aFormat, keys, a);
+      const bPlain = plainSide(opts, 'dst-', bFormat, keys, b);
       const json = opts.json === true;
       const progress = progressReporter(json, 'verify');
       const report = await withCancellation((signal) =>
         verify({
           a,
           b,
-          aPassphrase: passphraseSource(keys, 'source'),
-          bPassphrase: passphraseSource(keys, 'target'),
+          aPassphrase: aPlain ? undefined : passphraseSource(keys, 'source'),
+          bPassphrase: bPlain ? undefined : passphraseSource(keys, 'target'),
+          ...(aPlain ? { aPlain } : {}),
+          ...(bPlain ? { bPlain } : {}),
+          ...(aFormat !== undefined && aFormat !== 'plain' ? { aFormat } : {}),
+          ...(bFormat !== undefined && bFormat !== 'plain' ? { bFormat } : {}),
           workers: opts.workers === undefined ? undefined : parseInteger(String(opts.workers), 'workers', 0, 64),
           signal,
           onProgress: (p) => progress.update(p),
