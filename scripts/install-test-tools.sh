@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that brickcrypt's interop tests and benchmarks talk to.
 # Idempotent: only missing packages are installed. Needs root (or sudo) and Debian's apt.
+# With package names as arguments, installs only those (e.g. `install-test-tools.sh cryptsetup-bin`).
 set -euo pipefail
 
 packages=(
@@ -14,6 +15,7 @@ packages=(
   softhsm2         # PKCS#11 token for the keystore's KEK
   python3-barbican # OpenStack Barbican key server
   python3-pykmip   # KMIP key server
+  python3-cryptography # independent AES-XTS/CBC encryptor for the plain dm-crypt tests
   openssl
   xz-utils
   e2fsprogs
@@ -24,6 +26,8 @@ packages=(
   make
   python3
 )
+
+if [ $# -gt 0 ]; then packages=("$@"); fi
 
 missing=()
 for p in "${packages[@]}"; do

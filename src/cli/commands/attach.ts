@@ -24,12 +24,20 @@ import { CryptoPool, serverWorkerCount } from '../../workflows/worker-pool.js';
 import { NbdServer, type ListenTarget } from '../../nbd/server.js';
 import { nbdUri } from '../../nbd/uri.js';
 import type { Passphrase } from '../../secret.js';
-import { readKeyFile } from '../key-input.js';
+import type { PassphraseInput } from '../passphrase-prompt.js';
+import { passphraseInput, readPlainVolumeKey } from '../key-input.js';
+import { withPassphraseTries, DEFAULT_TRIES } from '../passphrase-prompt.js';
+import { addPlainOptions, PLAIN_HELP, plainParamsFrom } from '../plain-options.js';
+import { describePlain, openPlainVolume } from '../../plain/plain-volume.js';
 import { addKeyManagerOptions, KEY_MANAGER_HELP, passphraseFromKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { parseChoice, parseInteger } from '../parse.js';
 
 interface AttachOptions extends KeyManagerCliOptions {
+  type?: string;
   keyFile?: string;
+  keyfileOffset?: string;
+  keyfileSize?: string;
+  tries?: string;
   keyId?: string;
   header?: string;
   socket?: string;
@@ -57,16 +65,37 @@ function parseListen(text: string): { host: string; port: number } {
   return { host: m[1] ?? m[2]!, port: parseInteger(m[3]!, 'listen', 0, 65535) };
 }
 
-async function passphraseFor(o: AttachOptions, what: string): Promise<Passphrase> {
-  if (o.keyFile !== undefined) return readKeyFile({ keyFile: o.keyFile });
-  if (o.keyId !== undefined) return passphraseFromKeyManager(o, o.keyId);
-  throw new InvalidArgumentError(`${what}: give --key-file F or --key-id ID (with --key-manager URI).`);
+function keyfileRange(o: AttachOptions): { offset?: number; size?: number } {
+  return {
+    ...(o.keyfileOffset !== undefined ? { offset: parseInteger(o.keyfileOffset, 'keyfile-offset') } : {}),
+    ...(o.keyfileSize !== undefined ? { size: parseInteger(o.keyfileSize, 'keyfile-size', 1) } : {}),
+  };
+}
+
+/** The volume's passphrase: --key-id, --key-file, or a prompt on a terminal. */
+function passphraseSourceFor(o: AttachOptions, what: string, volume: string): PassphraseInput {
+  const keyId = o.keyId;
+  if (keyId !== undefined) return { interactive: false, read: () => passphraseFromKeyManager(o, keyId) };
+  return passphraseInput({
+    ...(o.keyFile !== undefined ? { keyFile: o.keyFile } : {}),
+    ...keyfileRange(o),
+    prompt: `Enter passphrase for ${volume}: `,
+    what: `${what}: --key-file F or --key-id ID (with --key-manager URI)`,
+  });
+}
+
+async function passphraseFor(o: AttachOptions, what: string, volume: string): Promise<Passphrase> {
+  return passphraseSourceFor(o, what, volume).read();
+}
+
+function triesOf(o: AttachOptions): number {
+  return o.tries === undefined ? DEFAULT_TRIES : parseInteger(o.tries, 'tries', 1, 1000);
 }
 
 /** `--print qemu|libvirt`: configuration for QEMU's own LUKS driver (docs/native-qemu.md); nothing is served. */
 async function printNative(volume: string, o: AttachOptions): Promise<void> {
   const { renderNativeConfig } = await import('../../attach/native-config.js');
-  const passphrase = await passphraseFor(o, `${volume} is a LUKS volume`);
+  const passphrase = await passphraseFor(o, `${volume} is a LUKS volume`, volume);
   try {
     const cfg = await renderNativeConfig({
       volumePath: volume,
@@ -92,7 +121,58 @@ interface Opened {
   close(): Promise<void>;
 }
 
+const PLAIN_OPTION_KEYS = ['cipher', 'keySize', 'hash', 'offset', 'skip', 'size', 'sectorSize'] as const;
+
+/** `--type plain`: the volume has no header; its parameters and key come from the options. */
+async function openPlainVolumeFor(path: string, o: AttachOptions): Promise<Opened> {
+  const params = plainParamsFrom(o as unknown as Record<string, unknown>, '');
+  const wantReadOnly = o.readOnly === true;
+  const range = keyfileRange(o);
+  const keyId = o.keyId;
+  const key = await readPlainVolumeKey(params, {
+    ...(o.keyFile !== undefined ? { keyFile: o.keyFile } : {}),
+    ...(keyId !== undefined ? { managed: () => passphraseFromKeyManager(o, keyId) } : {}),
+    ...(range.offset !== undefined ? { keyfileOffset: range.offset } : {}),
+    ...(range.size !== undefined ? { keyfileSize: range.size } : {}),
+    prompt: `Enter passphrase for ${path}: `,
+  });
+  let file: FileDevice | undefined;
+  let pool: CryptoPool | undefined;
+  try {
+    file = await FileDevice.open(path, { readOnly: wantReadOnly });
+    if (params.offset === 0) {
+      const detected = await detectFormat(file);
+      if (detected !== 'raw') throw new InvalidArgumentError(`${path} holds ${detected} data, not a plain dm-crypt volume.`);
+    }
+    pool = CryptoPool.create(serverWorkerCount());
+    const cryptoOffload = pool.sectorCrypto({ encryption: params.encryption, keyBytes: params.keyBytes, sectorSize: params.sectorSize }, key.expose());
+    const device = openPlainVolume(file, params, key, { readOnly: wantReadOnly, allowDiscards: o.allowDiscards === true, cryptoOffload });
+    process.stderr.write(`brickcrypt attach: plain volume ${path}: ${describePlain(params)}\n`);
+    const workers = pool;
+    const data = file;
+    return {
+      device,
+      format: 'plain',
+      readOnly: wantReadOnly,
+      close: async () => {
+        await device.close(); // wipes the key, also in the workers
+        await workers.close();
+        await data.close();
+      },
+    };
+  } catch (err) {
+    key.wipe();
+    await pool?.close();
+    await file?.close();
+    throw err;
+  }
+}
+
 async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
+  const type = o.type === undefined ? undefined : parseChoice(o.type, 'type', ['plain', 'luks', 'luks1', 'luks2', 'raw', 'qcow2'] as const);
+  if (type === 'plain') return openPlainVolumeFor(path, o);
+  const stray = PLAIN_OPTION_KEYS.filter((k) => (o as unknown as Record<string, unknown>)[k] !== undefined);
+  if (stray.length > 0) throw new InvalidArgumentError('--cipher, --key-size, --hash, --offset, --skip, --size and --sector-size describe a plain volume: they need --type plain.');
   const probe = await FileDevice.open(path, { readOnly: true });
   let format: string;
   try {
@@ -100,24 +180,31 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
   } finally {
     await probe.close();
   }
+  if (type !== undefined && type !== format && !(type === 'luks' && format.startsWith('luks'))) {
+    throw new InvalidArgumentError(`${path} holds ${format} data, not ${type}.`);
+  }
   const wantReadOnly = o.readOnly === true;
   if (format === 'qcow2') {
     const img = await openImage(path, { readOnly: true });
     return { device: img.device, format, readOnly: true, close: () => img.close() };
   }
   if (format === 'raw') {
-    if (o.keyFile || o.keyId) throw new InvalidArgumentError(`${path} is not a LUKS volume; a key is not needed.`);
+    if (o.keyFile || o.keyId) throw new InvalidArgumentError(`${path} is not a LUKS volume; a key is not needed (a plain dm-crypt volume needs --type plain).`);
     const dev = await FileDevice.open(path, { readOnly: wantReadOnly });
     return { device: dev, format, readOnly: wantReadOnly, close: () => dev.close() };
   }
   // LUKS1 / LUKS2.
-  const passphrase = await passphraseFor(o, `${path} is ${format}`);
+  const input = passphraseSourceFor(o, `${path} is ${format}`, path);
   const file = await FileDevice.open(path, { readOnly: wantReadOnly });
   let header: FileDevice | undefined;
   let pool: CryptoPool | undefined;
   try {
     if (o.header) header = await FileDevice.open(o.header, { readOnly: wantReadOnly });
-    const { volume, key } = await unlockLuks(file, passphrase, { readOnly: wantReadOnly, forWrite: !wantReadOnly, ...(header ? { headerDevice: header } : {}) });
+    const { volume, key } = await withPassphraseTries(
+      input,
+      (passphrase) => unlockLuks(file, passphrase, { readOnly: wantReadOnly, forWrite: !wantReadOnly, ...(header ? { headerDevice: header } : {}) }),
+      { tries: triesOf(o) },
+    );
     // Large reads and writes are decrypted/encrypted by worker threads, in place in shared
     // memory, so the cipher work runs beside the main thread's protocol and socket work.
     pool = CryptoPool.create(serverWorkerCount());
@@ -147,8 +234,6 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
     await file.close();
     await header?.close();
     throw err;
-  } finally {
-    passphrase.wipe();
   }
 }
 
@@ -259,10 +344,15 @@ export function register(program: Command): void {
     .description('serve a volume over NBD (LUKS unlocked, raw as is, qcow2 read-only); prints the NBD URI')
     .argument('<volume>', 'volume file or block device');
   addKeyManagerOptions(attach, { help: false });
+  addPlainOptions(attach, '');
   attach
     .option('--key-file <file>', 'LUKS passphrase file (every byte counts)')
     .option('--key-id <id>', 'managed key whose LUKS passphrase opens the volume (key manager: --key-manager)')
+    .option('--tries <n>', 'how often a passphrase typed at the terminal may be retried (default 3)')
+    .option('--type <type>', 'plain for a plain dm-crypt volume (no header); luks, luks1, luks2, raw, qcow2 are checked against the content')
     .option('--header <file>', 'detached LUKS header')
+    .option('--keyfile-offset <bytes>', 'skip this many bytes of the key file')
+    .option('--keyfile-size <bytes>', 'read this many bytes of the key file')
     .option('--socket <path>', 'listen on a Unix socket')
     .option('--listen <host:port>', 'listen on TCP (127.0.0.1 or [::1] unless --listen-any)')
     .option('--read-only', 'serve read-only (no lock is taken)')
@@ -277,7 +367,15 @@ export function register(program: Command): void {
     .option('--print <what>', 'instead of serving, print configuration for QEMU\'s own LUKS driver: qemu or libvirt (docs/native-qemu.md)')
     .option('--qemu-syntax <form>', 'with --print qemu: blockdev, blockdev-json or drive')
     .option('--secret-file <path>', 'with --print: where to write the passphrase file (0600)')
-    .addHelpText('after', KEY_MANAGER_HELP)
+    .addHelpText('after', `
+Examples:
+  brickcrypt attach vol.luks --key-file pass --socket /run/vol.sock --daemon --pid-file /run/vol.pid
+  brickcrypt attach vol.luks --socket /run/vol.sock            (asks for the passphrase on a terminal)
+  brickcrypt attach old.plain --type plain --cipher aes-xts-plain64 --key-size 512 --key-id ID --socket /run/p.sock
+Without --key-file or --key-id and with a terminal on standard input, the passphrase is asked
+for (no echo), up to --tries times.
+${PLAIN_HELP}
+${KEY_MANAGER_HELP}`)
     .action(async (volume: string, o: AttachOptions) => {
       if (o.print !== undefined) {
         parseChoice(o.print, 'print', ['qemu', 'libvirt'] as const);
