@@ -36,9 +36,11 @@ export function stdinIsTerminal(streams: TerminalStreams = defaultStreams()): bo
 
 /** Reads one line without echo. Ctrl-C is a `CancelledError`, end of input an `InvalidArgumentError`. */
 async function readHiddenLine(prompt: string, streams: TerminalStreams): Promise<string> {
-  streams.output.write(prompt);
   const silent = new Writable({ write: (_chunk, _enc, done) => done() });
+  // The terminal is in raw mode (no echo) from here on: only then is the prompt shown, so
+  // nothing typed after it can be echoed.
   const rl = createInterface({ input: streams.input, output: silent, terminal: true, historySize: 0 });
+  streams.output.write(prompt);
   try {
     return await new Promise<string>((resolve, reject) => {
       rl.once('line', resolve);

@@ -63,6 +63,9 @@ export interface ConvertOptions {
   /** Checked against the content (which always decides). */
   sourceFormat?: ImageFormat | 'luks' | 'plain';
   sourcePassphrase?: PassphraseSource;
+  /** Tries for a typed source passphrase (cryptsetup's --tries); default 1. */
+  sourcePassphraseTries?: number;
+  onWrongPassphrase?: () => void;
   /** A plain dm-crypt source (with `sourceFormat: 'plain'`): parameters and key. */
   sourcePlain?: PlainSource;
   targetPassphrase?: PassphraseSource;
@@ -198,7 +201,7 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
   let src: OpenedSource | undefined;
   let target: PreparedTarget | undefined;
   try {
-    src = await openSource(options.source, { pool, expected: options.sourceFormat, passphrase: options.sourcePassphrase, ...(options.sourcePlain ? { plain: options.sourcePlain } : {}) });
+    src = await openSource(options.source, { pool, expected: options.sourceFormat, passphrase: options.sourcePassphrase, ...(options.sourcePassphraseTries ? { passphraseTries: options.sourcePassphraseTries } : {}), ...(options.onWrongPassphrase ? { onWrongPassphrase: options.onWrongPassphrase } : {}), ...(options.sourcePlain ? { plain: options.sourcePlain } : {}) });
     const requested = options.size ?? src.size;
     if (requested < src.size && !options.allowTruncate) {
       throw new InsufficientSpaceError(

@@ -5,7 +5,7 @@
  * file name; plain volumes have no header, so only the caller can say a source is one.
  */
 import type { BlockDevice } from '../block-device.js';
-import { InvalidArgumentError, UnknownFormatError } from '../errors.js';
+import { InvalidArgumentError, UnknownFormatError, WrongPassphraseError } from '../errors.js';
 import type { Passphrase, VolumeKey } from '../secret.js';
 import { FileDevice } from '../devices/file-device.js';
 import { detectFormat } from '../images/detect.js';
@@ -55,7 +55,16 @@ export function normaliseFormat(detected: string): ImageFormat {
  */
 export async function openSource(
   path: string,
-  options: { pool: CryptoPool; expected?: ImageFormat | 'luks' | 'plain'; passphrase?: PassphraseSource; plain?: PlainSource },
+  options: {
+    pool: CryptoPool;
+    expected?: ImageFormat | 'luks' | 'plain';
+    passphrase?: PassphraseSource;
+    /** Ask `passphrase` again after a wrong one, up to this many tries in all (a typed passphrase; default 1). */
+    passphraseTries?: number;
+    /** Told of each wrong passphrase that is asked again. */
+    onWrongPassphrase?: () => void;
+    plain?: PlainSource;
+  },
 ): Promise<OpenedSource> {
   const file = await FileDevice.open(path, { readOnly: true });
   let closeAll: () => Promise<void> = () => file.close();
@@ -84,15 +93,23 @@ export async function openSource(
     }
     const volume = await LuksVolume.open(file, { readOnly: true });
     if (!options.passphrase) throw new InvalidArgumentError(`${path} is a LUKS volume: a source passphrase is needed.`);
-    const passphrase = await options.passphrase();
-    const t0 = performance.now();
+    const tries = Math.max(1, options.passphraseTries ?? 1);
     let unlocked;
-    try {
-      unlocked = await volume.unlock(passphrase);
-    } finally {
-      passphrase.wipe();
+    let kdfSeconds = 0;
+    for (let attempt = 1; ; attempt++) {
+      const passphrase = await options.passphrase();
+      const t0 = performance.now();
+      try {
+        unlocked = await volume.unlock(passphrase);
+        kdfSeconds += (performance.now() - t0) / 1000;
+        break;
+      } catch (err) {
+        if (!(err instanceof WrongPassphraseError) || attempt >= tries) throw err;
+        options.onWrongPassphrase?.();
+      } finally {
+        passphrase.wipe();
+      }
     }
-    const kdfSeconds = (performance.now() - t0) / 1000;
     let cipher: number;
     try {
       cipher = options.pool.addCipher(

@@ -20,6 +20,10 @@ export interface VerifyOptions {
   /** Either side may be a plain dm-crypt volume: its parameters and key. */
   aPlain?: PlainSource;
   bPlain?: PlainSource;
+  /** Tries for typed passphrases (cryptsetup's --tries); default 1. */
+  aPassphraseTries?: number;
+  bPassphraseTries?: number;
+  onWrongPassphrase?: () => void;
   /** Expected formats, checked against the content. */
   aFormat?: ImageFormat | 'luks';
   bFormat?: ImageFormat | 'luks';
@@ -45,8 +49,8 @@ export async function verify(options: VerifyOptions): Promise<VerifyReport> {
   let a: OpenedSource | undefined;
   let b: OpenedSource | undefined;
   try {
-    a = await openSource(options.a, { pool, passphrase: options.aPassphrase, ...(options.aFormat ? { expected: options.aFormat } : {}), ...(options.aPlain ? { plain: options.aPlain } : {}) });
-    b = await openSource(options.b, { pool, passphrase: options.bPassphrase, ...(options.bFormat ? { expected: options.bFormat } : {}), ...(options.bPlain ? { plain: options.bPlain } : {}) });
+    a = await openSource(options.a, { pool, passphrase: options.aPassphrase, ...(options.aPassphraseTries ? { passphraseTries: options.aPassphraseTries } : {}), ...(options.onWrongPassphrase ? { onWrongPassphrase: options.onWrongPassphrase } : {}), ...(options.aFormat ? { expected: options.aFormat } : {}), ...(options.aPlain ? { plain: options.aPlain } : {}) });
+    b = await openSource(options.b, { pool, passphrase: options.bPassphrase, ...(options.bPassphraseTries ? { passphraseTries: options.bPassphraseTries } : {}), ...(options.onWrongPassphrase ? { onWrongPassphrase: options.onWrongPassphrase } : {}), ...(options.bFormat ? { expected: options.bFormat } : {}), ...(options.bPlain ? { plain: options.bPlain } : {}) });
     const length = Math.max(a.size, b.size);
     const diff = await compareData(a.source, b.source, length, {
       pool,

@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { InvalidArgumentError } from '../../errors.js';
 import { readKeyFile } from '../key-input.js';
+import { DEFAULT_TRIES, promptPassphrase, stdinIsTerminal } from '../passphrase-prompt.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
 import { addKeyManagerOptions, KEY_MANAGER_HELP, newVolumeKeyFromKeyManager, passphraseFromKeyManager, withKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
@@ -28,7 +29,18 @@ interface CreatedKey {
   id?: string;
 }
 
-function passphraseSource(opts: KeyOptions, role: 'source' | 'target', created?: CreatedKey): PassphraseSource | undefined {
+/** True when the side's passphrase will be typed at the terminal (no key option given, stdin is one). */
+function typed(opts: KeyOptions, role: 'source' | 'target'): boolean {
+  const file = role === 'source' ? opts.srcKeyFile : opts.dstKeyFile;
+  const id = role === 'source' ? opts.srcKeyId : opts.dstKeyId;
+  return file === undefined && id === undefined && !(role === 'target' && opts.createKey === true) && stdinIsTerminal();
+}
+
+/**
+ * Where a side's LUKS passphrase comes from: its key file, its managed key, --create-key, or,
+ * with none and a terminal on stdin, a prompt (`fresh`: a new passphrase, asked twice).
+ */
+function passphraseSource(opts: KeyOptions, role: 'source' | 'target', created?: CreatedKey, path = '', fresh = false): PassphraseSource | undefined {
   const file = role === 'source' ? opts.srcKeyFile : opts.dstKeyFile;
   const id = role === 'source' ? opts.srcKeyId : opts.dstKeyId;
   const create = role === 'target' && opts.createKey === true;
@@ -45,7 +57,12 @@ function passphraseSource(opts: KeyOptions, role: 'source' | 'target', created?:
       return made.passphrase;
     };
   }
+  if (typed(opts, role)) return () => promptPassphrase(`Enter passphrase for ${path}: `, { verify: fresh });
   return undefined;
+}
+
+function triesOf(opts: Record<string, unknown>): number {
+  return opts.tries === undefined ? DEFAULT_TRIES : parseInteger(String(opts.tries), 'tries', 1, 1000);
 }
 
 const PLAIN_OPTION_NAMES = ['cipher', 'keySize', 'hash', 'offset', 'skip', 'size', 'sectorSize', 'keyfileOffset', 'keyfileSize'];
@@ -73,6 +90,10 @@ function checkKeyFiles(opts: KeyOptions): void {
 }
 
 const MIB = 1024 * 1024;
+
+const onWrongPassphrase = (): void => {
+  process.stderr.write('No key available with this passphrase.\n');
+};
 
 /** Progress on a TTY bar, as JSON lines, or not at all. */
 function progressReporter(json: boolean, label: string) {
@@ -168,6 +189,7 @@ export function register(program: Command): void {
     .option('--src-key-id <id>', 'managed key whose LUKS passphrase opens the source (see --key-manager)')
     .option('--dst-key-id <id>', 'managed key whose LUKS passphrase the target gets')
     .option('--create-key', 'create a new key in the key manager for the LUKS target; its id is the only line on stdout')
+    .option('--tries <n>', 'how often a source passphrase typed at the terminal may be retried (default 3)')
     .option('--cipher <spec>', 'LUKS cipher, e.g. aes-xts-plain64')
     .option('--key-size <bits>', 'LUKS volume key size in bits')
     .option('--hash <name>', 'LUKS hash (PBKDF2 and header digest)')
@@ -205,6 +227,8 @@ Examples:
 ${PLAIN_HELP}
 Managed keys: a symmetric key's LUKS passphrase is the lowercase hex of its bytes (os-brick).
 With --create-key a caller holding only the "creator" role makes a volume it can never open again.
+Without a key option and with a terminal on standard input, LUKS passphrases are asked for (no echo;
+the target's twice); a wrong source passphrase is asked again up to --tries times.
 ${KEY_MANAGER_HELP}`)
     .action(async (src: string, dst: string, opts: Record<string, string | boolean | undefined>) => {
       const keys = opts as KeyOptions;
@@ -240,9 +264,10 @@ ${KEY_MANAGER_HELP}`)
           target: dst,
           targetFormat: targetFormat as ImageFormat,
           sourceFormat,
-          sourcePassphrase: sourcePlain ? undefined : passphraseSource(keys, 'source'),
+          sourcePassphrase: sourcePlain ? undefined : passphraseSource(keys, 'source', undefined, src),
+          ...(typed(keys, 'source') ? { sourcePassphraseTries: triesOf(opts), onWrongPassphrase } : {}),
           ...(sourcePlain ? { sourcePlain } : {}),
-          targetPassphrase: passphraseSource(keys, 'target', created),
+          targetPassphrase: passphraseSource(keys, 'target', created, dst, true),
           luks,
           size: opts.size === undefined ? undefined : parseSize(String(opts.size), 'size'),
           allowTruncate: opts.allowTruncate === true,
@@ -283,6 +308,7 @@ ${KEY_MANAGER_HELP}`)
     .option('--dst-key-file <file>', "second image's LUKS passphrase file ('-' = stdin)")
     .option('--src-key-id <id>', "managed key whose LUKS passphrase opens the first image")
     .option('--dst-key-id <id>', "managed key whose LUKS passphrase opens the second image")
+    .option('--tries <n>', 'how often a passphrase typed at the terminal may be retried (default 3)')
     .option('--workers <n>', 'crypto worker threads (default: one per core)')
     .option('--json', 'JSON progress lines and a JSON summary on stdout');
   addPlainOptions(verifyCommand, 'src-', 'plain first image');
@@ -311,8 +337,11 @@ ${KEY_MANAGER_HELP}`)
         verify({
           a,
           b,
-          aPassphrase: aPlain ? undefined : passphraseSource(keys, 'source'),
-          bPassphrase: bPlain ? undefined : passphraseSource(keys, 'target'),
+          aPassphrase: aPlain ? undefined : passphraseSource(keys, 'source', undefined, a),
+          bPassphrase: bPlain ? undefined : passphraseSource(keys, 'target', undefined, b),
+          ...(typed(keys, 'source') ? { aPassphraseTries: triesOf(opts) } : {}),
+          ...(typed(keys, 'target') ? { bPassphraseTries: triesOf(opts) } : {}),
+          onWrongPassphrase,
           ...(aPlain ? { aPlain } : {}),
           ...(bPlain ? { bPlain } : {}),
           ...(aFormat !== undefined && aFormat !== 'plain' ? { aFormat } : {}),

@@ -9,7 +9,8 @@ import { FileDevice } from '../../devices/file-device.js';
 import { AlreadyExistsError, DeviceIoError, InvalidArgumentError, NotFoundError } from '../../errors.js';
 import { LuksVolume, restoreLuksHeader, plannedDataOffset, plannedHeaderSize, type FormatOptions, type KdfOptions, type PbkdfType } from '../../luks/index.js';
 import { Passphrase, VolumeKey } from '../../secret.js';
-import { readKeyFile } from '../key-input.js';
+import { passphraseInput, readKeyFile } from '../key-input.js';
+import { DEFAULT_TRIES, withPassphraseTries, type PassphraseInput } from '../passphrase-prompt.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
 import { addKeyManagerOptions, newVolumeKeyFromKeyManager, passphraseFromKeyManager, withKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
@@ -24,6 +25,7 @@ interface KeyOpts extends KeyManagerCliOptions {
   newKeyFile?: string;
   newKeyfileOffset?: string;
   newKeyfileSize?: string;
+  tries?: string;
 }
 
 interface KdfCliOpts {
@@ -41,7 +43,10 @@ interface HeaderOpt {
 
 const KEYFILE_HELP = `
 Key files: every byte counts (a trailing newline is part of the passphrase, as in cryptsetup);
-"-" reads standard input to EOF; --keyfile-offset skips bytes, --keyfile-size reads exactly that many.`;
+"-" reads standard input to EOF; --keyfile-offset skips bytes, --keyfile-size reads exactly that many.
+Without --key-file/--key-id and with a terminal on standard input, the passphrase is asked for
+without echo (a new one twice); a wrong one is asked again up to --tries times (default 3).
+Without a terminal that is an error (exit 1): pipe a passphrase with --key-file -.`;
 
 const MANAGED_KEY_HELP = `
 Managed keys: --key-id ID (and --new-key-id) take the passphrase from a key manager instead of a
@@ -53,21 +58,53 @@ const EXIT_HELP = `
 Exit codes: 0 success, 1 bad arguments, 2 wrong passphrase, 4 not a (valid) LUKS device / unsupported,
 5 keyslot busy or target exists, 8 I/O error.`;
 
-async function passphraseFrom(file: string | undefined, offset: string | undefined, size: string | undefined, what: string): Promise<Passphrase> {
-  if (!file) throw new InvalidArgumentError(`${what} is required.`);
-  const o: { keyFile: string; offset?: number; size?: number } = { keyFile: file };
-  if (offset !== undefined) o.offset = parseInteger(offset, 'keyfile-offset');
-  if (size !== undefined) o.size = parseInteger(size, 'keyfile-size', 1);
-  return readKeyFile(o);
+function keyfileRange(offset: string | undefined, size: string | undefined): { offset?: number; size?: number } {
+  return {
+    ...(offset !== undefined ? { offset: parseInteger(offset, 'keyfile-offset') } : {}),
+    ...(size !== undefined ? { size: parseInteger(size, 'keyfile-size', 1) } : {}),
+  };
 }
 
-function oldKey(o: KeyOpts): Promise<Passphrase> {
-  if (o.keyId !== undefined) {
+function triesOf(o: KeyOpts): number {
+  return o.tries === undefined ? DEFAULT_TRIES : parseInteger(o.tries, 'tries', 1, 1000);
+}
+
+/** The existing passphrase: --key-id, --key-file, or typed at a terminal ("Enter passphrase for VOLUME: "). */
+function oldKeyInput(o: KeyOpts, volume: string): PassphraseInput {
+  const keyId = o.keyId;
+  if (keyId !== undefined) {
     if (o.keyFile !== undefined) throw new InvalidArgumentError('Give --key-file or --key-id, not both.');
-    return passphraseFromKeyManager(o, o.keyId);
+    return { interactive: false, read: () => passphraseFromKeyManager(o, keyId) };
   }
   if (o.keyFile === undefined && o.keyManager !== undefined) throw new InvalidArgumentError('--key-manager needs --key-id ID.');
-  return passphraseFrom(o.keyFile, o.keyfileOffset, o.keyfileSize, '--key-file (or --key-id)');
+  return passphraseInput({
+    ...(o.keyFile !== undefined ? { keyFile: o.keyFile } : {}),
+    ...keyfileRange(o.keyfileOffset, o.keyfileSize),
+    prompt: `Enter passphrase for ${volume}: `,
+    what: '--key-file (or --key-id)',
+  });
+}
+
+/**
+ * The existing passphrase. A typed one is first checked with `check` (an unlock), so a typo is
+ * asked again up to --tries times, as cryptsetup does, before anything else happens.
+ */
+async function oldKey(o: KeyOpts, volume: string, check?: (passphrase: Passphrase) => Promise<void>): Promise<Passphrase> {
+  const input = oldKeyInput(o, volume);
+  if (!input.interactive || !check) return input.read();
+  return withPassphraseTries(
+    input,
+    async (passphrase) => {
+      await check(passphrase);
+      return passphrase.clone() as Passphrase;
+    },
+    { tries: triesOf(o) },
+  );
+}
+
+/** A passphrase for a new keyslot or volume: --key-file style options, or typed twice at a terminal. */
+function newPassphraseInput(file: string | undefined, offset: string | undefined, size: string | undefined, prompt: string, what: string): Promise<Passphrase> {
+  return passphraseInput({ ...(file !== undefined ? { keyFile: file } : {}), ...keyfileRange(offset, size), prompt, what, verify: true }).read();
 }
 
 function newKey(o: KeyOpts): Promise<Passphrase> {
@@ -76,7 +113,16 @@ function newKey(o: KeyOpts): Promise<Passphrase> {
     return passphraseFromKeyManager(o, o.newKeyId);
   }
   if (o.keyFile === '-' && o.newKeyFile === '-') throw new InvalidArgumentError('Only one of --key-file and --new-key-file can be standard input.');
-  return passphraseFrom(o.newKeyFile, o.newKeyfileOffset, o.newKeyfileSize, '--new-key-file (or --new-key-id)');
+  return newPassphraseInput(o.newKeyFile, o.newKeyfileOffset, o.newKeyfileSize, 'Enter new passphrase for key slot: ', '--new-key-file (or --new-key-id)');
+}
+
+/** Checks a typed passphrase against the volume (any keyslot, or --key-slot). */
+function unlockCheck(volume: string, o: KeyOpts & HeaderOpt & { keySlot?: string }): (passphrase: Passphrase) => Promise<void> {
+  return (passphrase) =>
+    withVolume(volume, o, true, async (vol) => {
+      const r = await vol.unlock(passphrase, o.keySlot !== undefined ? { keyslot: slotArg(o.keySlot) } : {});
+      r.key.wipe();
+    }, true);
 }
 
 function kdfOptions(o: KdfCliOpts): KdfOptions {
@@ -105,7 +151,8 @@ function addKeyFileOptions(cmd: Command, withNew: boolean): Command {
     .option('--key-file <file>', 'file holding the passphrase ("-" for standard input)')
     .option('--keyfile-offset <bytes>', 'skip this many bytes of the key file')
     .option('--keyfile-size <bytes>', 'read exactly this many bytes of the key file')
-    .option('--key-id <id>', 'instead of --key-file: the managed key (see --key-manager) whose LUKS passphrase opens the volume');
+    .option('--key-id <id>', 'instead of --key-file: the managed key (see --key-manager) whose LUKS passphrase opens the volume')
+    .option('--tries <n>', 'how often a passphrase typed at the terminal may be retried (default 3)');
   if (withNew) {
     cmd
       .option('--new-key-file <file>', 'file holding the new passphrase ("-" for standard input)')
@@ -236,7 +283,13 @@ ${EXIT_HELP}`,
         createdKeyId = made.id;
         passphrase = made.passphrase;
       } else {
-        passphrase = await oldKey(o);
+        if (o.keyId !== undefined) {
+          if (o.keyFile !== undefined) throw new InvalidArgumentError('Give --key-file or --key-id, not both.');
+          passphrase = await passphraseFromKeyManager(o, o.keyId);
+        } else {
+          if (o.keyManager !== undefined) throw new InvalidArgumentError('--key-manager needs --key-id ID.');
+          passphrase = await newPassphraseInput(o.keyFile, o.keyfileOffset, o.keyfileSize, `Enter passphrase for ${volume}: `, '--key-file (or --key-id, --create-key)');
+        }
       }
       const created: string[] = [];
       let lock: VolumeLock | undefined;
@@ -310,16 +363,16 @@ ${EXIT_HELP}`,
   )
     .addHelpText('after', `\nExit 0 when a keyslot opens, 2 for a wrong passphrase.\nExample:\n  brickcrypt test-key vol.img --key-file pass.txt\n${KEYFILE_HELP}\n${EXIT_HELP}`)
     .action(async (volume: string, o: KeyOpts & HeaderOpt & { keySlot?: string }) => {
-      const pass = await oldKey(o);
-      try {
-        await withVolume(volume, o, true, async (vol) => {
-          const r = await vol.unlock(pass, o.keySlot !== undefined ? { keyslot: slotArg(o.keySlot) } : {});
-          r.key.wipe();
-          process.stdout.write(`Key slot ${r.keyslot} unlocked${r.unbound ? ' (unbound key)' : ''}.\n`);
-        }, true);
-      } finally {
-        pass.wipe();
-      }
+      await withPassphraseTries(
+        oldKeyInput(o, volume),
+        (pass) =>
+          withVolume(volume, o, true, async (vol) => {
+            const r = await vol.unlock(pass, o.keySlot !== undefined ? { keyslot: slotArg(o.keySlot) } : {});
+            r.key.wipe();
+            process.stdout.write(`Key slot ${r.keyslot} unlocked${r.unbound ? ' (unbound key)' : ''}.\n`);
+          }, true),
+        { tries: triesOf(o) },
+      );
     });
 
   addKdfOptions(
@@ -342,8 +395,11 @@ ${EXIT_HELP}`,
         const raw = await readKeyFile({ keyFile: o.volumeKeyFile });
         auth = new VolumeKey(new Uint8Array(raw.expose()));
         raw.wipe();
-      } else auth = await oldKey(o);
-      const next = await newKey(o);
+      } else auth = await oldKey(o, volume, unlockCheck(volume, o));
+      const next = await newKey(o).catch((err: unknown) => {
+        auth.wipe();
+        throw err;
+      });
       try {
         await withVolume(volume, o, false, async (vol) => {
           const opts = { ...kdfOptions(o), ...(o.slot !== undefined ? { keyslot: slotArg(o.slot, 'slot') } : {}), ...(o.keySlot !== undefined ? { unlockKeyslot: slotArg(o.keySlot) } : {}) };
@@ -378,8 +434,11 @@ ${KEYFILE_HELP}
 ${EXIT_HELP}`,
     )
     .action(async (volume: string, o: KeyOpts & KdfCliOpts & HeaderOpt & { keySlot?: string }) => {
-      const old = await oldKey(o);
-      const next = await newKey(o);
+      const old = await oldKey(o, volume, unlockCheck(volume, o));
+      const next = await newKey(o).catch((err: unknown) => {
+        old.wipe();
+        throw err;
+      });
       try {
         await withVolume(volume, o, false, async (vol) => {
           const opts = { ...kdfOptions(o), ...(o.keySlot !== undefined ? { unlockKeyslot: slotArg(o.keySlot) } : {}) };
@@ -403,7 +462,7 @@ ${EXIT_HELP}`,
   )
     .addHelpText('after', `\nExample:\n  brickcrypt remove-key vol.img --key-file old.txt\n${KEYFILE_HELP}\n${EXIT_HELP}`)
     .action(async (volume: string, o: KeyOpts & HeaderOpt & { keySlot?: string }) => {
-      const pass = await oldKey(o);
+      const pass = await oldKey(o, volume, unlockCheck(volume, o));
       try {
         await withVolume(volume, o, false, async (vol) => {
           const slot = await vol.removeKey(pass, o.keySlot !== undefined ? { keyslot: slotArg(o.keySlot) } : {});
