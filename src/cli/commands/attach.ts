@@ -346,7 +346,7 @@ export function register(program: Command): void {
   addKeyManagerOptions(attach, { help: false });
   addPlainOptions(attach, '');
   attach
-    .option('--key-file <file>', 'LUKS passphrase file (every byte counts)')
+    .option('--key-file <file>', 'LUKS passphrase file (every byte counts); for --type plain the key itself ("-": a passphrase on stdin)')
     .option('--key-id <id>', 'managed key whose LUKS passphrase opens the volume (key manager: --key-manager)')
     .option('--tries <n>', 'how often a passphrase typed at the terminal may be retried (default 3)')
     .option('--type <type>', 'plain for a plain dm-crypt volume (no header); luks, luks1, luks2, raw, qcow2 are checked against the content')
