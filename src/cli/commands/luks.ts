@@ -70,7 +70,7 @@ function triesOf(o: KeyOpts): number {
 }
 
 /** The existing passphrase: --key-id, --key-file, or typed at a terminal ("Enter passphrase for VOLUME: "). */
-function oldKeyInput(o: KeyOpts, volume: string): PassphraseInput {
+function oldKeyInput(o: KeyOpts, volume = 'the volume'): PassphraseInput {
   const keyId = o.keyId;
   if (keyId !== undefined) {
     if (o.keyFile !== undefined) throw new InvalidArgumentError('Give --key-file or --key-id, not both.');
@@ -89,7 +89,7 @@ function oldKeyInput(o: KeyOpts, volume: string): PassphraseInput {
  * The existing passphrase. A typed one is first checked with `check` (an unlock), so a typo is
  * asked again up to --tries times, as cryptsetup does, before anything else happens.
  */
-async function oldKey(o: KeyOpts, volume: string, check?: (passphrase: Passphrase) => Promise<void>): Promise<Passphrase> {
+async function oldKey(o: KeyOpts, volume = 'the volume', check?: (passphrase: Passphrase) => Promise<void>): Promise<Passphrase> {
   const input = oldKeyInput(o, volume);
   if (!input.interactive || !check) return input.read();
   return withPassphraseTries(
