@@ -256,3 +256,40 @@ test('attach: plain options without --type plain, and a bad cipher, are refused 
   assert.match(r3.stderr, /error OUT_OF_RANGE:/);
   assert.equal(existsSync(sock), false);
 });
+
+test('os-brick plain volume with its key in the key manager: convert --src-key-id and attach --type plain --key-id', { skip: needPyCrypto() || needTools('nbdcopy') }, async () => {
+  const dir = join(tmp.dir, 'managed');
+  execFileSync('mkdir', ['-p', dir]);
+  const env = { BRICKCRYPT_HOME: join(dir, 'home'), BRICKCRYPT_PROFILE: '', BRICKCRYPT_KEY_MANAGER: '' };
+  assert.equal(runCli(['key', 'init'], { env }).status, 0);
+  const keyFile = join(dir, 'managed.key');
+  writeFileSync(keyFile, Buffer.from(Array.from({ length: 32 }, (_, i) => i)));
+  const stored = runCli(['key', 'store', '--file', keyFile], { env });
+  assert.equal(stored.status, 0, stored.stderr);
+  const id = stored.stdout.trim();
+  // sha256 rounds of the hex passphrase "000102...1f", 512 bits (plain-key.test.ts).
+  const volumeKey = Buffer.from(
+    '6c86c6aac5fb24bcf5d9939cb7d7d5645ce39418f449e03b262dd4fa14b4b92b38299db37ecf9ebd94c76caaac1229820fd0cf214f14ce1fc343adc0180db026',
+    'hex',
+  );
+  const vol = join(dir, 'vol.plain');
+  writeFileSync(vol, encryptIndependently(plaintext, { mode: 'xts-plain64', key: volumeKey, ivStart: 0 }));
+  const out = join(dir, 'out.raw');
+  const r = runCli(['convert', vol, out, '--src-format', 'plain', '--src-cipher', 'aes-xts-plain64', '--src-key-size', '512', '--src-key-id', id, '--dst-format', 'raw'], { env });
+  assert.equal(r.status, 0, r.stderr);
+  assert.ok(readFileSync(out).equals(plaintext));
+  const sock = join(dir, 'm.sock');
+  const pid = join(dir, 'm.pid');
+  const { stdout } = await execFileP(
+    process.execPath,
+    [cliPath, 'attach', vol, '--type', 'plain', '--cipher', 'aes-xts-plain64', '--key-size', '512', '--key-id', id, '--read-only', '--socket', sock, '--daemon', '--pid-file', pid],
+    { encoding: 'utf8', env: { ...process.env, ...env } },
+  );
+  try {
+    const back = join(dir, 'back.raw');
+    await execFileP(whichTool('nbdcopy')!, [stdout.trim(), back]);
+    assert.ok(readFileSync(back).equals(plaintext));
+  } finally {
+    runCli(['detach', '--pid-file', pid]);
+  }
+});
