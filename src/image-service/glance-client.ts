@@ -1,0 +1,304 @@
+/**
+ * A client for the OpenStack Glance v2 image API over Node's fetch (undici): the one module
+ * of the image service that does network I/O. Bodies and headers come from `glance-wire.ts`.
+ *
+ * Transient failures (connection refused or reset, timeouts, HTTP 5xx/429) are retried with
+ * exponential backoff for requests that can be repeated safely (GET, DELETE, PATCH, a JSON
+ * import); a create (POST) is retried only when the connection was refused, so no image is
+ * made twice; a streamed upload is never replayed (its bytes are gone) and fails with
+ * `BackendUnavailableError`. Every other HTTP failure is one typed error (`mapGlanceError`).
+ *
+ * @example
+ * const glance = new GlanceClient({ url: 'http://127.0.0.1:9292', identity: { user: 'u', project: 'p', roles: ['member'] } });
+ * const image = await glance.create({ name: 'vol-1', diskFormat: 'raw' });
+ * await glance.upload(image.id, chunks);
+ */
+import { BackendUnavailableError, BrickcryptError, CancelledError, InvalidArgumentError, InvalidObjectError } from '../errors.js';
+import {
+  JSON_PATCH_CONTENT_TYPE,
+  decodeContentRange,
+  decodeImage,
+  decodeImageList,
+  encodeNewImage,
+  encodePatch,
+  encodeRange,
+  errorDetail,
+  identityHeaders,
+  mapGlanceError,
+  type ImageRecord,
+  type ImageServiceIdentity,
+  type NewImage,
+  type PatchOperation,
+} from './glance-wire.js';
+
+export interface GlanceClientOptions {
+  /** Endpoint, e.g. `http://127.0.0.1:9292` (a trailing `/v2` is accepted). */
+  url: string;
+  identity: ImageServiceIdentity;
+  /** Total attempts for transient failures (default 4). */
+  attempts?: number;
+  /** First backoff delay in ms (default 200), doubled each retry with +-25 % jitter, at most 5 s. */
+  baseDelayMs?: number;
+  /** Per-request timeout in ms for everything but data transfers (default 30000). */
+  timeoutMs?: number;
+}
+
+/** An open download: the bytes `[start, end)` of the image file as they arrive. */
+export interface ImageDataStream {
+  start: number;
+  end: number;
+  /** Size of the whole image file. */
+  total: number;
+  /** Glance's md5 of the whole file (`Content-MD5`), to tell one image's data from another's. */
+  checksum: string | null;
+  reader: ReadableStreamDefaultReader<Uint8Array>;
+  cancel(): void;
+}
+
+const TRANSIENT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_CLOSED']);
+
+function networkCode(err: unknown): string | undefined {
+  const e = err as { code?: string; cause?: { code?: string; cause?: { code?: string } } } | undefined;
+  return e?.code ?? e?.cause?.code ?? e?.cause?.cause?.code;
+}
+
+/** True for failures worth another attempt of a repeatable request. */
+export function isTransientImageServiceError(err: unknown): boolean {
+  if (err instanceof BackendUnavailableError) return true;
+  if (err instanceof BrickcryptError) return false;
+  const name = (err as { name?: string })?.name;
+  return name === 'TimeoutError' || TRANSIENT_CODES.has(networkCode(err) ?? '');
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(new CancelledError());
+    };
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+type Repeat = 'always' | 'refused-only' | 'never';
+
+export class GlanceClient {
+  readonly base: URL;
+  readonly #identity: Record<string, string>;
+  readonly #attempts: number;
+  readonly #baseDelay: number;
+  readonly #timeout: number;
+
+  constructor(options: GlanceClientOptions) {
+    let url: URL;
+    try {
+      url = new URL(options.url);
+    } catch {
+      throw new InvalidArgumentError(`Image service URL ${JSON.stringify(options.url)} is not a URL.`);
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new InvalidArgumentError(`Image service URL ${options.url}: use http:// or https://.`);
+    url.pathname = url.pathname.replace(/\/+$/, '').replace(/\/v2$/, '') + '/';
+    this.base = url;
+    this.#identity = identityHeaders(options.identity);
+    this.#attempts = Math.max(1, options.attempts ?? 4);
+    this.#baseDelay = options.baseDelayMs ?? 200;
+    this.#timeout = options.timeoutMs ?? 30_000;
+  }
+
+  #url(path: string): URL {
+    return new URL(path.replace(/^\//, ''), this.base);
+  }
+
+  /**
+   * One request with retries; returns a 2xx response (body unread) or throws a typed error.
+   * `timeout` false: no overall timeout (data transfers can take long; the caller's signal ends them).
+   */
+  async #send(
+    method: string,
+    path: string,
+    subject: string,
+    init: { headers?: Record<string, string>; body?: string | AsyncIterable<Uint8Array>; repeat: Repeat; signal?: AbortSignal; timeout?: boolean },
+  ): Promise<Response> {
+    const what = `${method} ${this.#url(path).pathname}`;
+    let last: unknown;
+    for (let attempt = 1; attempt <= this.#attempts; attempt++) {
+      if (init.signal?.aborted) throw new CancelledError();
+      const signals = [init.signal, init.timeout === false ? undefined : AbortSignal.timeout(this.#timeout)].filter((s): s is AbortSignal => !!s);
+      try {
+        const request: RequestInit & { duplex?: 'half' } = {
+          method,
+          headers: { ...this.#identity, ...(init.headers ?? {}) },
+          signal: signals.length > 0 ? AbortSignal.any(signals) : undefined,
+        };
+        if (init.body !== undefined) {
+          request.body = init.body as BodyInit;
+          if (typeof init.body !== 'string') request.duplex = 'half';
+        }
+        const res = await fetch(this.#url(path), request);
+        if (res.ok) return res;
+        const detail = errorDetail(await res.text().catch(() => ''));
+        throw mapGlanceError(res.status, subject, detail);
+      } catch (err) {
+        if (init.signal?.aborted) throw new CancelledError();
+        last = err;
+        const refused = networkCode(err) === 'ECONNREFUSED';
+        const retry = isTransientImageServiceError(err) && (init.repeat === 'always' || (init.repeat === 'refused-only' && refused));
+        if (!retry || attempt === this.#attempts) break;
+        await sleep(Math.min(5000, this.#baseDelay * 2 ** (attempt - 1)) * (0.75 + Math.random() * 0.5), init.signal);
+      }
+    }
+    if (last instanceof BrickcryptError) throw last;
+    const detail = networkCode(last) ?? (last as Error)?.message ?? String(last);
+    throw new BackendUnavailableError(`image service ${what}: unavailable (${detail})`, { cause: last });
+  }
+
+  async #json(res: Response): Promise<unknown> {
+    try {
+      return await res.json();
+    } catch (err) {
+      throw new InvalidObjectError(`image service: the answer is not JSON: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** `POST /v2/images`: a new image in status queued. */
+  async create(image: NewImage, signal?: AbortSignal): Promise<ImageRecord> {
+    const res = await this.#send('POST', 'v2/images', `create image ${image.name}`, {
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify(encodeNewImage(image)),
+      repeat: 'refused-only',
+      signal,
+    });
+    return decodeImage(await this.#json(res));
+  }
+
+  /** `PUT /v2/images/{id}/file`: streams the data; the image is active when this resolves. */
+  async upload(id: string, data: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<void> {
+    await this.#sendData('file', id, data, signal);
+  }
+
+  /** `PUT /v2/images/{id}/stage` (interoperable import, step 1): the data lands in the staging area. */
+  async stage(id: string, data: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<void> {
+    await this.#sendData('stage', id, data, signal);
+  }
+
+  async #sendData(kind: 'file' | 'stage', id: string, data: AsyncIterable<Uint8Array>, signal?: AbortSignal): Promise<void> {
+    const res = await this.#send('PUT', `v2/images/${encodeURIComponent(id)}/${kind}`, `upload to image ${id}`, {
+      headers: { 'Content-Type': 'application/octet-stream' },
+      body: data,
+      repeat: 'never',
+      signal,
+      timeout: false,
+    });
+    await res.arrayBuffer();
+  }
+
+  /** `POST /v2/images/{id}/import` (step 2): starts the import task of the staged data. */
+  async importStaged(id: string, method = 'glance-direct', signal?: AbortSignal): Promise<void> {
+    const res = await this.#send('POST', `v2/images/${encodeURIComponent(id)}/import`, `import image ${id}`, {
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ method: { name: method } }),
+      repeat: 'refused-only',
+      signal,
+    });
+    await res.arrayBuffer();
+  }
+
+  /** Polls until the image leaves the transitional states; a `killed` image is an error. */
+  async waitForActive(id: string, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<ImageRecord> {
+    const deadline = performance.now() + (options.timeoutMs ?? 600_000);
+    let delay = 50;
+    for (;;) {
+      const image = await this.show(id, options.signal);
+      if (image.status === 'active') return image;
+      if (!['queued', 'saving', 'uploading', 'importing'].includes(image.status)) {
+        throw new BackendUnavailableError(`image service: image ${id} ended in status ${image.status}, not active.`);
+      }
+      if (performance.now() > deadline) throw new BackendUnavailableError(`image service: image ${id} still ${image.status} after the timeout.`);
+      await sleep(delay, options.signal);
+      delay = Math.min(1000, delay * 2);
+    }
+  }
+
+  /** `GET /v2/images/{id}`. Another project's private image is a `NotFoundError`, as Glance hides it. */
+  async show(id: string, signal?: AbortSignal): Promise<ImageRecord> {
+    const res = await this.#send('GET', `v2/images/${encodeURIComponent(id)}`, `image ${id}`, { repeat: 'always', signal });
+    return decodeImage(await this.#json(res));
+  }
+
+  /** `PATCH /v2/images/{id}` with a JSON patch (add/replace/remove properties). */
+  async update(id: string, ops: readonly PatchOperation[], signal?: AbortSignal): Promise<ImageRecord> {
+    const res = await this.#send('PATCH', `v2/images/${encodeURIComponent(id)}`, `update image ${id}`, {
+      headers: { 'Content-Type': JSON_PATCH_CONTENT_TYPE },
+      body: JSON.stringify(encodePatch(ops)),
+      repeat: 'always',
+      signal,
+    });
+    return decodeImage(await this.#json(res));
+  }
+
+  /** `DELETE /v2/images/{id}`. */
+  async delete(id: string, signal?: AbortSignal): Promise<void> {
+    const res = await this.#send('DELETE', `v2/images/${encodeURIComponent(id)}`, `delete image ${id}`, { repeat: 'always', signal });
+    await res.arrayBuffer();
+  }
+
+  /** Every image the caller can see, following Glance's `next` links. */
+  async list(options: { pageSize?: number; filters?: Record<string, string>; signal?: AbortSignal } = {}): Promise<ImageRecord[]> {
+    const q = new URLSearchParams({ limit: String(options.pageSize ?? 100), ...(options.filters ?? {}) });
+    let path: string | undefined = `v2/images?${q}`;
+    const out: ImageRecord[] = [];
+    while (path) {
+      const res = await this.#send('GET', path, 'list images', { repeat: 'always', signal: options.signal });
+      const page = decodeImageList(await this.#json(res));
+      out.push(...page.images);
+      path = page.next;
+    }
+    return out;
+  }
+
+  /**
+   * `GET /v2/images/{id}/file` from byte `start` (to `end`, exclusive, or the end). A range
+   * request must be answered with exactly that range (206), so a resumed download never
+   * splices in the wrong bytes.
+   */
+  async openData(id: string, options: { start?: number; end?: number; signal?: AbortSignal } = {}): Promise<ImageDataStream> {
+    const start = options.start ?? 0;
+    const ranged = start > 0 || options.end !== undefined;
+    const controller = new AbortController();
+    const signal = options.signal ? AbortSignal.any([options.signal, controller.signal]) : controller.signal;
+    const res = await this.#send('GET', `v2/images/${encodeURIComponent(id)}/file`, `image ${id} data`, {
+      headers: ranged ? { Range: encodeRange(start, options.end) } : {},
+      repeat: 'always',
+      signal,
+      timeout: false,
+    });
+    if (!res.body) throw new InvalidObjectError(`image service: image ${id} data has no body.`);
+    let range: { start: number; end: number; total: number | null };
+    if (res.status === 206) range = decodeContentRange(res.headers.get('content-range'));
+    else {
+      const length = Number(res.headers.get('content-length') ?? NaN);
+      range = { start: 0, end: length, total: length };
+    }
+    if (ranged && (res.status !== 206 || range.start !== start || (options.end !== undefined && range.end !== options.end))) {
+      controller.abort();
+      throw new InvalidObjectError(`image service: asked for ${encodeRange(start, options.end)} of image ${id}, got HTTP ${res.status} ${res.headers.get('content-range') ?? ''}.`);
+    }
+    const total = range.total ?? range.end;
+    if (!Number.isSafeInteger(total)) {
+      controller.abort();
+      throw new InvalidObjectError(`image service: image ${id} data has no length.`);
+    }
+    return {
+      start: range.start,
+      end: range.end,
+      total,
+      checksum: res.headers.get('content-md5'),
+      reader: res.body.getReader(),
+      cancel: () => controller.abort(),
+    };
+  }
+}
