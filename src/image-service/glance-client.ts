@@ -207,13 +207,15 @@ export class GlanceClient {
     await res.arrayBuffer();
   }
 
-  /** Polls until the image leaves the transitional states; a `killed` image is an error. */
+  /** Polls until the image is active and no import task works on it; a `killed` image is an error. */
   async waitForActive(id: string, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<ImageRecord> {
     const deadline = performance.now() + (options.timeoutMs ?? 600_000);
     let delay = 50;
     for (;;) {
       const image = await this.show(id, options.signal);
-      if (image.status === 'active') return image;
+      // An import task saves the image once more after it turned active (clearing
+      // os_glance_importing_to_stores); a property patched before that would be lost.
+      if (image.status === 'active' && !image.properties.os_glance_importing_to_stores) return image;
       if (!['queued', 'saving', 'uploading', 'importing'].includes(image.status)) {
         throw new BackendUnavailableError(`image service: image ${id} ended in status ${image.status}, not active.`);
       }

@@ -9,6 +9,7 @@ import type { Passphrase } from '../secret.js';
 import { FileDevice } from '../devices/file-device.js';
 import { detectFormat } from '../images/detect.js';
 import { openImage } from '../images/open-image.js';
+import { Qcow2Device } from '../images/qcow2-device.js';
 import { LuksVolume } from '../luks/volume.js';
 import type { PipelineSource } from './pipeline.js';
 import type { CryptoPool } from './worker-pool.js';
@@ -40,14 +41,17 @@ export function normaliseFormat(detected: string): ImageFormat {
 
 /**
  * Opens `path` read-only. `expected` (from --src-format) must agree with the content; the
- * generic 'luks' accepts either version.
+ * generic 'luks' accepts either version. With `device`, that already open device is the
+ * image (e.g. one in an image service) and `path` only names it; the caller keeps and
+ * closes the device.
  */
 export async function openSource(
   path: string,
-  options: { pool: CryptoPool; expected?: ImageFormat | 'luks'; passphrase?: PassphraseSource },
+  options: { pool: CryptoPool; expected?: ImageFormat | 'luks'; passphrase?: PassphraseSource; device?: BlockDevice },
 ): Promise<OpenedSource> {
-  const file = await FileDevice.open(path, { readOnly: true });
-  let closeAll: () => Promise<void> = () => file.close();
+  const given = options.device;
+  const file: BlockDevice = given ?? (await FileDevice.open(path, { readOnly: true }));
+  let closeAll: () => Promise<void> = () => (given ? Promise.resolve() : file.close());
   try {
     const format = normaliseFormat(await detectFormat(file));
     const expected = options.expected;
@@ -57,6 +61,11 @@ export async function openSource(
     }
     if (format === 'raw') {
       return { path, format, size: file.size, source: { device: file, base: 0, size: file.size }, kdfSeconds: 0, close: closeAll };
+    }
+    if (format === 'qcow2' && given) {
+      const device = await Qcow2Device.open(given);
+      closeAll = () => device.close();
+      return { path, format, size: device.size, source: { device, base: 0, size: device.size }, kdfSeconds: 0, close: closeAll };
     }
     if (format === 'qcow2') {
       await file.close();
@@ -87,7 +96,7 @@ export async function openSource(
     }
     closeAll = async () => {
       options.pool.dropCipher(cipher);
-      await file.close();
+      if (!given) await file.close();
     };
     // A data device ending inside a sector exposes whole sectors only, as dm-crypt does.
     const size = Math.floor(volume.payloadSize / volume.sectorSize) * volume.sectorSize;

@@ -14,7 +14,7 @@ import { CACHE_MODES, convert, type CacheMode, type ConvertReport, type LuksTarg
 import { verify } from '../../workflows/verify.js';
 import { IMAGE_FORMATS, type ImageFormat, type PassphraseSource } from '../../workflows/open-source.js';
 
-interface KeyOptions extends KeyManagerCliOptions {
+export interface KeyOptions extends KeyManagerCliOptions {
   srcKeyFile?: string;
   dstKeyFile?: string;
   srcKeyId?: string;
@@ -23,11 +23,11 @@ interface KeyOptions extends KeyManagerCliOptions {
 }
 
 /** With `--create-key`: the key made in the key manager for the target, once it exists. */
-interface CreatedKey {
+export interface CreatedKey {
   id?: string;
 }
 
-function passphraseSource(opts: KeyOptions, role: 'source' | 'target', created?: CreatedKey): PassphraseSource | undefined {
+export function passphraseSource(opts: KeyOptions, role: 'source' | 'target', created?: CreatedKey): PassphraseSource | undefined {
   const file = role === 'source' ? opts.srcKeyFile : opts.dstKeyFile;
   const id = role === 'source' ? opts.srcKeyId : opts.dstKeyId;
   const create = role === 'target' && opts.createKey === true;
@@ -54,7 +54,7 @@ function checkKeyFiles(opts: KeyOptions): void {
 const MIB = 1024 * 1024;
 
 /** Progress on a TTY bar, as JSON lines, or not at all. */
-function progressReporter(json: boolean, label: string) {
+export function progressReporter(json: boolean, label: string) {
   const started = performance.now();
   let last = -Infinity;
   let bar: cliProgress.SingleBar | undefined;
@@ -92,7 +92,7 @@ function progressReporter(json: boolean, label: string) {
 }
 
 /** Aborts on SIGINT/SIGTERM while `fn` runs; a second signal exits at once. */
-async function withCancellation<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+export async function withCancellation<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const controller = new AbortController();
   const onSignal = (sig: NodeJS.Signals) => {
     if (controller.signal.aborted) process.exit(sig === 'SIGINT' ? 130 : 143);
