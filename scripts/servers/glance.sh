@@ -126,8 +126,11 @@ start() {
   ensure_installed
   mkdir -p "$DIR"
   chmod 700 "$DIR"
-  # Every start is a fresh service: empty database, store and staging area.
-  rm -rf "$DIR/images" "$DIR/staging" "$DIR/glance.sqlite" "$DIR/glance-api.log"
+  # Every start is a fresh service (empty database, store and staging area), unless
+  # BRICKCRYPT_GLANCE_KEEP_STATE=1 restarts it on its old state (a test that kills the server).
+  if [ "${BRICKCRYPT_GLANCE_KEEP_STATE:-0}" != 1 ]; then
+    rm -rf "$DIR/images" "$DIR/staging" "$DIR/glance.sqlite" "$DIR/glance-api.log"
+  fi
   write_config
   (cd "$DIR" && "$PY" -m glance.cmd.manage --config-file "$DIR/glance-api.conf" db sync >"$DIR/db-sync.log" 2>&1) \
     || { log "db sync failed:"; tail -n 20 "$DIR/db-sync.log" >&2; return 1; }
