@@ -244,3 +244,19 @@ export async function uploadVolume(options: ImageUploadOptions): Promise<ImageUp
     await pool.close();
   }
 }
+
+/**
+ * Deletes an image and then, when its deletion policy is `on_image_deletion`, the key it
+ * owns (the order Cinder uses). Returns the deleted key's id.
+ */
+export async function deleteImage(options: { client: GlanceClient; imageId: string; keyManager?: () => Promise<{ keyManager: KeyManager; caller: CallerIdentity }> }): Promise<{ deletedKeyId?: string }> {
+  const image = await options.client.show(options.imageId);
+  const keyId = image.properties[ENCRYPTION_PROPERTY.keyId] ?? image.properties[ENCRYPTION_PROPERTY.cinderKeyId];
+  const policy = image.properties[ENCRYPTION_PROPERTY.deletionPolicy] ?? image.properties[ENCRYPTION_PROPERTY.cinderDeletionPolicy];
+  await options.client.delete(options.imageId);
+  if (!keyId || policy !== ON_IMAGE_DELETION) return {};
+  if (!options.keyManager) throw new InvalidArgumentError(`Image ${options.imageId} owned key ${keyId}: the key manager is needed to delete it.`);
+  const { keyManager, caller } = await options.keyManager();
+  await keyManager.delete(caller, keyId);
+  return { deletedKeyId: keyId };
+}

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidArgumentError, NotFoundError } from '../../errors.js';
-import { addKeyManagerOptions, callerIdentity, KEY_MANAGER_HELP, passphraseFromKeyManager, withKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
+import { addKeyManagerOptions, callerIdentity, KEY_MANAGER_HELP, managerOptions, passphraseFromKeyManager, withKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
 import type { GlanceClient } from '../../image-service/glance-client.js';
@@ -455,18 +455,19 @@ Examples:
       .addHelpText('after', '\nExample:\n  brickcrypt image delete $IMAGE_ID --image-service $GLANCE'),
   ).action(async (imageId: string, o: ImageServiceCliOptions) => {
     const client = await imageClient(o);
-    const { ENCRYPTION_PROPERTY, ON_IMAGE_DELETION } = await import('../../workflows/image-upload.js');
-    const { encryptedImageKeyId } = await import('../../workflows/image-download.js');
-    const img = await client.show(imageId);
-    const keyId = encryptedImageKeyId(img);
-    const policy = img.properties[ENCRYPTION_PROPERTY.deletionPolicy] ?? img.properties[ENCRYPTION_PROPERTY.cinderDeletionPolicy];
-    await client.delete(imageId);
-    let deletedKey: string | undefined;
-    // As Cinder does: the image is gone first, then the key it owned.
-    if (keyId && policy === ON_IMAGE_DELETION) {
-      await withKeyManager(o, (km, caller) => km.delete(caller, keyId));
-      deletedKey = keyId;
-    }
+    const { deleteImage } = await import('../../workflows/image-upload.js');
+    // The key manager is opened only when the image owns a key.
+    let opened: { close: () => Promise<void> } | undefined;
+    const { deletedKeyId: deletedKey } = await deleteImage({
+      client,
+      imageId,
+      keyManager: async () => {
+        const { openKeyManager, defaultKeyManagerUri } = await import('../../keys/open-key-manager.js');
+        const km = await openKeyManager(o.keyManager ?? defaultKeyManagerUri(), await managerOptions(o));
+        opened = km;
+        return { keyManager: km, caller: callerIdentity(o) };
+      },
+    }).finally(() => opened?.close());
     if (o.json) process.stdout.write(JSON.stringify({ deleted: imageId, ...(deletedKey ? { deletedKeyId: deletedKey } : {}) }) + '\n');
     else process.stderr.write(`Deleted image ${imageId}${deletedKey ? ` and its key ${deletedKey}` : ''}.\n`);
   });
