@@ -33,16 +33,17 @@ work=$(mktemp -d "$base/brickcrypt-bench-image.XXXXXX")
 project="bench-$$"
 cleanup() {
   # The images this run made, then the files (and the server when this run started it).
-  for id in $(curl -s "${hdr[@]}" "$url/v2/images?limit=1000" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const i of JSON.parse(s).images)console.log(i.id)})' 2>/dev/null); do
+  for id in $(curl -s "${hdr[@]}" "$url/v2/images?limit=1000&owner=$project" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const i of JSON.parse(s).images)console.log(i.id)})' 2>/dev/null); do
     curl -s -o /dev/null -X DELETE "${hdr[@]}" "$url/v2/images/$id" || true
   done
   rm -rf "$work"
   [ -z "$started_glance" ] || bash scripts/servers/glance.sh stop
 }
-hdr=(-H 'X-Identity-Status: Confirmed' -H "X-Project-Id: $project" -H 'X-User-Id: bench' -H 'X-Roles: admin')
+# Not admin: a Glance admin sees (and the cleanup would delete) every project's images.
+hdr=(-H 'X-Identity-Status: Confirmed' -H "X-Project-Id: $project" -H 'X-User-Id: bench' -H 'X-Roles: member,creator')
 trap cleanup EXIT
 export BRICKCRYPT_HOME=$work/home
-who=(--user bench --project "$project" --roles admin)
+who=(--user bench --project "$project" --roles member,creator)
 bc=(node bin/brickcrypt)
 
 bytes=$(numfmt --from=iec "$size")

@@ -30,7 +30,7 @@ url() { echo "http://127.0.0.1:$PORT"; }
 # a project checks the header-identity pipeline too.
 answers() {
   (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null || return 1
-  curl -fsS -m 3 -o /dev/null -H 'X-Identity-Status: Confirmed' -H 'X-Project-Id: healthcheck' \
+  curl -fsS -m 10 -o /dev/null -H 'X-Identity-Status: Confirmed' -H 'X-Project-Id: healthcheck' \
     -H 'X-User-Id: healthcheck' -H 'X-Roles: member' "$(url)/v2/images?limit=1" 2>/dev/null
 }
 
@@ -114,9 +114,14 @@ EOF
 }
 
 start() {
-  if pid_alive && answers; then
-    log "already running at $(url) (pid $(cat "$DIR/pid"))"
-    return
+  if pid_alive; then
+    # A busy machine can make a running server slow to answer: give it time before replacing it.
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until answers || [ $SECONDS -ge $deadline ]; do sleep 0.5; done
+    if answers; then
+      log "already running at $(url) (pid $(cat "$DIR/pid"))"
+      return
+    fi
   fi
   stop_quiet
   if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
