@@ -221,6 +221,25 @@ function describeCertificate(id: string, cert: ParsedCertificate): VerifiedImage
  * });
  */
 export async function verifyImageSignature(options: VerifyImageSignatureOptions): Promise<VerifiedImageSignature> {
+  const verification = await startSignatureVerification(options);
+  for await (const chunk of readImage(options.image)) verification.update(chunk);
+  return verification.finish();
+}
+
+/** A signature check fed the image bytes as they stream past (see `startSignatureVerification`). */
+export interface StreamingSignatureVerification {
+  /** The next bytes of the image, in order. */
+  update(chunk: Uint8Array): void;
+  /** Throws `IntegrityError` when the signature does not match the bytes given. */
+  finish(): VerifiedImageSignature;
+}
+
+/**
+ * Checks the properties and the certificate first (before any image byte is read), then
+ * verifies bytes fed in order: for streams that are read once for another purpose (a
+ * download that is also written into a volume). Same errors as `verifyImageSignature`.
+ */
+export async function startSignatureVerification(options: Omit<VerifyImageSignatureOptions, 'image'>): Promise<StreamingSignatureVerification> {
   const p = options.properties;
   for (const name of Object.values(SIGNATURE_PROPERTY)) {
     if (p[name] === undefined || p[name] === null || p[name] === '') {
@@ -241,29 +260,33 @@ export async function verifyImageSignature(options: VerifyImageSignatureOptions)
 
   const verifier = createVerify(HASH_METHODS[hashMethod].digest);
   let bytes = 0;
-  for await (const chunk of readImage(options.image)) {
-    verifier.update(chunk);
-    bytes += chunk.length;
-  }
-  let ok: boolean;
-  try {
-    ok = keyType.name === 'RSA-PSS'
-      ? verifier.verify({ key: publicKey, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: maxPssSalt(publicKey, hashMethod) }, signature)
-      : verifier.verify({ key: publicKey, dsaEncoding: 'der' }, signature);
-  } catch (err) {
-    // OpenSSL raises on some malformed signatures (e.g. a DER sequence that does not parse).
-    if (err instanceof BrickcryptError) throw err;
-    ok = false;
-  }
-  if (!ok) {
-    throw new IntegrityError(`Image signature does not verify (${keyType.name}, ${hashMethod}, certificate ${certId}): the image or the signature was altered, or another key signed it.`);
-  }
   return {
-    hashMethod,
-    keyType: keyType.name,
-    bytes,
-    certificate: describeCertificate(certId, cert),
-    ...(chain ? { chain: chain.map((c) => c.x509.subject.replace(/\n/g, ', ')) } : {}),
+    update(chunk: Uint8Array) {
+      verifier.update(chunk);
+      bytes += chunk.length;
+    },
+    finish(): VerifiedImageSignature {
+      let ok: boolean;
+      try {
+        ok = keyType.name === 'RSA-PSS'
+          ? verifier.verify({ key: publicKey, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: maxPssSalt(publicKey, hashMethod) }, signature)
+          : verifier.verify({ key: publicKey, dsaEncoding: 'der' }, signature);
+      } catch (err) {
+        // OpenSSL raises on some malformed signatures (e.g. a DER sequence that does not parse).
+        if (err instanceof BrickcryptError) throw err;
+        ok = false;
+      }
+      if (!ok) {
+        throw new IntegrityError(`Image signature does not verify (${keyType.name}, ${hashMethod}, certificate ${certId}): the image or the signature was altered, or another key signed it.`);
+      }
+      return {
+        hashMethod,
+        keyType: keyType.name,
+        bytes,
+        certificate: describeCertificate(certId, cert),
+        ...(chain ? { chain: chain.map((c) => c.x509.subject.replace(/\n/g, ', ')) } : {}),
+      };
+    },
   };
 }
 
@@ -285,7 +308,7 @@ export interface SignImageOptions {
 /** What `signImage` returns: the properties to set on the image. */
 export type SignedImageProperties = Omit<ImageSignatureProperties, 'img_signature_certificate_uuid'> & { img_signature_certificate_uuid?: string };
 
-async function loadSigningKey(options: SignImageOptions): Promise<KeyObject> {
+async function loadSigningKey(options: Omit<SignImageOptions, 'image'>): Promise<KeyObject> {
   const source = options.key;
   if ('privateKeyId' in source) {
     if (!options.keyManager || !options.caller) throw new InvalidArgumentError('Signing with a managed private key needs a key manager and a caller.');
@@ -325,6 +348,23 @@ async function loadSigningKey(options: SignImageOptions): Promise<KeyObject> {
  * // { img_signature: 'k3F...', img_signature_hash_method: 'SHA-256', img_signature_key_type: 'RSA-PSS', img_signature_certificate_uuid: '...' }
  */
 export async function signImage(options: SignImageOptions): Promise<SignedImageProperties> {
+  const signing = await startImageSigning(options);
+  for await (const chunk of readImage(options.image)) signing.update(chunk);
+  return signing.finish();
+}
+
+/** A signature computed over image bytes as they stream past (see `startImageSigning`). */
+export interface StreamingImageSigning {
+  update(chunk: Uint8Array): void;
+  /** The signature properties over every byte given. */
+  finish(): SignedImageProperties;
+}
+
+/**
+ * Loads and checks the key (and certificate) first, then signs bytes fed in order: for an
+ * image that is signed while it is uploaded. Same checks and errors as `signImage`.
+ */
+export async function startImageSigning(options: Omit<SignImageOptions, 'image'>): Promise<StreamingImageSigning> {
   const hashMethod = parseHashMethod(options.hashMethod);
   const keyType = parseKeyType(options.keyType);
   const privateKey = await loadSigningKey(options);
@@ -339,14 +379,18 @@ export async function signImage(options: SignImageOptions): Promise<SignedImageP
     }
   }
   const signer = createSign(HASH_METHODS[hashMethod].digest);
-  for await (const chunk of readImage(options.image)) signer.update(chunk);
-  const signature = keyType.name === 'RSA-PSS'
-    ? signer.sign({ key: privateKey, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_MAX_SIGN })
-    : signer.sign({ key: privateKey, dsaEncoding: 'der' });
   return {
-    img_signature: signature.toString('base64'),
-    img_signature_hash_method: hashMethod,
-    img_signature_key_type: keyType.name,
-    ...(options.certificateId !== undefined ? { img_signature_certificate_uuid: options.certificateId } : {}),
+    update: (chunk: Uint8Array) => void signer.update(chunk),
+    finish(): SignedImageProperties {
+      const signature = keyType.name === 'RSA-PSS'
+        ? signer.sign({ key: privateKey, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: constants.RSA_PSS_SALTLEN_MAX_SIGN })
+        : signer.sign({ key: privateKey, dsaEncoding: 'der' });
+      return {
+        img_signature: signature.toString('base64'),
+        img_signature_hash_method: hashMethod,
+        img_signature_key_type: keyType.name,
+        ...(options.certificateId !== undefined ? { img_signature_certificate_uuid: options.certificateId } : {}),
+      };
+    },
   };
 }

@@ -57,7 +57,19 @@ export type EffectiveCacheMode = Exclude<CacheMode, 'auto'>;
 export type LuksTargetOptions = Omit<FormatOptions, 'type' | 'passphrase' | 'volumeKey' | 'keyslot'>;
 
 export interface ConvertOptions {
+  /** Source path; with `sourceDevice`, only the name used in messages and the report. */
   source: string;
+  /**
+   * An already open source image instead of the file `source` (e.g. an image in an image
+   * service, read as it streams). The caller keeps and closes it.
+   */
+  sourceDevice?: BlockDevice;
+  /**
+   * Runs after every byte is in the target and before the target is committed (LUKS header
+   * written, renamed into place). Throwing here (a signature or checksum that does not
+   * match) aborts the conversion and leaves no target.
+   */
+  beforeCommit?: () => Promise<void>;
   target: string;
   targetFormat: ImageFormat;
   /** Checked against the content (which always decides). */
@@ -177,10 +189,10 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
   if (!CACHE_MODES.includes(requestedCache)) {
     throw new InvalidArgumentError(`Unknown cache mode '${String(requestedCache)}' (use ${CACHE_MODES.join(', ')}).`);
   }
-  const srcInfo = await statPath(options.source);
-  if (!srcInfo.exists) throw new NotFoundError(`${options.source}: no such file or directory`);
+  const srcInfo = options.sourceDevice ? undefined : await statPath(options.source);
+  if (srcInfo && !srcInfo.exists) throw new NotFoundError(`${options.source}: no such file or directory`);
   const dstInfo = await statPath(options.target);
-  if (dstInfo.exists && dstInfo.identity === srcInfo.identity) {
+  if (srcInfo && dstInfo.exists && dstInfo.identity === srcInfo.identity) {
     throw new InvalidArgumentError('Source and target are the same file; conversions are out of place.');
   }
   if (options.targetExists) {
@@ -201,7 +213,15 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
   let src: OpenedSource | undefined;
   let target: PreparedTarget | undefined;
   try {
-    src = await openSource(options.source, { pool, expected: options.sourceFormat, passphrase: options.sourcePassphrase, ...(options.sourcePassphraseTries ? { passphraseTries: options.sourcePassphraseTries } : {}), ...(options.onWrongPassphrase ? { onWrongPassphrase: options.onWrongPassphrase } : {}), ...(options.sourcePlain ? { plain: options.sourcePlain } : {}) });
+    src = await openSource(options.source, {
+      pool,
+      expected: options.sourceFormat,
+      passphrase: options.sourcePassphrase,
+      ...(options.sourcePassphraseTries ? { passphraseTries: options.sourcePassphraseTries } : {}),
+      ...(options.onWrongPassphrase ? { onWrongPassphrase: options.onWrongPassphrase } : {}),
+      ...(options.sourcePlain ? { plain: options.sourcePlain } : {}),
+      ...(options.sourceDevice ? { device: options.sourceDevice } : {}),
+    });
     const requested = options.size ?? src.size;
     if (requested < src.size && !options.allowTruncate) {
       throw new InsufficientSpaceError(
@@ -255,6 +275,7 @@ export async function convert(options: ConvertOptions): Promise<ConvertReport> {
     // Time the copy waited for the background KDF counts as key derivation, not data.
     const kdfWait = (performance.now() - tCopied) / 1000;
     kdfSeconds += kdfWait;
+    await options.beforeCommit?.();
     await target.finish();
     const dataSeconds = (performance.now() - tData) / 1000 - kdfWait;
     const luks = target.luks;

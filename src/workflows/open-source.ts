@@ -10,6 +10,7 @@ import type { Passphrase, VolumeKey } from '../secret.js';
 import { FileDevice } from '../devices/file-device.js';
 import { detectFormat } from '../images/detect.js';
 import { openImage } from '../images/open-image.js';
+import { Qcow2Device } from '../images/qcow2-device.js';
 import { LuksVolume } from '../luks/volume.js';
 import { plainGeometry, type PlainParams } from '../plain/plain-volume.js';
 import type { PipelineSource } from './pipeline.js';
@@ -51,7 +52,9 @@ export function normaliseFormat(detected: string): ImageFormat {
 
 /**
  * Opens `path` read-only. `expected` (from --src-format) must agree with the content; the
- * generic 'luks' accepts either version. 'plain' needs `plain` (parameters and key).
+ * generic 'luks' accepts either version. 'plain' needs `plain` (parameters and key). With
+ * `device`, that already open device is the image (e.g. one in an image service) and `path`
+ * only names it; the caller keeps and closes the device.
  */
 export async function openSource(
   path: string,
@@ -64,10 +67,12 @@ export async function openSource(
     /** Told of each wrong passphrase that is asked again. */
     onWrongPassphrase?: () => void;
     plain?: PlainSource;
+    device?: BlockDevice;
   },
 ): Promise<OpenedSource> {
-  const file = await FileDevice.open(path, { readOnly: true });
-  let closeAll: () => Promise<void> = () => file.close();
+  const given = options.device;
+  const file: BlockDevice = given ?? (await FileDevice.open(path, { readOnly: true }));
+  let closeAll: () => Promise<void> = () => (given ? Promise.resolve() : file.close());
   try {
     if (options.expected === 'plain' || options.plain) {
       if (!options.plain) throw new InvalidArgumentError(`${path}: a plain source needs its parameters and key.`);
@@ -83,6 +88,11 @@ export async function openSource(
     }
     if (format === 'raw') {
       return { path, format, size: file.size, source: { device: file, base: 0, size: file.size }, kdfSeconds: 0, close: closeAll };
+    }
+    if (format === 'qcow2' && given) {
+      const device = await Qcow2Device.open(given);
+      closeAll = () => device.close();
+      return { path, format, size: device.size, source: { device, base: 0, size: device.size }, kdfSeconds: 0, close: closeAll };
     }
     if (format === 'qcow2') {
       await file.close();
@@ -121,7 +131,7 @@ export async function openSource(
     }
     closeAll = async () => {
       options.pool.dropCipher(cipher);
-      await file.close();
+      if (!given) await file.close();
     };
     // A data device ending inside a sector exposes whole sectors only, as dm-crypt does.
     const size = Math.floor(volume.payloadSize / volume.sectorSize) * volume.sectorSize;
@@ -145,7 +155,7 @@ export async function openSource(
  * refused when the ciphertext would start there: that is not a plain volume, and reading it
  * as one would convert noise (cryptsetup warns about such signatures before opening).
  */
-async function openPlainSource(path: string, file: FileDevice, pool: CryptoPool, plain: PlainSource): Promise<OpenedSource> {
+async function openPlainSource(path: string, file: BlockDevice, pool: CryptoPool, plain: PlainSource): Promise<OpenedSource> {
   const geometry = plainGeometry(plain.params, file.size);
   if (geometry.dataOffset === 0) {
     const detected = await detectFormat(file);

@@ -16,7 +16,7 @@ import { verify } from '../../workflows/verify.js';
 import { IMAGE_FORMATS, type ImageFormat, type PassphraseSource, type PlainSource } from '../../workflows/open-source.js';
 import { addKeyfileRangeOptions, addPlainOptions, PLAIN_HELP, plainSourceFrom, type PlainPrefix } from '../plain-options.js';
 
-interface KeyOptions extends KeyManagerCliOptions {
+export interface KeyOptions extends KeyManagerCliOptions {
   srcKeyFile?: string;
   dstKeyFile?: string;
   srcKeyId?: string;
@@ -25,7 +25,7 @@ interface KeyOptions extends KeyManagerCliOptions {
 }
 
 /** With `--create-key`: the key made in the key manager for the target, once it exists. */
-interface CreatedKey {
+export interface CreatedKey {
   id?: string;
 }
 
@@ -40,7 +40,7 @@ function typed(opts: KeyOptions, role: 'source' | 'target'): boolean {
  * Where a side's LUKS passphrase comes from: its key file, its managed key, --create-key, or,
  * with none and a terminal on stdin, a prompt (`fresh`: a new passphrase, asked twice).
  */
-function passphraseSource(opts: KeyOptions, role: 'source' | 'target', created?: CreatedKey, path = '', fresh = false): PassphraseSource | undefined {
+export function passphraseSource(opts: KeyOptions, role: 'source' | 'target', created?: CreatedKey, path = '', fresh = false): PassphraseSource | undefined {
   const file = role === 'source' ? opts.srcKeyFile : opts.dstKeyFile;
   const id = role === 'source' ? opts.srcKeyId : opts.dstKeyId;
   const create = role === 'target' && opts.createKey === true;
@@ -96,7 +96,7 @@ const onWrongPassphrase = (): void => {
 };
 
 /** Progress on a TTY bar, as JSON lines, or not at all. */
-function progressReporter(json: boolean, label: string) {
+export function progressReporter(json: boolean, label: string) {
   const started = performance.now();
   let last = -Infinity;
   let bar: cliProgress.SingleBar | undefined;
@@ -134,7 +134,7 @@ function progressReporter(json: boolean, label: string) {
 }
 
 /** Aborts on SIGINT/SIGTERM while `fn` runs; a second signal exits at once. */
-async function withCancellation<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+export async function withCancellation<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const controller = new AbortController();
   const onSignal = (sig: NodeJS.Signals) => {
     if (controller.signal.aborted) process.exit(sig === 'SIGINT' ? 130 : 143);

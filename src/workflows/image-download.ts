@@ -1,0 +1,215 @@
+/**
+ * Creating a volume from an image in an OpenStack Glance v2 image service in one streaming
+ * pass, with no temporary copy of the image.
+ *
+ * - A plain image (raw or qcow2) is converted as `convert` does (any target format, exact
+ *   sizing), reading the image while it downloads: a raw image is one long download; a qcow2
+ *   image reads its tables with range requests where they lie and its data clusters from
+ *   the long download (see `RemoteImageDevice`).
+ * - An image uploaded as-is from an encrypted volume (`cinder_encryption_key_id` or
+ *   `os_encrypt_key_id`, LUKS content) becomes a volume whose ciphertext is copied
+ *   unchanged and whose key is a fresh clone of the image's key, made inside the key
+ *   manager: the volume and the image can be deleted independently, and no byte is decrypted.
+ *
+ * Integrity: with `img_signature*` properties the signature is verified on the bytes as they
+ * stream (the certificate is checked before the first byte); `requireSignature` refuses an
+ * unsigned image. The sha512 of the bytes must equal Glance's `os_hash_value`. Both checks
+ * finish before the target is committed: a failure (exit 7) leaves no target and no key.
+ *
+ * @example
+ * const report = await downloadImage({ client, imageId, target: 'vol.luks', targetFormat: 'luks2',
+ *   targetPassphrase: async () => Passphrase.fromString('secret') });
+ */
+import { createHash } from 'node:crypto';
+import { AlreadyExistsError, CancelledError, IntegrityError, InvalidArgumentError, UnsupportedError } from '../errors.js';
+import { FileDevice, removeFile, renameDurably, statPath } from '../devices/file-device.js';
+import { detectFormat } from '../images/detect.js';
+import { LuksVolume } from '../luks/volume.js';
+import type { CallerIdentity, KeyManager } from '../keys/key-manager.js';
+import type { GlanceClient } from '../image-service/glance-client.js';
+import type { ImageRecord } from '../image-service/glance-wire.js';
+import { RemoteImageDevice } from '../image-service/remote-image-device.js';
+import { SIGNATURE_PROPERTY, startSignatureVerification, type StreamingSignatureVerification, type VerifiedImageSignature } from '../signatures/image-signature.js';
+import type { ParsedCertificate } from '../signatures/certificate-validation.js';
+import { convert, partialPath, type CacheMode, type ConvertReport, type LuksTargetOptions } from './convert.js';
+import { ENCRYPTION_PROPERTY } from './image-upload.js';
+import type { ImageFormat, PassphraseSource } from './open-source.js';
+import { copyData } from './pipeline.js';
+import { CryptoPool } from './worker-pool.js';
+
+export interface ImageDownloadOptions {
+  client: GlanceClient;
+  imageId: string;
+  target: string;
+  targetFormat: ImageFormat;
+  keyManager?: KeyManager;
+  caller?: CallerIdentity;
+  /** Refuse images without signature properties. */
+  requireSignature?: boolean;
+  /** The signing certificate must chain to one of these. */
+  trustedCertificates?: readonly ParsedCertificate[];
+  /** LUKS targets of plain images. */
+  targetPassphrase?: PassphraseSource;
+  luks?: LuksTargetOptions;
+  size?: number;
+  force?: boolean;
+  compress?: boolean;
+  cache?: CacheMode;
+  workers?: number;
+  signal?: AbortSignal;
+  onProgress?: (progress: { bytes: number; total: number }) => void;
+}
+
+export interface ImageDownloadReport {
+  imageId: string;
+  target: string;
+  targetFormat: ImageFormat;
+  /** 'as-is': ciphertext copied with a cloned key; 'convert': converted from a plain image. */
+  mode: 'as-is' | 'convert';
+  imageBytes: number;
+  sha512: string;
+  signature?: VerifiedImageSignature;
+  /** As-is: the volume's key, a clone of the image's. */
+  clonedKeyId?: string;
+  convert?: ConvertReport;
+  /** Range requests outside the long download, and resumes after dropped connections. */
+  transfer: { sideRequests: number; sideBytes: number; resumes: number };
+  seconds: number;
+}
+
+/** The image's key id when it was uploaded as-is from an encrypted volume. */
+export function encryptedImageKeyId(image: ImageRecord): string | undefined {
+  return image.properties[ENCRYPTION_PROPERTY.keyId] ?? image.properties[ENCRYPTION_PROPERTY.cinderKeyId];
+}
+
+export async function downloadImage(options: ImageDownloadOptions): Promise<ImageDownloadReport> {
+  const started = performance.now();
+  const { client, imageId } = options;
+  const image = await client.show(imageId, options.signal);
+  if (image.status !== 'active' || image.size === null) {
+    throw new InvalidArgumentError(`Image ${imageId} is ${image.status}: only an active image with data can become a volume.`);
+  }
+  const signed = image.properties[SIGNATURE_PROPERTY.signature] !== undefined;
+  if (!signed && options.requireSignature) {
+    throw new IntegrityError(`Image ${imageId} has no ${SIGNATURE_PROPERTY.signature} property, and a signature is required.`);
+  }
+  let verification: StreamingSignatureVerification | undefined;
+  if (signed) {
+    if (!options.keyManager || !options.caller) throw new InvalidArgumentError(`Image ${imageId} is signed: its certificate is read from the key manager.`);
+    verification = await startSignatureVerification({
+      properties: image.properties,
+      keyManager: options.keyManager,
+      caller: options.caller,
+      ...(options.trustedCertificates ? { trustedCertificates: options.trustedCertificates } : {}),
+    });
+  }
+  const sha512 = createHash('sha512');
+  const device = new RemoteImageDevice(client, imageId, image.size, {
+    observe: (chunk) => {
+      sha512.update(chunk);
+      verification?.update(chunk);
+    },
+    ...(options.signal ? { signal: options.signal } : {}),
+  });
+  let signature: VerifiedImageSignature | undefined;
+  let digest = '';
+  // Reads the rest of the file and settles both checks; runs before the target is committed.
+  const checkIntegrity = async () => {
+    await device.finish();
+    digest = sha512.digest('hex');
+    if (verification) signature = verification.finish();
+    if (image.hashAlgo === 'sha512' && image.hashValue && image.hashValue !== digest) {
+      throw new IntegrityError(`Image ${imageId}: the data read has sha512 ${digest}, not the ${image.hashValue} the image service recorded.`);
+    }
+  };
+  try {
+    const keyId = encryptedImageKeyId(image);
+    const content = await detectFormat(device);
+    let report: Omit<ImageDownloadReport, 'transfer' | 'seconds' | 'sha512' | 'signature'>;
+    if (keyId && (content === 'luks1' || content === 'luks2')) {
+      report = await copyEncrypted(options, device, content, keyId, checkIntegrity);
+    } else {
+      const converted = await convert({
+        source: `image ${imageId}`,
+        sourceDevice: device,
+        target: options.target,
+        targetFormat: options.targetFormat,
+        ...(options.targetPassphrase ? { targetPassphrase: options.targetPassphrase } : {}),
+        ...(options.luks ? { luks: options.luks } : {}),
+        ...(options.size !== undefined ? { size: options.size } : {}),
+        force: options.force === true,
+        compress: options.compress === true,
+        ...(options.cache ? { cache: options.cache } : {}),
+        ...(options.workers !== undefined ? { workers: options.workers } : {}),
+        ...(options.signal ? { signal: options.signal } : {}),
+        ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+        beforeCommit: checkIntegrity,
+      });
+      report = { imageId, target: options.target, targetFormat: options.targetFormat, mode: 'convert', imageBytes: image.size, convert: converted };
+    }
+    return {
+      ...report,
+      sha512: digest,
+      ...(signature ? { signature } : {}),
+      transfer: { sideRequests: device.stats.sideRequests, sideBytes: device.stats.sideBytes, resumes: device.stats.resumes },
+      seconds: (performance.now() - started) / 1000,
+    };
+  } finally {
+    await device.close();
+  }
+}
+
+/**
+ * An encrypted as-is image: the LUKS container is copied byte for byte into a new target
+ * file, checked, and given a clone of the image's key.
+ */
+async function copyEncrypted(
+  options: ImageDownloadOptions,
+  device: RemoteImageDevice,
+  content: 'luks1' | 'luks2',
+  keyId: string,
+  checkIntegrity: () => Promise<void>,
+): Promise<Omit<ImageDownloadReport, 'transfer' | 'seconds' | 'sha512' | 'signature'>> {
+  if (options.targetFormat !== content) {
+    throw new UnsupportedError(`Image ${options.imageId} is an encrypted ${content} volume: it becomes a ${content} volume as-is (re-keying into ${options.targetFormat} is not built).`);
+  }
+  if (options.targetPassphrase || options.luks || options.size !== undefined || options.compress) {
+    throw new InvalidArgumentError('An encrypted image keeps its LUKS header and key: target key, LUKS and size options do not apply.');
+  }
+  if (!options.keyManager || !options.caller) throw new InvalidArgumentError('An encrypted image needs the key manager to clone its key.');
+  const dst = await statPath(options.target);
+  if (dst.exists && !options.force) throw new AlreadyExistsError(`${options.target} exists; use --force to replace it.`);
+  if (dst.exists && !dst.isFile) throw new InvalidArgumentError(`${options.target} is not a regular file.`);
+  const temp = partialPath(options.target);
+  await removeFile(temp);
+  const size = device.size;
+  const file = await FileDevice.open(temp, { create: true, exclusive: true, size });
+  const pool = CryptoPool.create(0);
+  let clonedKeyId: string | undefined;
+  try {
+    await copyData({ device, base: 0, size }, { device: file, base: 0, zeros: 'skip' }, size, {
+      pool,
+      ...(options.signal ? { signal: options.signal } : {}),
+      onProgress: (bytes) => options.onProgress?.({ bytes, total: size }),
+    });
+    await checkIntegrity();
+    // The copy must open as the LUKS volume it claims to be before it gets a key and a name.
+    const check = await LuksVolume.open(file, { readOnly: true });
+    if (check.version !== (content === 'luks1' ? 1 : 2)) throw new IntegrityError(`The copied image does not open as ${content}.`);
+    if (options.signal?.aborted) throw new CancelledError();
+    clonedKeyId = await options.keyManager.clone(options.caller, keyId, { name: `volume ${options.target}` });
+    await file.sync();
+    await file.close();
+    await renameDurably(temp, options.target, true);
+    const report = { imageId: options.imageId, target: options.target, targetFormat: content, mode: 'as-is' as const, imageBytes: size, clonedKeyId };
+    clonedKeyId = undefined;
+    return report;
+  } catch (err) {
+    await file.close().catch(() => {});
+    await removeFile(temp).catch(() => {});
+    if (clonedKeyId) await options.keyManager.delete(options.caller, clonedKeyId, { force: true }).catch(() => undefined);
+    throw err;
+  } finally {
+    await pool.close();
+  }
+}
