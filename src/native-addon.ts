@@ -8,7 +8,7 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
-/** What the compiled module exports (native/xts.c, native/copy-bytes.c, native/align.c, native/seek-data.c). */
+/** What the compiled module exports (native/xts.c, native/copy-bytes.c, native/align.c, native/seek-data.c, native/syncfs.c). */
 export interface NativeAddon {
   /** engine 0: AES-NI when the CPU has it, else OpenSSL EVP; 1: OpenSSL EVP only. */
   createKeys(key: Uint8Array, engine: number): object;
@@ -19,6 +19,8 @@ export interface NativeAddon {
   alignGap(view: Uint8Array, alignment: number): number;
   /** lseek SEEK_HOLE (`hole`) or SEEK_DATA: the offset, -1 for ENXIO (no data after), -2 when holes are not reported. */
   seekData?(fd: number, offset: number, hole: boolean): number;
+  /** syncfs(2) on the file system of `fd` (native/syncfs.c). */
+  syncFs?(fd: number): void;
 }
 
 let loaded: NativeAddon | null | undefined;
@@ -92,4 +94,12 @@ export function seekData(fd: number, offset: number, hole: boolean): number | 'e
   if (!addon?.seekData) return undefined;
   const r = addon.seekData(fd, offset, hole);
   return r === -1 ? 'end' : r === -2 ? undefined : r;
+}
+
+/** syncfs(2) on the file system holding `fd`; false when the native module cannot (the caller fsyncs each file). */
+export function syncFileSystem(fd: number): boolean {
+  const addon = nativeAddon();
+  if (!addon?.syncFs) return false;
+  addon.syncFs(fd);
+  return true;
 }

@@ -113,18 +113,21 @@ async function run(repo: Repository, device: BlockDevice, options: CreateBackupO
 
   const stats: BackupStats = { dataBytes: 0, newChunks: 0, newBytes: 0, storedBytes: 0, reusedChunks: 0, zeroChunks: 0 };
   const chunks: Array<string | null> = new Array<string | null>(count).fill(null);
-  const parallel = Math.max(1, options.parallel ?? repo.store.parallelism);
-  const inFlight = new Set<Promise<void>>();
-  let failure: unknown;
+  const lanes = Math.max(2, options.parallel ?? repo.store.parallelism);
   let done = 0;
+  let next = 0;
+  let failure: unknown;
 
-  // One chunk buffer is filled while the previous one is hashed and sealed.
-  const readChunk = async (i: number): Promise<{ buf: Uint8Array; data: number } | null> => {
+  // Each lane takes the next chunk: read (holes skipped), hash and seal on the thread pool, store.
+  // Several lanes keep the disk, both cores and the store busy at once; ids go to their index.
+  // WebCrypto copies its input when called, so a lane reuses one read buffer for all its chunks.
+  const readChunk = async (i: number, scratch: Uint8Array): Promise<{ buf: Uint8Array; data: number } | null> => {
     const start = i * chunkSize;
     const end = Math.min(size, start + chunkSize);
     const ranges = dataRanges(holes, start, end);
     if (ranges.length === 0) return null;
-    const buf = new Uint8Array(end - start);
+    const buf = scratch.subarray(0, end - start);
+    buf.fill(0);
     let data = 0;
     for (const [o, n] of ranges) {
       await device.read(buf.subarray(o - start, o - start + n), o);
@@ -132,45 +135,46 @@ async function run(repo: Repository, device: BlockDevice, options: CreateBackupO
     }
     return { buf, data };
   };
-
-  let next = count > 0 ? readChunk(0) : undefined;
-  for (let i = 0; i < count; i++) {
-    if (options.signal?.aborted) throw new CancelledError();
-    if (failure) throw failure;
-    const got = await next!;
-    next = i + 1 < count ? readChunk(i + 1) : undefined;
-    const len = Math.min(size, (i + 1) * chunkSize) - i * chunkSize;
-    if (got) stats.dataBytes += got.data;
-    if (!got || isAllZero(got.buf)) {
-      stats.zeroChunks++;
-    } else {
-      const id = repo.chunkId(got.buf);
-      chunks[i] = id;
-      if (known.has(id)) {
-        stats.reusedChunks++;
+  const lane = async () => {
+    const scratch = new Uint8Array(Math.min(chunkSize, size));
+    while (failure === undefined && next < count) {
+      if (options.signal?.aborted) throw new CancelledError();
+      const i = next++;
+      const len = Math.min(size, (i + 1) * chunkSize) - i * chunkSize;
+      const got = await readChunk(i, scratch);
+      if (got) stats.dataBytes += got.data;
+      if (!got || isAllZero(got.buf)) {
+        stats.zeroChunks++;
       } else {
-        known.add(id);
-        const sealed = repo.sealChunk(id, got.buf);
-        stats.newChunks++;
-        stats.newBytes += got.buf.length;
-        stats.storedBytes += sealed.length;
-        const p: Promise<void> = repo.putSealedChunk(id, sealed).then(
-          () => void inFlight.delete(p),
-          (err) => {
-            inFlight.delete(p);
-            failure ??= err;
-          },
-        );
-        inFlight.add(p);
-        if (inFlight.size >= parallel) await Promise.race(inFlight);
+        const id = await repo.chunkIdAsync(got.buf);
+        chunks[i] = id;
+        // Checked and recorded with no await in between: two lanes never both store one id.
+        if (known.has(id)) {
+          stats.reusedChunks++;
+        } else {
+          known.add(id);
+          const sealed = await repo.sealChunkAsync(id, got.buf);
+          await repo.putSealedChunk(id, sealed);
+          stats.newChunks++;
+          stats.newBytes += got.buf.length;
+          stats.storedBytes += sealed.length;
+        }
       }
+      done += len;
+      options.onProgress?.({ bytes: done, total: size });
     }
-    done += len;
-    options.onProgress?.({ bytes: done, total: size });
-  }
-  await Promise.all(inFlight);
-  if (failure) throw failure;
+  };
+  await Promise.all(
+    Array.from({ length: lanes }, () =>
+      lane().catch((err) => {
+        failure ??= err;
+      }),
+    ),
+  );
+  if (failure !== undefined) throw failure;
   if (options.signal?.aborted) throw new CancelledError();
+  // Every chunk durable before the manifest that names them.
+  await repo.store.sync?.();
 
   const manifest: BackupManifest = {
     format: 'brickcrypt-backup-manifest',

@@ -27,6 +27,12 @@ export interface ObjectStore {
   delete(name: string): Promise<void>;
   /** Names of every object whose name starts with `prefix`, in no particular order. */
   list(prefix: string): Promise<string[]>;
+  /**
+   * Makes every completed `put` durable. Network stores are durable when a PUT is acknowledged and
+   * have nothing to do; the file store batches chunk files and syncs them here (and before any put
+   * outside `chunks/`, so a manifest never becomes durable before its chunks).
+   */
+  sync?(): Promise<void>;
   close(): Promise<void>;
 }
 

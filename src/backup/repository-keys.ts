@@ -60,3 +60,23 @@ export function keyCheckMatches(keys: RepositoryKeys, repositoryId: string, expe
   const b = Buffer.from(expected, 'hex');
   return a.length === b.length && timingSafeEqual(a, b);
 }
+
+/** The chunk-id and seal subkeys as WebCrypto keys (non-extractable), for the parallel data path. */
+export interface RepositoryCryptoKeys {
+  chunkId: CryptoKey;
+  seal: CryptoKey;
+}
+
+export async function importRepositoryKeys(keys: RepositoryKeys): Promise<RepositoryCryptoKeys> {
+  const subtle = globalThis.crypto.subtle;
+  const [chunkId, seal] = await Promise.all([
+    subtle.importKey('raw', keys.chunkId.expose() as Uint8Array<ArrayBuffer>, { name: 'HMAC', hash: 'SHA-256' }, false, ['sign', 'verify']),
+    subtle.importKey('raw', keys.seal.expose() as Uint8Array<ArrayBuffer>, { name: 'AES-GCM' }, false, ['encrypt', 'decrypt']),
+  ]);
+  return { chunkId, seal };
+}
+
+/** `chunkIdOf` on WebCrypto's thread pool. */
+export async function chunkIdAsync(keys: RepositoryCryptoKeys, plain: Uint8Array): Promise<string> {
+  return Buffer.from(await globalThis.crypto.subtle.sign('HMAC', keys.chunkId, plain as Uint8Array<ArrayBuffer>)).toString('hex');
+}

@@ -14,8 +14,8 @@ import { AlreadyExistsError, IntegrityError, InvalidArgumentError, NotFoundError
 import type { SecretBytes } from '../secret.js';
 import type { ObjectStore } from './object-store.js';
 import { decodeRepositoryConfig, encodeRepositoryConfig, CHUNK_ALIGNMENT, CONFIG_FORMAT, CONFIG_VERSION, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, type RepositoryConfig } from './repository-config.js';
-import { chunkIdOf, deriveRepositoryKeys, keyCheckMatches, keyCheckOf, wipeRepositoryKeys, type RepositoryKeys } from './repository-keys.js';
-import { openObject, sealObject } from './sealed-object.js';
+import { chunkIdAsync, chunkIdOf, deriveRepositoryKeys, importRepositoryKeys, keyCheckMatches, keyCheckOf, wipeRepositoryKeys, type RepositoryCryptoKeys, type RepositoryKeys } from './repository-keys.js';
+import { openObject, openObjectAsync, sealObject, sealObjectAsync } from './sealed-object.js';
 import { decodeManifest, encodeManifest, isBackupId, type BackupManifest } from './manifest.js';
 
 export const CONFIG_OBJECT = 'config';
@@ -38,6 +38,8 @@ export async function readRepositoryConfig(store: ObjectStore): Promise<Reposito
 }
 
 export class Repository {
+  #crypto: Promise<RepositoryCryptoKeys> | undefined;
+
   private constructor(
     readonly store: ObjectStore,
     readonly config: RepositoryConfig,
@@ -84,6 +86,28 @@ export class Repository {
     return sealObject('chunk', id, plain, this.keys.seal).bytes;
   }
 
+  /** The subkeys as WebCrypto keys: the data path hashes and seals on the thread pool. */
+  #cryptoKeys(): Promise<RepositoryCryptoKeys> {
+    this.#crypto ??= importRepositoryKeys(this.keys);
+    return this.#crypto;
+  }
+
+  async chunkIdAsync(plain: Uint8Array): Promise<string> {
+    return chunkIdAsync(await this.#cryptoKeys(), plain);
+  }
+
+  async sealChunkAsync(id: string, plain: Uint8Array): Promise<Uint8Array> {
+    return (await sealObjectAsync('chunk', id, plain, (await this.#cryptoKeys()).seal)).bytes;
+  }
+
+  /** `openChunk` on the thread pool. */
+  async openChunkAsync(id: string, sealed: Uint8Array): Promise<Uint8Array> {
+    const keys = await this.#cryptoKeys();
+    const plain = await openObjectAsync('chunk', id, sealed, keys.seal);
+    if ((await chunkIdAsync(keys, plain)) !== id) throw new IntegrityError(`chunk ${id}: its content does not have this id.`);
+    return plain;
+  }
+
   async putSealedChunk(id: string, sealed: Uint8Array): Promise<void> {
     await this.store.put(chunkObjectName(id), sealed);
   }
@@ -103,7 +127,7 @@ export class Repository {
       if (err instanceof NotFoundError) throw new IntegrityError(`chunk ${id} is missing from the repository.`);
       throw err;
     }
-    return this.openChunk(id, sealed);
+    return this.openChunkAsync(id, sealed);
   }
 
   /** Ids of every stored chunk. */

@@ -51,7 +51,7 @@ export async function verifyRepository(repo: Repository, options: { id?: string;
   let checked = 0;
   await parallelMap(toCheck, repo.store.parallelism, async (c) => {
     try {
-      repo.openChunk(c, await repo.store.get(chunkObjectName(c)));
+      await repo.openChunkAsync(c, await repo.store.get(chunkObjectName(c)));
     } catch (err) {
       note(err);
     }
