@@ -40,7 +40,7 @@ function fail(why) {
 }
 
 const output = join(root, 'build', 'Release', 'brickcrypt_xts.node');
-const sources = ['native/xts.c', 'native/copy-bytes.c', 'native/align.c', 'native/addon.h', 'binding.gyp'].map((f) => join(root, f));
+const sources = ['native/xts.c', 'native/copy-bytes.c', 'native/align.c', 'native/seek-data.c', 'native/syncfs.c', 'native/addon.h', 'binding.gyp'].map((f) => join(root, f));
 if (existsSync(output) && sources.every((f) => statSync(f).mtimeMs <= statSync(output).mtimeMs)) process.exit(0); // up to date
 
 const gyp = nodeGyp();

@@ -297,6 +297,24 @@ export class PassphraseMismatchError extends BrickcryptError {
   }
 }
 
+// --- backup ---
+/** The backup key does not open this repository: it is another key than the one `backup init` created. */
+export class WrongBackupKeyError extends BrickcryptError {
+  constructor(message: string) {
+    super('WRONG_BACKUP_KEY', message, PERMISSION);
+  }
+}
+
+/** An object store (file:, Swift, S3) refused a request or stayed unreachable after retries. */
+export class ObjectStoreError extends BrickcryptError {
+  /** HTTP status of the last response, when there was one. */
+  readonly status?: number;
+  constructor(message: string, options?: { cause?: unknown; status?: number }) {
+    super('OBJECT_STORE', message, { exitCode: EXIT_CODES.io, nbdErrno: NBD_ERRNO.EIO, httpStatus: 502 }, options);
+    if (options?.status !== undefined) this.status = options.status;
+  }
+}
+
 /** Maps any thrown value to its CLI exit code (unexpected errors are internal: 70). */
 export function exitCodeOf(err: unknown): number {
   return err instanceof BrickcryptError ? err.exitCode : EXIT_CODES.internal;

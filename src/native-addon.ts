@@ -8,7 +8,7 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
-/** What the compiled module exports (native/xts.c, native/copy-bytes.c, native/align.c). */
+/** What the compiled module exports (native/xts.c, native/copy-bytes.c, native/align.c, native/seek-data.c, native/syncfs.c). */
 export interface NativeAddon {
   /** engine 0: AES-NI when the CPU has it, else OpenSSL EVP; 1: OpenSSL EVP only. */
   createKeys(key: Uint8Array, engine: number): object;
@@ -17,6 +17,10 @@ export interface NativeAddon {
   wipe(keys: object): void;
   copyBytes(dst: Uint8Array, dstOffset: number, src: Uint8Array): void;
   alignGap(view: Uint8Array, alignment: number): number;
+  /** lseek SEEK_HOLE (`hole`) or SEEK_DATA: the offset, -1 for ENXIO (no data after), -2 when holes are not reported. */
+  seekData?(fd: number, offset: number, hole: boolean): number;
+  /** syncfs(2) on the file system of `fd` (native/syncfs.c). */
+  syncFs?(fd: number): void;
 }
 
 let loaded: NativeAddon | null | undefined;
@@ -78,4 +82,24 @@ export function allocateAligned(length: number, alignment: number): { view: Uint
 export function isAddressAligned(view: Uint8Array, alignment: number): boolean {
   const addon = nativeAddon();
   return addon !== null && addon.alignGap(view, alignment) === 0;
+}
+
+/**
+ * `lseek(fd, offset, SEEK_HOLE)` (`hole`) or `SEEK_DATA` through the native module: the offset found,
+ * `'end'` when no data lies at or after `offset`, or `undefined` when the module (or the file system)
+ * cannot say, and the caller must treat the file as all data.
+ */
+export function seekData(fd: number, offset: number, hole: boolean): number | 'end' | undefined {
+  const addon = nativeAddon();
+  if (!addon?.seekData) return undefined;
+  const r = addon.seekData(fd, offset, hole);
+  return r === -1 ? 'end' : r === -2 ? undefined : r;
+}
+
+/** syncfs(2) on the file system holding `fd`; false when the native module cannot (the caller fsyncs each file). */
+export function syncFileSystem(fd: number): boolean {
+  const addon = nativeAddon();
+  if (!addon?.syncFs) return false;
+  addon.syncFs(fd);
+  return true;
 }

@@ -18,7 +18,7 @@ import { promises as fsp, constants as fsc } from 'node:fs';
 import { dirname } from 'node:path';
 import { type BlockDevice, type DeviceCapabilities, type Extent, rangeInside } from '../block-device.js';
 import { DeviceIoError, NotFoundError, OutOfRangeError, ReadOnlyDeviceError } from '../errors.js';
-import { isAddressAligned, nativeAddon } from '../native-addon.js';
+import { isAddressAligned, nativeAddon, seekData } from '../native-addon.js';
 
 export interface OpenFileOptions {
   readOnly?: boolean;
@@ -39,6 +39,12 @@ export interface OpenFileOptions {
    * every write goes through the page cache and `cacheBypass.unavailable` says why.
    */
   bypassCache?: boolean;
+  /**
+   * Report a regular file's real holes from `extents()` (lseek SEEK_DATA/SEEK_HOLE through the native
+   * module; `capabilities.extents` says whether that is available). Off by default: callers that
+   * read holes as zeros anyway need no extra system calls.
+   */
+  seekHoles?: boolean;
 }
 
 /** Offset, length and memory alignment of O_DIRECT writes: the largest common logical block size. */
@@ -93,11 +99,12 @@ export class FileDevice implements BlockDevice {
     readonly isBlockDevice: boolean,
     holeFrom: number,
     private readonly ignoreFlush: boolean,
+    private readonly seekHoles: boolean,
   ) {
     this.#size = size;
     this.#holeFrom = holeFrom;
-    // Holes are tracked only above a watermark (no fallocate/SEEK_HOLE in Node), so no capability is claimed.
-    this.capabilities = { discard: false, writeZeroes: false, extents: false, resize: !isBlockDevice };
+    // Without seekHoles, holes are tracked only above a watermark (no fallocate in Node), so no capability is claimed.
+    this.capabilities = { discard: false, writeZeroes: false, extents: seekHoles, resize: !isBlockDevice };
   }
 
   static async open(path: string, options: OpenFileOptions = {}): Promise<FileDevice> {
@@ -129,7 +136,8 @@ export class FileDevice implements BlockDevice {
           holeFrom = size;
         }
       }
-      const device = new FileDevice(path, handle, size, readOnly, isBlock, holeFrom, options.ignoreFlush === true);
+      const seekHoles = options.seekHoles === true && !isBlock && seekData(handle.fd, 0, true) !== undefined;
+      const device = new FileDevice(path, handle, size, readOnly, isBlock, holeFrom, options.ignoreFlush === true, seekHoles);
       if (options.bypassCache && !readOnly) await device.#openDirect();
       return device;
     } catch (err) {
@@ -270,15 +278,43 @@ export class FileDevice implements BlockDevice {
     await this.writeZeroes(offset, length, { mayTrim: true });
   }
 
-  /** Reports the known-hole tail of a regular file as a hole; everything else as data. */
+  /**
+   * With `seekHoles`: the file's holes and data as lseek SEEK_HOLE/SEEK_DATA report them. Otherwise the
+   * known-hole tail of a regular file is a hole and everything else data.
+   */
   async extents(offset: number, length: number): Promise<Extent[]> {
     this.#check(offset, length, false);
     if (length === 0) return [];
+    if (this.seekHoles) return this.#seekExtents(offset, length);
     const end = offset + length;
     const split = Math.min(Math.max(this.#holeFrom, offset), end);
     const out: Extent[] = [];
     if (split > offset) out.push({ offset, length: split - offset, hole: false, zero: false });
     if (end > split) out.push({ offset: split, length: end - split, hole: true, zero: true });
+    return out;
+  }
+
+  #seekExtents(offset: number, length: number): Extent[] {
+    const end = offset + length;
+    const out: Extent[] = [];
+    const push = (o: number, n: number, hole: boolean) => {
+      if (n <= 0) return;
+      const last = out[out.length - 1];
+      if (last && last.hole === hole && last.offset + last.length === o) last.length += n;
+      else out.push({ offset: o, length: n, hole, zero: hole });
+    };
+    let pos = offset;
+    while (pos < end) {
+      const data = seekData(this.handle.fd, pos, false);
+      if (data === undefined) return [{ offset, length, hole: false, zero: false }];
+      const dataAt = data === 'end' ? end : Math.min(data, end);
+      push(pos, dataAt - pos, true);
+      if (dataAt >= end) break;
+      const hole = seekData(this.handle.fd, dataAt, true);
+      const holeAt = hole === undefined || hole === 'end' ? end : Math.min(hole, end);
+      push(dataAt, holeAt - dataAt, false);
+      pos = holeAt;
+    }
     return out;
   }
 

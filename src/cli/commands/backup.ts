@@ -1,0 +1,351 @@
+/**
+ * `brickcrypt backup ...`: incremental, deduplicated, compressed and encrypted backups of volumes
+ * into a repository (file:, Swift, S3) under the repository's own backup key from the key manager.
+ * Encrypted volumes are backed up as their container bytes: no volume key is ever read.
+ * Progress is a bar on a TTY (stderr) or JSON lines on stdout with `--json`.
+ */
+import type { Command } from 'commander';
+import cliProgress from 'cli-progress';
+import { AlreadyExistsError, InvalidArgumentError, WrongBackupKeyError } from '../../errors.js';
+import type { SecretBytes } from '../../secret.js';
+import { addKeyManagerOptions, withKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
+import { parseInteger, parseSize } from '../parse.js';
+import type { Repository } from '../../backup/repository.js';
+import type { ObjectStore } from '../../backup/object-store.js';
+import type { BackupManifest } from '../../backup/manifest.js';
+
+interface BackupCliOptions extends KeyManagerCliOptions {
+  repo?: string;
+  keyId?: string;
+  json?: boolean;
+}
+
+const MIB = 1024 * 1024;
+const repoModule = () => import('../../backup/repository.js');
+const storeModule = () => import('../../backup/object-store.js');
+
+const REPO_HELP = `
+--repo URI (default $BRICKCRYPT_BACKUP_REPO):
+  file:DIR                                a directory
+  swift+http(s)://HOST:PORT/CONTAINER     OpenStack Swift; credentials from ST_AUTH/ST_USER/ST_KEY
+                                          (tempauth) or OS_AUTH_URL/OS_USERNAME/OS_PASSWORD/OS_PROJECT_NAME
+  s3://HOST:PORT/BUCKET (s3+https://...)  the S3 API; AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY[/AWS_REGION]
+The backup key is the repository's own key in the key manager (created by 'backup init');
+a caller needs read access to it only (e.g. roles creator,reader with a read grant).`;
+
+function repoUri(o: BackupCliOptions): string {
+  const uri = o.repo ?? process.env.BRICKCRYPT_BACKUP_REPO;
+  if (!uri) throw new InvalidArgumentError('Give --repo URI (or set BRICKCRYPT_BACKUP_REPO).');
+  return uri;
+}
+
+function addCommon(cmd: Command): Command {
+  cmd.option('--repo <uri>', 'backup repository (see below)').option('--json', 'JSON output (and JSON progress lines)');
+  addKeyManagerOptions(cmd, { help: false });
+  return cmd.addHelpText('after', REPO_HELP);
+}
+
+/** Progress on a TTY bar, as JSON lines, or not at all. */
+function progressReporter(json: boolean, label: string) {
+  const started = performance.now();
+  let last = -Infinity;
+  let bar: cliProgress.SingleBar | undefined;
+  return {
+    update(bytes: number, total: number, extra: Record<string, unknown> = {}) {
+      const now = performance.now();
+      if (now - last < (json ? 1000 : 200) && bytes < total) return;
+      last = now;
+      const rate = bytes / Math.max(1e-3, (now - started) / 1000);
+      if (json) {
+        process.stdout.write(JSON.stringify({ event: 'progress', ...extra, bytes, total, rate: Math.round(rate) }) + '\n');
+        return;
+      }
+      if (!process.stderr.isTTY) return;
+      if (!bar) {
+        bar = new cliProgress.SingleBar(
+          { stream: process.stderr, format: `${label} {bar} {percentage}% | {done}/{all} MiB | {rate} MiB/s`, hideCursor: true },
+          cliProgress.Presets.shades_classic,
+        );
+        bar.start(total, 0, { done: '0', all: (total / MIB).toFixed(0), rate: '0' });
+      }
+      bar.update(bytes, { done: (bytes / MIB).toFixed(0), all: (total / MIB).toFixed(0), rate: (rate / MIB).toFixed(0) });
+    },
+    stop() {
+      bar?.stop();
+    },
+  };
+}
+
+/** Aborts on SIGINT/SIGTERM while `fn` runs; a second signal exits at once. */
+async function withCancellation<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  const controller = new AbortController();
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (controller.signal.aborted) process.exit(sig === 'SIGINT' ? 130 : 143);
+    controller.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    return await fn(controller.signal);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+async function withStore<T>(o: BackupCliOptions, fn: (store: ObjectStore) => Promise<T>): Promise<T> {
+  const { openObjectStore } = await storeModule();
+  const store = await openObjectStore(repoUri(o));
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+/** Opens the repository with its backup key from the key manager (the key's bytes are wiped after). */
+async function withRepository<T>(o: BackupCliOptions, fn: (repo: Repository) => Promise<T>): Promise<T> {
+  const { Repository, readRepositoryConfig } = await repoModule();
+  return withStore(o, async (store) => {
+    const config = await readRepositoryConfig(store);
+    const keyId = o.keyId ?? config.keyId;
+    const secret: SecretBytes = await withKeyManager(o, async (km, caller) => {
+      const object = await km.get(caller, keyId);
+      if (object.type !== 'symmetric' || object.secret.length !== 32) {
+        object.secret.wipe();
+        throw new WrongBackupKeyError(`Key ${keyId} is not a 256-bit symmetric key, so it is not this repository's backup key.`);
+      }
+      return object.secret;
+    });
+    let repo: Repository;
+    try {
+      repo = Repository.open(store, config, secret);
+    } finally {
+      secret.wipe();
+    }
+    try {
+      return await fn(repo);
+    } finally {
+      repo.close();
+    }
+  });
+}
+
+function out(o: BackupCliOptions, value: unknown, text: string): void {
+  process.stdout.write(o.json ? JSON.stringify(value) + '\n' : text);
+}
+
+function summary(m: BackupManifest) {
+  return {
+    id: m.id,
+    ...(m.name !== undefined ? { name: m.name } : {}),
+    created: m.created,
+    source: m.source,
+    ...(m.luks ? { luks: m.luks } : {}),
+    ...(m.parent ? { parent: m.parent } : {}),
+    chunkSize: m.chunkSize,
+    chunks: m.chunks.length,
+    holes: m.holes.length,
+    holeBytes: m.holes.reduce((a, [, n]) => a + n, 0),
+    stats: m.stats,
+  };
+}
+
+export function register(program: Command): void {
+  const backup = program
+    .command('backup')
+    .description('Incremental, deduplicated, compressed, encrypted volume backups under a separate backup key.')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  brickcrypt backup init --repo file:/srv/backups
+  brickcrypt backup create /var/lib/volumes/vol1.luks --repo file:/srv/backups --name nightly
+  brickcrypt backup list --repo file:/srv/backups
+  brickcrypt backup restore 20260101T020000Z-1a2b3c4d /var/lib/volumes/vol1-restored --repo file:/srv/backups
+  brickcrypt backup verify --repo swift+http://127.0.0.1:8080/backups
+  brickcrypt backup prune --keep-last 7 --repo s3://127.0.0.1:8080/backups`,
+    );
+
+  addCommon(
+    backup
+      .command('init')
+      .description("Create a repository and its backup key (a new key in the key manager, never a volume key); prints the key id.")
+      .option('--chunk-size <size>', 'chunk size, a multiple of 4 KiB between 64K and 64M (default 1M)')
+      .option('--grant-read <users>', 'comma-separated users given read access to the new backup key (e.g. the backup service)')
+      .addHelpText('after', '\nExamples:\n  brickcrypt backup init --repo file:/srv/backups\n  brickcrypt backup init --repo swift+http://127.0.0.1:8080/backups --roles creator --user backup-svc'),
+  ).action(async (o: BackupCliOptions & { chunkSize?: string; grantRead?: string }) => {
+    const { Repository, DEFAULT_CHUNK_SIZE } = await repoModule();
+    const chunkSize = o.chunkSize !== undefined ? parseSize(o.chunkSize, 'chunk-size') : DEFAULT_CHUNK_SIZE;
+    const uri = repoUri(o);
+    await withStore(o, async (store) => {
+      if (await store.exists('config')) throw new AlreadyExistsError(`${uri} already holds a backup repository.`);
+      await withKeyManager(o, async (km, caller) => {
+        const { id, key } = await km.createKey(caller, { algorithm: 'aes', bitLength: 256, name: `brickcrypt backup ${uri}` });
+        try {
+          // A caller without admin/member could never read its own new key: grant it read, as the owner may.
+          const readers = new Set((o.grantRead ?? '').split(',').map((s) => s.trim()).filter(Boolean));
+          if (!caller.roles.some((r) => r === 'admin' || r === 'member')) readers.add(caller.user);
+          for (const user of readers) await km.grantRead(caller, id, user);
+          const repo = await Repository.init(store, key, id, chunkSize);
+          await km.addConsumer(caller, id, { service: 'brickcrypt-backup', resourceType: 'repository', resourceId: repo.id }).catch(() => undefined);
+          repo.close();
+          out(o, { event: 'done', repository: repo.id, keyId: id, chunkSize }, `${id}\n`);
+        } catch (err) {
+          await km.delete(caller, id, { force: true }).catch(() => undefined);
+          throw err;
+        } finally {
+          key.wipe();
+        }
+      });
+    });
+  });
+
+  addCommon(
+    backup
+      .command('create')
+      .description('Back up a volume (raw, qcow2 or LUKS container bytes, never decrypted); prints the backup id.')
+      .argument('<volume>', 'volume file or block device')
+      .option('--name <name>', 'a label for the backup')
+      .option('--key-id <id>', "the backup key (default: the one the repository names)")
+      .addHelpText('after', '\nExamples:\n  brickcrypt backup create vol.luks --repo file:/srv/backups\n  brickcrypt backup create /dev/vg0/vol1 --repo swift+http://127.0.0.1:8080/backups --name before-upgrade --json'),
+  ).action(async (volume: string, o: BackupCliOptions & { name?: string }) => {
+    const { createBackup } = await import('../../backup/create-backup.js');
+    const { FileDevice } = await import('../../devices/file-device.js');
+    const { resolve } = await import('node:path');
+    const json = o.json === true;
+    await withRepository(o, async (repo) => {
+      const device = await FileDevice.open(volume, { readOnly: true, seekHoles: true });
+      const progress = progressReporter(json, 'backup');
+      try {
+        const started = performance.now();
+        const m = await withCancellation((signal) =>
+          createBackup(repo, device, { sourcePath: resolve(volume), ...(o.name !== undefined ? { name: o.name } : {}), signal, onProgress: (p) => progress.update(p.bytes, p.total) }),
+        );
+        progress.stop();
+        const seconds = (performance.now() - started) / 1000;
+        out(o, { event: 'done', ...summary(m), seconds, peakRssBytes: process.resourceUsage().maxRSS * 1024 }, `${m.id}\n`);
+      } finally {
+        progress.stop();
+        await device.close();
+      }
+    });
+  });
+
+  addCommon(
+    backup
+      .command('list')
+      .description('List the backups, oldest first.')
+      .option('--key-id <id>', 'the backup key (default: the one the repository names)')
+      .addHelpText('after', '\nExamples:\n  brickcrypt backup list --repo file:/srv/backups\n  brickcrypt backup list --repo file:/srv/backups --json'),
+  ).action(async (o: BackupCliOptions) => {
+    await withRepository(o, async (repo) => {
+      const manifests = await Promise.all((await repo.listBackupIds()).map((id) => repo.getManifest(id)));
+      const rows = manifests.map(summary);
+      const text = rows.map((r) => `${r.id}  ${r.created}  ${String(r.source.size).padStart(14)}  ${r.source.format.padEnd(5)}  ${r.source.path}${r.name ? `  (${r.name})` : ''}`).join('\n');
+      out(o, rows, rows.length ? `${text}\n` : 'No backups.\n');
+    });
+  });
+
+  addCommon(
+    backup
+      .command('show')
+      .description('Show one backup: source, LUKS header facts, chunks, holes, what it stored.')
+      .argument('<id>', 'backup id')
+      .option('--key-id <id>', 'the backup key (default: the one the repository names)')
+      .addHelpText('after', '\nExamples:\n  brickcrypt backup show 20260101T020000Z-1a2b3c4d --repo file:/srv/backups'),
+  ).action(async (id: string, o: BackupCliOptions) => {
+    await withRepository(o, async (repo) => {
+      const s = summary(await repo.getManifest(id));
+      const lines = [
+        `Backup ${s.id}${s.name ? ` (${s.name})` : ''}, created ${s.created}`,
+        `  source:   ${s.source.path} (${s.source.format}, ${s.source.size} bytes)`,
+        ...(s.luks ? [`  LUKS${s.luks.version}:   uuid ${s.luks.uuid}, header ${s.luks.dataOffset} bytes, sha256 ${s.luks.headerSha256}`] : []),
+        `  chunks:   ${s.chunks} of ${s.chunkSize} bytes; ${s.stats.zeroChunks} zero, ${s.stats.reusedChunks} reused, ${s.stats.newChunks} new`,
+        `  holes:    ${s.holes} ranges, ${s.holeBytes} bytes`,
+        `  stored:   ${s.stats.storedBytes} bytes for ${s.stats.newBytes} new bytes (read ${s.stats.dataBytes})`,
+        ...(s.parent ? [`  parent:   ${s.parent}`] : []),
+      ];
+      out(o, s, lines.join('\n') + '\n');
+    });
+  });
+
+  addCommon(
+    backup
+      .command('restore')
+      .description('Restore a backup, byte for byte, to a new file (holes stay holes) or an existing block device at least as large.')
+      .argument('<id>', 'backup id')
+      .argument('<target>', 'new file, or existing block device')
+      .option('--key-id <id>', 'the backup key (default: the one the repository names)')
+      .addHelpText('after', '\nExamples:\n  brickcrypt backup restore 20260101T020000Z-1a2b3c4d vol1.restored --repo file:/srv/backups\n  brickcrypt backup restore 20260101T020000Z-1a2b3c4d /dev/loop3 --repo file:/srv/backups'),
+  ).action(async (id: string, target: string, o: BackupCliOptions) => {
+    const { restoreBackup } = await import('../../backup/restore-backup.js');
+    const json = o.json === true;
+    await withRepository(o, async (repo) => {
+      const progress = progressReporter(json, 'restore');
+      try {
+        const started = performance.now();
+        const r = await withCancellation((signal) => restoreBackup(repo, id, target, { signal, onProgress: (p) => progress.update(p.bytes, p.total, { phase: p.phase }) }));
+        progress.stop();
+        const seconds = (performance.now() - started) / 1000;
+        out(o, { event: 'done', ...r, seconds, peakRssBytes: process.resourceUsage().maxRSS * 1024 }, `Restored ${r.id} to ${r.target} (${r.size} bytes, ${r.writtenBytes} written) in ${seconds.toFixed(2)} s.\n`);
+      } finally {
+        progress.stop();
+      }
+    });
+  });
+
+  addCommon(
+    backup
+      .command('verify')
+      .description('Authenticate every chunk and check every manifest is complete (or one backup\'s); exit 7 on any damage.')
+      .argument('[id]', 'backup id (default: the whole repository)')
+      .option('--key-id <id>', 'the backup key (default: the one the repository names)')
+      .addHelpText('after', '\nExamples:\n  brickcrypt backup verify --repo file:/srv/backups\n  brickcrypt backup verify 20260101T020000Z-1a2b3c4d --repo file:/srv/backups'),
+  ).action(async (id: string | undefined, o: BackupCliOptions) => {
+    const { verifyRepository } = await import('../../backup/verify-repository.js');
+    const json = o.json === true;
+    await withRepository(o, async (repo) => {
+      const progress = progressReporter(json, 'verify');
+      try {
+        const r = await verifyRepository(repo, { ...(id !== undefined ? { id } : {}), onProgress: (p) => progress.update(p.objects, p.total) });
+        progress.stop();
+        out(o, { event: 'done', ...r }, `Verified ${r.backups} backup(s) and ${r.chunks} chunk(s): no problems.\n`);
+      } finally {
+        progress.stop();
+      }
+    });
+  });
+
+  addCommon(
+    backup
+      .command('delete')
+      .description('Delete a backup (its manifest); its chunks go at the next prune.')
+      .argument('<id>', 'backup id')
+      .option('--key-id <id>', 'the backup key (default: the one the repository names)')
+      .addHelpText('after', '\nExamples:\n  brickcrypt backup delete 20260101T020000Z-1a2b3c4d --repo file:/srv/backups'),
+  ).action(async (id: string, o: BackupCliOptions) => {
+    const { deleteBackup } = await import('../../backup/prune-repository.js');
+    await withRepository(o, async (repo) => {
+      await deleteBackup(repo, id);
+      out(o, { event: 'done', deleted: id }, `Deleted backup ${id}.\n`);
+    });
+  });
+
+  addCommon(
+    backup
+      .command('prune')
+      .description('Keep the newest N backups of each volume, delete the rest and every chunk nothing references (safe against a running backup: exclusive lock).')
+      .requiredOption('--keep-last <n>', 'backups to keep per volume')
+      .option('--dry-run', 'report only')
+      .option('--key-id <id>', 'the backup key (default: the one the repository names)')
+      .addHelpText('after', '\nExamples:\n  brickcrypt backup prune --keep-last 7 --repo file:/srv/backups\n  brickcrypt backup prune --keep-last 1 --dry-run --repo file:/srv/backups --json'),
+  ).action(async (o: BackupCliOptions & { keepLast: string; dryRun?: boolean }) => {
+    const { pruneRepository } = await import('../../backup/prune-repository.js');
+    const keepLast = parseInteger(o.keepLast, 'keep-last', 0);
+    await withRepository(o, async (repo) => {
+      const r = await pruneRepository(repo, { keepLast, ...(o.dryRun ? { dryRun: true } : {}) });
+      out(o, { event: 'done', ...r }, `${o.dryRun ? 'Would delete' : 'Deleted'} ${r.deletedBackups.length} backup(s) and ${r.deletedChunks} chunk(s); kept ${r.keptBackups} backup(s), ${r.keptChunks} chunk(s).\n`);
+    });
+  });
+}
