@@ -22,6 +22,7 @@ export const COMMAND_GROUPS: readonly CommandGroup[] = [
   { commands: ['key'], load: () => import('./key.js') },
   { commands: ['image'], load: () => import('./image.js') },
   { commands: ['attach', 'detach'], load: () => import('./attach.js') },
+  { commands: ['serve'], load: () => import('./serve.js') },
 ];
 
 /**
