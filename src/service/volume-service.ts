@@ -294,12 +294,14 @@ export class VolumeService {
         ctx.checkpoint(cp);
       }
       let copied = 0;
+      const resumedFrom = cp.offset ?? 0;
       if (p.image_file) {
-        copied = await this.#copyInto(ctx, p.image_file, vol.path, p.format, pass ? (pass.clone() as Passphrase) : undefined, cp.offset ?? 0);
+        copied = await this.#copyInto(ctx, p.image_file, vol.path, p.format, pass ? (pass.clone() as Passphrase) : undefined, resumedFrom);
       }
       ctx.progress(p.size, p.size);
       this.#db.updateVolume(vol.id, { status: 'available' });
-      return { volume_id: vol.id, copied_bytes: copied };
+      // copied_bytes: copied by the run that finished; resumed_from: the checkpoint it started at.
+      return { volume_id: vol.id, copied_bytes: copied, resumed_from: resumedFrom, attempts: job.attempts };
     } finally {
       pass?.wipe();
       await lock.release();

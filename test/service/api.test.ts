@@ -129,6 +129,7 @@ test('from an image file: raw, LUKS1 and LUKS2 volumes hold exactly its bytes; p
     assert.equal(job.progress.bytes_total, imageBytes.length);
     assert.equal(job.progress.bytes_done, imageBytes.length);
     assert.equal(job.result.copied_bytes, imageBytes.length);
+    assert.equal(job.result.resumed_from, 0);
     const bytes = await volumeBytes(volume.id);
     assert.equal(bytes.length, imageBytes.length);
     assert.ok(bytes.equals(imageBytes), `${format} volume content`);
