@@ -11,7 +11,7 @@ body{font:14px system-ui,sans-serif;margin:24px;color:#222}
 h1{font-size:20px} table{border-collapse:collapse;width:100%;margin-bottom:24px}
 th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #ddd}
 .bar{width:220px;height:14px;background:#eee;border-radius:3px;overflow:hidden;display:inline-block;vertical-align:middle}
-.fill{height:100%;background:#2b7bd6} .state-failed{color:#b00} .state-succeeded{color:#070}
+.fill{display:block;height:100%;background:#2b7bd6} .state-failed{color:#b00} .state-succeeded{color:#070}
 #err{color:#b00}
 </style></head>
 <body>

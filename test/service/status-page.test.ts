@@ -41,7 +41,7 @@ test('status page: volumes and live job progress over SSE, in headless Chromium,
     // The token travels in the fragment: it is never sent to the server in a URL.
     await page.goto(`${base}/#token=${TOKENS.admin.token}`);
     await page.waitForSelector('#volumes tbody tr');
-    assert.match(await page.textContent('#volumes tbody'), /page-blank/);
+    assert.match((await page.textContent('#volumes tbody')) ?? '', /page-blank/);
 
     const slow = await call('POST', '/v1/volumes', { who: 'admin', body: { name: 'page-copy', format: 'raw', source: { image_file: image } } });
     const jobId = slow.json.job.id as string;
