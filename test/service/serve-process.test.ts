@@ -10,7 +10,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cliPath, runCli } from '../helpers/tools.js';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { cliPath, needTools, runCli, whichTool } from '../helpers/tools.js';
+
+const execFileP = promisify(execFile);
 import { StateDb } from '../../src/service/state-db.js';
 import { openKeyManager } from '../../src/keys/open-key-manager.js';
 import { openVolumeFile, passphraseOfKey } from '../../src/service/volume-files.js';
@@ -142,6 +146,63 @@ test('busy volume: actions and DELETE are 409 while a job runs; a full queue is 
     assert.ok(!existsSync(v.path), 'the half-copied file is removed');
     assert.equal((await waitJob(call, b.json.job.id)).state, 'succeeded', 'the queued job ran after the cancel');
     assert.equal((await call('DELETE', `/v1/volumes/${a.json.volume.id}`, { who: 'admin' })).status, 204);
+  } finally {
+    await stop(s.child);
+  }
+});
+
+test("kill -9 of a creator's copy: the key's bytes died with the run, so the volume is made again with a new key and exact bytes", async () => {
+  const image = join(env.dir, 'creator.raw');
+  const bytes = randomBytes(12 << 20);
+  writeFileSync(image, bytes);
+  const limits = ['--copy-bps-limit', '6M', '--checkpoint-every', '1M'];
+  let s = await startServe(limits);
+  const call = client(s.base);
+  const r = await call('POST', '/v1/volumes', { who: 'creator', body: { name: 'by-creator', format: 'luks2', source: { image_file: image }, luks: FAST_LUKS } });
+  assert.equal(r.status, 202, r.text);
+  await waitFor(call, r.json.job.id, (j) => j.state === 'running' && j.progress.bytes_done >= 2 << 20);
+  const firstKey = (await call('GET', `/v1/volumes/${r.json.volume.id}`, { who: 'creator' })).json.volume.encryption_key_id;
+  assert.ok(firstKey);
+  await stop(s.child, 'SIGKILL');
+  s = await startServe(limits);
+  try {
+    const call2 = client(s.base);
+    const job = await waitJob(call2, r.json.job.id, 'creator');
+    assert.equal(job.state, 'succeeded', JSON.stringify(job.error) + s.stderr());
+    assert.equal(job.result.resumed_from, 0);
+    assert.equal(job.result.copied_bytes, bytes.length);
+    const v = (await call2('GET', `/v1/volumes/${r.json.volume.id}`, { who: 'creator' })).json.volume;
+    assert.notEqual(v.encryption_key_id, firstKey, 'a new key');
+    assert.equal(v.status, 'available');
+  } finally {
+    await stop(s.child);
+  }
+  const listed = runCli(['key', 'list', '--project', 'p1', '--json'], { env: { BRICKCRYPT_HOME: env.state } });
+  assert.equal(listed.status, 0, listed.stderr);
+  assert.ok(!listed.stdout.includes(firstKey), 'the first key was deleted');
+  assert.ok((await readVolume(env.state, r.json.volume.id)).equals(bytes));
+});
+
+test('kill -9 while a volume is attached: after the restart it is served again at the same URI with the same PSK', { skip: needTools('nbdinfo') }, async () => {
+  let s = await startServe();
+  const call = client(s.base);
+  const r = await call('POST', '/v1/volumes', { who: 'admin', body: { name: 'att-restart', format: 'luks2', size: '4M', luks: FAST_LUKS } });
+  await waitJob(call, r.json.job.id);
+  const a = await call('POST', `/v1/volumes/${r.json.volume.id}/actions`, { who: 'admin', body: { attach: {} } });
+  const att = await waitJob(call, a.json.job.id);
+  assert.equal(att.state, 'succeeded', JSON.stringify(att.error));
+  const psk = join(env.dir, 'restart.psk');
+  writeFileSync(psk, `${att.result.tls_psk_identity}:${att.result.tls_psk_key}\n`, { mode: 0o600 });
+  const u = new URL(att.result.uri);
+  const uri = `nbds://${att.result.tls_psk_identity}@${u.host}${u.pathname}?tls-psk-file=${psk}`;
+  const size = async () => (await execFileP(whichTool('nbdinfo')!, ['--size', uri], { encoding: 'utf8', timeout: 30_000 })).stdout.trim();
+  assert.equal(await size(), String(4 << 20));
+  await stop(s.child, 'SIGKILL');
+  s = await startServe();
+  try {
+    assert.equal(await size(), String(4 << 20));
+    const v = (await client(s.base)('GET', `/v1/volumes/${r.json.volume.id}`, { who: 'admin' })).json.volume;
+    assert.equal(v.status, 'in-use');
   } finally {
     await stop(s.child);
   }
