@@ -28,6 +28,8 @@ export interface ServiceOptions {
   nbdHost?: string;
   copyBytesPerSecond?: number;
   checkpointBytes?: number;
+  /** Directories image files may come from (default STATE/images). */
+  imageDirs?: readonly string[];
   /** Key manager to use instead of the local keystore under the state directory (tests). */
   keys?: KeyManager;
   log?: (m: string) => void;
@@ -101,6 +103,7 @@ export async function createService(o: ServiceOptions): Promise<Service> {
     ...(o.nbdHost !== undefined ? { nbdHost: o.nbdHost } : {}),
     ...(o.copyBytesPerSecond !== undefined ? { copyBytesPerSecond: o.copyBytesPerSecond } : {}),
     ...(o.checkpointBytes !== undefined ? { checkpointBytes: o.checkpointBytes } : {}),
+    ...(o.imageDirs !== undefined ? { imageDirs: o.imageDirs } : {}),
     log,
   });
   const runner = new JobRunner(db, volumes.handlers(), { concurrency: o.concurrency ?? 2, maxJobs: o.maxJobs ?? 64, log });

@@ -13,6 +13,7 @@ import { passphraseForLuks } from '../keys/luks-passphrase.js';
 import { InvalidArgumentError } from '../errors.js';
 import type { Passphrase } from '../secret.js';
 import type { VolumeFormat } from './state-db.js';
+import type { CryptoPool } from '../workflows/worker-pool.js';
 
 /** LUKS options a request may set (cryptsetup luksFormat's names, snake case). */
 export interface LuksRequestOptions {
@@ -101,8 +102,12 @@ export interface OpenVolume {
   close(): Promise<void>;
 }
 
-/** Opens volume file `path` for plaintext I/O (LUKS with `passphrase`, which is wiped here). */
-export async function openVolumeFile(path: string, format: VolumeFormat, options: { passphrase?: Passphrase; readOnly?: boolean } = {}): Promise<OpenVolume> {
+/**
+ * Opens volume file `path` for plaintext I/O (LUKS with `passphrase`, which is wiped here).
+ * With `pool`, large reads and writes are decrypted and encrypted by its worker threads, so the
+ * cipher work of a copy does not hold up the API's event loop.
+ */
+export async function openVolumeFile(path: string, format: VolumeFormat, options: { passphrase?: Passphrase; readOnly?: boolean; pool?: CryptoPool } = {}): Promise<OpenVolume> {
   const file = await FileDevice.open(path, { readOnly: options.readOnly === true });
   if (format === 'raw') return { device: file, close: () => file.close() };
   try {
@@ -111,7 +116,9 @@ export async function openVolumeFile(path: string, format: VolumeFormat, options
     let device: EncryptedDevice;
     try {
       // The encrypted view owns the key from here and wipes it on close.
-      device = EncryptedDevice.open(file, volume, key, { readOnly: options.readOnly === true });
+      const params = { encryption: volume.encryption, keyBytes: volume.keyBytes, sectorSize: volume.sectorSize };
+      const cryptoOffload = options.pool?.sectorCrypto(params, key.expose());
+      device = EncryptedDevice.open(file, volume, key, { readOnly: options.readOnly === true, ...(cryptoOffload ? { cryptoOffload } : {}) });
     } catch (err) {
       key.wipe();
       throw err;

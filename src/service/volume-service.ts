@@ -9,7 +9,7 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import { join } from 'node:path';
+import { isAbsolute, join, sep } from 'node:path';
 import {
   type BrickcryptError,
   ForbiddenError,
@@ -31,6 +31,7 @@ import { nbdUri } from '../nbd/uri.js';
 import type { CallerIdentity, KeyManager } from '../keys/key-manager.js';
 import type { Passphrase } from '../secret.js';
 import { resumableCopy } from '../workflows/resumable-copy.js';
+import { CryptoPool, serverWorkerCount } from '../workflows/worker-pool.js';
 import { ACTIVE_JOB_STATES, type JobRow, type StateDb, type VolumeFormat, type VolumeRow } from './state-db.js';
 import type { JobContext, JobHandler, JobRunner } from './job-runner.js';
 import {
@@ -53,6 +54,11 @@ export interface VolumeServiceOptions {
   copyBytesPerSecond?: number;
   /** Bytes between copy checkpoints (default 16 MiB). */
   checkpointBytes?: number;
+  /**
+   * Directories `source.image_file` may name files in (after resolving symbolic links); default
+   * `STATE/images`. Callers must not make the service read arbitrary files of its host.
+   */
+  imageDirs?: readonly string[];
   log?: (m: string) => void;
 }
 
@@ -101,11 +107,14 @@ export class VolumeService {
   readonly #o: VolumeServiceOptions;
   readonly #db: StateDb;
   readonly #attachments = new Map<string, Attachment>();
+  /** Crypto worker threads shared by every open volume (copies and attachments). */
+  readonly #pool: CryptoPool;
   runner!: JobRunner;
 
   constructor(options: VolumeServiceOptions) {
     this.#o = options;
     this.#db = options.db;
+    this.#pool = CryptoPool.create(serverWorkerCount());
   }
 
   get volumesDir(): string {
@@ -140,7 +149,7 @@ export class VolumeService {
     let size = req.size !== undefined ? parseVolumeSize(req.size) : undefined;
     let imageFile: string | undefined;
     if (src.image_file !== undefined) {
-      imageFile = src.image_file;
+      imageFile = await this.#allowedImage(src.image_file);
       const imageSize = await probeImage(imageFile);
       if (size === undefined) size = imageSize;
       if (size < imageSize) throw new InsufficientSpaceError(`size ${size} is smaller than the image's ${imageSize} bytes.`);
@@ -173,6 +182,23 @@ export class VolumeService {
       });
       return { volume, job };
     });
+  }
+
+  /** The real path of an image file inside one of the image directories, or ForbiddenError/NotFoundError. */
+  async #allowedImage(path: string): Promise<string> {
+    if (!isAbsolute(path)) throw new InvalidArgumentError(`source.image_file must be an absolute path, not '${path}'.`);
+    let real: string;
+    try {
+      real = await fsp.realpath(path);
+    } catch {
+      throw new NotFoundError(`Image file ${path} does not exist.`);
+    }
+    const dirs = this.#o.imageDirs ?? [join(this.#o.stateDir, 'images')];
+    for (const d of dirs) {
+      const root = await fsp.realpath(d).catch(() => undefined);
+      if (root !== undefined && (real.startsWith(root.endsWith(sep) ? root : root + sep))) return real;
+    }
+    throw new ForbiddenError(`Image file ${path} is outside the service's image directories (${dirs.join(', ')}).`);
   }
 
   /** Starts an action job on a volume (409 while it is busy; 501 for unbuilt actions). */
@@ -325,7 +351,7 @@ export class VolumeService {
   async #copyInto(ctx: JobContext, imageFile: string, volumePath: string, format: VolumeFormat, pass: Passphrase | undefined, start: number): Promise<number> {
     const image = await openImage(imageFile, { readOnly: true });
     try {
-      const target = await openVolumeFile(volumePath, format, pass ? { passphrase: pass } : {});
+      const target = await openVolumeFile(volumePath, format, { pool: this.#pool, ...(pass ? { passphrase: pass } : {}) });
       try {
         const length = image.device.size;
         ctx.progress(start, length);
@@ -455,9 +481,9 @@ export class VolumeService {
       if (cp.phase === 'copy') {
         if (vol.format !== 'raw') srcPass ??= await passphraseOfKey(km, job.caller, vol.encryption_key_id!);
         if (p.format !== 'raw') dstPass ??= await passphraseOfKey(km, job.caller, cp.target_key_id!);
-        const source = await openVolumeFile(sourcePath, vol.format, { readOnly: true, ...(srcPass ? { passphrase: srcPass.clone() as Passphrase } : {}) });
+        const source = await openVolumeFile(sourcePath, vol.format, { readOnly: true, pool: this.#pool, ...(srcPass ? { passphrase: srcPass.clone() as Passphrase } : {}) });
         try {
-          const target = await openVolumeFile(cp.target_path!, p.format, dstPass ? { passphrase: dstPass.clone() as Passphrase } : {});
+          const target = await openVolumeFile(cp.target_path!, p.format, { pool: this.#pool, ...(dstPass ? { passphrase: dstPass.clone() as Passphrase } : {}) });
           try {
             const length = vol.size;
             ctx.progress(cp.offset ?? 0, length);
@@ -521,7 +547,7 @@ export class VolumeService {
     let opened: OpenVolume | undefined;
     try {
       const pass = vol.format === 'raw' ? undefined : await passphraseOfKey(this.#o.keys, caller, vol.encryption_key_id!);
-      opened = await openVolumeFile(vol.path, vol.format, pass ? { passphrase: pass } : {});
+      opened = await openVolumeFile(vol.path, vol.format, { pool: this.#pool, ...(pass ? { passphrase: pass } : {}) });
       const server = new NbdServer({
         exports: { [vol.id]: { device: opened.device, description: `brickcrypt volume ${vol.name}` } },
         defaultExport: vol.id,
@@ -589,6 +615,7 @@ export class VolumeService {
 
   async close(): Promise<void> {
     for (const id of [...this.#attachments.keys()]) await this.#closeAttachment(id);
+    await this.#pool.close();
   }
 }
 

@@ -38,7 +38,8 @@ export async function resumableCopy(o: ResumableCopyOptions): Promise<number> {
   const start = o.start ?? 0;
   if (!Number.isSafeInteger(start) || start < 0 || start > o.length) throw new InvalidArgumentError(`Copy checkpoint ${start} lies outside 0..${o.length}.`);
   if (o.length > o.source.size || o.length > o.target.size) throw new InvalidArgumentError(`A copy of ${o.length} bytes does not fit source ${o.source.size} / target ${o.target.size}.`);
-  const buf = new Uint8Array(chunk);
+  // Shared memory: an encrypted target or source may hand the chunk to its crypto workers in place.
+  const buf = new Uint8Array(new SharedArrayBuffer(chunk));
   const t0 = performance.now();
   let offset = start;
   let committed = start;

@@ -34,6 +34,7 @@ before(async () => {
     identity: { tokens: loadTokensFile(env.tokensFile), trustProxyIdentity: true },
     maxJobs: 8,
     checkpointBytes: 1 << 20,
+    imageDirs: [env.dir],
   });
   await service.start();
   const address = await service.app.listen({ host: '127.0.0.1', port: 0 });
@@ -95,6 +96,12 @@ test('bad input is a 400 INVALID_ARGUMENT and creates nothing: unknown field, ba
   const missing = await call('POST', '/v1/volumes', { who: 'admin', body: { name: 'x', format: 'raw', source: { image_file: join(env.dir, 'nope.raw') } } });
   assert.equal(missing.status, 404);
   assert.equal(missing.json.error.code, 'NOT_FOUND');
+  const relative = await call('POST', '/v1/volumes', { who: 'admin', body: { name: 'x', format: 'raw', source: { image_file: 'image.raw' } } });
+  assert.equal(relative.status, 400);
+  // Only files in the image directories: the service's host files are not a volume source.
+  const outside = await call('POST', '/v1/volumes', { who: 'admin', body: { name: 'x', format: 'raw', source: { image_file: '/etc/passwd' } } });
+  assert.equal(outside.status, 403, outside.text);
+  assert.equal(outside.json.error.code, 'FORBIDDEN');
   assert.equal(service.db.volumes().length, before);
 });
 

@@ -26,7 +26,7 @@ let port = 18800 + Math.floor(Math.random() * 500);
 
 async function startServe(extra: string[] = []): Promise<{ child: ChildProcess; base: string; stderr: () => string }> {
   port += 1;
-  const child = spawn(process.execPath, [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', env.state, '--tokens', env.tokensFile, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', env.state, '--tokens', env.tokensFile, '--image-dir', env.dir, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (d) => (err += String(d)));
   await new Promise<void>((resolve, reject) => {

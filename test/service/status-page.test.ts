@@ -20,6 +20,7 @@ test('status page: volumes and live job progress over SSE, in headless Chromium,
     identity: { tokens: loadTokensFile(env.tokensFile), trustProxyIdentity: false },
     copyBytesPerSecond: 4 << 20,
     checkpointBytes: 1 << 20,
+    imageDirs: [env.dir],
   });
   const { chromium } = await import('playwright-core');
   let browser: Awaited<ReturnType<typeof chromium.launch>> | undefined;

@@ -19,6 +19,7 @@ interface ServeOptions {
   checkpointEvery?: string;
   database?: string;
   role?: string;
+  imageDir?: string[];
 }
 
 function parseListen(text: string): { host: string; port: number } {
@@ -39,6 +40,7 @@ export function register(program: Command): void {
     .option('--max-jobs <n>', 'queued plus running jobs at most; more is 429 (default 64)')
     .option('--nbd-host <host>', 'address the NBD servers of attached volumes listen on (default 127.0.0.1)')
     .option('--copy-bps-limit <size>', 'copy rate limit per job in bytes per second, e.g. 100M (default none)')
+    .option('--image-dir <dir>', 'a directory source.image_file may name files in (repeatable; default STATE/images)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--checkpoint-every <size>', 'bytes between copy checkpoints (default 16M)')
     .option('--database <url>', 'postgresql://... for scale-out (not built yet: only the embedded SQLite state)')
     .option('--role <role>', 'api|worker|all (default all; api and worker need --database)')
@@ -70,6 +72,7 @@ Examples:
         ...(o.nbdHost !== undefined ? { nbdHost: o.nbdHost } : {}),
         ...(o.copyBpsLimit !== undefined ? { copyBytesPerSecond: parseSize(o.copyBpsLimit, 'copy-bps-limit') } : {}),
         ...(o.checkpointEvery !== undefined ? { checkpointBytes: parseSize(o.checkpointEvery, 'checkpoint-every') } : {}),
+        ...(o.imageDir !== undefined ? { imageDirs: o.imageDir.map((d) => resolve(d)) } : {}),
         log,
       });
       let stopping = false;
