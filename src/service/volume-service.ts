@@ -478,6 +478,7 @@ export class VolumeService {
         cp = { ...cp, phase: 'copy', offset: 0, cipher };
         ctx.checkpoint(cp);
       }
+      const resumedFrom = cp.phase === 'copy' ? (cp.offset ?? 0) : cp.phase === 'swap' ? vol.size : 0;
       if (cp.phase === 'copy') {
         if (vol.format !== 'raw') srcPass ??= await passphraseOfKey(km, job.caller, vol.encryption_key_id!);
         if (p.format !== 'raw') dstPass ??= await passphraseOfKey(km, job.caller, cp.target_key_id!);
@@ -524,7 +525,7 @@ export class VolumeService {
         await km.removeConsumer(job.caller, oldKey, CONSUMER(vol.id)).catch(() => {});
         if (vol.key_owned) await km.delete(job.caller, oldKey, { force: true }).catch(() => {});
       }
-      return { from: vol.format, to: p.format, path: cp.target_path! };
+      return { from: vol.format, to: p.format, path: cp.target_path!, resumed_from: resumedFrom, attempts: job.attempts };
     } finally {
       srcPass?.wipe();
       dstPass?.wipe();

@@ -207,3 +207,42 @@ test('kill -9 while a volume is attached: after the restart it is served again a
     await stop(s.child);
   }
 });
+
+test('kill -9 mid-migrate (luks2 -> luks1), restart: the copy resumes, the volume switches to the new file with exact bytes', async () => {
+  const image = join(env.dir, 'migrate.raw');
+  const bytes = randomBytes(24 << 20);
+  writeFileSync(image, bytes);
+  let s = await startServe();
+  const call = client(s.base);
+  const r = await call('POST', '/v1/volumes', { who: 'admin', body: { name: 'mig-kill', format: 'luks2', source: { image_file: image }, luks: FAST_LUKS } });
+  assert.equal((await waitJob(call, r.json.job.id)).state, 'succeeded');
+  const oldPath = (await call('GET', `/v1/volumes/${r.json.volume.id}`, { who: 'admin' })).json.volume.path;
+  await stop(s.child);
+  const limits = ['--copy-bps-limit', '8M', '--checkpoint-every', '1M'];
+  s = await startServe(limits);
+  const m = await client(s.base)('POST', `/v1/volumes/${r.json.volume.id}/actions`, { who: 'admin', body: { migrate: { format: 'luks1', luks: FAST_LUKS } } });
+  assert.equal(m.status, 202, m.text);
+  await waitFor(client(s.base), m.json.job.id, (j) => j.state === 'running' && j.progress.bytes_done >= 6 << 20);
+  await stop(s.child, 'SIGKILL');
+  const db = new StateDb(join(env.state, 'state.db'));
+  const cp = db.job(m.json.job.id)!.checkpoint as { phase: string; offset: number; target_path: string };
+  db.close();
+  assert.equal(cp.phase, 'copy');
+  assert.ok(cp.offset > 0 && cp.offset < bytes.length);
+  assert.ok(existsSync(oldPath), 'the source stays until the swap');
+  s = await startServe(limits);
+  try {
+    const job = await waitJob(client(s.base), m.json.job.id);
+    assert.equal(job.state, 'succeeded', JSON.stringify(job.error) + s.stderr());
+    assert.equal(job.result.resumed_from, cp.offset, 'continued from the committed chunk');
+    assert.equal(job.result.attempts, 2);
+    const v = (await client(s.base)('GET', `/v1/volumes/${r.json.volume.id}`, { who: 'admin' })).json.volume;
+    assert.equal(v.format, 'luks1');
+    assert.equal(v.path, cp.target_path);
+    assert.equal(v.status, 'available');
+  } finally {
+    await stop(s.child);
+  }
+  assert.ok(!existsSync(oldPath), 'the old file is removed after the swap');
+  assert.ok((await readVolume(env.state, r.json.volume.id)).equals(bytes));
+});
