@@ -315,3 +315,35 @@ test('SSE: /v1/jobs/{id}/events streams the job until its final state', async ()
 });
 
 export { waitFor };
+
+test('change_key resumed after its keyslot rewrite (checkpoint "add"): the new key is tested first and the rotation completes once', async () => {
+  const { volume } = await createVolume({ name: 'rot-resume', format: 'luks1', size: '2M', luks: FAST_LUKS });
+  const v = service.db.volume(volume.id)!;
+  const { newKeyPassphrase } = await import('../../src/service/volume-files.js');
+  const { FileDevice } = await import('../../src/devices/file-device.js');
+  const { LuksVolume } = await import('../../src/luks/index.js');
+  for (const rewritten of [true, false]) {
+    const current = service.db.volume(volume.id)!;
+    const created = await newKeyPassphrase(service.keys, ADMIN, 'resume-test');
+    if (rewritten) {
+      // The run that died had rewritten the keyslot already.
+      const oldPass = await passphraseOfKey(service.keys, ADMIN, current.encryption_key_id!);
+      const file = await FileDevice.open(current.path);
+      await (await LuksVolume.open(file)).changeKey(oldPass, created.passphrase.clone() as typeof oldPass, { iterations: 1000 });
+      await file.close();
+      oldPass.wipe();
+    }
+    created.passphrase.wipe();
+    const job = service.db.insertJob({ type: 'change_key', volume_id: v.id, caller: ADMIN, params: { luks: FAST_LUKS } });
+    service.db.saveCheckpoint(job.id, { phase: 'add', new_key_id: created.id }, job.progress);
+    service.runner.kick();
+    const done = await waitJob(call, job.id);
+    assert.equal(done.state, 'succeeded', `rewritten=${rewritten}: ${JSON.stringify(done.error)}`);
+    assert.equal(done.result.new_key_id, created.id);
+    assert.equal(service.db.volume(volume.id)!.encryption_key_id, created.id);
+    await assert.rejects(service.keys.getMetadata(ADMIN, current.encryption_key_id!), { code: 'KEY_NOT_FOUND' });
+    const pass = await passphraseOfKey(service.keys, ADMIN, created.id);
+    const opened = await openVolumeFile(current.path, 'luks1', { readOnly: true, passphrase: pass });
+    await opened.close();
+  }
+});
