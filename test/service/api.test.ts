@@ -16,7 +16,7 @@ import { loadTokensFile } from '../../src/service/caller-identity.js';
 import { openVolumeFile, passphraseOfKey } from '../../src/service/volume-files.js';
 import { isAuditable } from '../../src/keys/audit.js';
 import { needTools, runCli, whichTool } from '../helpers/tools.js';
-import { FAST_LUKS, TOKENS, client, setupState, waitJob, waitFor, type Call } from './service-helpers.js';
+import { FAST_LUKS, TOKENS, client, setupState, waitJob, type Call } from './service-helpers.js';
 
 const execFileP = promisify(execFile);
 const ADMIN = { user: 'alice', project: 'p1', roles: ['admin'] };
@@ -24,6 +24,7 @@ const ADMIN = { user: 'alice', project: 'p1', roles: ['admin'] };
 let env: ReturnType<typeof setupState>;
 let service: Service;
 let call: Call;
+let base: string;
 let image: string;
 let imageBytes: Buffer;
 
@@ -37,8 +38,8 @@ before(async () => {
     imageDirs: [env.dir],
   });
   await service.start();
-  const address = await service.app.listen({ host: '127.0.0.1', port: 0 });
-  call = client(address);
+  base = await service.app.listen({ host: '127.0.0.1', port: 0 });
+  call = client(base);
   image = join(env.dir, 'image.raw');
   imageBytes = randomBytes(6 << 20);
   writeFileSync(image, imageBytes);
@@ -303,9 +304,7 @@ test('openapi.json describes the routes from the validation schemas; /metrics is
 
 test('SSE: /v1/jobs/{id}/events streams the job until its final state', async () => {
   const r = await call('POST', '/v1/volumes', { who: 'admin', body: { name: 'sse', format: 'raw', source: { image_file: image } } });
-  const res = await fetch(`${(service.app.server.address() as { port: number }).port ? `http://127.0.0.1:${(service.app.server.address() as { port: number }).port}` : ''}/v1/jobs/${r.json.job.id}/events`, {
-    headers: { authorization: `Bearer ${TOKENS.admin.token}` },
-  });
+  const res = await fetch(`${base}/v1/jobs/${r.json.job.id}/events`, { headers: { authorization: `Bearer ${TOKENS.admin.token}` } });
   assert.equal(res.headers.get('content-type'), 'text/event-stream');
   const text = await res.text(); // the server ends the stream after the final state
   const events = text.split('\n\n').filter((f) => f.startsWith('event: job')).map((f) => JSON.parse(f.split('\ndata: ')[1]!));
@@ -314,7 +313,6 @@ test('SSE: /v1/jobs/{id}/events streams the job until its final state', async ()
   assert.equal(events.at(-1).id, r.json.job.id);
 });
 
-export { waitFor };
 
 test('change_key resumed after its keyslot rewrite (checkpoint "add"): the new key is tested first and the rotation completes once', async () => {
   const { volume } = await createVolume({ name: 'rot-resume', format: 'luks1', size: '2M', luks: FAST_LUKS });
