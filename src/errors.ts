@@ -315,6 +315,29 @@ export class ObjectStoreError extends BrickcryptError {
   }
 }
 
+// --- service ---
+
+/** The request carries no valid credentials (no or unknown Bearer token, no trusted identity headers). */
+export class UnauthenticatedError extends BrickcryptError {
+  constructor(message = 'Authentication required: send Authorization: Bearer TOKEN.') {
+    super('UNAUTHENTICATED', message, { exitCode: EXIT_CODES.permission, nbdErrno: NBD_ERRNO.EPERM, httpStatus: 401 });
+  }
+}
+
+/** The job queue holds as many jobs as it may; try again later. */
+export class QueueFullError extends BrickcryptError {
+  constructor(message: string) {
+    super('QUEUE_FULL', message, { exitCode: EXIT_CODES.busy, nbdErrno: NBD_ERRNO.EIO, httpStatus: 429 });
+  }
+}
+
+/** A valid request for an operation this build does not provide yet (e.g. a job type whose engine is missing). */
+export class NotImplementedError extends BrickcryptError {
+  constructor(message: string) {
+    super('NOT_IMPLEMENTED', message, { exitCode: EXIT_CODES.device, nbdErrno: NBD_ERRNO.ENOTSUP, httpStatus: 501 });
+  }
+}
+
 /** Maps any thrown value to its CLI exit code (unexpected errors are internal: 70). */
 export function exitCodeOf(err: unknown): number {
   return err instanceof BrickcryptError ? err.exitCode : EXIT_CODES.internal;

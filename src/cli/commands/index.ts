@@ -23,6 +23,7 @@ export const COMMAND_GROUPS: readonly CommandGroup[] = [
   { commands: ['image'], load: () => import('./image.js') },
   { commands: ['attach', 'detach'], load: () => import('./attach.js') },
   { commands: ['backup'], load: () => import('./backup.js') },
+  { commands: ['serve'], load: () => import('./serve.js') },
 ];
 
 /**

@@ -1,0 +1,92 @@
+/**
+ * `brickcrypt serve --listen HOST:PORT --state DIR`: the HTTP API and its job workers in one
+ * process, on SQLite and the local keystore under DIR (docs/service.md).
+ */
+import type { Command } from 'commander';
+import { resolve } from 'node:path';
+import { InvalidArgumentError } from '../../errors.js';
+import { parseInteger, parseSize } from '../parse.js';
+
+interface ServeOptions {
+  listen: string;
+  state: string;
+  tokens?: string;
+  trustProxyIdentity?: boolean;
+  workers?: string;
+  maxJobs?: string;
+  nbdHost?: string;
+  copyBpsLimit?: string;
+  checkpointEvery?: string;
+  database?: string;
+  role?: string;
+  imageDir?: string[];
+}
+
+function parseListen(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text);
+  if (!m) throw new InvalidArgumentError(`--listen: '${text}' is not HOST:PORT (use [::1]:PORT for IPv6).`);
+  return { host: m[1] ?? m[2]!, port: parseInteger(m[3]!, 'listen', 0, 65535) };
+}
+
+export function register(program: Command): void {
+  program
+    .command('serve')
+    .description('Run the HTTP API with its job workers (SQLite and the local keystore under --state).')
+    .requiredOption('--listen <host:port>', 'address of the HTTP API, e.g. 127.0.0.1:8776')
+    .requiredOption('--state <dir>', 'state directory: state.db, keystore.db, volumes/ (BRICKCRYPT_HOME=DIR brickcrypt key ... reaches the same keys)')
+    .option('--tokens <file>', 'JSON file {"TOKEN": {"user": ..., "project": ..., "roles": [...]}}')
+    .option('--trust-proxy-identity', "trust Keystone's X-Identity-Status/X-User-Name/X-Project-Id/X-Roles headers (only behind an authenticating proxy)")
+    .option('--workers <n>', 'jobs running at once (default 2)')
+    .option('--max-jobs <n>', 'queued plus running jobs at most; more is 429 (default 64)')
+    .option('--nbd-host <host>', 'address the NBD servers of attached volumes listen on (default 127.0.0.1)')
+    .option('--copy-bps-limit <size>', 'copy rate limit per job in bytes per second, e.g. 100M (default none)')
+    .option('--image-dir <dir>', 'a directory source.image_file may name files in (repeatable; default STATE/images)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--checkpoint-every <size>', 'bytes between copy checkpoints (default 16M)')
+    .option('--database <url>', 'postgresql://... for scale-out (not built yet: only the embedded SQLite state)')
+    .option('--role <role>', 'api|worker|all (default all; api and worker need --database)')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  brickcrypt serve --listen 127.0.0.1:8776 --state /var/lib/brickcrypt --tokens /etc/brickcrypt/tokens.json
+  brickcrypt serve --listen 127.0.0.1:8776 --state ./state --trust-proxy-identity
+  curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8776/v1/volumes`,
+    )
+    .action(async (o: ServeOptions) => {
+      const listen = parseListen(o.listen);
+      if (o.database !== undefined) {
+        const { NotImplementedError } = await import('../../errors.js');
+        throw new NotImplementedError('--database (PostgreSQL scale-out) is not built yet; run without it on the embedded SQLite state.');
+      }
+      if (o.role !== undefined && o.role !== 'all') throw new InvalidArgumentError(`--role ${o.role} needs --database (one process on SQLite is always "all").`);
+      if (!o.tokens && !o.trustProxyIdentity) throw new InvalidArgumentError('Give --tokens FILE and/or --trust-proxy-identity: the API answers no request without an identity.');
+      const { loadTokensFile } = await import('../../service/caller-identity.js');
+      const { createService } = await import('../../service/app.js');
+      const tokens = o.tokens ? loadTokensFile(o.tokens) : new Map();
+      const log = (m: string) => process.stderr.write(`brickcrypt serve: ${m}\n`);
+      const service = await createService({
+        stateDir: resolve(o.state),
+        identity: { tokens, trustProxyIdentity: o.trustProxyIdentity === true },
+        ...(o.workers !== undefined ? { concurrency: parseInteger(o.workers, 'workers', 1, 64) } : {}),
+        ...(o.maxJobs !== undefined ? { maxJobs: parseInteger(o.maxJobs, 'max-jobs', 1) } : {}),
+        ...(o.nbdHost !== undefined ? { nbdHost: o.nbdHost } : {}),
+        ...(o.copyBpsLimit !== undefined ? { copyBytesPerSecond: parseSize(o.copyBpsLimit, 'copy-bps-limit') } : {}),
+        ...(o.checkpointEvery !== undefined ? { checkpointBytes: parseSize(o.checkpointEvery, 'checkpoint-every') } : {}),
+        ...(o.imageDir !== undefined ? { imageDirs: o.imageDir.map((d) => resolve(d)) } : {}),
+        log,
+      });
+      let stopping = false;
+      const stop = async () => {
+        if (stopping) return;
+        stopping = true;
+        log('stopping: running jobs stay resumable');
+        await service.close();
+        process.exit(0);
+      };
+      process.on('SIGTERM', () => void stop());
+      process.on('SIGINT', () => void stop());
+      await service.start();
+      const address = await service.app.listen({ host: listen.host, port: listen.port });
+      process.stdout.write(`listening on ${address}\n`);
+    });
+}

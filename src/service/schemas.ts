@@ -1,0 +1,120 @@
+/**
+ * JSON schemas of the API, used twice: fastify validates requests with them (unknown fields
+ * are refused, never dropped) and /openapi.json is generated from them.
+ */
+
+const luksOptions = {
+  type: 'object',
+  additionalProperties: false,
+  description: "LUKS format options (cryptsetup luksFormat's names).",
+  properties: {
+    cipher: { type: 'string', description: 'dm-crypt cipher, default aes-xts-plain64' },
+    key_size: { type: 'integer', enum: [128, 256, 512] },
+    sector_size: { type: 'integer', enum: [512, 4096] },
+    pbkdf: { type: 'string', enum: ['pbkdf2', 'argon2i', 'argon2id'] },
+    pbkdf_iterations: { type: 'integer', minimum: 1 },
+    pbkdf_memory_kib: { type: 'integer', minimum: 8 },
+    pbkdf_parallel: { type: 'integer', minimum: 1, maximum: 16 },
+    iter_time_ms: { type: 'integer', minimum: 1 },
+  },
+} as const;
+
+export const errorSchema = {
+  type: 'object',
+  required: ['error'],
+  properties: {
+    error: { type: 'object', required: ['code', 'message'], properties: { code: { type: 'string' }, message: { type: 'string' } } },
+  },
+} as const;
+
+export const volumeSchema = {
+  type: 'object',
+  required: ['id', 'name', 'status', 'size', 'format', 'path', 'encryption_key_id'],
+  properties: {
+    id: { type: 'string' },
+    name: { type: 'string' },
+    status: { type: 'string', enum: ['creating', 'available', 'in-use', 'maintenance', 'error', 'deleting'] },
+    size: { type: 'integer', description: 'usable (plaintext) bytes' },
+    format: { type: 'string', enum: ['luks1', 'luks2', 'raw'] },
+    path: { type: 'string' },
+    encryption_key_id: { type: ['string', 'null'] },
+    cipher: { type: ['string', 'null'] },
+    project: { type: 'string' },
+    user: { type: 'string' },
+    attachment: { type: ['object', 'null'], additionalProperties: true },
+    created_at: { type: 'string' },
+    updated_at: { type: 'string' },
+  },
+} as const;
+
+export const jobSchema = {
+  type: 'object',
+  required: ['id', 'type', 'state', 'progress', 'error'],
+  properties: {
+    id: { type: 'string' },
+    type: { type: 'string' },
+    state: { type: 'string', enum: ['queued', 'running', 'succeeded', 'failed', 'cancelled'] },
+    volume_id: { type: ['string', 'null'] },
+    progress: {
+      type: 'object',
+      properties: {
+        bytes_done: { type: 'integer' },
+        bytes_total: { type: 'integer' },
+        rate: { type: 'number', description: 'bytes per second' },
+        eta_seconds: { type: ['number', 'null'] },
+      },
+    },
+    result: { type: ['object', 'null'], additionalProperties: true },
+    error: { type: ['object', 'null'], properties: { code: { type: 'string' }, message: { type: 'string' } } },
+    created_at: { type: 'string' },
+    started_at: { type: ['string', 'null'] },
+    finished_at: { type: ['string', 'null'] },
+  },
+} as const;
+
+export const createVolumeBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'format'],
+  properties: {
+    name: { type: 'string', minLength: 1, maxLength: 255 },
+    format: { type: 'string', enum: ['luks1', 'luks2', 'raw'] },
+    size: { anyOf: [{ type: 'integer', minimum: 1 }, { type: 'string', pattern: '^\\s*\\d+\\s*([KMGTkmgt](i?[Bb])?)?\\s*$' }], description: 'bytes, or "8M", "2G"' },
+    source: {
+      type: 'object',
+      additionalProperties: false,
+      minProperties: 1,
+      maxProperties: 1,
+      properties: { image_file: { type: 'string', minLength: 1 }, image_id: { type: 'string', minLength: 1 }, backup_id: { type: 'string', minLength: 1 } },
+    },
+    key: {
+      description: 'an existing managed key id (default: a new managed key is created)',
+      anyOf: [{ type: 'string', minLength: 1 }, { type: 'object', additionalProperties: false, required: ['id'], properties: { id: { type: 'string', minLength: 1 } } }],
+    },
+    luks: luksOptions,
+  },
+} as const;
+
+const empty = { type: 'object', additionalProperties: false, properties: {} } as const;
+const withKdf = { type: 'object', additionalProperties: false, properties: { luks: luksOptions } } as const;
+const passThrough = { type: 'object' } as const;
+
+export const actionBody = {
+  type: 'object',
+  minProperties: 1,
+  maxProperties: 1,
+  additionalProperties: false,
+  description: 'exactly one action',
+  properties: {
+    change_key: withKdf,
+    migrate: { type: 'object', additionalProperties: false, required: ['format'], properties: { format: { type: 'string', enum: ['luks1', 'luks2', 'raw'] }, luks: luksOptions } },
+    attach: empty,
+    detach: empty,
+    reencrypt: passThrough,
+    resize: passThrough,
+    upload_to_image: passThrough,
+    backup: passThrough,
+  },
+} as const;
+
+export const idParams = { type: 'object', required: ['id'], properties: { id: { type: 'string', minLength: 1, maxLength: 64 } } } as const;

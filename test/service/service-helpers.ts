@@ -1,0 +1,67 @@
+/** Shared set-up of the service tests: a state directory, a tokens file, request helpers. */
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tempDir } from '../helpers/tools.js';
+
+export const TOKENS = {
+  admin: { token: 'admin-token-p1', user: 'alice', project: 'p1', roles: ['admin'] },
+  creator: { token: 'creator-token-p1', user: 'cinder', project: 'p1', roles: ['creator'] },
+  reader: { token: 'reader-token-p1', user: 'nova', project: 'p1', roles: ['reader'] },
+  other: { token: 'member-token-p2', user: 'bob', project: 'p2', roles: ['member'] },
+} as const;
+
+export type Who = keyof typeof TOKENS;
+
+/** Cheap keyslots: tests never wait for a real KDF. */
+export const FAST_LUKS = { pbkdf: 'pbkdf2', pbkdf_iterations: 1000 } as const;
+
+export function setupState(): { dir: string; state: string; tokensFile: string; cleanup: () => void } {
+  const tmp = tempDir('brickcrypt-service-');
+  const tokensFile = join(tmp.dir, 'tokens.json');
+  writeFileSync(tokensFile, JSON.stringify(Object.fromEntries(Object.values(TOKENS).map((t) => [t.token, { user: t.user, project: t.project, roles: t.roles }]))));
+  return { dir: tmp.dir, state: join(tmp.dir, 'state'), tokensFile, cleanup: tmp.cleanup };
+}
+
+/** A small HTTP client against a base URL. */
+export function client(base: string) {
+  return async function call(method: string, path: string, options: { who?: Who; body?: unknown; headers?: Record<string, string> } = {}) {
+    const headers: Record<string, string> = { ...(options.headers ?? {}) };
+    if (options.who) headers.authorization = `Bearer ${TOKENS[options.who].token}`;
+    if (options.body !== undefined) headers['content-type'] = 'application/json';
+    const r = await fetch(base + path, { method, headers, ...(options.body !== undefined ? { body: JSON.stringify(options.body) } : {}) });
+    const text = await r.text();
+    let json: any;
+    try {
+      json = text ? JSON.parse(text) : undefined;
+    } catch {
+      json = undefined;
+    }
+    return { status: r.status, json, text, headers: r.headers };
+  };
+}
+
+export type Call = ReturnType<typeof client>;
+
+/** Polls a job until it is no longer queued or running. */
+export async function waitJob(call: Call, id: string, who: Who = 'admin', timeoutMs = 60_000): Promise<any> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await call('GET', `/v1/jobs/${id}`, { who });
+    assert.equal(r.status, 200, r.text);
+    if (r.json.job.state !== 'queued' && r.json.job.state !== 'running') return r.json.job;
+    if (Date.now() > until) throw new Error(`job ${id} still ${r.json.job.state}`);
+    await new Promise((res) => setTimeout(res, 50));
+  }
+}
+
+/** Polls until `pred` holds for the job (e.g. some progress was committed). */
+export async function waitFor(call: Call, id: string, pred: (job: any) => boolean, timeoutMs = 60_000): Promise<any> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await call('GET', `/v1/jobs/${id}`, { who: 'admin' });
+    if (r.status === 200 && pred(r.json.job)) return r.json.job;
+    if (Date.now() > until) throw new Error(`job ${id}: condition not met (${r.text})`);
+    await new Promise((res) => setTimeout(res, 50));
+  }
+}
