@@ -130,6 +130,16 @@ test('as-is: a LUKS2 volume uploads with a cloned key and the Cinder/Glance prop
   // The clone opens the new volume, and its plaintext is the original.
   await verify({ a: raw, b: back, bPassphrase: () => passphraseOf(s, volumeKey), workers: 0 });
 
+  // Asked for a new key, the encrypted image is re-keyed: decrypted with its key, encrypted under the new one.
+  const rekeyed = f('asis-rekeyed.luks');
+  const re = await downloadImage({ client: glance, imageId: up.imageId, target: rekeyed, targetFormat: 'luks1', keyManager: s.km, caller: s.admin,
+    targetPassphrase: async () => Passphrase.fromString('another key'), luks: PBKDF, workers: 0 });
+  assert.equal(re.mode, 're-key');
+  await verify({ a: raw, b: rekeyed, bPassphrase: async () => Passphrase.fromString('another key'), workers: 0 });
+  const plain = f('asis-plain.raw');
+  await downloadImage({ client: glance, imageId: up.imageId, target: plain, targetFormat: 'raw', keyManager: s.km, caller: s.admin, workers: 0 });
+  assert.ok(readFileSync(plain).equals(readFileSync(raw)), 'decrypted with the image key');
+
   // Deleting the image deletes the key it owns, and only that one.
   assert.deepEqual(await deleteImage({ client: glance, imageId: up.imageId, keyManager: async () => ({ keyManager: s.km, caller: s.creator }) }), { deletedKeyId: clone });
   await assert.rejects(s.km.getMetadata(s.admin, clone), KeyNotFoundError);

@@ -372,7 +372,9 @@ Examples:
 A raw or qcow2 image is converted while it downloads (qcow2 tables are fetched with range
 requests, no temporary file). An image uploaded as-is from an encrypted volume
 (cinder_encryption_key_id / os_encrypt_key_id) becomes a volume of the same LUKS version with
-its ciphertext copied unchanged and a fresh clone of the image's key (printed). A signed image
+its ciphertext copied unchanged and a fresh clone of the image's key (printed); with a target
+key (or another format) it is re-keyed instead (decrypted with its key, which the caller must be
+allowed to read, and encrypted under the new key). A signed image
 is verified while streaming; a bad signature or checksum fails with exit 7 and leaves no target.
 
 Examples:
@@ -437,7 +439,7 @@ Examples:
       else {
         if (keyId) process.stdout.write(`${keyId}\n`);
         process.stderr.write(
-          `Created ${target} (${report.targetFormat}, ${report.mode === 'as-is' ? 'encrypted image copied as-is' : 'converted'}) from image ${imageId}: ` +
+          `Created ${target} (${report.targetFormat}, ${report.mode === 'as-is' ? 'encrypted image copied as-is' : report.mode === 're-key' ? 're-keyed' : 'converted'}) from image ${imageId}: ` +
             `${report.imageBytes} image bytes in ${report.seconds.toFixed(2)} s; sha512 matches` +
             `${report.signature ? `; signature verified (${report.signature.keyType}, ${report.signature.hashMethod})` : ''}` +
             `${report.clonedKeyId ? `; volume key ${report.clonedKeyId} (a clone of the image's)` : ''}.\n`,
