@@ -24,7 +24,6 @@
  * @example
  * const report = await uploadVolume({ volume: 'vol.luks', client, name: 'backup-1', keyManager, caller, volumeKeyId });
  */
-import { createHash } from 'node:crypto';
 import { CancelledError, IntegrityError, InvalidArgumentError, NotFoundError, UnsupportedError } from '../errors.js';
 import { FileDevice, statPath } from '../devices/file-device.js';
 import { detectFormat } from '../images/detect.js';
@@ -37,6 +36,7 @@ import type { DiskFormat, ImageRecord } from '../image-service/glance-wire.js';
 import { UploadStreamDevice } from '../image-service/upload-stream-device.js';
 import { startImageSigning, type SignImageOptions, type SignedImageProperties } from '../signatures/image-signature.js';
 import { openSource, type OpenedSource, type PassphraseSource } from './open-source.js';
+import { BackgroundHash } from './background-hash.js';
 import { copyData, type PipelineSource } from './pipeline.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
 
@@ -50,6 +50,9 @@ export const ENCRYPTION_PROPERTY = {
   deletionPolicy: 'os_encrypt_key_deletion_policy',
   decryptSize: 'os_decrypt_size',
 } as const;
+
+/** Bytes the background hash may lag behind the upload before the upload waits. */
+const HASH_BACKLOG = 64 << 20;
 
 /** The deletion policy for a key cloned for an image: the image owns it. */
 export const ON_IMAGE_DELETION = 'on_image_deletion';
@@ -123,6 +126,7 @@ export async function uploadVolume(options: ImageUploadOptions): Promise<ImageUp
   let src: OpenedSource | undefined;
   let clonedKeyId: string | undefined;
   let image: ImageRecord | undefined;
+  let hasher: BackgroundHash | undefined;
   try {
     const volumeFormat = await detectFormat(file);
     const isLuks = volumeFormat === 'luks1' || volumeFormat === 'luks2';
@@ -163,7 +167,8 @@ export async function uploadVolume(options: ImageUploadOptions): Promise<ImageUp
     const signing = options.sign
       ? await startImageSigning({ ...options.sign, ...(options.keyManager ? { keyManager: options.keyManager } : {}), ...(options.caller ? { caller: options.caller } : {}) })
       : undefined;
-    const sha512 = createHash('sha512');
+    // Off the streaming thread: the upload does not wait for the hash.
+    const sha512 = (hasher = BackgroundHash.start('sha512'));
 
     if (options.signal?.aborted) throw new CancelledError();
     image = await client.create(
@@ -183,9 +188,10 @@ export async function uploadVolume(options: ImageUploadOptions): Promise<ImageUp
     }
     const uploadBytes = plan ? plan.fileSize : length;
     const sink = new UploadStreamDevice(uploadBytes, {
-      observe: (chunk) => {
-        sha512.update(chunk);
-        signing?.update(chunk);
+      ...(signing ? { observe: (chunk: Uint8Array) => signing.update(chunk) } : {}),
+      observeCopy: (copy) => {
+        sha512.update(copy);
+        return sha512.below(HASH_BACKLOG);
       },
     });
     const sending = flow === 'file' ? client.upload(image.id, sink.body(), options.signal) : client.stage(image.id, sink.body(), options.signal);
@@ -214,7 +220,7 @@ export async function uploadVolume(options: ImageUploadOptions): Promise<ImageUp
       await client.importStaged(image.id, 'glance-direct', options.signal);
     }
     const uploaded = flow === 'glance-direct' ? await client.waitForActive(image.id, { signal: options.signal }) : await client.show(image.id, options.signal);
-    const digest = sha512.digest('hex');
+    const digest = await sha512.digest();
     if (uploaded.status !== 'active' || uploaded.size !== uploadBytes) {
       throw new IntegrityError(`Image ${image.id} is ${uploaded.status} with ${uploaded.size} bytes after the upload of ${uploadBytes} bytes.`);
     }
@@ -259,6 +265,7 @@ export async function uploadVolume(options: ImageUploadOptions): Promise<ImageUp
     }
     throw err;
   } finally {
+    await hasher?.close().catch(() => {});
     await src?.close().catch(() => {});
     await file.close().catch(() => {});
     await pool.close();
