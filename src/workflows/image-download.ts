@@ -22,7 +22,6 @@
  * const report = await downloadImage({ client, imageId, target: 'vol.luks', targetFormat: 'luks2',
  *   targetPassphrase: async () => Passphrase.fromString('secret') });
  */
-import { createHash } from 'node:crypto';
 import { AlreadyExistsError, CancelledError, IntegrityError, InvalidArgumentError } from '../errors.js';
 import { passphraseForLuks } from '../keys/luks-passphrase.js';
 import { FileDevice, removeFile, renameDurably, statPath } from '../devices/file-device.js';
@@ -37,8 +36,12 @@ import type { ParsedCertificate } from '../signatures/certificate-validation.js'
 import { convert, partialPath, type CacheMode, type ConvertReport, type LuksTargetOptions } from './convert.js';
 import { ENCRYPTION_PROPERTY } from './image-upload.js';
 import type { ImageFormat, PassphraseSource } from './open-source.js';
+import { BackgroundHash } from './background-hash.js';
 import { copyData } from './pipeline.js';
 import { CryptoPool } from './worker-pool.js';
+
+/** Bytes the background hash may lag behind the download before the download waits. */
+const HASH_BACKLOG = 64 << 20;
 
 export interface ImageDownloadOptions {
   client: GlanceClient;
@@ -109,11 +112,15 @@ export async function downloadImage(options: ImageDownloadOptions): Promise<Imag
       ...(options.trustedCertificates ? { trustedCertificates: options.trustedCertificates } : {}),
     });
   }
-  const sha512 = createHash('sha512');
+  // The sha512 runs on a worker thread over shared copies: the download does not wait for it.
+  const sha512 = BackgroundHash.start('sha512');
   const device = new RemoteImageDevice(client, imageId, image.size, {
     observe: (chunk) => {
-      sha512.update(chunk);
       verification?.update(chunk);
+      const copy = new Uint8Array(new SharedArrayBuffer(chunk.length));
+      copy.set(chunk);
+      sha512.update(copy);
+      return sha512.below(HASH_BACKLOG);
     },
     ...(options.signal ? { signal: options.signal } : {}),
   });
@@ -122,7 +129,7 @@ export async function downloadImage(options: ImageDownloadOptions): Promise<Imag
   // Reads the rest of the file and settles both checks; runs before the target is committed.
   const checkIntegrity = async () => {
     await device.finish();
-    digest = sha512.digest('hex');
+    digest = await sha512.digest();
     if (verification) signature = verification.finish();
     if (image.hashAlgo === 'sha512' && image.hashValue && image.hashValue !== digest) {
       throw new IntegrityError(`Image ${imageId}: the data read has sha512 ${digest}, not the ${image.hashValue} the image service recorded.`);
@@ -178,6 +185,7 @@ export async function downloadImage(options: ImageDownloadOptions): Promise<Imag
     };
   } finally {
     await device.close();
+    await sha512.close().catch(() => {});
   }
 }
 
