@@ -231,10 +231,11 @@ export class GlanceClient {
     let delay = 50;
     for (;;) {
       const image = await this.show(id, options.signal);
-      // An import task saves the image once more after it turned active (clearing
-      // os_glance_importing_to_stores); a property patched before that would be lost.
-      if (image.status === 'active' && !image.properties.os_glance_importing_to_stores) return image;
-      if (!['queued', 'saving', 'uploading', 'importing'].includes(image.status)) {
+      // An import task saves the image again after it turned active and only then drops its
+      // lock property os_glance_import_task (glance/async_/flows/api_image_import.py,
+      // _CompleteTask); a property patched before that would be overwritten.
+      if (image.status === 'active' && !image.properties.os_glance_importing_to_stores && !image.properties.os_glance_import_task) return image;
+      if (!['queued', 'saving', 'uploading', 'importing', 'active'].includes(image.status)) {
         throw new BackendUnavailableError(`image service: image ${id} ended in status ${image.status}, not active.`);
       }
       if (performance.now() > deadline) throw new BackendUnavailableError(`image service: image ${id} still ${image.status} after the timeout.`);

@@ -19,8 +19,11 @@ import { BackendUnavailableError, BrickcryptError, CancelledError, IntegrityErro
 import { isTransientImageServiceError, type GlanceClient, type ImageDataStream } from './glance-client.js';
 
 export interface RemoteImageDeviceOptions {
-  /** Called with every byte of the file exactly once, in order (the chunk is only valid during the call). */
-  observe?: (chunk: Uint8Array) => void;
+  /**
+   * Called with every byte of the file exactly once, in order (the chunk is only valid during
+   * the call); a returned promise holds the download back (a hash on another thread catching up).
+   */
+  observe?: (chunk: Uint8Array) => void | Promise<void>;
   /** Consecutive resumes after dropped connections before giving up (default 5). */
   resumeAttempts?: number;
   /** Forward gaps up to this many bytes are read through instead of a new request (default 8 MiB). */
@@ -148,7 +151,8 @@ export class RemoteImageDevice implements BlockDevice {
       const take = Math.min(piece.length, length - done);
       const part = piece.subarray(0, take);
       if (buf) buf.set(part, done);
-      this.#opts.observe?.(part);
+      const held = this.#opts.observe?.(part);
+      if (held) await held;
       this.#pos += take;
       this.stats.streamBytes += take;
       done += take;

@@ -14,6 +14,11 @@ import { CancelledError, OutOfRangeError, ReadOnlyDeviceError } from '../errors.
 export interface UploadStreamOptions {
   /** Called with every byte in file order (the chunk is only valid during the call). */
   observe?: (chunk: Uint8Array) => void;
+  /**
+   * Called with each queued copy (in shared memory, never changed afterwards) in file order;
+   * a returned promise holds the next write back (e.g. a hash on another thread catching up).
+   */
+  observeCopy?: (copy: Uint8Array) => Promise<void> | void;
   /** Chunks queued before a write waits (default 2). */
   maxQueued?: number;
 }
@@ -54,9 +59,13 @@ export class UploadStreamDevice implements BlockDevice {
       if (this.#failed) throw this.#failed;
     }
     this.#opts.observe?.(buf);
-    this.#queue.push(Uint8Array.prototype.slice.call(buf));
+    // The copy lives in shared memory, so a worker thread can read it while it waits to be sent.
+    const copy = new Uint8Array(new SharedArrayBuffer(buf.length));
+    copy.set(buf);
+    this.#queue.push(copy);
     this.#written += buf.length;
     this.#wake();
+    await this.#opts.observeCopy?.(copy);
   }
 
   #wake(): void {

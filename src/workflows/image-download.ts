@@ -10,6 +10,8 @@
  *   `os_encrypt_key_id`, LUKS content) becomes a volume whose ciphertext is copied
  *   unchanged and whose key is a fresh clone of the image's key, made inside the key
  *   manager: the volume and the image can be deleted independently, and no byte is decrypted.
+ *   Asked for a new key (a target passphrase) or another format, it is re-keyed instead:
+ *   decrypted with the image's key (read from the key manager) and encrypted under the new one.
  *
  * Integrity: with `img_signature*` properties the signature is verified on the bytes as they
  * stream (the certificate is checked before the first byte); `requireSignature` refuses an
@@ -20,8 +22,8 @@
  * const report = await downloadImage({ client, imageId, target: 'vol.luks', targetFormat: 'luks2',
  *   targetPassphrase: async () => Passphrase.fromString('secret') });
  */
-import { createHash } from 'node:crypto';
-import { AlreadyExistsError, CancelledError, IntegrityError, InvalidArgumentError, UnsupportedError } from '../errors.js';
+import { AlreadyExistsError, CancelledError, IntegrityError, InvalidArgumentError } from '../errors.js';
+import { passphraseForLuks } from '../keys/luks-passphrase.js';
 import { FileDevice, removeFile, renameDurably, statPath } from '../devices/file-device.js';
 import { detectFormat } from '../images/detect.js';
 import { LuksVolume } from '../luks/volume.js';
@@ -34,8 +36,12 @@ import type { ParsedCertificate } from '../signatures/certificate-validation.js'
 import { convert, partialPath, type CacheMode, type ConvertReport, type LuksTargetOptions } from './convert.js';
 import { ENCRYPTION_PROPERTY } from './image-upload.js';
 import type { ImageFormat, PassphraseSource } from './open-source.js';
+import { BackgroundHash } from './background-hash.js';
 import { copyData } from './pipeline.js';
 import { CryptoPool } from './worker-pool.js';
+
+/** Bytes the background hash may lag behind the download before the download waits. */
+const HASH_BACKLOG = 64 << 20;
 
 export interface ImageDownloadOptions {
   client: GlanceClient;
@@ -64,8 +70,11 @@ export interface ImageDownloadReport {
   imageId: string;
   target: string;
   targetFormat: ImageFormat;
-  /** 'as-is': ciphertext copied with a cloned key; 'convert': converted from a plain image. */
-  mode: 'as-is' | 'convert';
+  /**
+   * 'as-is': ciphertext copied with a cloned key; 'convert': converted from a plain image;
+   * 're-key': an encrypted image decrypted with its key and encrypted under the target's.
+   */
+  mode: 'as-is' | 'convert' | 're-key';
   imageBytes: number;
   sha512: string;
   signature?: VerifiedImageSignature;
@@ -103,11 +112,15 @@ export async function downloadImage(options: ImageDownloadOptions): Promise<Imag
       ...(options.trustedCertificates ? { trustedCertificates: options.trustedCertificates } : {}),
     });
   }
-  const sha512 = createHash('sha512');
+  // The sha512 runs on a worker thread over shared copies: the download does not wait for it.
+  const sha512 = BackgroundHash.start('sha512');
   const device = new RemoteImageDevice(client, imageId, image.size, {
     observe: (chunk) => {
-      sha512.update(chunk);
       verification?.update(chunk);
+      const copy = new Uint8Array(new SharedArrayBuffer(chunk.length));
+      copy.set(chunk);
+      sha512.update(copy);
+      return sha512.below(HASH_BACKLOG);
     },
     ...(options.signal ? { signal: options.signal } : {}),
   });
@@ -116,7 +129,7 @@ export async function downloadImage(options: ImageDownloadOptions): Promise<Imag
   // Reads the rest of the file and settles both checks; runs before the target is committed.
   const checkIntegrity = async () => {
     await device.finish();
-    digest = sha512.digest('hex');
+    digest = await sha512.digest();
     if (verification) signature = verification.finish();
     if (image.hashAlgo === 'sha512' && image.hashValue && image.hashValue !== digest) {
       throw new IntegrityError(`Image ${imageId}: the data read has sha512 ${digest}, not the ${image.hashValue} the image service recorded.`);
@@ -126,14 +139,30 @@ export async function downloadImage(options: ImageDownloadOptions): Promise<Imag
     const keyId = encryptedImageKeyId(image);
     const content = await detectFormat(device);
     let report: Omit<ImageDownloadReport, 'transfer' | 'seconds' | 'sha512' | 'signature'>;
-    if (keyId && (content === 'luks1' || content === 'luks2')) {
-      report = await copyEncrypted(options, device, content, keyId, checkIntegrity);
+    const encrypted = keyId !== undefined && (content === 'luks1' || content === 'luks2');
+    // Asked for a new key (or another format): re-key, i.e. decrypt with the image's key and
+    // encrypt under the new one. Otherwise the ciphertext is copied and the key cloned.
+    const rekey = encrypted && (options.targetPassphrase !== undefined || options.targetFormat !== content);
+    if (encrypted && !rekey) {
+      report = await copyEncrypted(options, device, content as 'luks1' | 'luks2', keyId!, checkIntegrity);
     } else {
+      if (rekey && (!options.keyManager || !options.caller)) throw new InvalidArgumentError('Re-keying an encrypted image reads its key from the key manager.');
+      const sourcePassphrase: PassphraseSource | undefined = rekey
+        ? async () => {
+            const object = await options.keyManager!.get(options.caller!, keyId!);
+            try {
+              return passphraseForLuks(object);
+            } finally {
+              object.secret.wipe();
+            }
+          }
+        : undefined;
       const converted = await convert({
         source: `image ${imageId}`,
         sourceDevice: device,
         target: options.target,
         targetFormat: options.targetFormat,
+        ...(sourcePassphrase ? { sourcePassphrase } : {}),
         ...(options.targetPassphrase ? { targetPassphrase: options.targetPassphrase } : {}),
         ...(options.luks ? { luks: options.luks } : {}),
         ...(options.size !== undefined ? { size: options.size } : {}),
@@ -145,7 +174,7 @@ export async function downloadImage(options: ImageDownloadOptions): Promise<Imag
         ...(options.onProgress ? { onProgress: options.onProgress } : {}),
         beforeCommit: checkIntegrity,
       });
-      report = { imageId, target: options.target, targetFormat: options.targetFormat, mode: 'convert', imageBytes: image.size, convert: converted };
+      report = { imageId, target: options.target, targetFormat: options.targetFormat, mode: rekey ? 're-key' : 'convert', imageBytes: image.size, convert: converted };
     }
     return {
       ...report,
@@ -156,6 +185,7 @@ export async function downloadImage(options: ImageDownloadOptions): Promise<Imag
     };
   } finally {
     await device.close();
+    await sha512.close().catch(() => {});
   }
 }
 
@@ -170,11 +200,8 @@ async function copyEncrypted(
   keyId: string,
   checkIntegrity: () => Promise<void>,
 ): Promise<Omit<ImageDownloadReport, 'transfer' | 'seconds' | 'sha512' | 'signature'>> {
-  if (options.targetFormat !== content) {
-    throw new UnsupportedError(`Image ${options.imageId} is an encrypted ${content} volume: it becomes a ${content} volume as-is (re-keying into ${options.targetFormat} is not built).`);
-  }
-  if (options.targetPassphrase || options.luks || options.size !== undefined || options.compress) {
-    throw new InvalidArgumentError('An encrypted image keeps its LUKS header and key: target key, LUKS and size options do not apply.');
+  if (options.luks || options.size !== undefined || options.compress) {
+    throw new InvalidArgumentError('An encrypted image copied as-is keeps its LUKS header: LUKS and size options need a new key (re-keying).');
   }
   if (!options.keyManager || !options.caller) throw new InvalidArgumentError('An encrypted image needs the key manager to clone its key.');
   const dst = await statPath(options.target);

@@ -8,7 +8,10 @@
  *   and by Glance's image-encryption properties (`os_encrypt_format`, `os_encrypt_cipher`,
  *   `os_encrypt_key_id`, `os_encrypt_key_deletion_policy`, `os_decrypt_size`), so the image
  *   and the volume can be deleted independently.
- * - decrypted: the plaintext of the volume (decrypted on the worker pool) as a raw image.
+ * - decrypted: the plaintext of the volume (decrypted on the worker pool) as a raw image, or
+ *   as a qcow2 image whose all-zero clusters stay unallocated: a first pass over the volume
+ *   finds the clusters with data so the tables can be sent before the data
+ *   (`qcow2-stream-layout.ts`); no temporary file either way.
  *
  * While the bytes flow, their sha512 (Glance's `os_hash_value`) and, when asked, an image
  * signature (cursive's `img_signature*` properties, set once the data is in) are computed;
@@ -21,10 +24,11 @@
  * @example
  * const report = await uploadVolume({ volume: 'vol.luks', client, name: 'backup-1', keyManager, caller, volumeKeyId });
  */
-import { createHash } from 'node:crypto';
 import { CancelledError, IntegrityError, InvalidArgumentError, NotFoundError, UnsupportedError } from '../errors.js';
 import { FileDevice, statPath } from '../devices/file-device.js';
 import { detectFormat } from '../images/detect.js';
+import { planQcow2Stream, type Qcow2StreamPlan } from '../images/qcow2-stream-layout.js';
+import { ClusterScanDevice, Qcow2StreamDevice } from '../images/qcow2-stream-device.js';
 import { LuksVolume } from '../luks/volume.js';
 import type { CallerIdentity, KeyManager } from '../keys/key-manager.js';
 import type { GlanceClient } from '../image-service/glance-client.js';
@@ -32,6 +36,7 @@ import type { DiskFormat, ImageRecord } from '../image-service/glance-wire.js';
 import { UploadStreamDevice } from '../image-service/upload-stream-device.js';
 import { startImageSigning, type SignImageOptions, type SignedImageProperties } from '../signatures/image-signature.js';
 import { openSource, type OpenedSource, type PassphraseSource } from './open-source.js';
+import { BackgroundHash } from './background-hash.js';
 import { copyData, type PipelineSource } from './pipeline.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
 
@@ -46,6 +51,9 @@ export const ENCRYPTION_PROPERTY = {
   decryptSize: 'os_decrypt_size',
 } as const;
 
+/** Bytes the background hash may lag behind the upload before the upload waits. */
+const HASH_BACKLOG = 64 << 20;
+
 /** The deletion policy for a key cloned for an image: the image owns it. */
 export const ON_IMAGE_DELETION = 'on_image_deletion';
 
@@ -58,7 +66,7 @@ export interface ImageUploadOptions {
   name: string;
   /** 'as-is' (default): the container bytes; 'decrypt': the plaintext. */
   mode?: 'as-is' | 'decrypt';
-  /** Decrypted uploads: the image format (only raw is built). */
+  /** Decrypted uploads: the image format (raw or qcow2; default raw). */
   diskFormat?: DiskFormat;
   compress?: boolean;
   /** `PUT .../file` (default) or `stage` + `import` with glance-direct. */
@@ -108,10 +116,8 @@ export async function uploadVolume(options: ImageUploadOptions): Promise<ImageUp
     throw new InvalidArgumentError('--disk-format and --compress apply to decrypted uploads (--decrypt) only.');
   }
   const diskWanted = options.diskFormat ?? 'raw';
-  if (mode === 'decrypt' && diskWanted === 'qcow2') {
-    throw new UnsupportedError('Decrypted qcow2 uploads are not built yet: use --disk-format raw.');
-  }
-  if (options.compress) throw new UnsupportedError('--compress applies to qcow2 uploads, which are not built yet.');
+  if (options.compress && diskWanted !== 'qcow2') throw new InvalidArgumentError('--compress applies to qcow2 images only.');
+  if (options.compress) throw new UnsupportedError('Compressed qcow2 uploads are not built yet: omit --compress.');
   const info = await statPath(options.volume);
   if (!info.exists) throw new NotFoundError(`${options.volume}: no such file or directory`);
 
@@ -120,6 +126,7 @@ export async function uploadVolume(options: ImageUploadOptions): Promise<ImageUp
   let src: OpenedSource | undefined;
   let clonedKeyId: string | undefined;
   let image: ImageRecord | undefined;
+  let hasher: BackgroundHash | undefined;
   try {
     const volumeFormat = await detectFormat(file);
     const isLuks = volumeFormat === 'luks1' || volumeFormat === 'luks2';
@@ -149,7 +156,7 @@ export async function uploadVolume(options: ImageUploadOptions): Promise<ImageUp
         });
       }
     } else {
-      diskFormat = 'raw';
+      diskFormat = diskWanted;
       const passphrase: PassphraseSource | undefined = options.passphrase;
       src = await openSource(options.volume, { pool, passphrase, device: file });
       source = src.source;
@@ -160,27 +167,46 @@ export async function uploadVolume(options: ImageUploadOptions): Promise<ImageUp
     const signing = options.sign
       ? await startImageSigning({ ...options.sign, ...(options.keyManager ? { keyManager: options.keyManager } : {}), ...(options.caller ? { caller: options.caller } : {}) })
       : undefined;
-    const sha512 = createHash('sha512');
+    // Off the streaming thread: the upload does not wait for the hash.
+    const sha512 = (hasher = BackgroundHash.start('sha512'));
 
     if (options.signal?.aborted) throw new CancelledError();
     image = await client.create(
       { name: options.name, diskFormat, containerFormat: 'bare', ...(options.visibility ? { visibility: options.visibility } : {}), properties },
       options.signal,
     );
-    const sink = new UploadStreamDevice(length, {
-      observe: (chunk) => {
-        sha512.update(chunk);
-        signing?.update(chunk);
+    // qcow2: a first pass finds the clusters that hold data, so the tables can go first.
+    let plan: Qcow2StreamPlan | undefined;
+    if (mode === 'decrypt' && diskFormat === 'qcow2') {
+      const scan = new ClusterScanDevice(length);
+      await copyData(source, { device: scan, base: 0, zeros: 'skip' }, length, {
+        pool,
+        signal: options.signal,
+        onProgress: (bytes) => options.onProgress?.({ bytes: bytes / 2, total: length }),
+      });
+      plan = planQcow2Stream(length, scan.allocated);
+    }
+    const uploadBytes = plan ? plan.fileSize : length;
+    const sink = new UploadStreamDevice(uploadBytes, {
+      ...(signing ? { observe: (chunk: Uint8Array) => signing.update(chunk) } : {}),
+      observeCopy: (copy) => {
+        sha512.update(copy);
+        return sha512.below(HASH_BACKLOG);
       },
     });
     const sending = flow === 'file' ? client.upload(image.id, sink.body(), options.signal) : client.stage(image.id, sink.body(), options.signal);
     // A refused upload stops the copy at once.
     sending.catch((err: Error) => sink.fail(err));
-    const copying = copyData(source, { device: sink, base: 0, zeros: 'write' }, length, {
-      pool,
-      signal: options.signal,
-      onProgress: (bytes) => options.onProgress?.({ bytes, total: length }),
-    }).then(
+    const qcow2 = plan ? new Qcow2StreamDevice(plan, sink) : undefined;
+    const copying = (async () => {
+      await qcow2?.start();
+      await copyData(source, qcow2 ? { device: qcow2, base: 0, zeros: 'skip' } : { device: sink, base: 0, zeros: 'write' }, length, {
+        pool,
+        signal: options.signal,
+        onProgress: (bytes) => options.onProgress?.({ bytes: qcow2 ? (length + bytes) / 2 : bytes, total: length }),
+      });
+      await qcow2?.finish();
+    })().then(
       () => sink.end(),
       (err: Error) => {
         sink.fail(err);
@@ -194,9 +220,9 @@ export async function uploadVolume(options: ImageUploadOptions): Promise<ImageUp
       await client.importStaged(image.id, 'glance-direct', options.signal);
     }
     const uploaded = flow === 'glance-direct' ? await client.waitForActive(image.id, { signal: options.signal }) : await client.show(image.id, options.signal);
-    const digest = sha512.digest('hex');
-    if (uploaded.status !== 'active' || uploaded.size !== length) {
-      throw new IntegrityError(`Image ${image.id} is ${uploaded.status} with ${uploaded.size} bytes after the upload of ${length} bytes.`);
+    const digest = await sha512.digest();
+    if (uploaded.status !== 'active' || uploaded.size !== uploadBytes) {
+      throw new IntegrityError(`Image ${image.id} is ${uploaded.status} with ${uploaded.size} bytes after the upload of ${uploadBytes} bytes.`);
     }
     if (uploaded.hashAlgo === 'sha512' && uploaded.hashValue !== digest) {
       throw new IntegrityError(`Image ${image.id}: the image service stored data with sha512 ${uploaded.hashValue}, not the ${digest} sent.`);
@@ -221,7 +247,7 @@ export async function uploadVolume(options: ImageUploadOptions): Promise<ImageUp
       volumeFormat,
       diskFormat,
       containerFormat: 'bare',
-      bytes: length,
+      bytes: uploadBytes,
       sha512: digest,
       properties,
       ...(clonedKeyId ? { clonedKeyId } : {}),
@@ -239,6 +265,7 @@ export async function uploadVolume(options: ImageUploadOptions): Promise<ImageUp
     }
     throw err;
   } finally {
+    await hasher?.close().catch(() => {});
     await src?.close().catch(() => {});
     await file.close().catch(() => {});
     await pool.close();

@@ -130,6 +130,16 @@ test('as-is: a LUKS2 volume uploads with a cloned key and the Cinder/Glance prop
   // The clone opens the new volume, and its plaintext is the original.
   await verify({ a: raw, b: back, bPassphrase: () => passphraseOf(s, volumeKey), workers: 0 });
 
+  // Asked for a new key, the encrypted image is re-keyed: decrypted with its key, encrypted under the new one.
+  const rekeyed = f('asis-rekeyed.luks');
+  const re = await downloadImage({ client: glance, imageId: up.imageId, target: rekeyed, targetFormat: 'luks1', keyManager: s.km, caller: s.admin,
+    targetPassphrase: async () => Passphrase.fromString('another key'), luks: PBKDF, workers: 0 });
+  assert.equal(re.mode, 're-key');
+  await verify({ a: raw, b: rekeyed, bPassphrase: async () => Passphrase.fromString('another key'), workers: 0 });
+  const plain = f('asis-plain.raw');
+  await downloadImage({ client: glance, imageId: up.imageId, target: plain, targetFormat: 'raw', keyManager: s.km, caller: s.admin, workers: 0 });
+  assert.ok(readFileSync(plain).equals(readFileSync(raw)), 'decrypted with the image key');
+
   // Deleting the image deletes the key it owns, and only that one.
   assert.deepEqual(await deleteImage({ client: glance, imageId: up.imageId, keyManager: async () => ({ keyManager: s.km, caller: s.creator }) }), { deletedKeyId: clone });
   await assert.rejects(s.km.getMetadata(s.admin, clone), KeyNotFoundError);
@@ -278,5 +288,36 @@ test('cancelling an upload deletes the queued image and the key clone; cancellin
   );
   assert.equal(existsSync(target), false);
   assert.deepEqual(leftovers(), []);
+  await glance.delete(up.imageId);
+});
+
+test('decrypted qcow2 upload: tables first, zeros unallocated, clean under qemu-img check', { skip: skipQemu }, async () => {
+  const s = setup('qcow2up');
+  const glance = glanceAs(url, s.project);
+  const raw = rawImage('qup.raw', 24);
+  const vol = await managedVolume(s, raw, 'qup.luks');
+  const up = await uploadVolume({
+    volume: vol.path, client: glance, name: 'qup', mode: 'decrypt', diskFormat: 'qcow2',
+    passphrase: () => passphraseOf(s, vol.keyId), keyManager: s.km, caller: s.admin, workers: 0,
+  });
+  const image = await glance.show(up.imageId);
+  assert.equal(image.diskFormat, 'qcow2');
+  assert.ok(image.size! < 24 * MIB, `the 12 MiB zero hole is not stored (${image.size} bytes)`);
+  const q = f('qup-stored.qcow2');
+  const stream = await glance.openData(up.imageId);
+  const parts: Uint8Array[] = [];
+  for (;;) {
+    const r = await stream.reader.read();
+    if (r.done) break;
+    parts.push(r.value);
+  }
+  writeFileSync(q, Buffer.concat(parts));
+  assert.equal(sha512(q), image.hashValue);
+  run('qemu-img', ['check', q]);
+  run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', raw, q]);
+  // And back into a volume, reading the qcow2 with ranges.
+  const back = f('qup-back.raw');
+  await downloadImage({ client: glance, imageId: up.imageId, target: back, targetFormat: 'raw' });
+  assert.ok(readFileSync(back).equals(readFileSync(raw)));
   await glance.delete(up.imageId);
 });

@@ -251,8 +251,8 @@ function registerImageService(image: Command): void {
       .option('--key-id <id>', "the volume's managed key: cloned for the image (as-is), or opens the volume (--decrypt)")
       .option('--key-file <file>', "--decrypt: the volume's LUKS passphrase file ('-' = stdin)")
       .option('--decrypt', 'upload the plaintext instead of the encrypted container')
-      .option('--disk-format <format>', '--decrypt: image format (raw)')
-      .option('--compress', '--decrypt with qcow2: compress clusters')
+      .option('--disk-format <format>', '--decrypt: image format, raw (default) or qcow2 (zero clusters unallocated)')
+      .option('--compress', '--decrypt with qcow2: compress clusters (not built yet: refused)')
       .option('--import <method>', "upload with stage + import (method 'glance-direct') instead of PUT .../file")
       .option('--visibility <v>', 'private, shared, community or public')
       .option('--property <key=value>', 'extra image property; repeatable', collect, [])
@@ -269,13 +269,15 @@ bare, and the volume's key cloned inside the key manager (a "creator" can do it;
 read). Properties set: cinder_encryption_key_id=<clone>, cinder_encryption_key_deletion_policy=
 on_image_deletion, os_encrypt_format=LUKSv1|LUKSv2, os_encrypt_cipher, os_encrypt_key_id=<clone>,
 os_encrypt_key_deletion_policy=on_image_deletion, os_decrypt_size.
---decrypt: the plaintext, as a raw image. The sha512 Glance records (os_hash_value) is checked
+--decrypt: the plaintext, as a raw image or (--disk-format qcow2) a qcow2 image whose tables are
+sent first: a first pass over the volume finds the clusters with data. The sha512 Glance records (os_hash_value) is checked
 against the one computed while streaming; with a signing key the img_signature* properties are
 computed in the same pass.
 
 Examples:
   brickcrypt image upload vol.luks --image-service http://127.0.0.1:9292 --name backup-1 \\
       --key-id $KEY_ID --project p1 --user cinder --roles creator,member
+  brickcrypt image upload vol.luks --image-service $GLANCE --name disk-1 --decrypt --disk-format qcow2 --key-id $KEY_ID
   brickcrypt image upload vol.luks --image-service $GLANCE --name plain-1 --decrypt --disk-format raw \\
       --key-id $KEY_ID --sign-key signer.key --certificate-id $CERT_ID --import glance-direct`,
       ),
@@ -370,7 +372,9 @@ Examples:
 A raw or qcow2 image is converted while it downloads (qcow2 tables are fetched with range
 requests, no temporary file). An image uploaded as-is from an encrypted volume
 (cinder_encryption_key_id / os_encrypt_key_id) becomes a volume of the same LUKS version with
-its ciphertext copied unchanged and a fresh clone of the image's key (printed). A signed image
+its ciphertext copied unchanged and a fresh clone of the image's key (printed); with a target
+key (or another format) it is re-keyed instead (decrypted with its key, which the caller must be
+allowed to read, and encrypted under the new key). A signed image
 is verified while streaming; a bad signature or checksum fails with exit 7 and leaves no target.
 
 Examples:
@@ -435,7 +439,7 @@ Examples:
       else {
         if (keyId) process.stdout.write(`${keyId}\n`);
         process.stderr.write(
-          `Created ${target} (${report.targetFormat}, ${report.mode === 'as-is' ? 'encrypted image copied as-is' : 'converted'}) from image ${imageId}: ` +
+          `Created ${target} (${report.targetFormat}, ${report.mode === 'as-is' ? 'encrypted image copied as-is' : report.mode === 're-key' ? 're-keyed' : 'converted'}) from image ${imageId}: ` +
             `${report.imageBytes} image bytes in ${report.seconds.toFixed(2)} s; sha512 matches` +
             `${report.signature ? `; signature verified (${report.signature.keyType}, ${report.signature.hashMethod})` : ''}` +
             `${report.clonedKeyId ? `; volume key ${report.clonedKeyId} (a clone of the image's)` : ''}.\n`,

@@ -1,0 +1,129 @@
+/**
+ * A qcow2 v3 image laid out for writing front to back in one stream (an upload that cannot
+ * seek back), following QEMU docs/interop/qcow2.txt.
+ *
+ * Which guest clusters hold data must be known first (a scan of the source). The image is
+ * then, in host order: the header (cluster 0), the L1 table, the refcount table, the refcount
+ * blocks, the L2 tables of the regions that hold data, and the data clusters in guest order.
+ * Clusters that are all zeros are left unallocated (they read as zeros), as `qemu-img convert`
+ * does. Every cluster is counted once, so `qemu-img check` reports the image clean.
+ *
+ * `planQcow2Stream` builds all metadata in memory (one L2 table per 512 MiB of guest space
+ * with data, at the default 64 KiB clusters); `Qcow2StreamDevice` (`qcow2-stream-device.ts`)
+ * turns the plaintext writes of the pipeline into the data part.
+ */
+import { InvalidArgumentError } from '../errors.js';
+import { QCOW2_MAGIC, encodeQcow2Header, type Qcow2Header } from '../formats/qcow2/header.js';
+import { encodeL1Entry, encodeL2Normal } from '../formats/qcow2/l2-entry.js';
+import { refcountBlockEntries, setRefcount } from '../formats/qcow2/refcount.js';
+
+const REFCOUNT_ORDER = 4; // 16-bit refcounts, QEMU's default
+const HEADER_LENGTH = 112; // v3 header with the compression type byte, padded to 8 bytes
+
+export interface Qcow2StreamPlan {
+  clusterSize: number;
+  /** Virtual size. */
+  size: number;
+  /** Header, L1, refcount table and blocks, L2 tables: the first bytes of the image. */
+  metadata: Uint8Array;
+  /** Guest cluster numbers holding data, ascending; their data follows `metadata` in this order. */
+  dataClusters: number[];
+  /** Total bytes of the image file. */
+  fileSize: number;
+}
+
+/**
+ * Plans the image for a disk of `size` bytes whose guest clusters `allocated` (a flag per
+ * cluster, 1 = holds data) are stored.
+ */
+export function planQcow2Stream(size: number, allocated: Uint8Array, clusterBits = 16): Qcow2StreamPlan {
+  const cs = 2 ** clusterBits;
+  if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidArgumentError(`qcow2 size ${size} is not a positive number of bytes.`);
+  // QEMU rounds a qcow2 disk up to whole 512-byte sectors; a size between would read differently there.
+  if (size % 512 !== 0) throw new InvalidArgumentError(`qcow2 size ${size} is not a multiple of 512 bytes.`);
+  const guestClusters = Math.ceil(size / cs);
+  if (allocated.length !== guestClusters) throw new InvalidArgumentError(`qcow2 plan: ${allocated.length} cluster flags for ${guestClusters} clusters.`);
+  const l2Entries = cs / 8;
+  const l1Size = Math.ceil(guestClusters / l2Entries);
+  const l1Clusters = Math.ceil((l1Size * 8) / cs);
+  const dataClusters: number[] = [];
+  const l2Used = new Set<number>();
+  for (let c = 0; c < guestClusters; c++) {
+    if (allocated[c]) {
+      dataClusters.push(c);
+      l2Used.add(Math.floor(c / l2Entries));
+    }
+  }
+  const l2Tables = [...l2Used].sort((a, b) => a - b);
+  // Refcount table and blocks count themselves: iterate to a fixed point.
+  const perBlock = refcountBlockEntries(clusterBits, REFCOUNT_ORDER);
+  const fixed = 1 + l1Clusters + l2Tables.length + dataClusters.length;
+  let tableClusters = 1;
+  let blocks = 0;
+  for (;;) {
+    const nextBlocks = Math.ceil((fixed + tableClusters + blocks) / perBlock);
+    const nextTable = Math.max(1, Math.ceil((nextBlocks * 8) / cs));
+    if (nextBlocks === blocks && nextTable === tableClusters) break;
+    blocks = nextBlocks;
+    tableClusters = nextTable;
+  }
+  const l1Offset = cs;
+  const tableOffset = l1Offset + l1Clusters * cs;
+  const blocksOffset = tableOffset + tableClusters * cs;
+  const l2Offset = blocksOffset + blocks * cs;
+  const dataOffset = l2Offset + l2Tables.length * cs;
+  const totalClusters = dataOffset / cs + dataClusters.length;
+
+  const metadata = new Uint8Array(dataOffset);
+  const view = new DataView(metadata.buffer);
+  // L1 -> L2 tables; L2 -> data clusters (in guest order after the metadata).
+  const l2Host = new Map<number, number>();
+  l2Tables.forEach((l1Index, i) => {
+    const host = l2Offset + i * cs;
+    l2Host.set(l1Index, host);
+    const [hi, lo] = encodeL1Entry(host, true);
+    view.setUint32(l1Offset + l1Index * 8, hi);
+    view.setUint32(l1Offset + l1Index * 8 + 4, lo);
+  });
+  dataClusters.forEach((c, i) => {
+    const table = l2Host.get(Math.floor(c / l2Entries))!;
+    const [hi, lo] = encodeL2Normal(dataOffset + i * cs, true);
+    const at = table + (c % l2Entries) * 8;
+    view.setUint32(at, hi);
+    view.setUint32(at + 4, lo);
+  });
+  for (let b = 0; b < blocks; b++) {
+    const [hi, lo] = encodeL1Entry(blocksOffset + b * cs, false);
+    view.setUint32(tableOffset + b * 8, hi);
+    view.setUint32(tableOffset + b * 8 + 4, lo);
+  }
+  for (let c = 0; c < totalClusters; c++) {
+    setRefcount(metadata.subarray(blocksOffset + Math.floor(c / perBlock) * cs), c % perBlock, 1, REFCOUNT_ORDER);
+  }
+  const header: Qcow2Header = {
+    magic: QCOW2_MAGIC,
+    version: 3,
+    backingFileOffset: 0,
+    backingFileSize: 0,
+    clusterBits,
+    size,
+    cryptMethod: 0,
+    l1Size,
+    l1TableOffset: l1Offset,
+    refcountTableOffset: tableOffset,
+    refcountTableClusters: tableClusters,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
+    incompatibleFeatures: 0n,
+    compatibleFeatures: 0n,
+    autoclearFeatures: 0n,
+    refcountOrder: REFCOUNT_ORDER,
+    headerLength: HEADER_LENGTH,
+    compressionType: 0,
+    extraHeader: new Uint8Array(HEADER_LENGTH - 105),
+    extensions: [],
+    endMarkerLength: 0,
+  };
+  metadata.set(encodeQcow2Header(header), 0);
+  return { clusterSize: cs, size, metadata, dataClusters, fileSize: totalClusters * cs };
+}
