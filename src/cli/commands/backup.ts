@@ -4,6 +4,7 @@
  * Encrypted volumes are backed up as their container bytes: no volume key is ever read.
  * Progress is a bar on a TTY (stderr) or JSON lines on stdout with `--json`.
  */
+import { withCancellation } from '../cancellation.js';
 import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { AlreadyExistsError, InvalidArgumentError, WrongBackupKeyError } from '../../errors.js';
@@ -76,22 +77,6 @@ function progressReporter(json: boolean, label: string) {
   };
 }
 
-/** Aborts on SIGINT/SIGTERM while `fn` runs; a second signal exits at once. */
-async function withCancellation<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const controller = new AbortController();
-  const onSignal = (sig: NodeJS.Signals) => {
-    if (controller.signal.aborted) process.exit(sig === 'SIGINT' ? 130 : 143);
-    controller.abort();
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  try {
-    return await fn(controller.signal);
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-  }
-}
 
 async function withStore<T>(o: BackupCliOptions, fn: (store: ObjectStore) => Promise<T>): Promise<T> {
   const { openObjectStore } = await storeModule();

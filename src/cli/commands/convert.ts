@@ -3,6 +3,7 @@
  * verify.ts. Progress is a bar on a TTY (stderr) or JSON lines on stdout with `--json`;
  * SIGINT/SIGTERM cancel cleanly (no target that looks complete is left behind).
  */
+import { withCancellation } from '../cancellation.js';
 import type { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { InvalidArgumentError } from '../../errors.js';
@@ -133,22 +134,6 @@ export function progressReporter(json: boolean, label: string) {
   };
 }
 
-/** Aborts on SIGINT/SIGTERM while `fn` runs; a second signal exits at once. */
-export async function withCancellation<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const controller = new AbortController();
-  const onSignal = (sig: NodeJS.Signals) => {
-    if (controller.signal.aborted) process.exit(sig === 'SIGINT' ? 130 : 143);
-    controller.abort();
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  try {
-    return await fn(controller.signal);
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-  }
-}
 
 function describe(report: ConvertReport): string {
   const t = report.target;

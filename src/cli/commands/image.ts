@@ -14,7 +14,8 @@ import type { GlanceClient } from '../../image-service/glance-client.js';
 import { DISK_FORMATS, type ImageRecord } from '../../image-service/glance-wire.js';
 import { CACHE_MODES, type LuksTargetOptions } from '../../workflows/convert.js';
 import { IMAGE_FORMATS, type PassphraseSource } from '../../workflows/open-source.js';
-import { passphraseSource, progressReporter, withCancellation, type CreatedKey, type KeyOptions } from './convert.js';
+import { withCancellation } from '../cancellation.js';
+import { passphraseSource, progressReporter, type CreatedKey, type KeyOptions } from './convert.js';
 import { readKeyFile } from '../key-input.js';
 import type { CallerIdentity, KeyManager } from '../../keys/key-manager.js';
 import {
