@@ -128,6 +128,7 @@ function summary(m: BackupManifest) {
     source: m.source,
     ...(m.luks ? { luks: m.luks } : {}),
     ...(m.parent ? { parent: m.parent } : {}),
+    ...(m.dirtyBitmap ? { dirtyBitmap: m.dirtyBitmap } : {}),
     chunkSize: m.chunkSize,
     chunks: m.chunks.length,
     holes: m.holes.length,
@@ -265,23 +266,43 @@ Examples:
       .argument('<volume>', 'volume file or block device')
       .option('--name <name>', 'a label for the backup')
       .option('--key-id <id>', "the backup key (default: the one the repository names)")
-      .addHelpText('after', '\nExamples:\n  brickcrypt backup create vol.luks --repo file:/srv/backups\n  brickcrypt backup create /dev/vg0/vol1 --repo swift+http://127.0.0.1:8080/backups --name before-upgrade --json'),
-  ).action(async (volume: string, o: BackupCliOptions & { name?: string }) => {
-    const { createBackup } = await import('../../backup/create-backup.js');
-    const { FileDevice } = await import('../../devices/file-device.js');
+      .option('--no-dirty-bitmap', "neither use the volume's dirty-chunk bitmap (<volume>.dirty-bitmap, kept by attach) nor start a new one: hash every chunk")
+      .addHelpText(
+        'after',
+        `
+Examples:
+  brickcrypt backup create vol.luks --repo file:/srv/backups
+  brickcrypt backup create /dev/vg0/vol1 --repo swift+http://127.0.0.1:8080/backups --name before-upgrade --json
+
+A volume file gets a dirty-chunk bitmap beside it (<volume>.dirty-bitmap) after each backup; while
+'brickcrypt attach' serves the volume it records the chunks written, and the next backup reads
+only those. A bitmap that is in use, left by a crashed attach, or older than the file's last change
+is not trusted: every chunk is read and hashed instead.`,
+      ),
+  ).action(async (volume: string, o: BackupCliOptions & { name?: string; dirtyBitmap?: boolean }) => {
+    const { createBackupWithReport } = await import('../../backup/create-backup.js');
+    const { FileDevice, statPath } = await import('../../devices/file-device.js');
     const { resolve } = await import('node:path');
     const json = o.json === true;
+    const path = resolve(volume);
+    const useBitmap = o.dirtyBitmap !== false && (await statPath(path)).isFile;
     await withRepository(o, async (repo) => {
       const device = await FileDevice.open(volume, { readOnly: true, seekHoles: true });
       const progress = progressReporter(json, 'backup');
       try {
         const started = performance.now();
-        const m = await withCancellation((signal) =>
-          createBackup(repo, device, { sourcePath: resolve(volume), ...(o.name !== undefined ? { name: o.name } : {}), signal, onProgress: (p) => progress.update(p.bytes, p.total) }),
+        const { manifest: m, bitmap } = await withCancellation((signal) =>
+          createBackupWithReport(repo, device, {
+            sourcePath: path,
+            ...(o.name !== undefined ? { name: o.name } : {}),
+            ...(useBitmap ? { dirtyBitmap: { volumePath: path } } : {}),
+            signal,
+            onProgress: (p) => progress.update(p.bytes, p.total),
+          }),
         );
         progress.stop();
         const seconds = (performance.now() - started) / 1000;
-        out(o, { event: 'done', ...summary(m), seconds, peakRssBytes: process.resourceUsage().maxRSS * 1024 }, `${m.id}\n`);
+        out(o, { event: 'done', ...summary(m), ...(bitmap ? { bitmap } : {}), seconds, peakRssBytes: process.resourceUsage().maxRSS * 1024 }, `${m.id}\n`);
       } finally {
         progress.stop();
         await device.close();
@@ -322,6 +343,7 @@ Examples:
         `  holes:    ${s.holes} ranges, ${s.holeBytes} bytes`,
         `  stored:   ${s.stats.storedBytes} bytes for ${s.stats.newBytes} new bytes (read ${s.stats.dataBytes})`,
         ...(s.parent ? [`  parent:   ${s.parent}`] : []),
+        ...(s.dirtyBitmap ? [`  bitmap:   ${s.dirtyBitmap.dirtyChunks} dirty chunks read; the others taken from ${s.dirtyBitmap.base}`] : []),
       ];
       out(o, s, lines.join('\n') + '\n');
     });
