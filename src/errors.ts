@@ -338,6 +338,37 @@ export class NotImplementedError extends BrickcryptError {
   }
 }
 
+// --- reencryption ---
+
+/**
+ * A LUKS2 header lists a mandatory requirement (config.requirements.mandatory) brickcrypt does
+ * not implement: the payload must not be read or written (cryptsetup refuses to activate it too).
+ * Header-level commands (dump, test-key, header-backup) still work.
+ */
+export class UnsupportedRequirementError extends BrickcryptError {
+  /** The requirement strings that fence the volume. */
+  readonly requirements: string[];
+  constructor(requirements: string[], message?: string) {
+    super(
+      'UNSUPPORTED_REQUIREMENT',
+      message ?? `The LUKS2 volume lists mandatory requirements brickcrypt does not implement (${requirements.join(', ')}); its data cannot be read or written.`,
+      { exitCode: EXIT_CODES.device, nbdErrno: NBD_ERRNO.ENOTSUP, httpStatus: 422 },
+    );
+    this.requirements = requirements;
+  }
+}
+
+/**
+ * An in-place reencryption (cryptsetup's online-reencrypt requirement) was started and not
+ * finished: part of the data is under the new key, part under the old. Only reencrypt may
+ * touch the payload until it completes (`brickcrypt reencrypt --resume-only VOLUME`).
+ */
+export class ReencryptionInProgressError extends BrickcryptError {
+  constructor(message = 'A reencryption of this volume is in progress; finish it first with `brickcrypt reencrypt --resume-only VOLUME`.') {
+    super('REENCRYPTION_IN_PROGRESS', message, BUSY);
+  }
+}
+
 /** Maps any thrown value to its CLI exit code (unexpected errors are internal: 70). */
 export function exitCodeOf(err: unknown): number {
   return err instanceof BrickcryptError ? err.exitCode : EXIT_CODES.internal;

@@ -113,7 +113,7 @@ export function runCli(args: string[], options: { input?: string | Uint8Array; e
  * cryptsetup's own test images live in ../shared/fixtures/cryptsetup-tests next to the
  * checkout. They are not part of the project: tests using them skip when absent.
  */
-export const cryptsetupFixturesDir = resolve(repoRoot, '..', 'shared', 'fixtures', 'cryptsetup-tests');
+export const cryptsetupFixturesDir = [resolve(repoRoot, '..', 'shared', 'fixtures', 'cryptsetup-tests'), resolve(repoRoot, '..', '..', 'shared', 'fixtures', 'cryptsetup-tests')].find((d) => existsSync(d)) ?? resolve(repoRoot, '..', 'shared', 'fixtures', 'cryptsetup-tests');
 
 export function needFixtures(): false | string {
   if (existsSync(cryptsetupFixturesDir)) return false;

@@ -20,7 +20,7 @@ import { EncryptedDevice, type SectorCryptoOffload } from '../../devices/encrypt
 import { VolumeLock, processAlive } from '../../devices/volume-lock.js';
 import { detectFormat } from '../../images/detect.js';
 import { openImage } from '../../images/open-image.js';
-import { unlockLuks } from '../../luks/index.js';
+import { openLuks, unlockLuks } from '../../luks/index.js';
 import { CryptoPool, serverWorkerCount } from '../../workflows/worker-pool.js';
 import { NbdServer, type ListenTarget } from '../../nbd/server.js';
 import { nbdUri } from '../../nbd/uri.js';
@@ -235,6 +235,8 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
   let pool: CryptoPool | undefined;
   try {
     if (o.header) header = await FileDevice.open(o.header, { readOnly: wantReadOnly });
+    // A fenced payload (reencryption in progress, unknown requirement) is refused before any passphrase is asked.
+    (await openLuks(file, { readOnly: true, ...(header ? { headerDevice: header } : {}) })).assertPayloadAccess();
     const { volume, key } = await withPassphraseTries(
       input,
       (passphrase) => unlockLuks(file, passphrase, { readOnly: wantReadOnly, forWrite: !wantReadOnly, ...(header ? { headerDevice: header } : {}) }),
