@@ -13,12 +13,9 @@ import { join } from 'node:path';
 import { createService, type Service } from '../../src/service/app.js';
 import { loadTokensFile } from '../../src/service/caller-identity.js';
 import { openVolumeFile, passphraseOfKey } from '../../src/service/volume-files.js';
-import { openObjectStore } from '../../src/backup/object-store.js';
-import { Repository } from '../../src/backup/repository.js';
 import { glanceAs, glanceServer, type GlanceTestServer } from '../helpers/glance.js';
 import { objectStoreServer } from '../helpers/object-store-server.js';
-import { FAST_LUKS, client, setupState, waitJob, type Call } from './service-helpers.js';
-import type { KeyManager } from '../../src/keys/key-manager.js';
+import { FAST_LUKS, client, initRepository, setupState, waitJob, type Call } from './service-helpers.js';
 
 const ADMIN = { user: 'alice', project: 'p1', roles: ['admin'] };
 
@@ -28,20 +25,6 @@ let service: Service | undefined;
 let call: Call;
 let image: string;
 let imageBytes: Buffer;
-
-/** Creates a repository with a new backup key in `keys` (what `backup init` does). */
-export async function initRepository(keys: KeyManager, uri: string, storeEnv: NodeJS.ProcessEnv = process.env): Promise<string> {
-  const store = await openObjectStore(uri, storeEnv);
-  const { id, key } = await keys.createKey(ADMIN, { algorithm: 'aes', bitLength: 256, name: `backup ${uri}` });
-  try {
-    const repo = await Repository.init(store, key, id, 64 * 1024);
-    repo.close();
-  } finally {
-    key.wipe();
-    await store.close();
-  }
-  return id;
-}
 
 before(async () => {
   env = setupState();
