@@ -30,6 +30,10 @@ export interface ServiceOptions {
   checkpointBytes?: number;
   /** Directories image files may come from (default STATE/images). */
   imageDirs?: readonly string[];
+  /** Glance v2 endpoint (upload_to_image, source.image_id). */
+  imageServiceUrl?: string;
+  /** Backup repository URI (backup, source.backup_id). */
+  backupRepo?: string;
   /** Key manager to use instead of the local keystore under the state directory (tests). */
   keys?: KeyManager;
   log?: (m: string) => void;
@@ -104,6 +108,8 @@ export async function createService(o: ServiceOptions): Promise<Service> {
     ...(o.copyBytesPerSecond !== undefined ? { copyBytesPerSecond: o.copyBytesPerSecond } : {}),
     ...(o.checkpointBytes !== undefined ? { checkpointBytes: o.checkpointBytes } : {}),
     ...(o.imageDirs !== undefined ? { imageDirs: o.imageDirs } : {}),
+    ...(o.imageServiceUrl !== undefined ? { imageServiceUrl: o.imageServiceUrl } : {}),
+    ...(o.backupRepo !== undefined ? { backupRepo: o.backupRepo } : {}),
     log,
   });
   const runner = new JobRunner(db, volumes.handlers(), { concurrency: o.concurrency ?? 2, maxJobs: o.maxJobs ?? 64, log });
@@ -220,7 +226,7 @@ export async function createService(o: ServiceOptions): Promise<Service> {
 
   route('GET', '/v1/health', 'Liveness (no token)', {}, false, async () => ({ status: 'ok', version: API_VERSION, running_jobs: runner.runningCount }));
 
-  route('POST', '/v1/volumes', 'Create a volume (blank, or from a local image file)', { body: createVolumeBody, response: { 202: { type: 'object', properties: { volume: volumeSchema, job: jobSchema } }, '4xx': errorSchema } }, true, async (req, reply) => {
+  route('POST', '/v1/volumes', 'Create a volume (blank, from a local image file, an image service image or a backup)', { body: createVolumeBody, response: { 202: { type: 'object', properties: { volume: volumeSchema, job: jobSchema } }, '4xx': errorSchema } }, true, async (req, reply) => {
     const c = writer(req);
     return idempotent(req, reply, c, async () => {
       const r = await volumes.create(c, req.body as CreateVolumeRequest);
@@ -241,7 +247,7 @@ export async function createService(o: ServiceOptions): Promise<Service> {
     await volumes.delete(c, (req.params as { id: string }).id);
     return reply.code(204).send();
   });
-  route('POST', '/v1/volumes/:id/actions', 'Start an action job: change_key, migrate, attach, detach (reencrypt, resize, upload_to_image, backup: 501)', { params: idParams, body: actionBody, response: { 202: { type: 'object', properties: { volume: volumeSchema, job: jobSchema } }, '4xx': errorSchema, '5xx': errorSchema } }, true, async (req, reply) => {
+  route('POST', '/v1/volumes/:id/actions', 'Start an action job: change_key, migrate, attach, detach, upload_to_image, backup (reencrypt, resize: 501)', { params: idParams, body: actionBody, response: { 202: { type: 'object', properties: { volume: volumeSchema, job: jobSchema } }, '4xx': errorSchema, '5xx': errorSchema } }, true, async (req, reply) => {
     const c = writer(req);
     return idempotent(req, reply, c, async () => {
       const r = volumes.action(c, (req.params as { id: string }).id, req.body as VolumeAction);

@@ -34,6 +34,7 @@ import { resumableCopy } from '../workflows/resumable-copy.js';
 import { CryptoPool, serverWorkerCount } from '../workflows/worker-pool.js';
 import { ACTIVE_JOB_STATES, type JobRow, type StateDb, type VolumeFormat, type VolumeRow } from './state-db.js';
 import type { JobContext, JobHandler, JobRunner } from './job-runner.js';
+import { serviceJobs, type ServiceJobDeps } from './jobs/index.js';
 import {
   createVolumeFile,
   formatOptionsOf,
@@ -59,6 +60,12 @@ export interface VolumeServiceOptions {
    * `STATE/images`. Callers must not make the service read arbitrary files of its host.
    */
   imageDirs?: readonly string[];
+  /** Glance v2 endpoint for upload_to_image and source.image_id. */
+  imageServiceUrl?: string;
+  /** Backup repository URI for backup and source.backup_id. */
+  backupRepo?: string;
+  /** Environment the backup store adapters read credentials from (default process.env). */
+  env?: NodeJS.ProcessEnv;
   log?: (m: string) => void;
 }
 
@@ -77,8 +84,6 @@ export type VolumeAction = Record<string, Record<string, unknown>>;
 export const UNBUILT_ACTIONS: Record<string, string> = {
   reencrypt: 'in-place re-encryption',
   resize: 'volume resize',
-  upload_to_image: 'the image service',
-  backup: 'the backup service',
 };
 
 const CONSUMER = (volumeId: string) => ({ service: 'brickcrypt', resourceType: 'volume', resourceId: volumeId });
@@ -110,11 +115,26 @@ export class VolumeService {
   /** Crypto worker threads shared by every open volume (copies and attachments). */
   readonly #pool: CryptoPool;
   runner!: JobRunner;
+  /** Jobs with a module of their own (src/service/jobs/). */
+  readonly #jobs: ReturnType<typeof serviceJobs>;
+  readonly #deps: ServiceJobDeps;
 
   constructor(options: VolumeServiceOptions) {
     this.#o = options;
     this.#db = options.db;
     this.#pool = CryptoPool.create(serverWorkerCount());
+    this.#deps = {
+      stateDir: options.stateDir,
+      volumesDir: join(options.stateDir, 'volumes'),
+      db: options.db,
+      keys: options.keys,
+      pool: this.#pool,
+      ...(options.imageServiceUrl !== undefined ? { imageServiceUrl: options.imageServiceUrl } : {}),
+      ...(options.backupRepo !== undefined ? { backupRepo: options.backupRepo } : {}),
+      ...(options.env !== undefined ? { env: options.env } : {}),
+      log: options.log ?? (() => {}),
+    };
+    this.#jobs = serviceJobs(this.#deps);
   }
 
   get volumesDir(): string {
@@ -142,8 +162,6 @@ export class VolumeService {
   /** Validates a create request, inserts the volume (`creating`) and its job in one transaction. */
   async create(caller: CallerIdentity, req: CreateVolumeRequest): Promise<{ volume: VolumeRow; job: JobRow }> {
     const src = req.source ?? {};
-    if (src.image_id !== undefined) throw new NotImplementedError('Creating a volume from an image service image (source.image_id) needs the image service, which this build does not include.');
-    if (src.backup_id !== undefined) throw new NotImplementedError('Creating a volume from a backup (source.backup_id) needs the backup service, which this build does not include.');
     if (req.format === 'raw' && (req.key !== undefined || req.luks !== undefined)) throw new InvalidArgumentError('A raw volume takes no key and no luks options.');
     if (req.luks) formatOptionsOf(req.format as 'luks1' | 'luks2', req.luks); // refuses bad combinations now
     let size = req.size !== undefined ? parseVolumeSize(req.size) : undefined;
@@ -154,9 +172,21 @@ export class VolumeService {
       if (size === undefined) size = imageSize;
       if (size < imageSize) throw new InsufficientSpaceError(`size ${size} is smaller than the image's ${imageSize} bytes.`);
     }
-    if (size === undefined) throw new InvalidArgumentError('Give size (a blank volume) or source.image_file.');
     const keyId = typeof req.key === 'string' ? req.key : req.key?.id;
     if (keyId !== undefined) await this.#o.keys.getMetadata(caller, keyId); // unknown or foreign key: 404 now, not in the job
+    const sourceKind = src.image_id !== undefined ? 'image_id' : src.backup_id !== undefined ? 'backup_id' : undefined;
+    let sourceParams: Record<string, unknown> = {};
+    if (sourceKind) {
+      const prepared = await this.#jobs.sources[sourceKind]!.prepare(this.#deps, caller, src[sourceKind]!, {
+        format: req.format,
+        ...(size !== undefined ? { size } : {}),
+        ...(keyId !== undefined ? { keyId } : {}),
+        ...(req.luks ? { luks: req.luks } : {}),
+      });
+      size = prepared.size;
+      sourceParams = { source_kind: sourceKind, ...prepared.params };
+    }
+    if (size === undefined) throw new InvalidArgumentError('Give size (a blank volume) or a source.');
     await fsp.mkdir(this.volumesDir, { recursive: true });
     const id = randomUUID();
     const path = join(this.volumesDir, `${id}.img`);
@@ -165,7 +195,7 @@ export class VolumeService {
         type: 'create_volume',
         volume_id: id,
         caller,
-        params: { size, format: req.format, ...(imageFile ? { image_file: imageFile } : {}), ...(keyId ? { key_id: keyId } : {}), ...(req.luks ? { luks: req.luks } : {}) },
+        params: { size, format: req.format, ...sourceParams, ...(imageFile ? { image_file: imageFile } : {}), ...(keyId ? { key_id: keyId } : {}), ...(req.luks ? { luks: req.luks } : {}) },
       });
       const volume = this.#db.insertVolume({
         id,
@@ -207,6 +237,15 @@ export class VolumeService {
     const [name, params] = Object.entries(body)[0]!;
     if (UNBUILT_ACTIONS[name]) throw new NotImplementedError(`The ${name} action needs ${UNBUILT_ACTIONS[name]}, which this build does not include.`);
     this.#assertIdle(v);
+    const own = this.#jobs.actions[name];
+    if (own) {
+      own.validate(this.#deps, caller, v, params);
+      return this.#db.transaction(() => {
+        const job = this.runner.submit({ type: name, volume_id: v.id, caller, params });
+        this.#db.updateVolume(v.id, { status: own.busyStatus });
+        return { volume: this.#db.volume(v.id)!, job };
+      });
+    }
     const needs = (ok: boolean, what: string) => {
       if (!ok) throw new LockedError(`Volume ${v.id} is ${v.status}; ${name} needs it ${what}.`);
     };
@@ -268,7 +307,17 @@ export class VolumeService {
       if (job.volume_id && this.#db.volume(job.volume_id)) this.#db.updateVolume(job.volume_id, { status });
     };
     return {
-      create_volume: { run: (ctx) => this.#runCreate(ctx), cleanup: async (job) => this.#cleanupCreate(job) },
+      create_volume: {
+        run: (ctx) => {
+          const kind = ctx.job.params.source_kind as string | undefined;
+          return kind ? this.#jobs.sources[kind]!.handler.run(ctx) : this.#runCreate(ctx);
+        },
+        cleanup: async (job, outcome, err) => {
+          const kind = job.params.source_kind as string | undefined;
+          return kind ? this.#jobs.sources[kind]!.handler.cleanup?.(job, outcome, err) : this.#cleanupCreate(job);
+        },
+      },
+      ...Object.fromEntries(Object.entries(this.#jobs.actions).map(([name, a]) => [name, a.handler])),
       change_key: { run: (ctx) => this.#runChangeKey(ctx) },
       migrate: { run: (ctx) => this.#runMigrate(ctx), cleanup: async (job, outcome, err) => this.#cleanupMigrate(job, outcome, err) },
       attach: { run: (ctx) => this.#runAttach(ctx), cleanup: toStatus('available') },

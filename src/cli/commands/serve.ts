@@ -20,6 +20,8 @@ interface ServeOptions {
   database?: string;
   role?: string;
   imageDir?: string[];
+  imageService?: string;
+  backupRepo?: string;
 }
 
 function parseListen(text: string): { host: string; port: number } {
@@ -41,6 +43,8 @@ export function register(program: Command): void {
     .option('--nbd-host <host>', 'address the NBD servers of attached volumes listen on (default 127.0.0.1)')
     .option('--copy-bps-limit <size>', 'copy rate limit per job in bytes per second, e.g. 100M (default none)')
     .option('--image-dir <dir>', 'a directory source.image_file may name files in (repeatable; default STATE/images)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--image-service <url>', 'Glance v2 endpoint for upload_to_image and source.image_id (default $BRICKCRYPT_IMAGE_SERVICE)')
+    .option('--backup-repo <uri>', 'backup repository for backup and source.backup_id: file:DIR, swift+http://..., s3://... (default $BRICKCRYPT_BACKUP_REPO)')
     .option('--checkpoint-every <size>', 'bytes between copy checkpoints (default 16M)')
     .option('--database <url>', 'postgresql://... for scale-out (not built yet: only the embedded SQLite state)')
     .option('--role <role>', 'api|worker|all (default all; api and worker need --database)')
@@ -50,6 +54,8 @@ export function register(program: Command): void {
 Examples:
   brickcrypt serve --listen 127.0.0.1:8776 --state /var/lib/brickcrypt --tokens /etc/brickcrypt/tokens.json
   brickcrypt serve --listen 127.0.0.1:8776 --state ./state --trust-proxy-identity
+  brickcrypt serve --listen 127.0.0.1:8776 --state ./state --tokens tokens.json \\
+      --image-service http://127.0.0.1:9292 --backup-repo file:/srv/backups
   curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8776/v1/volumes`,
     )
     .action(async (o: ServeOptions) => {
@@ -63,6 +69,9 @@ Examples:
       const { loadTokensFile } = await import('../../service/caller-identity.js');
       const { createService } = await import('../../service/app.js');
       const tokens = o.tokens ? loadTokensFile(o.tokens) : new Map();
+      const imageService = o.imageService ?? process.env.BRICKCRYPT_IMAGE_SERVICE;
+      const backupRepo = o.backupRepo ?? process.env.BRICKCRYPT_BACKUP_REPO;
+      if (backupRepo) (await import('../../backup/object-store.js')).parseStoreUri(backupRepo); // a bad URI fails now
       const log = (m: string) => process.stderr.write(`brickcrypt serve: ${m}\n`);
       const service = await createService({
         stateDir: resolve(o.state),
@@ -73,6 +82,8 @@ Examples:
         ...(o.copyBpsLimit !== undefined ? { copyBytesPerSecond: parseSize(o.copyBpsLimit, 'copy-bps-limit') } : {}),
         ...(o.checkpointEvery !== undefined ? { checkpointBytes: parseSize(o.checkpointEvery, 'checkpoint-every') } : {}),
         ...(o.imageDir !== undefined ? { imageDirs: o.imageDir.map((d) => resolve(d)) } : {}),
+        ...(imageService ? { imageServiceUrl: imageService } : {}),
+        ...(backupRepo ? { backupRepo } : {}),
         log,
       });
       let stopping = false;
