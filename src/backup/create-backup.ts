@@ -15,12 +15,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { BlockDevice, Extent } from '../block-device.js';
 import { CancelledError } from '../errors.js';
 import { detectFormatFromBytes } from '../images/detect.js';
-import { isAllZero } from '../images/zero-runs.js';
 import { LuksVolume } from '../luks/volume.js';
 import { HOLE_ALIGNMENT, newBackupId, type BackupManifest, type BackupStats, type LuksInfo, type SourceFormat } from './manifest.js';
 import type { Repository } from './repository.js';
 import { RepositoryLock } from './repository-lock.js';
 import { countDirty, isDirty } from './dirty-bitmap.js';
+import { allocateShared } from './seal-pool.js';
+import { SEALED_OVERHEAD } from './sealed-object.js';
 import { bitmapForBackup, resetAfterBackup, type FileFacts } from './dirty-tracking.js';
 
 export interface BackupProgress {
@@ -166,16 +167,16 @@ async function run(repo: Repository, device: BlockDevice, options: CreateBackupO
   let next = 0;
   let failure: unknown;
 
-  // Each lane takes the next chunk: read (holes skipped), hash and seal on the thread pool, store.
+  // Each lane takes the next chunk: read (holes skipped), hash and seal on the worker threads, store.
   // Several lanes keep the disk, both cores and the store busy at once; ids go to their index.
-  // WebCrypto copies its input when called, so a lane reuses one read buffer for all its chunks.
   const readChunk = async (i: number, scratch: Uint8Array): Promise<{ buf: Uint8Array; data: number } | null> => {
     const start = i * chunkSize;
     const end = Math.min(size, start + chunkSize);
     const ranges = dataRanges(holes, start, end);
     if (ranges.length === 0) return null;
     const buf = scratch.subarray(0, end - start);
-    buf.fill(0);
+    // Only the hole parts need zeros; a chunk that is all data is overwritten whole.
+    if (ranges.length !== 1 || ranges[0]![1] !== end - start) buf.fill(0);
     let data = 0;
     for (const [o, n] of ranges) {
       await device.read(buf.subarray(o - start, o - start + n), o);
@@ -183,8 +184,12 @@ async function run(repo: Repository, device: BlockDevice, options: CreateBackupO
     }
     return { buf, data };
   };
+  // Each lane's chunk and sealed-object buffers are shared memory the workers work in, 4096-aligned so
+  // the file store writes sealed chunks from them with O_DIRECT.
+  const pool = repo.openSealPool();
   const lane = async () => {
-    const scratch = new Uint8Array(Math.min(chunkSize, size));
+    const scratch = allocateShared(Math.min(chunkSize, Math.max(size, 1)));
+    const sealed = allocateShared(chunkSize + SEALED_OVERHEAD + 8192);
     while (failure === undefined && next < count) {
       if (options.signal?.aborted) throw new CancelledError();
       const i = next++;
@@ -201,21 +206,22 @@ async function run(repo: Repository, device: BlockDevice, options: CreateBackupO
       }
       const got = await readChunk(i, scratch);
       if (got) stats.dataBytes += got.data;
-      if (!got || isAllZero(got.buf)) {
+      const hashed = got ? await pool.hash(got.buf) : { zero: true };
+      if (!got || hashed.zero) {
         stats.zeroChunks++;
       } else {
-        const id = await repo.chunkIdAsync(got.buf);
+        const id = hashed.id!;
         chunks[i] = id;
         // Checked and recorded with no await in between: two lanes never both store one id.
         if (known.has(id)) {
           stats.reusedChunks++;
         } else {
           known.add(id);
-          const sealed = await repo.sealChunkAsync(id, got.buf);
-          await repo.putSealedChunk(id, sealed);
+          const { length } = await pool.seal(id, got.buf, sealed);
+          await repo.putSealedChunk(id, sealed.subarray(0, length));
           stats.newChunks++;
           stats.newBytes += got.buf.length;
-          stats.storedBytes += sealed.length;
+          stats.storedBytes += length;
         }
       }
       done += len;
@@ -229,6 +235,7 @@ async function run(repo: Repository, device: BlockDevice, options: CreateBackupO
       }),
     ),
   );
+  await pool.close();
   if (failure !== undefined) throw failure;
   if (options.signal?.aborted) throw new CancelledError();
   // Every chunk durable before the manifest that names them.
