@@ -338,6 +338,41 @@ export class NotImplementedError extends BrickcryptError {
   }
 }
 
+// --- volume lifecycle (resize, convert-header) ---
+/** A resize would cut off payload and `allowTruncate` was not given; nothing was modified. */
+export class ShrinkRefusedError extends BrickcryptError {
+  constructor(message: string) {
+    super('SHRINK_REFUSED', message, USAGE);
+  }
+}
+
+/** Why `convert-header` refuses a volume (stable, for scripts); cryptsetup refuses the same ones with -EINVAL. */
+export type ConversionRefusal =
+  | 'same-type'
+  | 'keyslots-offset'
+  | 'cipher'
+  | 'luksmeta'
+  | 'no-space'
+  | 'sector-size'
+  | 'digest'
+  | 'wrapped-key'
+  | 'segments'
+  | 'tokens'
+  | 'keyslot-number'
+  | 'keyslot-incompatible'
+  | 'no-keyslot-area'
+  | 'requirements'
+  | 'no-room-for-safe-move';
+
+/** `convert-header` refuses this volume (`reason` says why); nothing was modified. cryptsetup exits 1 for these. */
+export class ConversionRefusedError extends BrickcryptError {
+  readonly reason: ConversionRefusal;
+  constructor(reason: ConversionRefusal, message: string) {
+    super('CONVERSION_REFUSED', message, USAGE);
+    this.reason = reason;
+  }
+}
+
 /** Maps any thrown value to its CLI exit code (unexpected errors are internal: 70). */
 export function exitCodeOf(err: unknown): number {
   return err instanceof BrickcryptError ? err.exitCode : EXIT_CODES.internal;
