@@ -8,9 +8,10 @@ import { FileDevice } from '../../devices/file-device.js';
 import { InvalidArgumentError } from '../../errors.js';
 import { LuksVolume } from '../../luks/index.js';
 import { planResize, resizeLuks } from '../../luks/resize.js';
+import { convertLuksHeader } from '../../luks/convert-header.js';
 import { CryptoPool, defaultWorkerCount } from '../../workflows/worker-pool.js';
 import { withPassphraseTries } from '../passphrase-prompt.js';
-import { parseSize } from '../parse.js';
+import { parseChoice, parseSize } from '../parse.js';
 import { addKeyFileOptions, EXIT_HELP, KEYFILE_HELP, oldKeyInput, triesOf, withWriterLock, type HeaderOpt, type KeyOpts } from './luks.js';
 
 interface ResizeCliOptions extends KeyOpts, HeaderOpt {
@@ -111,6 +112,35 @@ ${EXIT_HELP}`,
           key?.wipe();
           await pool?.close();
         }
+      });
+    });
+
+  program
+    .command('convert-header')
+    .description('Convert a LUKS1 header to LUKS2 or back, in place (cryptsetup convert).')
+    .argument('<volume>', 'LUKS file or block device')
+    .requiredOption('--type <type>', 'luks2 or luks1')
+    .option('--header <file>', 'detached header file')
+    .addHelpText(
+      'after',
+      `
+The data is not touched and no passphrase is needed: keyslots, volume key digest and UUID move to
+the other format, laid out as cryptsetup lays them out. Refused with exit 1 and nothing changed,
+as cryptsetup refuses them: LUKS2 -> LUKS1 needs PBKDF2 keyslots (same hash as the digest) numbered
+0-7, one 512-byte-sector segment, one digest, no tokens, and room for eight LUKS1 keyslot areas;
+LUKS1 -> LUKS2 needs the keyslots at 4096 bytes and room for the LUKS2 headers before the data.
+A crash leaves the old or the new format, opening with every passphrase (docs/luks.md,
+"convert-header"); brickcrypt refuses (reason no-room-for-safe-move) where that order cannot exist.
+Examples:
+  brickcrypt convert-header vol.img --type luks2
+  brickcrypt convert-header vol.img --type luks1
+${EXIT_HELP}`,
+    )
+    .action(async (volume: string, o: HeaderOpt & { type: string }) => {
+      const type = parseChoice(o.type, 'type', ['luks1', 'luks2'] as const);
+      await withDevices(volume, o, async (data, header) => {
+        const result = await convertLuksHeader(data, { type, ...(header ? { headerDevice: header } : {}) });
+        process.stdout.write(`Converted ${volume} from LUKS${result.from} to LUKS${result.to} (${result.keyslots.length} keyslot(s): ${result.keyslots.join(', ')}).\n`);
       });
     });
 }
