@@ -295,6 +295,39 @@ test('interop: a brickcrypt LUKS2 volume (default layout) converts to LUKS1 that
   }
 });
 
+test('interop: a detached LUKS1 header converts both ways like cryptsetup\'s', { skip }, async () => {
+  const t = tempDir();
+  try {
+    const pass = join(t.dir, 'pass');
+    writeFileSync(pass, PASSES[0]!);
+    const data = join(t.dir, 'data.img');
+    const ours = join(t.dir, 'ours.hdr');
+    const theirs = join(t.dir, 'theirs.hdr');
+    for (const f of [data, ours]) {
+      writeFileSync(f, '');
+      truncateSync(f, 4 * MIB);
+    }
+    cs(['luksFormat', '-q', '--type', 'luks1', '--pbkdf-force-iterations', '1000', '--key-file', pass, '--header', ours, data]);
+    const key = csKey(ours, pass);
+    copyFileSync(ours, theirs);
+    const dataBefore = readFileSync(data);
+    for (const type of ['luks2', 'luks1'] as const) {
+      const r = runCli(['convert-header', data, '--header', ours, '--type', type]);
+      assert.equal(r.status, 0, r.stderr);
+      cs(['convert', '-q', '--type', type, '--header', theirs, data]);
+      const a = readFileSync(ours);
+      const b = readFileSync(theirs);
+      if (type === 'luks2') assert.ok(a.subarray(4096, 16384).equals(b.subarray(4096, 16384)), 'same LUKS2 JSON');
+      else assert.ok(a.subarray(0, 4096).equals(b.subarray(0, 4096)), 'same LUKS1 header');
+      assert.equal(runStatus('cryptsetup', ['open', '--test-passphrase', '--disable-locks', '--header', ours, '--key-file', pass, data]).status, 0);
+      assert.equal(csKey(ours, pass), key);
+    }
+    assert.ok(dataBefore.equals(readFileSync(data)), 'the data device is not touched');
+  } finally {
+    t.cleanup();
+  }
+});
+
 test('convert-header --help has examples', () => {
   const r = runCli(['convert-header', '--help']);
   assert.equal(r.status, 0);

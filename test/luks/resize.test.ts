@@ -271,6 +271,40 @@ test('cryptsetup luksDump shows the new length of a fixed LUKS2 segment', { skip
   }
 });
 
+test('CLI resize of a volume with a detached header: the data file is the payload', { skip }, async () => {
+  const t = tempDir();
+  try {
+    const data = join(t.dir, 'data.img');
+    const hdr = join(t.dir, 'vol.hdr');
+    const pass = join(t.dir, 'pass');
+    writeFileSync(pass, PASS);
+    let r = runCli(['format', data, '--type', 'luks2', '--size', '2M', '--header', hdr, '--key-file', pass, '--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(statSync(data).size, 2 * MIB);
+    r = runCli(['resize', data, '--header', hdr, '--size', '3M', '--key-file', pass]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(statSync(data).size, 3 * MIB);
+    assert.equal(runStatus('cryptsetup', ['open', '--test-passphrase', '--disable-locks', '--header', hdr, '--key-file', pass, data]).status, 0);
+    const d = await FileDevice.open(data, { readOnly: true });
+    const h = await FileDevice.open(hdr, { readOnly: true });
+    try {
+      const vol = await LuksVolume.open(d, { headerDevice: h, readOnly: true });
+      const { key } = await vol.unlock(Passphrase.fromString(PASS));
+      const view = EncryptedDevice.open(d, vol, key, { readOnly: true });
+      const tail = new Uint8Array(MIB);
+      await view.read(tail, 2 * MIB);
+      await view.close();
+      assert.equal(vol.payloadSize, 3 * MIB);
+      assert.ok(tail.every((b) => b === 0));
+    } finally {
+      await h.close();
+      await d.close();
+    }
+  } finally {
+    t.cleanup();
+  }
+});
+
 test('resize --help has examples', () => {
   const r = runCli(['resize', '--help']);
   assert.equal(r.status, 0);
