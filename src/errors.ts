@@ -366,6 +366,38 @@ export class UnsupportedRequirementError extends BrickcryptError {
 export class ReencryptionInProgressError extends BrickcryptError {
   constructor(message = 'A reencryption of this volume is in progress; finish it first with `brickcrypt reencrypt --resume-only VOLUME`.') {
     super('REENCRYPTION_IN_PROGRESS', message, BUSY);
+// --- volume lifecycle (resize, convert-header) ---
+/** A resize would cut off payload and `allowTruncate` was not given; nothing was modified. */
+export class ShrinkRefusedError extends BrickcryptError {
+  constructor(message: string) {
+    super('SHRINK_REFUSED', message, USAGE);
+  }
+}
+
+/** Why `convert-header` refuses a volume (stable, for scripts); cryptsetup refuses the same ones with -EINVAL. */
+export type ConversionRefusal =
+  | 'same-type'
+  | 'keyslots-offset'
+  | 'cipher'
+  | 'luksmeta'
+  | 'no-space'
+  | 'sector-size'
+  | 'digest'
+  | 'wrapped-key'
+  | 'segments'
+  | 'tokens'
+  | 'keyslot-number'
+  | 'keyslot-incompatible'
+  | 'no-keyslot-area'
+  | 'requirements'
+  | 'no-room-for-safe-move';
+
+/** `convert-header` refuses this volume (`reason` says why); nothing was modified. cryptsetup exits 1 for these. */
+export class ConversionRefusedError extends BrickcryptError {
+  readonly reason: ConversionRefusal;
+  constructor(reason: ConversionRefusal, message: string) {
+    super('CONVERSION_REFUSED', message, USAGE);
+    this.reason = reason;
   }
 }
 

@@ -15,7 +15,7 @@ import { VolumeLock } from '../../devices/volume-lock.js';
 import { addKeyManagerOptions, newVolumeKeyFromKeyManager, passphraseFromKeyManager, withKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
 
-interface KeyOpts extends KeyManagerCliOptions {
+export interface KeyOpts extends KeyManagerCliOptions {
   keyId?: string;
   newKeyId?: string;
   createKey?: boolean;
@@ -37,11 +37,11 @@ interface KdfCliOpts {
   pbkdfParallel?: string;
 }
 
-interface HeaderOpt {
+export interface HeaderOpt {
   header?: string;
 }
 
-const KEYFILE_HELP = `
+export const KEYFILE_HELP = `
 Key files: every byte counts (a trailing newline is part of the passphrase, as in cryptsetup);
 "-" reads standard input to EOF; --keyfile-offset skips bytes, --keyfile-size reads exactly that many.
 Without --key-file/--key-id and with a terminal on standard input, the passphrase is asked for
@@ -54,7 +54,7 @@ file: a symmetric key's passphrase is the lowercase hex of its bytes (the OpenSt
 convention), a passphrase object's is its bytes. ${'`'}brickcrypt key --help${'`'} explains --key-manager,
 --user/--project/--roles and --profile.`;
 
-const EXIT_HELP = `
+export const EXIT_HELP = `
 Exit codes: 0 success, 1 bad arguments, 2 wrong passphrase, 4 not a (valid) LUKS device / unsupported,
 5 keyslot busy or target exists, 8 I/O error.`;
 
@@ -65,12 +65,12 @@ function keyfileRange(offset: string | undefined, size: string | undefined): { o
   };
 }
 
-function triesOf(o: KeyOpts): number {
+export function triesOf(o: KeyOpts): number {
   return o.tries === undefined ? DEFAULT_TRIES : parseInteger(o.tries, 'tries', 1, 1000);
 }
 
 /** The existing passphrase: --key-id, --key-file, or typed at a terminal ("Enter passphrase for VOLUME: "). */
-function oldKeyInput(o: KeyOpts, volume = 'the volume'): PassphraseInput {
+export function oldKeyInput(o: KeyOpts, volume = 'the volume'): PassphraseInput {
   const keyId = o.keyId;
   if (keyId !== undefined) {
     if (o.keyFile !== undefined) throw new InvalidArgumentError('Give --key-file or --key-id, not both.');
@@ -146,7 +146,7 @@ function addKdfOptions(cmd: Command): Command {
     .option('--pbkdf-parallel <n>', 'Argon2 lanes (default min(4, CPUs))');
 }
 
-function addKeyFileOptions(cmd: Command, withNew: boolean): Command {
+export function addKeyFileOptions(cmd: Command, withNew: boolean): Command {
   cmd
     .option('--key-file <file>', 'file holding the passphrase ("-" for standard input)')
     .option('--keyfile-offset <bytes>', 'skip this many bytes of the key file')
@@ -166,7 +166,7 @@ function addKeyFileOptions(cmd: Command, withNew: boolean): Command {
 }
 
 /** Runs `fn` holding the volume's writer lock: keyslots never change under an attached volume or a convert. */
-async function withWriterLock<T>(volume: string, fn: () => Promise<T>): Promise<T> {
+export async function withWriterLock<T>(volume: string, fn: () => Promise<T>): Promise<T> {
   const lock = await VolumeLock.acquire(volume);
   try {
     return await fn();
