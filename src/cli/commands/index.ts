@@ -20,6 +20,7 @@ export const COMMAND_GROUPS: readonly CommandGroup[] = [
   },
   { commands: ['convert', 'verify'], load: () => import('./convert.js') },
   { commands: ['resize', 'convert-header'], load: () => import('./lifecycle.js') },
+  { commands: ['reencrypt'], load: () => import('./reencrypt.js') },
   { commands: ['key'], load: () => import('./key.js') },
   { commands: ['image'], load: () => import('./image.js') },
   { commands: ['attach', 'detach'], load: () => import('./attach.js') },
