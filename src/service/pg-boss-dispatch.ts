@@ -132,6 +132,7 @@ export class PgBossDispatch implements JobDispatch {
     try {
       const claimed = await this.store.claimJob(jobId, this.#owner);
       if (!claimed) return;
+      this.options.log(`job ${jobId} (${claimed.type}) taken by worker ${this.#owner}${claimed.checkpoint ? ', continuing from its checkpoint' : ''}`);
       const outcome = await runner.execute(claimed);
       if (outcome === 'interrupted') {
         // This process stops: the job goes back to the queue for another worker (or the next start).
