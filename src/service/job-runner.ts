@@ -149,6 +149,14 @@ export class JobRunner extends EventEmitter {
     this.#running.get(id)?.controller.abort(new CancelledError('Cancelled by request.'));
   }
 
+  /**
+   * Stops a job running here without finishing it (it stays resumable): this process may no
+   * longer own it (e.g. it lost its database session, so another worker may take it over).
+   */
+  interruptLocal(id: string, why: string): void {
+    this.#running.get(id)?.controller.abort(new Shutdown(why));
+  }
+
   /** Looks for work now. */
   kick(): void {
     if (!this.#stopping && this.#work) this.dispatch.kick();
@@ -237,7 +245,7 @@ export class JobRunner extends EventEmitter {
       } catch (err) {
         const reason = controller.signal.reason as unknown;
         if (reason instanceof Shutdown) {
-          this.#log(`job ${job.id} interrupted by shutdown; it resumes at the next start`);
+          this.#log(`job ${job.id} interrupted (${reason.message}); it stays resumable`);
           return 'interrupted';
         }
         const cancelled = reason instanceof CancelledError || err instanceof CancelledError;

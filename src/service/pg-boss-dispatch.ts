@@ -49,6 +49,9 @@ export class PgBossDispatch implements JobDispatch {
   #workIds: string[] = [];
   #runner: JobRunner | undefined;
   #stopped = false;
+  /** When the heartbeat last reached the database (this process's clock). */
+  #lastBeat = Date.now();
+  #ticking = false;
 
   constructor(
     readonly store: PostgresStateStore,
@@ -108,8 +111,15 @@ export class PgBossDispatch implements JobDispatch {
   /** Heartbeat, takeover of abandoned jobs, cancellations from other processes. */
   async #tick(): Promise<void> {
     if (this.#stopped) return;
+    // Fencing: before the others may declare this worker dead, it stops writing volumes.
+    if (Date.now() - this.#lastBeat > (this.options.heartbeatTimeoutSeconds * 1000 * 2) / 3) {
+      for (const id of this.#runner?.runningIds ?? []) this.#runner!.interruptLocal(id, 'no heartbeat reaches the database');
+    }
+    if (this.#ticking) return; // the previous one still waits for the database
+    this.#ticking = true;
     try {
       await this.store.heartbeat(this.#owner);
+      this.#lastBeat = Date.now();
       const abandoned = await this.store.requeueAbandoned(this.options.heartbeatTimeoutSeconds);
       for (const j of abandoned) {
         this.options.log(`job ${j.id} (${j.type}) lost its worker (no heartbeat for ${this.options.heartbeatTimeoutSeconds} s); queued again from its checkpoint`);
@@ -118,6 +128,8 @@ export class PgBossDispatch implements JobDispatch {
       for (const id of await this.store.cancelRequested(this.#owner)) this.#runner?.abortLocal(id);
     } catch (err) {
       this.options.log(`heartbeat: ${(err as Error).message}`);
+    } finally {
+      this.#ticking = false;
     }
   }
 
@@ -129,14 +141,17 @@ export class PgBossDispatch implements JobDispatch {
     if (runner.stopping) throw new RetryLater('stopping');
     const lock = await this.store.tryLockVolume(job.volume_id ?? job.id);
     if (!lock) throw new RetryLater(`volume ${job.volume_id} is busy in another session`);
+    // Without its session the volume is no longer this worker's: stop writing at once.
+    lock.onLost(() => runner.interruptLocal(jobId, 'the session holding the volume lock broke'));
     try {
       const claimed = await this.store.claimJob(jobId, this.#owner);
       if (!claimed) return;
       this.options.log(`job ${jobId} (${claimed.type}) taken by worker ${this.#owner}${claimed.checkpoint ? ', continuing from its checkpoint' : ''}`);
       const outcome = await runner.execute(claimed);
       if (outcome === 'interrupted') {
-        // This process stops: the job goes back to the queue for another worker (or the next start).
-        await this.store.requeue(jobId, this.#owner);
+        // The job goes back to the queue for another worker (or the next start); if the
+        // database is unreachable, the heartbeat timeout does it.
+        await this.store.requeue(jobId, this.#owner).catch(() => false);
         throw new RetryLater('interrupted by shutdown');
       }
     } finally {

@@ -105,6 +105,8 @@ export interface SqlConnection {
 
 export interface VolumeAdvisoryLock {
   release(): Promise<void>;
+  /** Calls `onLost` if the lock's session breaks (PostgreSQL has released the lock then). */
+  onLost(onLost: () => void): void;
 }
 
 export class PostgresStateStore implements StateStore {
@@ -119,7 +121,8 @@ export class PostgresStateStore implements StateStore {
   /** Connects and creates the schema if needed (serialized by an advisory lock, so concurrent starts are safe). */
   static async connect(url: string, options: { maxConnections?: number } = {}): Promise<PostgresStateStore> {
     if (!/^postgres(ql)?:\/\//.test(url)) throw new InvalidArgumentError(`--database ${url}: use postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE.`);
-    const pool = new pg.Pool({ connectionString: url, max: options.maxConnections ?? 20, application_name: 'brickcrypt-serve' });
+    // Bounded waits: a worker that cannot reach the database must notice (and fence itself).
+    const pool = new pg.Pool({ connectionString: url, max: options.maxConnections ?? 20, application_name: 'brickcrypt-serve', connectionTimeoutMillis: 5000, keepAlive: true });
     // An idle client's connection that drops must not crash the process.
     pool.on('error', () => undefined);
     const store = new PostgresStateStore(url, pool);
@@ -368,10 +371,21 @@ export class PostgresStateStore implements StateStore {
       throw err;
     }
     let released = false;
+    let lost: (() => void) | undefined;
+    const broken = () => {
+      if (!released) lost?.();
+    };
+    c.on('error', broken);
+    c.on('end', broken);
     return {
+      onLost: (fn) => {
+        lost = fn;
+      },
       release: async () => {
         if (released) return;
         released = true;
+        c.off('error', broken);
+        c.off('end', broken);
         try {
           await c.query('SELECT pg_advisory_unlock($1, hashtext($2))', [BRICKCRYPT_LOCK_CLASS, key]);
           c.release();

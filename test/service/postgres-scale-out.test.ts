@@ -86,8 +86,8 @@ async function volumePlaintext(id: string): Promise<Buffer> {
 }
 
 // Slow copies (8 MiB/s, a checkpoint per MiB) so a worker can be killed half-way; a worker
-// silent for 2 s loses its jobs.
-const WORKER = ['--workers', '1', '--copy-bps-limit', '8M', '--checkpoint-every', '1M', '--heartbeat-timeout', '2'];
+// silent for 3 s loses its jobs.
+const WORKER = ['--workers', '1', '--copy-bps-limit', '8M', '--checkpoint-every', '1M', '--heartbeat-timeout', '3'];
 let api: Proc;
 let workerA: Proc;
 let workerB: Proc;
@@ -150,6 +150,53 @@ test('a worker killed -9 mid-copy: after the heartbeat timeout the other worker 
   // A new worker takes the place of the killed one for the tests that follow.
   if (victim === workerA) workerA = await startServe('worker-a2', 'worker', WORKER);
   else workerB = await startServe('worker-b2', 'worker', WORKER);
+});
+
+test('SIGTERM of a worker mid-copy hands its job back at once: another worker continues from the checkpoint', { skip: skip() }, async () => {
+  const image = join(env.dir, 'term.raw');
+  const bytes = randomBytes(16 << 20);
+  writeFileSync(image, bytes);
+  const r = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'term', format: 'raw', source: { image_file: image } } });
+  assert.equal(r.status, 202, r.text);
+  const id = r.json.job.id as string;
+  await waitFor(api.call, id, (j) => j.state === 'running' && j.progress.bytes_done >= 4 << 20);
+  const [victim] = runsOn(id);
+  assert.ok(victim);
+  const survivor = victim === workerA ? workerB : workerA;
+  const stoppedAt = Date.now();
+  await kill(victim.child, 'SIGTERM');
+  await waitFor(api.call, id, (j) => j.state !== 'queued' && survivor.stderr().includes(`job ${id} (create_volume) taken by worker`), 30_000);
+  assert.ok(Date.now() - stoppedAt < 2500, 'taken over before any heartbeat timeout');
+  const job = await waitJob(api.call, id, 'admin', 60_000);
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.ok(job.result.resumed_from > 0, JSON.stringify(job.result));
+  assert.ok((await volumePlaintext(r.json.volume.id)).equals(bytes));
+  if (victim === workerA) workerA = await startServe('worker-a3', 'worker', WORKER);
+  else workerB = await startServe('worker-b3', 'worker', WORKER);
+});
+
+test('a worker whose session holding the volume lock breaks stops writing at once; the job continues from its checkpoint', { skip: skip() }, async () => {
+  const image = join(env.dir, 'fence.raw');
+  const bytes = randomBytes(16 << 20);
+  writeFileSync(image, bytes);
+  const r = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'fence', format: 'raw', source: { image_file: image } } });
+  const id = r.json.job.id as string;
+  const volumeId = r.json.volume.id as string;
+  await waitFor(api.call, id, (j) => j.state === 'running' && j.progress.bytes_done >= 4 << 20);
+  const [holder] = runsOn(id);
+  assert.ok(holder);
+  // The session holding the volume's advisory lock, ended from outside (as a network failure would).
+  const killed = await store!.pool.query(
+    `SELECT pg_terminate_backend(pid) AS ok FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::bigint::oid AND objid::bigint = (hashtext($2)::bigint & 4294967295)`,
+    [0x62726b63, volumeId],
+  );
+  assert.equal(killed.rows.length, 1, 'one session holds the volume');
+  const job = await waitJob(api.call, id, 'admin', 60_000);
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.ok(holder.stderr().includes('the session holding the volume lock broke'), holder.stderr());
+  assert.equal(job.result.attempts, 2);
+  assert.ok(job.result.resumed_from > 0, JSON.stringify(job.result));
+  assert.ok((await volumePlaintext(volumeId)).equals(bytes));
 });
 
 test('progress of a job on a worker streams through the API (SSE), and a cancel sent to the API stops it there', { skip: skip() }, async () => {
