@@ -32,7 +32,8 @@ import type { CallerIdentity, KeyManager } from '../keys/key-manager.js';
 import type { Passphrase } from '../secret.js';
 import { resumableCopy } from '../workflows/resumable-copy.js';
 import { CryptoPool, serverWorkerCount } from '../workflows/worker-pool.js';
-import { ACTIVE_JOB_STATES, type JobRow, type StateDb, type VolumeFormat, type VolumeRow } from './state-db.js';
+import { ACTIVE_JOB_STATES, type JobRow, type VolumeFormat, type VolumeRow } from './state-db.js';
+import type { StateStore } from './state-store.js';
 import type { JobContext, JobHandler, JobRunner } from './job-runner.js';
 import { serviceJobs, type ServiceJobDeps } from './jobs/index.js';
 import {
@@ -47,7 +48,7 @@ import {
 
 export interface VolumeServiceOptions {
   stateDir: string;
-  db: StateDb;
+  db: StateStore;
   keys: KeyManager;
   /** Host the NBD servers of attachments listen on (default 127.0.0.1). */
   nbdHost?: string;
@@ -110,7 +111,7 @@ interface Attachment {
 
 export class VolumeService {
   readonly #o: VolumeServiceOptions;
-  readonly #db: StateDb;
+  readonly #db: StateStore;
   readonly #attachments = new Map<string, Attachment>();
   /** Crypto worker threads shared by every open volume (copies and attachments). */
   readonly #pool: CryptoPool;
@@ -142,20 +143,20 @@ export class VolumeService {
   }
 
   /** The caller's volume, or NotFoundError (another project's volume does not exist for it). */
-  volumeFor(caller: CallerIdentity, id: string): VolumeRow {
-    const v = this.#db.volume(id);
+  async volumeFor(caller: CallerIdentity, id: string): Promise<VolumeRow> {
+    const v = await this.#db.volume(id);
     if (!v || v.project !== caller.project) throw new NotFoundError(`Volume ${id} not found.`);
     return v;
   }
 
-  jobFor(caller: CallerIdentity, id: string): JobRow {
-    const j = this.#db.job(id);
+  async jobFor(caller: CallerIdentity, id: string): Promise<JobRow> {
+    const j = await this.#db.job(id);
     if (!j || j.project !== caller.project) throw new NotFoundError(`Job ${id} not found.`);
     return j;
   }
 
-  #assertIdle(v: VolumeRow): void {
-    const active = this.#db.jobs({ volumeId: v.id, states: ACTIVE_JOB_STATES });
+  async #assertIdle(v: VolumeRow): Promise<void> {
+    const active = await this.#db.jobs({ volumeId: v.id, states: ACTIVE_JOB_STATES });
     if (active.length > 0) throw new LockedError(`Volume ${v.id} is busy with job ${active[0]!.id} (${active[0]!.type}).`);
   }
 
@@ -190,14 +191,15 @@ export class VolumeService {
     await fsp.mkdir(this.volumesDir, { recursive: true });
     const id = randomUUID();
     const path = join(this.volumesDir, `${id}.img`);
-    return this.#db.transaction(() => {
-      const job = this.runner.submit({
+    const { job, volume } = await this.runner.submit(
+      {
         type: 'create_volume',
         volume_id: id,
         caller,
         params: { size, format: req.format, ...sourceParams, ...(imageFile ? { image_file: imageFile } : {}), ...(keyId ? { key_id: keyId } : {}), ...(req.luks ? { luks: req.luks } : {}) },
-      });
-      const volume = this.#db.insertVolume({
+      },
+      {
+        insertVolume: {
         id,
         name: req.name,
         project: caller.project,
@@ -209,9 +211,10 @@ export class VolumeService {
         encryption_key_id: keyId ?? null,
         key_owned: false,
         cipher: null,
-      });
-      return { volume, job };
-    });
+        },
+      },
+    );
+    return { volume: volume!, job };
   }
 
   /** The real path of an image file inside one of the image directories, or ForbiddenError/NotFoundError. */
@@ -232,23 +235,23 @@ export class VolumeService {
   }
 
   /** Starts an action job on a volume (409 while it is busy; 501 for unbuilt actions). */
-  action(caller: CallerIdentity, id: string, body: VolumeAction): { volume: VolumeRow; job: JobRow } {
-    const v = this.volumeFor(caller, id);
+  async action(caller: CallerIdentity, id: string, body: VolumeAction): Promise<{ volume: VolumeRow; job: JobRow }> {
+    const v = await this.volumeFor(caller, id);
     const [name, params] = Object.entries(body)[0]!;
     if (UNBUILT_ACTIONS[name]) throw new NotImplementedError(`The ${name} action needs ${UNBUILT_ACTIONS[name]}, which this build does not include.`);
-    this.#assertIdle(v);
+    await this.#assertIdle(v);
     const own = this.#jobs.actions[name];
     if (own) {
       own.validate(this.#deps, caller, v, params);
-      return this.#db.transaction(() => {
-        const job = this.runner.submit({ type: name, volume_id: v.id, caller, params });
-        this.#db.updateVolume(v.id, { status: own.busyStatus });
-        return { volume: this.#db.volume(v.id)!, job };
-      });
+      const r = await this.runner.submit({ type: name, volume_id: v.id, caller, params }, { volumeStatus: own.busyStatus });
+      return { volume: r.volume!, job: r.job };
     }
     const needs = (ok: boolean, what: string) => {
       if (!ok) throw new LockedError(`Volume ${v.id} is ${v.status}; ${name} needs it ${what}.`);
     };
+    if ((name === 'attach' || name === 'detach') && this.#db.kind !== 'sqlite') {
+      throw new NotImplementedError('attach and detach need the embedded state (one process serves the NBD export); they are not built for --database.');
+    }
     switch (name) {
       case 'change_key':
         if (v.format === 'raw') throw new InvalidArgumentError('change_key applies to LUKS volumes only.');
@@ -270,21 +273,18 @@ export class VolumeService {
       default:
         throw new InvalidArgumentError(`Unknown action ${name}.`);
     }
-    return this.#db.transaction(() => {
-      const job = this.runner.submit({ type: name, volume_id: v.id, caller, params });
-      if (name !== 'detach' && name !== 'change_key') this.#db.updateVolume(v.id, { status: 'maintenance' });
-      return { volume: this.#db.volume(v.id)!, job };
-    });
+    const r = await this.runner.submit({ type: name, volume_id: v.id, caller, params }, name !== 'detach' && name !== 'change_key' ? { volumeStatus: 'maintenance' } : {});
+    return { volume: r.volume!, job: r.job };
   }
 
   /** Deletes an idle, detached volume, its file and (when the service made it) its key. */
   async delete(caller: CallerIdentity, id: string): Promise<void> {
-    const v = this.volumeFor(caller, id);
+    const v = await this.volumeFor(caller, id);
     if (v.status === 'in-use' || this.#attachments.has(v.id)) throw new InUseError(`Volume ${v.id} is attached; detach it first.`);
-    this.#assertIdle(v);
+    await this.#assertIdle(v);
     const lock = await VolumeLock.acquire(v.path);
     try {
-      this.#db.updateVolume(v.id, { status: 'deleting' });
+      await this.#db.updateVolume(v.id, { status: 'deleting' });
       if (v.key_owned && v.encryption_key_id) {
         await this.#o.keys.removeConsumer(caller, v.encryption_key_id, CONSUMER(v.id)).catch(() => {});
         await this.#o.keys.delete(caller, v.encryption_key_id, { force: true });
@@ -292,9 +292,9 @@ export class VolumeService {
         await this.#o.keys.removeConsumer(caller, v.encryption_key_id, CONSUMER(v.id)).catch(() => {});
       }
       await fsp.rm(v.path, { force: true });
-      this.#db.deleteVolume(v.id);
+      await this.#db.deleteVolume(v.id);
     } catch (err) {
-      if (this.#db.volume(v.id)) this.#db.updateVolume(v.id, { status: v.status });
+      if ((await this.#db.volume(v.id))) (await this.#db.updateVolume(v.id, { status: v.status }));
       throw err;
     } finally {
       await lock.release();
@@ -304,7 +304,7 @@ export class VolumeService {
   /** The job handlers, by job type. */
   handlers(): Record<string, JobHandler> {
     const toStatus = (status: VolumeRow['status']) => async (job: JobRow) => {
-      if (job.volume_id && this.#db.volume(job.volume_id)) this.#db.updateVolume(job.volume_id, { status });
+      if (job.volume_id && (await this.#db.volume(job.volume_id))) (await this.#db.updateVolume(job.volume_id, { status }));
     };
     return {
       create_volume: {
@@ -335,7 +335,7 @@ export class VolumeService {
   async #runCreate(ctx: JobContext): Promise<Record<string, unknown>> {
     const job = ctx.job;
     const p = job.params as { size: number; format: VolumeFormat; image_file?: string; key_id?: string; luks?: LuksRequestOptions };
-    const vol = this.#db.volume(job.volume_id!)!;
+    const vol = (await this.#db.volume(job.volume_id!))!;
     const km = this.#o.keys;
     let cp = (job.checkpoint ?? { phase: 'start' }) as { phase: string; offset?: number };
     const lock = await VolumeLock.acquire(vol.path);
@@ -345,9 +345,9 @@ export class VolumeService {
         if (cp.phase === 'start') {
           pass = await this.#keyForNewVolume(job.caller, vol, p.key_id);
           cp = { phase: 'format' };
-          ctx.checkpoint(cp);
+          await ctx.checkpoint(cp);
         } else {
-          const current = this.#db.volume(vol.id)!;
+          const current = (await this.#db.volume(vol.id))!;
           try {
             pass = await passphraseOfKey(km, job.caller, current.encryption_key_id!);
           } catch (err) {
@@ -356,7 +356,7 @@ export class VolumeService {
             await km.delete(job.caller, current.encryption_key_id!, { force: true }).catch(() => {});
             pass = await this.#keyForNewVolume(job.caller, current, undefined);
             cp = { phase: 'format' };
-            ctx.checkpoint(cp);
+            await ctx.checkpoint(cp);
           }
         }
       }
@@ -364,9 +364,9 @@ export class VolumeService {
       if (cp.phase === 'format') {
         await fsp.rm(vol.path, { force: true });
         const { cipher } = await createVolumeFile(vol.path, p.format, p.size, { ...(pass ? { passphrase: pass } : {}), ...(p.luks ? { luks: p.luks } : {}) });
-        this.#db.updateVolume(vol.id, { cipher });
+        await this.#db.updateVolume(vol.id, { cipher });
         cp = { phase: 'copy', offset: 0 };
-        ctx.checkpoint(cp);
+        await ctx.checkpoint(cp);
       }
       let copied = 0;
       const resumedFrom = cp.offset ?? 0;
@@ -374,7 +374,7 @@ export class VolumeService {
         copied = await this.#copyInto(ctx, p.image_file, vol.path, p.format, pass ? (pass.clone() as Passphrase) : undefined, resumedFrom);
       }
       ctx.progress(p.size, p.size);
-      this.#db.updateVolume(vol.id, { status: 'available' });
+      await this.#db.updateVolume(vol.id, { status: 'available' });
       // copied_bytes: copied by the run that finished; resumed_from: the checkpoint it started at.
       return { volume_id: vol.id, copied_bytes: copied, resumed_from: resumedFrom, attempts: job.attempts };
     } finally {
@@ -391,7 +391,7 @@ export class VolumeService {
       return pass;
     }
     const { id, passphrase } = await newKeyPassphrase(km, caller, `volume-${vol.id}`);
-    this.#db.updateVolume(vol.id, { encryption_key_id: id, key_owned: true });
+    await this.#db.updateVolume(vol.id, { encryption_key_id: id, key_owned: true });
     await km.addConsumer(caller, id, CONSUMER(vol.id));
     return passphrase;
   }
@@ -424,11 +424,11 @@ export class VolumeService {
   }
 
   async #cleanupCreate(job: JobRow): Promise<void> {
-    const v = job.volume_id ? this.#db.volume(job.volume_id) : undefined;
+    const v = job.volume_id ? (await this.#db.volume(job.volume_id)) : undefined;
     if (!v) return;
     // Nothing half-written stays behind as a volume: the file goes, the row says error.
     await fsp.rm(v.path, { force: true });
-    this.#db.updateVolume(v.id, { status: 'error' });
+    await this.#db.updateVolume(v.id, { status: 'error' });
   }
 
   // --- change_key ---
@@ -437,7 +437,7 @@ export class VolumeService {
   async #runChangeKey(ctx: JobContext): Promise<Record<string, unknown>> {
     const job = ctx.job;
     const km = this.#o.keys;
-    const vol = this.#db.volume(job.volume_id!)!;
+    const vol = (await this.#db.volume(job.volume_id!))!;
     let cp = (job.checkpoint ?? { phase: 'start' }) as { phase: string; new_key_id?: string };
     const oldKeyId = vol.encryption_key_id!;
     const attached = this.#attachments.has(vol.id);
@@ -450,7 +450,7 @@ export class VolumeService {
         const created = await newKeyPassphrase(km, job.caller, `volume-${vol.id}`);
         newPass = created.passphrase;
         cp = { phase: 'add', new_key_id: created.id };
-        ctx.checkpoint(cp);
+        await ctx.checkpoint(cp);
       }
       let keyslot: number | undefined;
       if (cp.phase === 'add') {
@@ -472,9 +472,9 @@ export class VolumeService {
           await file.close();
         }
         cp = { phase: 'swap', new_key_id: cp.new_key_id! };
-        ctx.checkpoint(cp);
+        await ctx.checkpoint(cp);
       }
-      this.#db.updateVolume(vol.id, { encryption_key_id: cp.new_key_id!, key_owned: true });
+      await this.#db.updateVolume(vol.id, { encryption_key_id: cp.new_key_id!, key_owned: true });
       await km.addConsumer(job.caller, cp.new_key_id!, CONSUMER(vol.id)).catch(() => {});
       await km.removeConsumer(job.caller, oldKeyId, CONSUMER(vol.id)).catch(() => {});
       if (vol.key_owned) await km.delete(job.caller, oldKeyId, { force: true }).catch(() => {});
@@ -492,7 +492,7 @@ export class VolumeService {
   async #runMigrate(ctx: JobContext): Promise<Record<string, unknown>> {
     const job = ctx.job;
     const km = this.#o.keys;
-    const vol = this.#db.volume(job.volume_id!)!;
+    const vol = (await this.#db.volume(job.volume_id!))!;
     const p = job.params as { format: VolumeFormat; luks?: LuksRequestOptions };
     type Cp = { phase: string; target_path?: string; target_key_id?: string | null; new_key?: boolean; offset?: number; source_path?: string; cipher?: string | null };
     let cp = (job.checkpoint ?? { phase: 'start' }) as Cp;
@@ -518,14 +518,14 @@ export class VolumeService {
           }
         }
         cp = { phase: 'format', target_path, target_key_id, new_key, source_path: vol.path };
-        ctx.checkpoint(cp);
+        await ctx.checkpoint(cp);
       }
       if (cp.phase === 'format') {
         if (p.format !== 'raw') dstPass ??= await passphraseOfKey(km, job.caller, cp.target_key_id!);
         await fsp.rm(cp.target_path!, { force: true });
         const { cipher } = await createVolumeFile(cp.target_path!, p.format, vol.size, { ...(dstPass ? { passphrase: dstPass } : {}), ...(p.luks ? { luks: p.luks } : {}) });
         cp = { ...cp, phase: 'copy', offset: 0, cipher };
-        ctx.checkpoint(cp);
+        await ctx.checkpoint(cp);
       }
       const resumedFrom = cp.phase === 'copy' ? (cp.offset ?? 0) : cp.phase === 'swap' ? vol.size : 0;
       if (cp.phase === 'copy') {
@@ -556,11 +556,11 @@ export class VolumeService {
           await source.close();
         }
         cp = { ...cp, phase: 'swap' };
-        ctx.checkpoint(cp);
+        await ctx.checkpoint(cp);
       }
       // swap: the row names the new file, then the old file and a key nobody uses go.
       const oldKey = vol.encryption_key_id;
-      this.#db.updateVolume(vol.id, {
+      await this.#db.updateVolume(vol.id, {
         path: cp.target_path!,
         format: p.format,
         encryption_key_id: cp.target_key_id ?? null,
@@ -584,10 +584,10 @@ export class VolumeService {
 
   async #cleanupMigrate(job: JobRow, _outcome: string, _err: BrickcryptError): Promise<void> {
     const cp = job.checkpoint as { target_path?: string; target_key_id?: string; new_key?: boolean } | null;
-    const v = job.volume_id ? this.#db.volume(job.volume_id) : undefined;
+    const v = job.volume_id ? (await this.#db.volume(job.volume_id)) : undefined;
     if (cp?.target_path && v && v.path !== cp.target_path) await fsp.rm(cp.target_path, { force: true });
     if (cp?.new_key && cp.target_key_id) await this.#o.keys.delete(job.caller, cp.target_key_id, { force: true }).catch(() => {});
-    if (v) this.#db.updateVolume(v.id, { status: 'available' });
+    if (v) (await this.#db.updateVolume(v.id, { status: 'available' }));
   }
 
   // --- attach / detach ---
@@ -619,7 +619,7 @@ export class VolumeService {
 
   async #runAttach(ctx: JobContext): Promise<Record<string, unknown>> {
     const job = ctx.job;
-    const vol = this.#db.volume(job.volume_id!)!;
+    const vol = (await this.#db.volume(job.volume_id!))!;
     const dir = join(this.#o.stateDir, 'attachments');
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
     const identity = `brickcrypt-${vol.id.slice(0, 8)}`;
@@ -627,15 +627,15 @@ export class VolumeService {
     const file = join(dir, `${vol.id}.psk`);
     await fsp.writeFile(file, `${identity}:${key}\n`, { mode: 0o600 });
     const { uri, port } = await this.#serve(vol, job.caller, { identity, file }, 0);
-    this.#db.updateVolume(vol.id, { status: 'in-use', attachment: { uri, tls_psk_identity: identity, port, caller: job.caller, attached_at: new Date().toISOString() } });
+    await this.#db.updateVolume(vol.id, { status: 'in-use', attachment: { uri, tls_psk_identity: identity, port, caller: job.caller, attached_at: new Date().toISOString() } });
     return { uri, tls_psk_identity: identity, tls_psk_key: key };
   }
 
   async #runDetach(ctx: JobContext): Promise<Record<string, unknown>> {
-    const vol = this.#db.volume(ctx.job.volume_id!)!;
+    const vol = (await this.#db.volume(ctx.job.volume_id!))!;
     await this.#closeAttachment(vol.id);
     await fsp.rm(join(this.#o.stateDir, 'attachments', `${vol.id}.psk`), { force: true });
-    this.#db.updateVolume(vol.id, { status: 'available', attachment: null });
+    await this.#db.updateVolume(vol.id, { status: 'available', attachment: null });
     return { volume_id: vol.id };
   }
 
@@ -650,7 +650,7 @@ export class VolumeService {
 
   /** After a restart: serves every volume that was attached again, on its port, with its PSK. */
   async restoreAttachments(): Promise<void> {
-    for (const v of this.#db.volumes()) {
+    for (const v of (await this.#db.volumes())) {
       if (v.status !== 'in-use' || !v.attachment || this.#attachments.has(v.id)) continue;
       const a = v.attachment as { tls_psk_identity: string; port: number; caller: CallerIdentity };
       try {
@@ -658,7 +658,7 @@ export class VolumeService {
         this.#o.log?.(`volume ${v.id} served again at port ${a.port}`);
       } catch (err) {
         this.#o.log?.(`volume ${v.id} could not be served again: ${(err as Error).message}`);
-        this.#db.updateVolume(v.id, { status: 'error' });
+        await this.#db.updateVolume(v.id, { status: 'error' });
       }
     }
   }

@@ -92,7 +92,7 @@ export function backupJob(deps: ServiceJobDeps): ActionJob {
       cleanup: async (job: JobRow) => {
         const cp = job.checkpoint as Checkpoint | null;
         if (cp?.key_id) await deps.keys.delete(job.caller, cp.key_id, { force: true }).catch(() => undefined);
-        if (job.volume_id && deps.db.volume(job.volume_id)) deps.db.updateVolume(job.volume_id, { status: 'available' });
+        if (job.volume_id && (await deps.db.volume(job.volume_id))) await deps.db.updateVolume(job.volume_id, { status: 'available' });
       },
     } satisfies JobHandler,
   };
@@ -100,7 +100,7 @@ export function backupJob(deps: ServiceJobDeps): ActionJob {
 
 async function runBackup(deps: ServiceJobDeps, ctx: JobContext): Promise<Record<string, unknown>> {
   const job = ctx.job;
-  const vol = deps.db.volume(job.volume_id!)!;
+  const vol = (await deps.db.volume(job.volume_id!))!;
   const name = (job.params as { name?: string }).name;
   const lock = await VolumeLock.acquire(vol.path);
   try {
@@ -112,7 +112,7 @@ async function runBackup(deps: ServiceJobDeps, ctx: JobContext): Promise<Record<
         cp = { phase: 'copy', key_id, started: new Date().toISOString(), runs: 0 };
       }
       cp = { ...cp, runs: cp.runs + 1 };
-      ctx.checkpoint({ ...cp });
+      await ctx.checkpoint({ ...cp });
       const sourcePath = backupSourcePath(vol.id);
       let manifest = cp.runs > 1 ? await manifestSince(repo, sourcePath, cp.started) : undefined;
       const adopted = manifest !== undefined;
@@ -129,7 +129,7 @@ async function runBackup(deps: ServiceJobDeps, ctx: JobContext): Promise<Record<
           await device.close();
         }
       } else ctx.progress(manifest.source.size, manifest.source.size);
-      deps.db.updateVolume(vol.id, { status: 'available' });
+      await deps.db.updateVolume(vol.id, { status: 'available' });
       const result: BackupJobResult = {
         backup_id: manifest.id,
         repository: repo.id,

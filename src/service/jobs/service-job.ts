@@ -12,13 +12,14 @@ import type { CallerIdentity, KeyManager } from '../../keys/key-manager.js';
 import { GlanceClient } from '../../image-service/glance-client.js';
 import type { CryptoPool } from '../../workflows/worker-pool.js';
 import type { JobHandler } from '../job-runner.js';
-import type { StateDb, VolumeFormat, VolumeRow, VolumeStatus } from '../state-db.js';
+import type { VolumeFormat, VolumeRow, VolumeStatus } from '../state-db.js';
+import type { StateStore } from '../state-store.js';
 import type { LuksRequestOptions } from '../volume-files.js';
 
 export interface ServiceJobDeps {
   stateDir: string;
   volumesDir: string;
-  db: StateDb;
+  db: StateStore;
   keys: KeyManager;
   pool: CryptoPool;
   /** Glance v2 endpoint (`serve --image-service URL`); undefined: image jobs answer 501. */

@@ -55,7 +55,7 @@ export function uploadToImageJob(deps: ServiceJobDeps): ActionJob {
     handler: {
       run: (ctx) => runUpload(deps, ctx),
       cleanup: async (job: JobRow) => {
-        if (job.volume_id && deps.db.volume(job.volume_id)) deps.db.updateVolume(job.volume_id, { status: 'available' });
+        if (job.volume_id && (await deps.db.volume(job.volume_id))) await deps.db.updateVolume(job.volume_id, { status: 'available' });
       },
     } satisfies JobHandler,
   };
@@ -64,7 +64,7 @@ export function uploadToImageJob(deps: ServiceJobDeps): ActionJob {
 async function runUpload(deps: ServiceJobDeps, ctx: JobContext): Promise<Record<string, unknown>> {
   const job = ctx.job;
   const p = job.params as UploadParams;
-  const vol = deps.db.volume(job.volume_id!)!;
+  const vol = (await deps.db.volume(job.volume_id!))!;
   const client = imageServiceFor(deps, job.caller);
   const km = deps.keys;
   const lock = await VolumeLock.acquire(vol.path);
@@ -81,7 +81,7 @@ async function runUpload(deps: ServiceJobDeps, ctx: JobContext): Promise<Record<
       }
       removed = leftovers.map((i) => i.id);
     }
-    ctx.checkpoint({ phase: 'uploading', runs: (previous?.runs ?? 0) + 1 });
+    await ctx.checkpoint({ phase: 'uploading', runs: (previous?.runs ?? 0) + 1 });
     const mode = p.mode === 'decrypted' ? 'decrypt' : 'as-is';
     const name = p.image_name ?? `volume-${vol.name}`;
     const report = await uploadVolume({
@@ -101,7 +101,7 @@ async function runUpload(deps: ServiceJobDeps, ctx: JobContext): Promise<Record<
       // Decryption off the API's event loop (uploadVolume makes its own pool).
       workers: serverWorkerCount(),
     });
-    deps.db.updateVolume(vol.id, { status: 'available' });
+    await deps.db.updateVolume(vol.id, { status: 'available' });
     return {
       image_id: report.imageId,
       image_name: report.name,

@@ -53,10 +53,10 @@ export function volumeFromBackupSource(deps: ServiceJobDeps): VolumeSource {
     handler: {
       run: (ctx) => runRestore(deps, ctx),
       cleanup: async (job: JobRow) => {
-        const v = job.volume_id ? deps.db.volume(job.volume_id) : undefined;
+        const v = job.volume_id ? (await deps.db.volume(job.volume_id)) : undefined;
         if (!v) return;
         await removeLeftovers(v.path);
-        deps.db.updateVolume(v.id, { status: 'error' });
+        await deps.db.updateVolume(v.id, { status: 'error' });
       },
     } satisfies JobHandler,
   };
@@ -74,7 +74,7 @@ async function removeLeftovers(path: string): Promise<void> {
 async function runRestore(deps: ServiceJobDeps, ctx: JobContext): Promise<Record<string, unknown>> {
   const job = ctx.job;
   const p = job.params as unknown as RestoreParams;
-  const vol = deps.db.volume(job.volume_id!)!;
+  const vol = (await deps.db.volume(job.volume_id!))!;
   const km = deps.keys;
   const lock = await VolumeLock.acquire(vol.path);
   try {
@@ -83,13 +83,13 @@ async function runRestore(deps: ServiceJobDeps, ctx: JobContext): Promise<Record
       let key_id: string | null = null;
       if (p.backup_key_id) {
         key_id = await km.clone(job.caller, p.backup_key_id, { name: `volume-${vol.id}` });
-        deps.db.updateVolume(vol.id, { encryption_key_id: key_id, key_owned: true });
+        await deps.db.updateVolume(vol.id, { encryption_key_id: key_id, key_owned: true });
         await km.addConsumer(job.caller, key_id, volumeConsumer(vol.id)).catch(() => undefined);
       }
       cp = { phase: 'restore', key_id, runs: 0 };
     }
     cp = { ...cp, runs: cp.runs + 1 };
-    ctx.checkpoint({ ...cp });
+    await ctx.checkpoint({ ...cp });
     await removeLeftovers(vol.path);
     const report = await withBackupRepository(deps, job.caller, (repo) =>
       restoreBackup(repo, p.backup_id, vol.path, { signal: ctx.signal, onProgress: ({ bytes, total }) => ctx.progress(bytes, total) }),
@@ -103,7 +103,7 @@ async function runRestore(deps: ServiceJobDeps, ctx: JobContext): Promise<Record
         await file.close();
       }
     }
-    deps.db.updateVolume(vol.id, { cipher, status: 'available' });
+    await deps.db.updateVolume(vol.id, { cipher, status: 'available' });
     return { volume_id: vol.id, backup_id: p.backup_id, restored_bytes: report.size, written_bytes: report.writtenBytes, runs: cp.runs, attempts: job.attempts };
   } finally {
     await lock.release();

@@ -61,11 +61,11 @@ export function volumeFromImageSource(deps: ServiceJobDeps): VolumeSource {
     handler: {
       run: (ctx) => runDownload(deps, ctx),
       cleanup: async (job: JobRow) => {
-        const v = job.volume_id ? deps.db.volume(job.volume_id) : undefined;
+        const v = job.volume_id ? (await deps.db.volume(job.volume_id)) : undefined;
         if (!v) return;
         await fsp.rm(v.path, { force: true });
         await fsp.rm(partialPath(v.path), { force: true });
-        deps.db.updateVolume(v.id, { status: 'error' });
+        await deps.db.updateVolume(v.id, { status: 'error' });
       },
     } satisfies JobHandler,
   };
@@ -75,7 +75,7 @@ async function runDownload(deps: ServiceJobDeps, ctx: JobContext): Promise<Recor
   const job = ctx.job;
   const p = job.params as unknown as ImageParams;
   const km = deps.keys;
-  const vol = deps.db.volume(job.volume_id!)!;
+  const vol = (await deps.db.volume(job.volume_id!))!;
   const client = imageServiceFor(deps, job.caller);
   const needsKey = p.format !== 'raw' && !p.as_is;
   const lock = await VolumeLock.acquire(vol.path);
@@ -84,7 +84,7 @@ async function runDownload(deps: ServiceJobDeps, ctx: JobContext): Promise<Recor
     let cp = job.checkpoint as { phase: string; key_id: string | null; runs: number } | null;
     if (needsKey) {
       if (cp?.key_id) {
-        const current = deps.db.volume(vol.id)!;
+        const current = (await deps.db.volume(vol.id))!;
         try {
           pass = await passphraseOfKey(km, job.caller, cp.key_id);
         } catch (err) {
@@ -103,14 +103,14 @@ async function runDownload(deps: ServiceJobDeps, ctx: JobContext): Promise<Recor
           const created = await newKeyPassphrase(km, job.caller, `volume-${vol.id}`);
           key_id = created.id;
           pass = created.passphrase;
-          deps.db.updateVolume(vol.id, { encryption_key_id: key_id, key_owned: true });
+          await deps.db.updateVolume(vol.id, { encryption_key_id: key_id, key_owned: true });
         }
         await km.addConsumer(job.caller, key_id, volumeConsumer(vol.id)).catch(() => undefined);
         cp = { phase: 'download', key_id, runs: cp?.runs ?? 0 };
       }
     }
     cp = { phase: 'download', key_id: cp?.key_id ?? null, runs: (cp?.runs ?? 0) + 1 };
-    ctx.checkpoint({ ...cp });
+    await ctx.checkpoint({ ...cp });
     // A resumed run starts over: nothing of the earlier one stays.
     await fsp.rm(vol.path, { force: true });
     await fsp.rm(partialPath(vol.path), { force: true });
@@ -134,7 +134,7 @@ async function runDownload(deps: ServiceJobDeps, ctx: JobContext): Promise<Recor
       onProgress: ({ bytes, total }) => ctx.progress(bytes, total),
     });
     if (report.clonedKeyId) {
-      deps.db.updateVolume(vol.id, { encryption_key_id: report.clonedKeyId, key_owned: true });
+      await deps.db.updateVolume(vol.id, { encryption_key_id: report.clonedKeyId, key_owned: true });
       await km.addConsumer(job.caller, report.clonedKeyId, volumeConsumer(vol.id)).catch(() => undefined);
     }
     // The volume's exact usable size and cipher, from the file now in place.
@@ -150,7 +150,7 @@ async function runDownload(deps: ServiceJobDeps, ctx: JobContext): Promise<Recor
     } finally {
       await file.close();
     }
-    deps.db.updateVolume(vol.id, { size, cipher, status: 'available' });
+    await deps.db.updateVolume(vol.id, { size, cipher, status: 'available' });
     return {
       volume_id: vol.id,
       image_id: p.image_id,
