@@ -338,6 +338,18 @@ export class NotImplementedError extends BrickcryptError {
   }
 }
 
+// --- tokens ---
+/**
+ * A LUKS2 token of type `brickcrypt-key-manager` does not have the documented shape
+ * (docs/luks.md "Tokens"): no key id, a key-manager URI carrying credentials, a bad keyslot list.
+ * Tokens of other types are never parsed, as cryptsetup ignores token types it does not know.
+ */
+export class MalformedTokenError extends BrickcryptError {
+  constructor(message: string) {
+    super('MALFORMED_TOKEN', message, DEVICE);
+  }
+}
+
 /** Maps any thrown value to its CLI exit code (unexpected errors are internal: 70). */
 export function exitCodeOf(err: unknown): number {
   return err instanceof BrickcryptError ? err.exitCode : EXIT_CODES.internal;

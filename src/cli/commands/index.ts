@@ -19,6 +19,7 @@ export const COMMAND_GROUPS: readonly CommandGroup[] = [
     load: () => import('./luks.js'),
   },
   { commands: ['convert', 'verify'], load: () => import('./convert.js') },
+  { commands: ['token'], load: () => import('./token.js') },
   { commands: ['key'], load: () => import('./key.js') },
   { commands: ['image'], load: () => import('./image.js') },
   { commands: ['attach', 'detach'], load: () => import('./attach.js') },
