@@ -48,8 +48,10 @@ interface HeaderOpt {
 const KEYFILE_HELP = `
 Key files: every byte counts (a trailing newline is part of the passphrase, as in cryptsetup);
 "-" reads standard input to EOF; --keyfile-offset skips bytes, --keyfile-size reads exactly that many.
-Without --key-file/--key-id and with a terminal on standard input, the passphrase is asked for
-without echo (a new one twice); a wrong one is asked again up to --tries times (default 3).
+Without --key-file/--key-id, an existing LUKS2 volume's brickcrypt-key-manager token names its key
+(brickcrypt token --help; format --create-key writes one). Without a token either and with a
+terminal on standard input, the passphrase is asked for without echo (a new one twice); a wrong
+one is asked again up to --tries times (default 3).
 Without a terminal that is an error (exit 1): pipe a passphrase with --key-file -.`;
 
 const MANAGED_KEY_HELP = `
@@ -261,8 +263,10 @@ export function register(program: Command): void {
       'after',
       `
 Without --force an existing LUKS header on VOLUME (or --header) is never overwritten (exit 5).
-Example:
+Examples:
   brickcrypt format vol.img --type luks2 --size 1G --key-file pass.txt --pbkdf argon2id --iter-time 1000
+  id=$(brickcrypt format vol.img --type luks2 --size 1G --create-key)   (a token records the new key)
+  brickcrypt test-key vol.img                                         (the token finds the key)
 ${KEYFILE_HELP}
 ${EXIT_HELP}`,
     )
