@@ -33,9 +33,9 @@ with the key's os-brick passphrase (lowercase hex of the key bytes) as before.
 Commands given no key option (test-key, attach, verify, convert, add-key, ...) use the token:
 the token's key id, from --key-manager when given, else the token's key manager; the caller
 (--user/--project/--roles/--profile) and TLS options always come from the command line.
-Exit codes: 0 ok, 1 usage (LUKS1 volume, bad URI), 2 the key does not open the keyslot,
-4 not LUKS2 / token or keyslot not found / malformed token, 5 token id in use or duplicate,
-6 key-manager error (key not found, forbidden).`;
+Exit codes: 0 ok, 1 usage (LUKS1 volume, bad URI), 2 the key does not open the keyslot or the
+caller may not read it, 4 not LUKS / token or keyslot not found / malformed token / JSON area full,
+5 token id in use or duplicate, 6 key-manager error (key not found, backend unreachable).`;
 
 /** Opens VOLUME (and --header) and runs `fn`; writers hold the volume's lock, as the LUKS commands. */
 async function withVolume<T>(path: string, o: TokenOpts, readOnly: boolean, fn: (volume: LuksVolume) => Promise<T>): Promise<T> {
