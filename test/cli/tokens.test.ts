@@ -9,9 +9,46 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
+import { spawnSync } from 'node:child_process';
+import { cliPath, needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
 
 const FAST = ['--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000'];
+
+// Runs the CLI under a new pseudo-terminal (Python's pty module), answering a prompt `expect`
+// with `send` once if it appears; prints {"exit": N, "output": "..."}.
+const PTY_RUN = `
+import os, pty, sys, json, select, time
+expect, send = sys.argv[1].encode(), sys.argv[2].encode()
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[3], sys.argv[3:])
+buf = b''
+answered = False
+deadline = time.time() + 120
+while time.time() < deadline:
+    r, _, _ = select.select([fd], [], [], 1)
+    if not r:
+        continue
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        break
+    if not data:
+        break
+    buf += data
+    if not answered and expect in buf:
+        os.write(fd, send)
+        answered = True
+_, status = os.waitpid(pid, 0)
+print(json.dumps({'exit': os.waitstatus_to_exitcode(status), 'output': buf.decode('utf8', 'replace')}))
+`;
+
+function underPty(args: string[], env: NodeJS.ProcessEnv, expect: string, send: string): { exit: number; output: string } {
+  const python = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+  const r = spawnSync(python, ['-c', PTY_RUN, expect, send, process.execPath, cliPath, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 300_000 });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as { exit: number; output: string };
+}
 
 function setup() {
   const tmp = tempDir();
@@ -56,6 +93,27 @@ test('format --create-key writes the token; test-key, add-key and attach find th
     } finally {
       if (existsSync(pid)) ok(['detach', '--pid-file', pid]);
     }
+  } finally {
+    tmp.cleanup();
+  }
+});
+
+test('on a terminal the token is consulted before the prompt; without a token the prompt is asked', () => {
+  const { tmp, env, ok } = setup();
+  try {
+    const vol = join(tmp.dir, 'vol.img');
+    ok(['format', vol, '--type', 'luks2', '--size', '4M', '--create-key', ...FAST]);
+    const pass = join(tmp.dir, 'pass');
+    writeFileSync(pass, 'typed secret');
+    ok(['add-key', vol, '--new-key-file', pass, ...FAST]);
+    const viaToken = underPty(['test-key', vol], env, 'Enter passphrase', 'wrong\r');
+    assert.equal(viaToken.exit, 0, viaToken.output);
+    assert.doesNotMatch(viaToken.output, /Enter passphrase/);
+    assert.match(viaToken.output, /Key slot 0 unlocked/);
+    ok(['token', 'remove', vol, '--token-id', '0']);
+    const typed = underPty(['test-key', vol], env, 'Enter passphrase for', 'typed secret\r');
+    assert.equal(typed.exit, 0, typed.output);
+    assert.match(typed.output, /Enter passphrase for [\s\S]*Key slot 1 unlocked/);
   } finally {
     tmp.cleanup();
   }
