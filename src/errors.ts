@@ -366,6 +366,9 @@ export class UnsupportedRequirementError extends BrickcryptError {
 export class ReencryptionInProgressError extends BrickcryptError {
   constructor(message = 'A reencryption of this volume is in progress; finish it first with `brickcrypt reencrypt --resume-only VOLUME`.') {
     super('REENCRYPTION_IN_PROGRESS', message, BUSY);
+  }
+}
+
 // --- volume lifecycle (resize, convert-header) ---
 /** A resize would cut off payload and `allowTruncate` was not given; nothing was modified. */
 export class ShrinkRefusedError extends BrickcryptError {
@@ -398,6 +401,18 @@ export class ConversionRefusedError extends BrickcryptError {
   constructor(reason: ConversionRefusal, message: string) {
     super('CONVERSION_REFUSED', message, USAGE);
     this.reason = reason;
+  }
+}
+
+// --- tokens ---
+/**
+ * A LUKS2 token of type `brickcrypt-key-manager` does not have the documented shape
+ * (docs/luks.md "Tokens"): no key id, a key-manager URI carrying credentials, a bad keyslot list.
+ * Tokens of other types are never parsed, as cryptsetup ignores token types it does not know.
+ */
+export class MalformedTokenError extends BrickcryptError {
+  constructor(message: string) {
+    super('MALFORMED_TOKEN', message, DEVICE);
   }
 }
 

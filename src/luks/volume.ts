@@ -13,6 +13,7 @@ import type { BlockDevice } from '../block-device.js';
 import {
   type BrickcryptError,
   CorruptHeaderError,
+  InsufficientSpaceError,
   InvalidArgumentError,
   KeyslotNotFoundError,
   KeyslotUnavailableError,
@@ -40,7 +41,7 @@ import {
   type Luks1Header,
 } from '../formats/luks1/header.js';
 import { LUKS2_BINARY_HEADER_SIZE, LUKS2_HDR_SIZES, isLuks2Magic } from '../formats/luks2/binary-header.js';
-import { LUKS2_LIMITS, mandatoryRequirements, u64, type Luks2Digest, type Luks2Metadata, type Luks2Segment } from '../formats/luks2/metadata.js';
+import { LUKS2_LIMITS, mandatoryRequirements, serializeLuks2Json, u64, validateLuks2Metadata, type Luks2Digest, type Luks2Metadata, type Luks2Segment, type Luks2Token } from '../formats/luks2/metadata.js';
 import { readLuks2Headers, repairLuks2Copies, writeLuks2Headers } from './luks2-io.js';
 import type { FormatOptions, KdfOptions } from './options.js';
 import { dumpJson, dumpText } from './dump.js';
@@ -586,6 +587,38 @@ export class LuksVolume {
     } finally {
       r.key.wipe();
     }
+  }
+
+  /** LUKS2 tokens as stored, by token id (a copy; LUKS1 has none). Token logic: src/luks/tokens.ts. */
+  tokens(): Record<string, Luks2Token> {
+    return this.#state.version === 2 ? structuredClone(this.#state.h2.metadata.tokens) : {};
+  }
+
+  /**
+   * Sets LUKS2 token `id` (or removes it with `undefined`) and writes both header copies
+   * (seqid + 1). Validated and sized first: a refusal leaves the header as it was.
+   */
+  async writeToken(id: number, token: Luks2Token | undefined): Promise<void> {
+    this.#assertWritable();
+    if (this.#state.version !== 2) throw new UnsupportedError('LUKS1 headers have no tokens (convert the header to LUKS2 first).');
+    const h2 = this.#state.h2;
+    const before = h2.metadata.tokens;
+    const next = { ...before };
+    if (token) next[String(id)] = structuredClone(token);
+    else delete next[String(id)];
+    h2.metadata.tokens = next;
+    try {
+      validateLuks2Metadata(h2.metadata, { hdrSize: h2.bin.hdrSize });
+      try {
+        serializeLuks2Json(h2.metadata, h2.bin.hdrSize - LUKS2_BINARY_HEADER_SIZE);
+      } catch {
+        throw new InsufficientSpaceError(`The token does not fit the ${h2.bin.hdrSize - LUKS2_BINARY_HEADER_SIZE}-byte LUKS2 JSON area.`);
+      }
+    } catch (err) {
+      h2.metadata.tokens = before;
+      throw err;
+    }
+    await writeLuks2Headers(this.#header, h2);
   }
 
   /** Human-readable dump in the layout of `cryptsetup luksDump`. Never contains key material. */

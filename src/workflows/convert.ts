@@ -35,6 +35,7 @@ import {
 import { FileDevice, removeFile, renameDurably, statPath, type CacheBypassStats, type OpenFileOptions } from '../devices/file-device.js';
 import { Qcow2Writer } from '../images/qcow2-writer.js';
 import { LuksVolume } from '../luks/volume.js';
+import { addKeyManagerToken } from '../luks/tokens.js';
 import type { FormatOptions } from '../luks/options.js';
 import { chooseKdf, digestIterations } from '../luks/kdf-choice.js';
 import { Passphrase, type VolumeKey } from '../secret.js';
@@ -81,6 +82,11 @@ export interface ConvertOptions {
   /** A plain dm-crypt source (with `sourceFormat: 'plain'`): parameters and key. */
   sourcePlain?: PlainSource;
   targetPassphrase?: PassphraseSource;
+  /**
+   * LUKS2 targets: asked once the target passphrase is read; a reference returned is written
+   * into the header as a brickcrypt-key-manager token for the target's keyslot (src/luks/tokens.ts).
+   */
+  targetToken?: () => { keyManager?: string; keyId: string } | undefined;
   luks?: LuksTargetOptions;
   /** Usable payload size of the target in bytes (default: the source's virtual size). */
   size?: number;
@@ -461,7 +467,8 @@ async function prepareLuksTarget(
       // The volume key is random and the layout is fixed, so the payload can be encrypted right
       // away: the keyslot derivation (the slow part of formatting) runs during the copy and
       // only the header write waits for it.
-      formatting = formatInBackground(capture, type, { ...luksOptions, ...forced }, passphrase, key, volume);
+      const token = type === 'luks2' ? options.targetToken?.() : undefined;
+      formatting = formatInBackground(capture, type, { ...luksOptions, ...forced }, passphrase, key, volume, token);
       formatting.catch(() => {}); // awaited by the target's ready/finish/abort
     } catch (err) {
       passphrase.wipe();
@@ -571,12 +578,15 @@ async function formatInBackground(
   passphrase: Passphrase,
   key: VolumeKey,
   planned: LuksVolume,
+  token?: { keyManager?: string; keyId: string },
 ): Promise<{ volume: LuksVolume; seconds: number }> {
   const t0 = performance.now();
   try {
     const real = await LuksVolume.format(capture, { ...luksOptions, type, passphrase, volumeKey: key });
     real.key.wipe();
     const v = real.volume;
+    // Into the capture as well: the header reaches the target once, last, token included.
+    if (token) await addKeyManagerToken(v, { ...token, keyslots: v.keyslots().map((k) => k.id) });
     if (
       v.dataOffset !== planned.dataOffset ||
       v.sectorSize !== planned.sectorSize ||

@@ -32,6 +32,7 @@ import { addPlainOptions, PLAIN_HELP, plainParamsFrom } from '../plain-options.j
 import { describePlain, openPlainVolume } from '../../plain/plain-volume.js';
 import { addKeyManagerOptions, KEY_MANAGER_HELP, passphraseFromKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { parseChoice, parseInteger } from '../parse.js';
+import { tokenPassphraseInput } from '../token-key.js';
 
 interface AttachOptions extends KeyManagerCliOptions {
   type?: string;
@@ -73,10 +74,15 @@ function keyfileRange(o: AttachOptions): { offset?: number; size?: number } {
   };
 }
 
-/** The volume's passphrase: --key-id, --key-file, or a prompt on a terminal. */
-function passphraseSourceFor(o: AttachOptions, what: string, volume: string): PassphraseInput {
+/** The volume's passphrase: --key-id, --key-file, the volume's brickcrypt-key-manager token, or a prompt on a terminal. */
+async function passphraseSourceFor(o: AttachOptions, what: string, volume: string): Promise<PassphraseInput> {
   const keyId = o.keyId;
   if (keyId !== undefined) return { interactive: false, read: () => passphraseFromKeyManager(o, keyId) };
+  if (o.keyFile === undefined) {
+    const fromToken = await tokenPassphraseInput(volume, o, o.header);
+    if (fromToken) return fromToken;
+    if (o.keyManager !== undefined) throw new InvalidArgumentError(`--key-manager needs --key-id ID (${volume} has no brickcrypt-key-manager token).`);
+  }
   return passphraseInput({
     ...(o.keyFile !== undefined ? { keyFile: o.keyFile } : {}),
     ...keyfileRange(o),
@@ -86,7 +92,7 @@ function passphraseSourceFor(o: AttachOptions, what: string, volume: string): Pa
 }
 
 async function passphraseFor(o: AttachOptions, what: string, volume: string): Promise<Passphrase> {
-  return passphraseSourceFor(o, what, volume).read();
+  return (await passphraseSourceFor(o, what, volume)).read();
 }
 
 function triesOf(o: AttachOptions): number {
@@ -144,6 +150,7 @@ const PLAIN_OPTION_KEYS = ['cipher', 'keySize', 'hash', 'offset', 'skip', 'size'
 
 /** `--type plain`: the volume has no header; its parameters and key come from the options. */
 async function openPlainVolumeFor(path: string, o: AttachOptions): Promise<Opened> {
+  if (o.keyManager !== undefined && o.keyId === undefined) throw new InvalidArgumentError('--key-manager needs --key-id ID (a plain volume has no header to hold a token).');
   const params = plainParamsFrom(o as unknown as Record<string, unknown>, '');
   const wantReadOnly = o.readOnly === true;
   const range = keyfileRange(o);
@@ -229,7 +236,7 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
     }
   }
   // LUKS1 / LUKS2.
-  const input = passphraseSourceFor(o, `${path} is ${format}`, path);
+  const input = await passphraseSourceFor(o, `${path} is ${format}`, path);
   const file = await FileDevice.open(path, { readOnly: wantReadOnly });
   let header: FileDevice | undefined;
   let pool: CryptoPool | undefined;
@@ -411,8 +418,10 @@ Examples:
   brickcrypt attach vol.luks --key-file pass --socket /run/vol.sock --daemon --pid-file /run/vol.pid
   brickcrypt attach vol.luks --socket /run/vol.sock            (asks for the passphrase on a terminal)
   brickcrypt attach old.plain --type plain --cipher aes-xts-plain64 --key-size 512 --key-id ID --socket /run/p.sock
-Without --key-file or --key-id and with a terminal on standard input, the passphrase is asked
-for (no echo), up to --tries times.
+Without --key-file or --key-id, a LUKS2 volume's brickcrypt-key-manager token names the key
+(brickcrypt token --help; --key-manager then overrides the token's key manager). Without a token
+either and with a terminal on standard input, the passphrase is asked for (no echo), up to --tries times.
+  brickcrypt attach vol.luks --socket /run/vol.sock --user compute1 --roles reader   (key from the token)
 ${PLAIN_HELP}
 ${KEY_MANAGER_HELP}`)
     .action(async (volume: string, o: AttachOptions) => {
@@ -425,7 +434,6 @@ ${KEY_MANAGER_HELP}`)
       if (o.qemuSyntax !== undefined || o.secretFile !== undefined) throw new InvalidArgumentError('--qemu-syntax and --secret-file go with --print.');
       if (!!o.socket === !!o.listen) throw new InvalidArgumentError('Give exactly one of --socket PATH or --listen HOST:PORT.');
       if (o.keyFile !== undefined && o.keyId !== undefined) throw new InvalidArgumentError('Give either --key-file or --key-manager/--key-id, not both.');
-      if (o.keyManager !== undefined && o.keyId === undefined) throw new InvalidArgumentError('--key-manager needs --key-id ID.');
       if (o.tlsCreds && o.tlsPsk) throw new InvalidArgumentError('Give either --tls-creds or --tls-psk, not both.');
       if (o.tlsVerifyPeer && !o.tlsCreds) throw new InvalidArgumentError('--tls-verify-peer needs --tls-creds.');
       if (o.listen) parseListen(o.listen);

@@ -12,6 +12,7 @@ import { DEFAULT_TRIES, promptPassphrase, stdinIsTerminal } from '../passphrase-
 import { VolumeLock } from '../../devices/volume-lock.js';
 import { addKeyManagerOptions, KEY_MANAGER_HELP, newVolumeKeyFromKeyManager, passphraseFromKeyManager, withKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
+import { tokenPassphraseInput, tokenUriFor } from '../token-key.js';
 import { CACHE_MODES, convert, type CacheMode, type ConvertReport, type LuksTargetOptions } from '../../workflows/convert.js';
 import { verify } from '../../workflows/verify.js';
 import { IMAGE_FORMATS, type ImageFormat, type PassphraseSource, type PlainSource } from '../../workflows/open-source.js';
@@ -23,6 +24,8 @@ export interface KeyOptions extends KeyManagerCliOptions {
   srcKeyId?: string;
   dstKeyId?: string;
   createKey?: boolean;
+  /** --no-token: false. */
+  token?: boolean;
 }
 
 /** With `--create-key`: the key made in the key manager for the target, once it exists. */
@@ -60,6 +63,20 @@ export function passphraseSource(opts: KeyOptions, role: 'source' | 'target', cr
   }
   if (typed(opts, role)) return () => promptPassphrase(`Enter passphrase for ${path}: `, { verify: fresh });
   return undefined;
+}
+
+/**
+ * An existing image's passphrase: its key option (--src-key-file, --src-key-id, ...) when given,
+ * else its brickcrypt-key-manager token, else a prompt on a terminal. `typed`: asked at the terminal.
+ */
+async function existingImageSource(opts: KeyOptions, role: 'source' | 'target', path: string): Promise<{ source: PassphraseSource | undefined; typed: boolean }> {
+  const file = role === 'source' ? opts.srcKeyFile : opts.dstKeyFile;
+  const id = role === 'source' ? opts.srcKeyId : opts.dstKeyId;
+  if (file === undefined && id === undefined) {
+    const fromToken = await tokenPassphraseInput(path, opts);
+    if (fromToken) return { source: fromToken.read, typed: false };
+  }
+  return { source: passphraseSource(opts, role, undefined, path), typed: typed(opts, role) };
 }
 
 function triesOf(opts: Record<string, unknown>): number {
@@ -174,6 +191,7 @@ export function register(program: Command): void {
     .option('--src-key-id <id>', 'managed key whose LUKS passphrase opens the source (see --key-manager)')
     .option('--dst-key-id <id>', 'managed key whose LUKS passphrase the target gets')
     .option('--create-key', 'create a new key in the key manager for the LUKS target; its id is the only line on stdout')
+    .option('--no-token', 'with --create-key: do not record the key manager and key id in a LUKS2 token on the target')
     .option('--tries <n>', 'how often a source passphrase typed at the terminal may be retried (default 3)')
     .option('--cipher <spec>', 'LUKS cipher, e.g. aes-xts-plain64')
     .option('--key-size <bits>', 'LUKS volume key size in bits')
@@ -212,8 +230,10 @@ Examples:
 ${PLAIN_HELP}
 Managed keys: a symmetric key's LUKS passphrase is the lowercase hex of its bytes (os-brick).
 With --create-key a caller holding only the "creator" role makes a volume it can never open again.
-Without a key option and with a terminal on standard input, LUKS passphrases are asked for (no echo;
-the target's twice); a wrong source passphrase is asked again up to --tries times.
+Without a key option, a LUKS2 source's brickcrypt-key-manager token names its key (brickcrypt token
+--help); with --create-key a LUKS2 target gets such a token (--no-token: not). Without either and with
+a terminal on standard input, LUKS passphrases are asked for (no echo; the target's twice); a wrong
+source passphrase is asked again up to --tries times.
 ${KEY_MANAGER_HELP}`)
     .action(async (src: string, dst: string, opts: Record<string, string | boolean | undefined>) => {
       const keys = opts as KeyOptions;
@@ -223,6 +243,9 @@ ${KEY_MANAGER_HELP}`)
       const sourceFormat =
         opts.srcFormat === undefined ? undefined : parseChoice(String(opts.srcFormat), 'src-format', [...IMAGE_FORMATS, 'luks', 'plain'] as const);
       const sourcePlain = plainSide(opts, 'src-', sourceFormat, keys, src);
+      const sourceKey = sourcePlain ? { source: undefined, typed: false } : await existingImageSource(keys, 'source', src);
+      // --create-key: a LUKS2 target records where its new key lives (refused before any key is made).
+      const tokenUri = keys.createKey === true && targetFormat === 'luks2' && keys.token !== false ? await tokenUriFor(keys) : undefined;
       const luks: LuksTargetOptions = {};
       if (opts.cipher !== undefined) luks.cipher = String(opts.cipher);
       if (opts.keySize !== undefined) luks.keySizeBits = parseInteger(String(opts.keySize), 'key-size', 128, 4096);
@@ -249,10 +272,11 @@ ${KEY_MANAGER_HELP}`)
           target: dst,
           targetFormat: targetFormat as ImageFormat,
           sourceFormat,
-          sourcePassphrase: sourcePlain ? undefined : passphraseSource(keys, 'source', undefined, src),
-          ...(typed(keys, 'source') ? { sourcePassphraseTries: triesOf(opts), onWrongPassphrase } : {}),
+          sourcePassphrase: sourceKey.source,
+          ...(sourceKey.typed ? { sourcePassphraseTries: triesOf(opts), onWrongPassphrase } : {}),
           ...(sourcePlain ? { sourcePlain } : {}),
           targetPassphrase: passphraseSource(keys, 'target', created, dst, true),
+          ...(tokenUri !== undefined ? { targetToken: () => (created.id !== undefined ? { keyManager: tokenUri, keyId: created.id } : undefined) } : {}),
           luks,
           size: opts.size === undefined ? undefined : parseSize(String(opts.size), 'size'),
           allowTruncate: opts.allowTruncate === true,
@@ -277,6 +301,8 @@ ${KEY_MANAGER_HELP}`)
       const peakRssBytes = process.resourceUsage().maxRSS * 1024;
       if (json) process.stdout.write(JSON.stringify({ event: 'done', ...report, ...(created.id ? { createdKeyId: created.id } : {}), peakRssBytes }) + '\n');
       else if (created.id !== undefined) {
+        if (tokenUri !== undefined) process.stderr.write(`A token on ${dst} records key ${created.id} in ${tokenUri}: commands find the key without --key-id.\n`);
+        else if (targetFormat === 'luks1') process.stderr.write(`LUKS1 headers have no tokens: open ${dst} with --key-id ${created.id}.\n`);
         process.stdout.write(`${created.id}\n`);
         process.stderr.write(describe(report));
       } else process.stdout.write(describe(report));
@@ -316,16 +342,18 @@ ${KEY_MANAGER_HELP}`)
       const bFormat = opts.dstFormat === undefined ? undefined : parseChoice(String(opts.dstFormat), 'dst-format', formats);
       const aPlain = plainSide(opts, 'src-', aFormat, keys, a);
       const bPlain = plainSide(opts, 'dst-', bFormat, keys, b);
+      const aKey = aPlain ? { source: undefined, typed: false } : await existingImageSource(keys, 'source', a);
+      const bKey = bPlain ? { source: undefined, typed: false } : await existingImageSource(keys, 'target', b);
       const json = opts.json === true;
       const progress = progressReporter(json, 'verify');
       const report = await withCancellation((signal) =>
         verify({
           a,
           b,
-          aPassphrase: aPlain ? undefined : passphraseSource(keys, 'source', undefined, a),
-          bPassphrase: bPlain ? undefined : passphraseSource(keys, 'target', undefined, b),
-          ...(typed(keys, 'source') ? { aPassphraseTries: triesOf(opts) } : {}),
-          ...(typed(keys, 'target') ? { bPassphraseTries: triesOf(opts) } : {}),
+          aPassphrase: aKey.source,
+          bPassphrase: bKey.source,
+          ...(aKey.typed ? { aPassphraseTries: triesOf(opts) } : {}),
+          ...(bKey.typed ? { bPassphraseTries: triesOf(opts) } : {}),
           onWrongPassphrase,
           ...(aPlain ? { aPlain } : {}),
           ...(bPlain ? { bPlain } : {}),

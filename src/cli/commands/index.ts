@@ -21,6 +21,7 @@ export const COMMAND_GROUPS: readonly CommandGroup[] = [
   { commands: ['convert', 'verify'], load: () => import('./convert.js') },
   { commands: ['resize', 'convert-header'], load: () => import('./lifecycle.js') },
   { commands: ['reencrypt'], load: () => import('./reencrypt.js') },
+  { commands: ['token'], load: () => import('./token.js') },
   { commands: ['key'], load: () => import('./key.js') },
   { commands: ['image'], load: () => import('./image.js') },
   { commands: ['attach', 'detach'], load: () => import('./attach.js') },

@@ -14,11 +14,15 @@ import { DEFAULT_TRIES, withPassphraseTries, type PassphraseInput } from '../pas
 import { VolumeLock } from '../../devices/volume-lock.js';
 import { addKeyManagerOptions, newVolumeKeyFromKeyManager, passphraseFromKeyManager, withKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
+import { tokenPassphraseInput, tokenUriFor } from '../token-key.js';
+import { addKeyManagerToken } from '../../luks/tokens.js';
 
 export interface KeyOpts extends KeyManagerCliOptions {
   keyId?: string;
   newKeyId?: string;
   createKey?: boolean;
+  /** --no-token: false. */
+  token?: boolean;
   keyFile?: string;
   keyfileOffset?: string;
   keyfileSize?: string;
@@ -44,8 +48,10 @@ export interface HeaderOpt {
 export const KEYFILE_HELP = `
 Key files: every byte counts (a trailing newline is part of the passphrase, as in cryptsetup);
 "-" reads standard input to EOF; --keyfile-offset skips bytes, --keyfile-size reads exactly that many.
-Without --key-file/--key-id and with a terminal on standard input, the passphrase is asked for
-without echo (a new one twice); a wrong one is asked again up to --tries times (default 3).
+Without --key-file/--key-id, an existing LUKS2 volume's brickcrypt-key-manager token names its key
+(brickcrypt token --help; format --create-key writes one). Without a token either and with a
+terminal on standard input, the passphrase is asked for without echo (a new one twice); a wrong
+one is asked again up to --tries times (default 3).
 Without a terminal that is an error (exit 1): pipe a passphrase with --key-file -.`;
 
 const MANAGED_KEY_HELP = `
@@ -69,14 +75,21 @@ export function triesOf(o: KeyOpts): number {
   return o.tries === undefined ? DEFAULT_TRIES : parseInteger(o.tries, 'tries', 1, 1000);
 }
 
-/** The existing passphrase: --key-id, --key-file, or typed at a terminal ("Enter passphrase for VOLUME: "). */
-export function oldKeyInput(o: KeyOpts, volume = 'the volume'): PassphraseInput {
+/**
+ * The existing passphrase: --key-id, --key-file, the volume's brickcrypt-key-manager token,
+ * or typed at a terminal ("Enter passphrase for VOLUME: "), in that order (src/cli/token-key.ts).
+ */
+export async function oldKeyInput(o: KeyOpts & HeaderOpt, volume: string): Promise<PassphraseInput> {
   const keyId = o.keyId;
   if (keyId !== undefined) {
     if (o.keyFile !== undefined) throw new InvalidArgumentError('Give --key-file or --key-id, not both.');
     return { interactive: false, read: () => passphraseFromKeyManager(o, keyId) };
   }
-  if (o.keyFile === undefined && o.keyManager !== undefined) throw new InvalidArgumentError('--key-manager needs --key-id ID.');
+  if (o.keyFile === undefined) {
+    const fromToken = await tokenPassphraseInput(volume, o, o.header);
+    if (fromToken) return fromToken;
+    if (o.keyManager !== undefined) throw new InvalidArgumentError(`--key-manager needs --key-id ID (${volume} has no brickcrypt-key-manager token).`);
+  }
   return passphraseInput({
     ...(o.keyFile !== undefined ? { keyFile: o.keyFile } : {}),
     ...keyfileRange(o.keyfileOffset, o.keyfileSize),
@@ -89,8 +102,8 @@ export function oldKeyInput(o: KeyOpts, volume = 'the volume'): PassphraseInput 
  * The existing passphrase. A typed one is first checked with `check` (an unlock), so a typo is
  * asked again up to --tries times, as cryptsetup does, before anything else happens.
  */
-async function oldKey(o: KeyOpts, volume = 'the volume', check?: (passphrase: Passphrase) => Promise<void>): Promise<Passphrase> {
-  const input = oldKeyInput(o, volume);
+async function oldKey(o: KeyOpts & HeaderOpt, volume: string, check?: (passphrase: Passphrase) => Promise<void>): Promise<Passphrase> {
+  const input = await oldKeyInput(o, volume);
   if (!input.interactive || !check) return input.read();
   return withPassphraseTries(
     input,
@@ -240,6 +253,7 @@ export function register(program: Command): void {
     .option('--header <file>', 'detached header file (created if missing); the data starts at offset 0 of VOLUME')
     .option('--volume-key-file <file>', 'use the volume key in this file (exactly key-size/8 bytes) instead of a random one')
     .option('--create-key', 'create a new key in the key manager (--key-manager) and use its passphrase; prints the key id on stdout')
+    .option('--no-token', 'with --create-key: do not record the key manager and key id in a LUKS2 token')
     .option('--force', 'overwrite an existing LUKS header (cryptsetup asks for confirmation; brickcrypt refuses without this)')
     .option('--batch-mode', 'same as --force');
   addKeyFileOptions(format, false);
@@ -249,8 +263,10 @@ export function register(program: Command): void {
       'after',
       `
 Without --force an existing LUKS header on VOLUME (or --header) is never overwritten (exit 5).
-Example:
+Examples:
   brickcrypt format vol.img --type luks2 --size 1G --key-file pass.txt --pbkdf argon2id --iter-time 1000
+  id=$(brickcrypt format vol.img --type luks2 --size 1G --create-key)   (a token records the new key)
+  brickcrypt test-key vol.img                                         (the token finds the key)
 ${KEYFILE_HELP}
 ${EXIT_HELP}`,
     )
@@ -277,8 +293,10 @@ ${EXIT_HELP}`,
       let createdKeyId: string | undefined;
       let formatted = false;
       let passphrase: Passphrase;
+      let tokenUri: string | undefined;
       if (o.createKey === true) {
         if (o.keyFile !== undefined || o.keyId !== undefined) throw new InvalidArgumentError('--create-key excludes --key-file and --key-id.');
+        if (type === 'luks2' && o.token !== false) tokenUri = await tokenUriFor(o);
         const made = await newVolumeKeyFromKeyManager(o, { name: `volume ${volume}` });
         createdKeyId = made.id;
         passphrase = made.passphrase;
@@ -316,6 +334,12 @@ ${EXIT_HELP}`,
           }
           const { volume: vol, key } = await LuksVolume.format(data, { ...options, passphrase, ...(volumeKey ? { volumeKey } : {}), ...(header ? { headerDevice: header } : {}) });
           key.wipe();
+          if (createdKeyId !== undefined && tokenUri !== undefined) {
+            const tokenId = await addKeyManagerToken(vol, { keyslots: vol.keyslots().map((k) => k.id), keyManager: tokenUri, keyId: createdKeyId });
+            process.stderr.write(`Token ${tokenId} records key ${createdKeyId} in ${tokenUri}: commands find the key without --key-id.\n`);
+          } else if (createdKeyId !== undefined && type === 'luks1') {
+            process.stderr.write(`LUKS1 headers have no tokens: open ${volume} with --key-id ${createdKeyId}.\n`);
+          }
           if (createdKeyId !== undefined) process.stdout.write(`${createdKeyId}\n`);
           (createdKeyId !== undefined ? process.stderr : process.stdout).write(
             `Formatted ${volume} as LUKS${vol.version} (${vol.encryption}, ${vol.keyBytes * 8}-bit key, ${vol.sectorSize}-byte sectors), ` +
@@ -364,7 +388,7 @@ ${EXIT_HELP}`,
     .addHelpText('after', `\nExit 0 when a keyslot opens, 2 for a wrong passphrase.\nExample:\n  brickcrypt test-key vol.img --key-file pass.txt\n${KEYFILE_HELP}\n${EXIT_HELP}`)
     .action(async (volume: string, o: KeyOpts & HeaderOpt & { keySlot?: string }) => {
       await withPassphraseTries(
-        oldKeyInput(o, volume),
+        await oldKeyInput(o, volume),
         (pass) =>
           withVolume(volume, o, true, async (vol) => {
             const r = await vol.unlock(pass, o.keySlot !== undefined ? { keyslot: slotArg(o.keySlot) } : {});
