@@ -22,6 +22,7 @@ packages=(
   util-linux
   mount            # losetup: loop devices for the block-device tests
   time             # GNU /usr/bin/time -v: peak RSS in scripts/bench.sh
+  postgresql       # PostgreSQL server for the service scale-out tests (scripts/servers/postgresql.sh)
   chromium         # headless browser for the service status page test (driven by playwright-core)
   g++              # builds the native AES-XTS kernel (scripts/build-native.mjs, with make and python3 for node-gyp)
   make

@@ -338,6 +338,72 @@ export class NotImplementedError extends BrickcryptError {
   }
 }
 
+// --- reencryption ---
+
+/**
+ * A LUKS2 header lists a mandatory requirement (config.requirements.mandatory) brickcrypt does
+ * not implement: the payload must not be read or written (cryptsetup refuses to activate it too).
+ * Header-level commands (dump, test-key, header-backup) still work.
+ */
+export class UnsupportedRequirementError extends BrickcryptError {
+  /** The requirement strings that fence the volume. */
+  readonly requirements: string[];
+  constructor(requirements: string[], message?: string) {
+    super(
+      'UNSUPPORTED_REQUIREMENT',
+      message ?? `The LUKS2 volume lists mandatory requirements brickcrypt does not implement (${requirements.join(', ')}); its data cannot be read or written.`,
+      { exitCode: EXIT_CODES.device, nbdErrno: NBD_ERRNO.ENOTSUP, httpStatus: 422 },
+    );
+    this.requirements = requirements;
+  }
+}
+
+/**
+ * An in-place reencryption (cryptsetup's online-reencrypt requirement) was started and not
+ * finished: part of the data is under the new key, part under the old. Only reencrypt may
+ * touch the payload until it completes (`brickcrypt reencrypt --resume-only VOLUME`).
+ */
+export class ReencryptionInProgressError extends BrickcryptError {
+  constructor(message = 'A reencryption of this volume is in progress; finish it first with `brickcrypt reencrypt --resume-only VOLUME`.') {
+    super('REENCRYPTION_IN_PROGRESS', message, BUSY);
+  }
+}
+
+// --- volume lifecycle (resize, convert-header) ---
+/** A resize would cut off payload and `allowTruncate` was not given; nothing was modified. */
+export class ShrinkRefusedError extends BrickcryptError {
+  constructor(message: string) {
+    super('SHRINK_REFUSED', message, USAGE);
+  }
+}
+
+/** Why `convert-header` refuses a volume (stable, for scripts); cryptsetup refuses the same ones with -EINVAL. */
+export type ConversionRefusal =
+  | 'same-type'
+  | 'keyslots-offset'
+  | 'cipher'
+  | 'luksmeta'
+  | 'no-space'
+  | 'sector-size'
+  | 'digest'
+  | 'wrapped-key'
+  | 'segments'
+  | 'tokens'
+  | 'keyslot-number'
+  | 'keyslot-incompatible'
+  | 'no-keyslot-area'
+  | 'requirements'
+  | 'no-room-for-safe-move';
+
+/** `convert-header` refuses this volume (`reason` says why); nothing was modified. cryptsetup exits 1 for these. */
+export class ConversionRefusedError extends BrickcryptError {
+  readonly reason: ConversionRefusal;
+  constructor(reason: ConversionRefusal, message: string) {
+    super('CONVERSION_REFUSED', message, USAGE);
+    this.reason = reason;
+  }
+}
+
 // --- tokens ---
 /**
  * A LUKS2 token of type `brickcrypt-key-manager` does not have the documented shape

@@ -190,6 +190,7 @@ export async function inspectForQemu(
       // LUKS1 payload offset 0 means the header lives elsewhere (cryptsetup --header).
       detachedHeader: vol.detachedHeader || (vol.version === 1 && vol.dataOffset === 0),
     };
+    vol.assertPayloadAccess();
     checkQemuLuksSupport(info, options);
     const unlockOptions = options.keyslot !== undefined ? { keyslot: options.keyslot } : {};
     const { key } = await vol.unlock(passphrase, unlockOptions);

@@ -17,6 +17,8 @@
  * | holes       | `[offset, length]` pairs, sorted, 4096-aligned (the last may end at size):   |
  * |             | ranges that were holes in the source and stay holes on restore               |
  * | parent      | the previous backup of the same source this one was compared with, if any    |
+ * | dirtyBitmap | `{ base, dirtyChunks }` when a dirty-chunk bitmap was used: the chunks not   |
+ * |             | marked dirty were taken from backup `base` without reading them             |
  * | stats       | `{ dataBytes, newChunks, newBytes, storedBytes, reusedChunks, zeroChunks }`  |
  */
 import { IntegrityError } from '../errors.js';
@@ -58,6 +60,7 @@ export interface BackupManifest {
   chunks: Array<string | null>;
   holes: Array<[number, number]>;
   parent?: string;
+  dirtyBitmap?: { base: string; dirtyChunks: number };
   stats: BackupStats;
 }
 
@@ -126,6 +129,9 @@ export function validateManifest(m: BackupManifest): void {
     if (s.format !== `luks${l.version}`) bad('luks version and source format disagree');
   }
   if (m.parent !== undefined && !isBackupId(m.parent)) bad('parent is not a backup id');
+  if (m.dirtyBitmap !== undefined && (!isBackupId(m.dirtyBitmap.base) || !isCount(m.dirtyBitmap.dirtyChunks) || m.dirtyBitmap.dirtyChunks > m.chunks.length)) {
+    bad('dirtyBitmap is not { base, dirtyChunks }');
+  }
   const st = m.stats;
   if (!st || ![st.dataBytes, st.newChunks, st.newBytes, st.storedBytes, st.reusedChunks, st.zeroChunks].every(isCount)) bad('stats are incomplete');
 }

@@ -22,6 +22,12 @@ export interface ObjectStore {
   put(name: string, data: Uint8Array): Promise<void>;
   /** The object's bytes; NotFoundError when there is none. */
   get(name: string): Promise<Uint8Array>;
+  /**
+   * Optional: reads the object into `into` (which must be large enough) and returns its length;
+   * NotFoundError when there is none, RangeError when it does not fit. Saves an allocation and a
+   * copy per chunk on restore.
+   */
+  getInto?(name: string, into: Uint8Array): Promise<number>;
   exists(name: string): Promise<boolean>;
   /** Removes the object; an absent one is not an error. */
   delete(name: string): Promise<void>;

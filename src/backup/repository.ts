@@ -17,6 +17,8 @@ import { decodeRepositoryConfig, encodeRepositoryConfig, CHUNK_ALIGNMENT, CONFIG
 import { chunkIdAsync, chunkIdOf, deriveRepositoryKeys, importRepositoryKeys, keyCheckMatches, keyCheckOf, wipeRepositoryKeys, type RepositoryCryptoKeys, type RepositoryKeys } from './repository-keys.js';
 import { openObject, openObjectAsync, sealObject, sealObjectAsync } from './sealed-object.js';
 import { decodeManifest, encodeManifest, isBackupId, type BackupManifest } from './manifest.js';
+import { SealPool } from './seal-pool.js';
+import { copyBytes } from '../native-addon.js';
 
 export const CONFIG_OBJECT = 'config';
 export const chunkObjectName = (id: string): string => `chunks/${id.slice(0, 2)}/${id}`;
@@ -117,6 +119,27 @@ export class Repository {
     const plain = openObject('chunk', id, sealed, this.keys.seal);
     if (this.chunkId(plain) !== id) throw new IntegrityError(`chunk ${id}: its content does not have this id.`);
     return plain;
+  }
+
+  /** Worker threads that hash, seal and open chunks with this repository's subkeys (the caller closes it). */
+  openSealPool(size?: number): SealPool {
+    return SealPool.create(this.keys, size);
+  }
+
+  /** The sealed object of chunk `id`, read into `into` (no copy when the store can read into memory). */
+  async readSealedChunkInto(id: string, into: Uint8Array): Promise<Uint8Array> {
+    const name = chunkObjectName(id);
+    try {
+      if (this.store.getInto) return into.subarray(0, await this.store.getInto(name, into));
+      const bytes = await this.store.get(name);
+      if (bytes.length > into.length) throw new IntegrityError(`chunk ${id}: ${bytes.length} bytes, more than a sealed chunk can have.`);
+      copyBytes(into, 0, bytes);
+      return into.subarray(0, bytes.length);
+    } catch (err) {
+      if (err instanceof NotFoundError) throw new IntegrityError(`chunk ${id} is missing from the repository.`);
+      if (err instanceof RangeError) throw new IntegrityError(`chunk ${id}: larger than a sealed chunk can be.`);
+      throw err;
+    }
   }
 
   async getChunk(id: string): Promise<Uint8Array> {

@@ -9,11 +9,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join } from 'node:path';
-import { AlreadyExistsError, CancelledError, InsufficientSpaceError, InvalidArgumentError } from '../errors.js';
+import { AlreadyExistsError, CancelledError, InsufficientSpaceError, IntegrityError, InvalidArgumentError } from '../errors.js';
 import { FileDevice, removeFile, renameDurably, statPath } from '../devices/file-device.js';
 import type { BackupManifest } from './manifest.js';
 import type { Repository } from './repository.js';
 import { dataRanges } from './create-backup.js';
+import { allocateShared } from './seal-pool.js';
+import { SEALED_OVERHEAD } from './sealed-object.js';
 
 export interface RestoreProgress {
   bytes: number;
@@ -54,10 +56,56 @@ async function forEachParallel(count: number, parallel: number, signal: AbortSig
   if (failure !== undefined) throw failure;
 }
 
+/** Per lane: a sealed object's buffer and the plaintext chunk's, shared with the workers and 4096-aligned for O_DIRECT. */
+interface LaneBuffers {
+  sealed: Uint8Array;
+  plain: Uint8Array;
+}
+
+/**
+ * Runs `work(i, buffers)` for every chunk with `parallel` lanes, each with its own buffers, and a
+ * seal pool that fetches' objects are opened on (authenticated, decompressed, id checked).
+ */
+async function withLanes(repo: Repository, m: BackupManifest, parallel: number, signal: AbortSignal | undefined, work: (i: number, open: (id: string) => Promise<Uint8Array>) => Promise<void>): Promise<void> {
+  const pool = repo.openSealPool();
+  const lanes: LaneBuffers[] = [];
+  let free: LaneBuffers[] = [];
+  const take = (): LaneBuffers => {
+    let b = free.pop();
+    if (!b) {
+      b = { sealed: allocateShared(m.chunkSize + SEALED_OVERHEAD + 8192), plain: allocateShared(m.chunkSize) };
+      lanes.push(b);
+    }
+    return b;
+  };
+  try {
+    await forEachParallel(m.chunks.length, parallel, signal, async (i) => {
+      const b = take();
+      try {
+        await work(i, async (id) => {
+          const sealed = await repo.readSealedChunkInto(id, b.sealed);
+          const n = await pool.open(id, sealed, b.plain);
+          return b.plain.subarray(0, n);
+        });
+      } finally {
+        free.push(b);
+      }
+    });
+  } finally {
+    free = [];
+    await pool.close();
+  }
+}
+
+/** Lanes for restore: enough to keep both workers, the store reads and the target writes busy. */
+function restoreLanes(repo: Repository, options: RestoreOptions): number {
+  return options.parallel ?? Math.max(6, repo.store.parallelism);
+}
+
 async function writeChunks(repo: Repository, m: BackupManifest, device: FileDevice, options: RestoreOptions, newFile: boolean): Promise<number> {
   let written = 0;
   let done = 0;
-  await forEachParallel(m.chunks.length, options.parallel ?? repo.store.parallelism, options.signal, async (i) => {
+  await withLanes(repo, m, restoreLanes(repo, options), options.signal, async (i, open) => {
     const id = m.chunks[i];
     const start = i * m.chunkSize;
     const end = Math.min(m.source.size, start + m.chunkSize);
@@ -65,7 +113,8 @@ async function writeChunks(repo: Repository, m: BackupManifest, device: FileDevi
       // A new file already reads zeros here; a device must be zeroed.
       if (!newFile) await device.writeZeroes(start, end - start);
     } else {
-      const plain = await repo.getChunk(id);
+      const plain = await open(id);
+      if (plain.length !== end - start) throw new IntegrityError(`chunk ${id}: ${plain.length} bytes where backup ${m.id} needs ${end - start}.`);
       for (const [o, n] of newFile ? dataRanges(m.holes, start, end) : [[start, end - start] as [number, number]]) {
         await device.write(plain.subarray(o - start, o - start + n), o);
         written += n;
@@ -89,13 +138,13 @@ export async function restoreBackup(repo: Repository, id: string, target: string
     if (info.size < m.source.size) throw new InsufficientSpaceError(`${target} holds ${info.size} bytes; backup ${id} needs ${m.source.size}.`);
     // Authenticate everything before the first write: a damaged backup leaves the device untouched.
     let checked = 0;
-    await forEachParallel(m.chunks.length, options.parallel ?? repo.store.parallelism, options.signal, async (i) => {
+    await withLanes(repo, m, restoreLanes(repo, options), options.signal, async (i, open) => {
       const cid = m.chunks[i];
-      if (cid !== null) await repo.getChunk(cid);
+      if (cid !== null) await open(cid);
       checked += Math.min(m.source.size, (i + 1) * m.chunkSize) - i * m.chunkSize;
       options.onProgress?.({ bytes: checked, total: m.source.size, phase: 'verify' });
     });
-    const device = await FileDevice.open(target);
+    const device = await FileDevice.open(target, { bypassCache: true });
     try {
       const written = await writeChunks(repo, m, device, options, false);
       await device.flush();
@@ -105,7 +154,9 @@ export async function restoreBackup(repo: Repository, id: string, target: string
     }
   }
   const temp = join(dirname(target), `.${basename(target)}.restore-${randomBytes(4).toString('hex')}`);
-  const device = await FileDevice.open(temp, { create: true, exclusive: true, size: m.source.size });
+  // Whole aligned chunks go to the disk with O_DIRECT, past the page cache (the final sync then has
+  // little left to write); holes are never written.
+  const device = await FileDevice.open(temp, { create: true, exclusive: true, size: m.source.size, bypassCache: true });
   let ok = false;
   try {
     const written = await writeChunks(repo, m, device, options, true);

@@ -31,6 +31,8 @@ export interface EncryptionParams {
   readonly payloadSize: number;
   /** Set when the volume must not be written (unknown mandatory requirement). */
   readonly readOnlyReason?: string;
+  /** Throws when the payload must not be read or written at all (a `LuksVolume` with a recorded reencryption). */
+  assertPayloadAccess?(): void;
 }
 
 export interface EncryptedDeviceOptions {
@@ -176,6 +178,7 @@ export class EncryptedDevice implements BlockDevice {
    * @throws ReadOnlyVolumeError when opened for writing a volume fenced by `readOnlyReason`.
    */
   static open(data: BlockDevice, volume: EncryptionParams, key: VolumeKey, options: EncryptedDeviceOptions = {}): EncryptedDevice {
+    volume.assertPayloadAccess?.();
     const readOnly = options.readOnly === true || data.readOnly;
     if (!readOnly && volume.readOnlyReason) {
       throw new ReadOnlyVolumeError(`The volume can only be opened read-only: ${volume.readOnlyReason}`);

@@ -71,6 +71,7 @@ async function unlockQcow2Luks(file: BlockDevice, header: Qcow2Header, extras: Q
   const { createSectorCipher } = await import('../crypto/sector-cipher.js');
   const volume = await LuksVolume.open(new SliceDevice(file, ch.offset, length, { readOnly: true }), { readOnly: true });
   if (volume.version !== 1) throw new UnsupportedError('qcow2: the encryption header is not LUKS1, as QEMU writes it');
+  volume.assertPayloadAccess();
   const { key } = await volume.unlock(passphrase);
   try {
     return { cipher: createSectorCipher(parseEncryption(volume.encryption, volume.keyBytes), key.expose(), LUKS_IV_SECTOR), key };

@@ -11,13 +11,21 @@
  * `planQcow2Stream` builds all metadata in memory (one L2 table per 512 MiB of guest space
  * with data, at the default 64 KiB clusters); `Qcow2StreamDevice` (`qcow2-stream-device.ts`)
  * turns the plaintext writes of the pipeline into the data part.
+ *
+ * Compressed images (`qemu-img convert -c`): the L2 tables hold each compressed cluster's
+ * byte offset and length, so the lengths must be known before the tables are sent. The scan
+ * pass compresses every data cluster once to learn its length (deflate is deterministic for
+ * the same input and level); the plan packs the compressed clusters back to back, never across
+ * a host cluster (so each references one host cluster, whose refcount is the number of
+ * compressed clusters in it), and clusters that do not shrink are stored whole and aligned.
  */
 import { InvalidArgumentError } from '../errors.js';
 import { QCOW2_MAGIC, encodeQcow2Header, type Qcow2Header } from '../formats/qcow2/header.js';
-import { encodeL1Entry, encodeL2Normal } from '../formats/qcow2/l2-entry.js';
+import { encodeL1Entry, encodeL2Compressed, encodeL2Normal } from '../formats/qcow2/l2-entry.js';
 import { refcountBlockEntries, setRefcount } from '../formats/qcow2/refcount.js';
 
 const REFCOUNT_ORDER = 4; // 16-bit refcounts, QEMU's default
+const MAX_REFCOUNT = 2 ** 16 - 1;
 const HEADER_LENGTH = 112; // v3 header with the compression type byte, padded to 8 bytes
 
 export interface Qcow2StreamPlan {
@@ -28,15 +36,43 @@ export interface Qcow2StreamPlan {
   metadata: Uint8Array;
   /** Guest cluster numbers holding data, ascending; their data follows `metadata` in this order. */
   dataClusters: number[];
+  /** Where each data cluster's bytes start in the file (same order as `dataClusters`). */
+  hostOffsets: Float64Array;
+  /**
+   * Compressed plans: the deflate length of each data cluster, 0 where it is stored whole.
+   * Absent when nothing is compressed (then the data clusters follow each other).
+   */
+  storedLengths?: Uint32Array;
   /** Total bytes of the image file. */
   fileSize: number;
 }
 
+/** Where the data clusters go relative to the (cluster-aligned) start of the data part. */
+function packData(count: number, cs: number, storedLengths?: Uint32Array): { offsets: Float64Array; hostRefs: Map<number, number>; clusters: number } {
+  const offsets = new Float64Array(count);
+  const hostRefs = new Map<number, number>();
+  let cursor = 0;
+  for (let i = 0; i < count; i++) {
+    const len = storedLengths?.[i] ?? 0;
+    if (len > 0) {
+      if ((cursor % cs) + len > cs) cursor = Math.ceil(cursor / cs) * cs;
+    } else {
+      cursor = Math.ceil(cursor / cs) * cs;
+    }
+    offsets[i] = cursor;
+    const host = Math.floor(cursor / cs);
+    hostRefs.set(host, (hostRefs.get(host) ?? 0) + 1);
+    cursor += len > 0 ? len : cs;
+  }
+  return { offsets, hostRefs, clusters: Math.ceil(cursor / cs) };
+}
+
 /**
  * Plans the image for a disk of `size` bytes whose guest clusters `allocated` (a flag per
- * cluster, 1 = holds data) are stored.
+ * cluster, 1 = holds data) are stored; `storedLengths` (one per data cluster, in guest order;
+ * 0 = stored whole) makes a compressed image.
  */
-export function planQcow2Stream(size: number, allocated: Uint8Array, clusterBits = 16): Qcow2StreamPlan {
+export function planQcow2Stream(size: number, allocated: Uint8Array, clusterBits = 16, storedLengths?: Uint32Array): Qcow2StreamPlan {
   const cs = 2 ** clusterBits;
   if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidArgumentError(`qcow2 size ${size} is not a positive number of bytes.`);
   // QEMU rounds a qcow2 disk up to whole 512-byte sectors; a size between would read differently there.
@@ -55,9 +91,16 @@ export function planQcow2Stream(size: number, allocated: Uint8Array, clusterBits
     }
   }
   const l2Tables = [...l2Used].sort((a, b) => a - b);
+  if (storedLengths && storedLengths.length !== dataClusters.length) {
+    throw new InvalidArgumentError(`qcow2 plan: ${storedLengths.length} stored lengths for ${dataClusters.length} data clusters.`);
+  }
+  storedLengths?.forEach((len) => {
+    if (len >= cs) throw new InvalidArgumentError(`qcow2 plan: a compressed cluster of ${len} bytes does not shrink a ${cs}-byte cluster.`);
+  });
+  const packed = packData(dataClusters.length, cs, storedLengths);
   // Refcount table and blocks count themselves: iterate to a fixed point.
   const perBlock = refcountBlockEntries(clusterBits, REFCOUNT_ORDER);
-  const fixed = 1 + l1Clusters + l2Tables.length + dataClusters.length;
+  const fixed = 1 + l1Clusters + l2Tables.length + packed.clusters;
   let tableClusters = 1;
   let blocks = 0;
   for (;;) {
@@ -72,7 +115,8 @@ export function planQcow2Stream(size: number, allocated: Uint8Array, clusterBits
   const blocksOffset = tableOffset + tableClusters * cs;
   const l2Offset = blocksOffset + blocks * cs;
   const dataOffset = l2Offset + l2Tables.length * cs;
-  const totalClusters = dataOffset / cs + dataClusters.length;
+  const totalClusters = dataOffset / cs + packed.clusters;
+  const hostOffsets = packed.offsets.map((o) => dataOffset + o);
 
   const metadata = new Uint8Array(dataOffset);
   const view = new DataView(metadata.buffer);
@@ -87,7 +131,8 @@ export function planQcow2Stream(size: number, allocated: Uint8Array, clusterBits
   });
   dataClusters.forEach((c, i) => {
     const table = l2Host.get(Math.floor(c / l2Entries))!;
-    const [hi, lo] = encodeL2Normal(dataOffset + i * cs, true);
+    const len = storedLengths?.[i] ?? 0;
+    const [hi, lo] = len > 0 ? encodeL2Compressed(hostOffsets[i]!, len, clusterBits) : encodeL2Normal(hostOffsets[i]!, true);
     const at = table + (c % l2Entries) * 8;
     view.setUint32(at, hi);
     view.setUint32(at + 4, lo);
@@ -97,8 +142,12 @@ export function planQcow2Stream(size: number, allocated: Uint8Array, clusterBits
     view.setUint32(tableOffset + b * 8, hi);
     view.setUint32(tableOffset + b * 8 + 4, lo);
   }
+  const firstData = dataOffset / cs;
   for (let c = 0; c < totalClusters; c++) {
-    setRefcount(metadata.subarray(blocksOffset + Math.floor(c / perBlock) * cs), c % perBlock, 1, REFCOUNT_ORDER);
+    // Metadata clusters count once; a data host cluster once per cluster stored in it.
+    const refs = c < firstData ? 1 : (packed.hostRefs.get(c - firstData) ?? 0);
+    if (refs > MAX_REFCOUNT) throw new InvalidArgumentError(`qcow2 plan: host cluster ${c} would hold ${refs} compressed clusters.`);
+    setRefcount(metadata.subarray(blocksOffset + Math.floor(c / perBlock) * cs), c % perBlock, refs, REFCOUNT_ORDER);
   }
   const header: Qcow2Header = {
     magic: QCOW2_MAGIC,
@@ -125,5 +174,5 @@ export function planQcow2Stream(size: number, allocated: Uint8Array, clusterBits
     endMarkerLength: 0,
   };
   metadata.set(encodeQcow2Header(header), 0);
-  return { clusterSize: cs, size, metadata, dataClusters, fileSize: totalClusters * cs };
+  return { clusterSize: cs, size, metadata, dataClusters, hostOffsets, ...(storedLengths ? { storedLengths } : {}), fileSize: totalClusters * cs };
 }

@@ -5,10 +5,41 @@
 import { LUKS1_KEY_ENABLED, type Luks1Header } from '../formats/luks1/header.js';
 import type { Luks2BinaryHeader } from '../formats/luks2/binary-header.js';
 import type { Luks2Metadata } from '../formats/luks2/metadata.js';
+import { decodeReencryptState, newDataOffset, reencryptProgress } from '../formats/luks2/reencrypt-state.js';
 
 export type DumpInput =
   | { version: 1; hdr: Luks1Header; readOnlyReason: undefined; unbound: number[] }
-  | { version: 2; bin: Luks2BinaryHeader; metadata: Luks2Metadata; readOnlyReason: string | undefined; unbound: number[] };
+  | { version: 2; bin: Luks2BinaryHeader; metadata: Luks2Metadata; readOnlyReason: string | undefined; unbound: number[]; dataDeviceSize?: number };
+
+/** A recorded reencryption as dump shows it (undefined when none, or when its state does not decode). */
+export interface ReencryptionSummary {
+  mode: string;
+  direction: string;
+  resilience: string;
+  requirement: string;
+  /** A zone was being rewritten when it stopped: the next run recovers it first. */
+  interrupted: boolean;
+  /** Bytes finished and total; undefined without the data device. */
+  done?: number;
+  total?: number;
+}
+
+export function reencryptionSummary(m: Luks2Metadata, dataDeviceSize: number | undefined): ReencryptionSummary | undefined {
+  try {
+    const s = decodeReencryptState(m);
+    if (!s) return undefined;
+    const out: ReencryptionSummary = { mode: s.keyslot.mode, direction: s.keyslot.direction, resilience: s.keyslot.resilience, requirement: s.requirement, interrupted: s.hotId !== undefined };
+    const offset = newDataOffset(m, s);
+    if (dataDeviceSize !== undefined && dataDeviceSize > offset) {
+      const p = reencryptProgress(m, s, dataDeviceSize - offset);
+      out.done = p.done;
+      out.total = p.total;
+    }
+    return out;
+  } catch {
+    return undefined;
+  }
+}
 
 function hexLines(bytes: Uint8Array, indent: string): string {
   const lines: string[] = [];
@@ -63,6 +94,14 @@ export function dumpText(d: DumpInput): string {
   const req = m.config.requirements?.mandatory;
   if (req && req.length > 0) out.push(`Requirements:\t${req.join(' ')}`);
   if (d.readOnlyReason) out.push(`Read-only:     \t${d.readOnlyReason}`);
+  const re = reencryptionSummary(m, d.dataDeviceSize);
+  if (re) {
+    out.push(`Reencryption:  \t${re.mode}, ${re.direction}, resilience ${re.resilience}${re.interrupted ? ' (interrupted inside a hot zone)' : ''}`);
+    if (re.done !== undefined && re.total !== undefined) {
+      const pct = re.total > 0 ? ((100 * re.done) / re.total).toFixed(1) : '100.0';
+      out.push(`Progress:      \t${re.done} of ${re.total} bytes (${pct}%); finish with: brickcrypt reencrypt --resume-only`);
+    }
+  }
   out.push('', 'Data segments:');
   for (const [id, s] of Object.entries(m.segments)) {
     out.push(`  ${id}: ${s.type}`);
@@ -156,5 +195,7 @@ export function dumpJson(d: DumpInput): Record<string, unknown> {
     metadata: d.metadata,
   };
   if (d.readOnlyReason !== undefined) out.readOnlyReason = d.readOnlyReason;
+  const re = reencryptionSummary(d.metadata, d.dataDeviceSize);
+  if (re) out.reencryption = re;
   return out;
 }

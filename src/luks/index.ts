@@ -26,9 +26,13 @@ export function formatLuks(device: BlockDevice, options: FormatOptions & { heade
   return LuksVolume.format(device, options);
 }
 
-/** Opens and unlocks in one step; returns the volume and its key (the caller wipes it). */
+/**
+ * Opens and unlocks in one step for payload access; returns the volume and its key (the caller
+ * wipes it). A volume whose payload is fenced (`LuksVolume.payloadFence`) is refused.
+ */
 export async function unlockLuks(device: BlockDevice, passphrase: Passphrase, options: OpenOptions & { keyslot?: number; forWrite?: boolean } = {}): Promise<{ volume: LuksVolume; key: VolumeKey; keyslot: number }> {
   const volume = await LuksVolume.open(device, options);
+  volume.assertPayloadAccess();
   const unlockOptions: { keyslot?: number; forWrite?: boolean } = {};
   if (options.keyslot !== undefined) unlockOptions.keyslot = options.keyslot;
   if (options.forWrite !== undefined) unlockOptions.forWrite = options.forWrite;

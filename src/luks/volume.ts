@@ -11,6 +11,7 @@
 import { randomUUID } from 'node:crypto';
 import type { BlockDevice } from '../block-device.js';
 import {
+  type BrickcryptError,
   CorruptHeaderError,
   InsufficientSpaceError,
   InvalidArgumentError,
@@ -57,6 +58,7 @@ import {
   sealLuks2Keyslot,
 } from './keyslot-store.js';
 import type { LuksHeaderState } from './state.js';
+import { payloadFence } from './requirements.js';
 
 export { LUKS2_DEFAULTS, plannedDataOffset, plannedHeaderSize } from './layout.js';
 
@@ -258,6 +260,21 @@ export class LuksVolume {
     return req.length > 0 ? `LUKS2 volume has unsupported mandatory requirements: ${req.join(', ')}.` : undefined;
   }
 
+  /**
+   * Why the payload must not be read or written, or undefined when it may: LUKS2 with a recorded
+   * reencryption (`ReencryptionInProgressError`) or another mandatory requirement
+   * (`UnsupportedRequirementError`). Header-level work is not fenced.
+   */
+  get payloadFence(): BrickcryptError | undefined {
+    return this.#state.version === 2 ? payloadFence(this.#state.h2.metadata) : undefined;
+  }
+
+  /** Throws `payloadFence`, if any: every reader or writer of the payload calls this first. */
+  assertPayloadAccess(): void {
+    const fence = this.payloadFence;
+    if (fence !== undefined) throw fence;
+  }
+
   /** True when the header is on a separate device. */
   get detachedHeader(): boolean {
     return this.#detached;
@@ -288,19 +305,18 @@ export class LuksVolume {
     if (st.version === 1) {
       return st.hdr.keyslots.flatMap((k, id) => (k.state === LUKS1_KEY_ENABLED ? [{ id, kdf: 'pbkdf2', unbound: false, type: 'luks1' }] : []));
     }
-    let segId: string | undefined;
-    try {
-      segId = this.#segment()[0];
-    } catch {
-      segId = undefined;
-    }
+    // Bound: the key's digest covers an active (non-backup) segment; during a reencryption
+    // both the old and the new key may be (cryptsetup's notion of "unbound").
+    const active = Object.entries(st.h2.metadata.segments)
+      .filter(([, s]) => !s.flags?.some((f) => f.startsWith('backup-')))
+      .map(([id]) => id);
     return Object.entries(st.h2.metadata.keyslots)
       .map(([id, k]) => {
         const d = this.#digestOfKeyslot(id)?.[1];
         const info: KeyslotInfo = {
           id: Number(id),
           kdf: typeof k.kdf?.type === 'string' ? k.kdf.type : 'none',
-          unbound: !d || segId === undefined || !d.segments.includes(segId),
+          unbound: !d || !d.segments.some((sid) => active.includes(sid)),
           type: k.type,
         };
         if (typeof k.priority === 'number') info.priority = k.priority;
@@ -619,7 +635,7 @@ export class LuksVolume {
     const st = this.#state;
     return st.version === 1
       ? { version: 1, hdr: st.hdr, readOnlyReason: undefined, unbound: [] }
-      : { version: 2, bin: st.h2.bin, metadata: st.h2.metadata, readOnlyReason: this.readOnlyReason, unbound: this.unboundKeyslots() };
+      : { version: 2, bin: st.h2.bin, metadata: st.h2.metadata, readOnlyReason: this.readOnlyReason, unbound: this.unboundKeyslots(), dataDeviceSize: this.#data.size };
   }
 
   /** Size in bytes of the header backup (cryptsetup luksHeaderBackup). */

@@ -15,7 +15,9 @@ import { openKeyManager } from '../keys/open-key-manager.js';
 import { identify, mayWrite, type IdentitySource } from './caller-identity.js';
 import { JobRunner, type JobEvent } from './job-runner.js';
 import { actionBody, createVolumeBody, errorSchema, idParams, jobSchema, volumeSchema } from './schemas.js';
-import { StateDb, type JobRow, type VolumeRow } from './state-db.js';
+import type { StateDb, JobRow, VolumeRow } from './state-db.js';
+import { SqliteStateStore, type StateStore } from './state-store.js';
+import type { JobDispatch } from './job-runner.js';
 import { VolumeService, type CreateVolumeRequest, type VolumeAction } from './volume-service.js';
 import { STATUS_PAGE_HTML } from './status-page.js';
 
@@ -30,6 +32,20 @@ export interface ServiceOptions {
   checkpointBytes?: number;
   /** Directories image files may come from (default STATE/images). */
   imageDirs?: readonly string[];
+  /** Glance v2 endpoint (upload_to_image, source.image_id). */
+  imageServiceUrl?: string;
+  /** Backup repository URI (backup, source.backup_id). */
+  backupRepo?: string;
+  /**
+   * `postgresql://...`: jobs and state in PostgreSQL, shared by any number of service
+   * processes (src/service/postgres-store.ts, src/service/pg-boss-dispatch.ts). Default: SQLite
+   * under the state directory, owned by this one process.
+   */
+  database?: string;
+  /** api: only the HTTP API; worker: only runs jobs; all (default): both. Not `all` needs `database`. */
+  role?: 'api' | 'worker' | 'all';
+  /** PostgreSQL: seconds without a heartbeat after which a worker's jobs go to the others (default 30). */
+  heartbeatTimeoutSeconds?: number;
   /** Key manager to use instead of the local keystore under the state directory (tests). */
   keys?: KeyManager;
   log?: (m: string) => void;
@@ -37,7 +53,10 @@ export interface ServiceOptions {
 
 export interface Service {
   app: FastifyInstance;
-  db: StateDb;
+  /** The state, whichever database holds it. */
+  store: StateStore;
+  /** The SQLite state (the embedded default only; throws on PostgreSQL). */
+  readonly db: StateDb;
   runner: JobRunner;
   volumes: VolumeService;
   keys: KeyManager;
@@ -90,9 +109,23 @@ function errorBody(err: unknown): { status: number; body: { error: { code: strin
 /** Builds the service on a state directory: SQLite state, the local keystore, the runner, the routes. */
 export async function createService(o: ServiceOptions): Promise<Service> {
   mkdirSync(o.stateDir, { recursive: true, mode: 0o700 });
-  // One service process per state directory: the runner's resumption relies on it.
-  const stateLock = await VolumeLock.acquire(join(o.stateDir, 'service'));
-  const db = new StateDb(join(o.stateDir, 'state.db'));
+  const role = o.role ?? 'all';
+  if (role !== 'all' && !o.database) throw new InvalidArgumentError(`role ${role} needs a PostgreSQL database (one process on SQLite is always "all").`);
+  let stateLock: VolumeLock | undefined;
+  let db: StateStore;
+  let dispatch: JobDispatch | undefined;
+  if (o.database) {
+    // Many processes share the state: PostgreSQL and the pg-boss queue instead of the state lock.
+    const { PostgresStateStore } = await import('./postgres-store.js');
+    const { PgBossDispatch } = await import('./pg-boss-dispatch.js');
+    const pg = await PostgresStateStore.connect(o.database);
+    db = pg;
+    dispatch = new PgBossDispatch(pg, { heartbeatTimeoutSeconds: o.heartbeatTimeoutSeconds ?? 30, log: o.log ?? (() => {}), worker: role !== 'api' });
+  } else {
+    // One service process per state directory: the runner's resumption relies on it.
+    stateLock = await VolumeLock.acquire(join(o.stateDir, 'service'));
+    db = SqliteStateStore.open(join(o.stateDir, 'state.db'));
+  }
   // The same keystore `BRICKCRYPT_HOME=STATE brickcrypt key ...` opens.
   const keys = o.keys ?? (await openKeyManager(`local:${join(o.stateDir, 'keystore.db')}`, { init: true }));
   const log = o.log ?? (() => {});
@@ -104,9 +137,11 @@ export async function createService(o: ServiceOptions): Promise<Service> {
     ...(o.copyBytesPerSecond !== undefined ? { copyBytesPerSecond: o.copyBytesPerSecond } : {}),
     ...(o.checkpointBytes !== undefined ? { checkpointBytes: o.checkpointBytes } : {}),
     ...(o.imageDirs !== undefined ? { imageDirs: o.imageDirs } : {}),
+    ...(o.imageServiceUrl !== undefined ? { imageServiceUrl: o.imageServiceUrl } : {}),
+    ...(o.backupRepo !== undefined ? { backupRepo: o.backupRepo } : {}),
     log,
   });
-  const runner = new JobRunner(db, volumes.handlers(), { concurrency: o.concurrency ?? 2, maxJobs: o.maxJobs ?? 64, log });
+  const runner = new JobRunner(db, volumes.handlers(), { concurrency: o.concurrency ?? 2, maxJobs: o.maxJobs ?? 64, log, work: role !== 'api' }, dispatch);
   volumes.runner = runner;
 
   const registry = new prom.Registry();
@@ -117,8 +152,8 @@ export async function createService(o: ServiceOptions): Promise<Service> {
     help: 'Jobs by state',
     labelNames: ['state'],
     registers: [registry],
-    collect() {
-      for (const s of ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const) this.set({ state: s }, db.countJobs([s]));
+    async collect() {
+      for (const s of ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const) this.set({ state: s }, await db.countJobs([s]));
     },
   });
   const jobsFinished = new prom.Counter({ name: 'brickcrypt_jobs_finished_total', help: 'Jobs finished in this process by type and state', labelNames: ['type', 'state'], registers: [registry] });
@@ -186,7 +221,7 @@ export async function createService(o: ServiceOptions): Promise<Service> {
     }
     if (key.length > 255) throw new InvalidArgumentError('Idempotency-Key is longer than 255 characters.');
     const fingerprint = JSON.stringify([req.method, req.url, req.body ?? null]);
-    const seen = db.idempotent(c.project, key);
+    const seen = await db.idempotent(c.project, key);
     if (seen) {
       if (seen.request !== fingerprint) throw new InvalidArgumentError(`Idempotency-Key ${key} was used for a different request.`);
       return reply.code(seen.status).header('idempotent-replayed', 'true').type('application/json').send(seen.body);
@@ -205,7 +240,7 @@ export async function createService(o: ServiceOptions): Promise<Service> {
         r = { status, body };
       }
       const text = JSON.stringify(r.body);
-      db.rememberIdempotent(c.project, key, fingerprint, r.status, text);
+      await db.rememberIdempotent(c.project, key, fingerprint, r.status, text);
       return reply.code(r.status).type('application/json').send(text);
     } finally {
       inFlightKeys.delete(slot);
@@ -220,7 +255,7 @@ export async function createService(o: ServiceOptions): Promise<Service> {
 
   route('GET', '/v1/health', 'Liveness (no token)', {}, false, async () => ({ status: 'ok', version: API_VERSION, running_jobs: runner.runningCount }));
 
-  route('POST', '/v1/volumes', 'Create a volume (blank, or from a local image file)', { body: createVolumeBody, response: { 202: { type: 'object', properties: { volume: volumeSchema, job: jobSchema } }, '4xx': errorSchema } }, true, async (req, reply) => {
+  route('POST', '/v1/volumes', 'Create a volume (blank, from a local image file, an image service image or a backup)', { body: createVolumeBody, response: { 202: { type: 'object', properties: { volume: volumeSchema, job: jobSchema } }, '4xx': errorSchema } }, true, async (req, reply) => {
     const c = writer(req);
     return idempotent(req, reply, c, async () => {
       const r = await volumes.create(c, req.body as CreateVolumeRequest);
@@ -230,49 +265,49 @@ export async function createService(o: ServiceOptions): Promise<Service> {
   });
   route('GET', '/v1/volumes', "The caller's project's volumes", { response: jsonOut({ type: 'object', properties: { volumes: { type: 'array', items: volumeSchema } } }) }, true, async (req) => {
     const c = caller(req);
-    return { volumes: db.volumes(c.project).map(volumeView) };
+    return { volumes: (await db.volumes(c.project)).map(volumeView) };
   });
   route('GET', '/v1/volumes/:id', 'One volume', { params: idParams, response: jsonOut({ type: 'object', properties: { volume: volumeSchema } }) }, true, async (req) => {
     const c = caller(req);
-    return { volume: volumeView(volumes.volumeFor(c, (req.params as { id: string }).id)) };
+    return { volume: volumeView(await volumes.volumeFor(c, (req.params as { id: string }).id)) };
   });
   route('DELETE', '/v1/volumes/:id', 'Delete a volume (refused while attached or busy)', { params: idParams }, true, async (req, reply) => {
     const c = writer(req);
     await volumes.delete(c, (req.params as { id: string }).id);
     return reply.code(204).send();
   });
-  route('POST', '/v1/volumes/:id/actions', 'Start an action job: change_key, migrate, attach, detach (reencrypt, resize, upload_to_image, backup: 501)', { params: idParams, body: actionBody, response: { 202: { type: 'object', properties: { volume: volumeSchema, job: jobSchema } }, '4xx': errorSchema, '5xx': errorSchema } }, true, async (req, reply) => {
+  route('POST', '/v1/volumes/:id/actions', 'Start an action job: change_key, migrate, attach, detach, upload_to_image, backup (reencrypt, resize: 501)', { params: idParams, body: actionBody, response: { 202: { type: 'object', properties: { volume: volumeSchema, job: jobSchema } }, '4xx': errorSchema, '5xx': errorSchema } }, true, async (req, reply) => {
     const c = writer(req);
     return idempotent(req, reply, c, async () => {
-      const r = volumes.action(c, (req.params as { id: string }).id, req.body as VolumeAction);
+      const r = await volumes.action(c, (req.params as { id: string }).id, req.body as VolumeAction);
       runner.kick();
       return { status: 202, body: { volume: volumeView(r.volume), job: jobView(runner.view(r.job)) } };
     });
   });
   route('GET', '/v1/jobs', "The caller's project's jobs", { response: jsonOut({ type: 'object', properties: { jobs: { type: 'array', items: jobSchema } } }) }, true, async (req) => {
     const c = caller(req);
-    return { jobs: db.jobs({ project: c.project }).map((j) => jobView(runner.view(j))) };
+    return { jobs: (await db.jobs({ project: c.project })).map((j) => jobView(runner.view(j))) };
   });
   route('GET', '/v1/jobs/:id', 'One job', { params: idParams, response: jsonOut({ type: 'object', properties: { job: jobSchema } }) }, true, async (req) => {
     const c = caller(req);
-    return { job: jobView(runner.view(volumes.jobFor(c, (req.params as { id: string }).id))) };
+    return { job: jobView(runner.view(await volumes.jobFor(c, (req.params as { id: string }).id))) };
   });
   route('POST', '/v1/jobs/:id/cancel', 'Cancel a job', { params: idParams }, true, async (req, reply) => {
     const c = writer(req);
     return idempotent(req, reply, c, async () => {
-      const j = volumes.jobFor(c, (req.params as { id: string }).id);
-      if (j.state === 'queued' || j.state === 'running') runner.cancel(j.id);
-      return { status: 202, body: { job: jobView(runner.view(db.job(j.id)!)) } };
+      const j = await volumes.jobFor(c, (req.params as { id: string }).id);
+      if (j.state === 'queued' || j.state === 'running') await runner.cancel(j.id);
+      return { status: 202, body: { job: jobView(runner.view((await db.job(j.id))!)) } };
     });
   });
   route('GET', '/v1/jobs/:id/events', 'Job progress as Server-Sent Events (event: job; ends after the final state)', { params: idParams }, true, async (req, reply) => {
     const c = caller(req);
-    const j = volumes.jobFor(c, (req.params as { id: string }).id);
-    streamJobs(req, reply, runner, (job) => job.id === j.id, () => [runner.view(db.job(j.id)!)], true);
+    const j = await volumes.jobFor(c, (req.params as { id: string }).id);
+    streamJobs(req, reply, runner, (job) => job.id === j.id, async () => [runner.view((await db.job(j.id))!)], true);
   });
   route('GET', '/v1/events', "Every job of the caller's project as Server-Sent Events", {}, true, async (req, reply) => {
     const c = caller(req);
-    streamJobs(req, reply, runner, (job) => job.project === c.project, () => db.jobs({ project: c.project, states: ['queued', 'running'] }).map((x) => runner.view(x)), false);
+    streamJobs(req, reply, runner, (job) => job.project === c.project, async () => (await db.jobs({ project: c.project, states: ['queued', 'running'] })).map((x) => runner.view(x)), false);
   });
   route('GET', '/metrics', 'Prometheus metrics (no token)', {}, false, async (_req, reply) => {
     return reply.type(registry.contentType).send(await registry.metrics());
@@ -283,28 +318,32 @@ export async function createService(o: ServiceOptions): Promise<Service> {
   let started = false;
   return {
     app,
-    db,
+    store: db,
+    get db(): StateDb {
+      if (!(db instanceof SqliteStateStore)) throw new InvalidArgumentError('The service keeps its state in PostgreSQL, not in SQLite.');
+      return db.db;
+    },
     runner,
     volumes,
     keys,
     async start() {
       started = true;
-      await volumes.restoreAttachments();
-      runner.start();
+      if (db.kind === 'sqlite') await volumes.restoreAttachments();
+      await runner.start();
     },
     async close() {
       if (started) await runner.stop();
       await app.close();
       await volumes.close();
       if (!o.keys) await keys.close();
-      db.close();
-      await stateLock.release();
+      await db.close();
+      await stateLock?.release();
     },
   };
 }
 
 /** Writes `event: job` frames for matching jobs; with `untilDone`, ends after the job's final state. */
-function streamJobs(req: FastifyRequest, reply: FastifyReply, runner: JobRunner, match: (j: JobRow) => boolean, initial: () => JobRow[], untilDone: boolean): void {
+function streamJobs(req: FastifyRequest, reply: FastifyReply, runner: JobRunner, match: (j: JobRow) => boolean, initial: () => Promise<JobRow[]>, untilDone: boolean): void {
   reply.hijack();
   const res = reply.raw;
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-accel-buffering': 'no' });
@@ -326,10 +365,13 @@ function streamJobs(req: FastifyRequest, reply: FastifyReply, runner: JobRunner,
   runner.on('job', onJob);
   const ping = setInterval(() => res.write(': ping\n\n'), 15000);
   req.raw.on('close', finish);
-  for (const j of initial()) {
-    send(j);
-    if (untilDone && done(j)) finish();
-  }
+  void initial().then((jobs) => {
+    for (const j of jobs) {
+      if (closed) return;
+      send(j);
+      if (untilDone && done(j)) finish();
+    }
+  });
 }
 
 /** OpenAPI 3.1 from the routes' own schemas. */

@@ -1,23 +1,29 @@
 /**
- * Runs the service's jobs from the state database: a bounded queue, a fixed number of jobs at
+ * Runs the service's jobs from the state store: a bounded queue, a fixed number of jobs at
  * once, one job per volume at a time, and resumption after a crash.
  *
- * A job is taken by an atomic UPDATE that only matches a queued row (two runners never take the
- * same job) and records the runner's pid. At start-up every running job whose pid is not alive
- * goes back to the queue with its checkpoint, and its handler continues from there. A handler
- * persists its checkpoint through `ctx.checkpoint()` only after the work it describes is durable.
+ * How jobs reach this process is a `JobDispatch`:
+ * - `SqliteDispatch` (the embedded default, below): a job is taken by an atomic UPDATE that only
+ *   matches a queued row and records the runner's pid; at start-up every running job whose pid
+ *   is not alive goes back to the queue with its checkpoint. One process owns the state.
+ * - `PgBossDispatch` (src/service/pg-boss-dispatch.ts, `serve --database`): jobs come from the
+ *   pg-boss queue, per-volume exclusion is a PostgreSQL advisory lock, and workers whose
+ *   heartbeat stops lose their jobs to the others.
+ *
+ * Either way a handler continues from its checkpoint, which it persists through
+ * `ctx.checkpoint()` only after the work it describes is durable.
  */
 import { EventEmitter } from 'node:events';
 import { BrickcryptError, CancelledError, QueueFullError } from '../errors.js';
 import { processAlive } from '../devices/volume-lock.js';
-import type { CallerIdentity } from '../keys/key-manager.js';
-import type { JobProgress, JobRow, StateDb } from './state-db.js';
+import type { JobProgress, JobRow } from './state-db.js';
+import type { NewJob, NewVolume, SqliteStateStore, StateStore } from './state-store.js';
 
 export interface JobContext {
   readonly job: JobRow;
   readonly signal: AbortSignal;
   /** Persists a checkpoint (with the current progress) in the same row; call it after the work is durable. */
-  checkpoint(checkpoint: Record<string, unknown>): void;
+  checkpoint(checkpoint: Record<string, unknown>): Promise<void>;
   /** Reports bytes done out of a total (rate and ETA are derived here). */
   progress(done: number, total: number): void;
 }
@@ -35,6 +41,8 @@ export interface JobRunnerOptions {
   maxJobs?: number;
   /** How often the queue is looked at when nothing wakes the runner (ms, default 500). */
   pollMs?: number;
+  /** Run jobs in this process (false: the API role, which only submits and watches). Default true. */
+  work?: boolean;
   log?: (message: string) => void;
 }
 
@@ -42,93 +50,159 @@ export interface JobEvent {
   job: JobRow;
 }
 
+/** How a run ended, for the dispatch: `interrupted` means the service is stopping and the job stays resumable. */
+export type RunOutcome = 'succeeded' | 'failed' | 'cancelled' | 'interrupted';
+
+/** Where jobs come from; see the module comment. */
+export interface JobDispatch {
+  /** Who owns the jobs this process runs (the pid on SQLite, a worker id on PostgreSQL). */
+  readonly owner: string;
+  /** Starts taking jobs (only when the runner works). */
+  start(runner: JobRunner): Promise<void>;
+  /** A job was submitted or finished here: look for work now. */
+  kick(): void;
+  /** Inside the submission's transaction, after the job row is inserted. */
+  onInserted?(job: JobRow, tx: unknown): Promise<void>;
+  /** Sends a cancellation to the process running `id`, if that is not this one. */
+  stop(): Promise<void>;
+  /** Job rows changed elsewhere (other processes): the runner re-reads and emits them. */
+  watch?(onChange: (jobId: string) => void): Promise<void>;
+}
+
 /** Why a running job's signal was aborted: the caller cancelled, or the service is stopping. */
 class Shutdown extends Error {}
 
 export class JobRunner extends EventEmitter {
-  readonly #db: StateDb;
+  readonly store: StateStore;
   readonly #handlers: Record<string, JobHandler>;
   readonly #concurrency: number;
   readonly #maxJobs: number;
-  readonly #pollMs: number;
+  readonly #work: boolean;
   readonly #log: (m: string) => void;
-  readonly #running = new Map<string, { controller: AbortController; done: Promise<void>; progress: JobProgress }>();
-  #timer: NodeJS.Timeout | undefined;
+  readonly dispatch: JobDispatch;
+  readonly #running = new Map<string, { controller: AbortController; done: Promise<RunOutcome>; progress: JobProgress }>();
   #stopping = false;
 
-  constructor(db: StateDb, handlers: Record<string, JobHandler>, options: JobRunnerOptions = {}) {
+  constructor(store: StateStore, handlers: Record<string, JobHandler>, options: JobRunnerOptions = {}, dispatch?: JobDispatch) {
     super();
     this.setMaxListeners(0);
-    this.#db = db;
+    this.store = store;
     this.#handlers = handlers;
     this.#concurrency = options.concurrency ?? 2;
     this.#maxJobs = options.maxJobs ?? 64;
-    this.#pollMs = options.pollMs ?? 500;
+    this.#work = options.work ?? true;
     this.#log = options.log ?? (() => {});
+    this.dispatch = dispatch ?? new SqliteDispatch(store as SqliteStateStore, options.pollMs ?? 500, this.#log);
   }
 
-  /** Requeues the jobs of dead runners and starts taking jobs. */
-  start(): void {
-    const orphans = this.#db.requeueOrphans((pid) => pid !== process.pid && processAlive(pid));
-    for (const j of orphans) this.#log(`job ${j.id} (${j.type}) was running in a process that died; resuming from its checkpoint`);
-    this.#timer = setInterval(() => this.kick(), this.#pollMs);
-    this.#timer.unref();
-    this.kick();
+  get log(): (m: string) => void {
+    return this.#log;
   }
 
-  /** Inserts a job (inside the caller's transaction, if any); refuses when the queue is full. */
-  submit(job: { type: string; volume_id: string | null; caller: CallerIdentity; params: Record<string, unknown> }): JobRow {
-    const active = this.#db.countJobs(['queued', 'running']);
-    if (active >= this.#maxJobs) throw new QueueFullError(`The job queue is full (${active} of ${this.#maxJobs} jobs queued or running); try again later.`);
-    return this.#db.insertJob(job);
+  /** Starts taking jobs (requeueing those of dead runners) and, across processes, watching job changes. */
+  async start(): Promise<void> {
+    if (this.dispatch.watch) {
+      await this.dispatch.watch((id) => {
+        void this.store.job(id).then((job) => {
+          if (job) this.emit('job', { job: this.view(job) } satisfies JobEvent);
+        });
+      });
+    }
+    if (this.#work) await this.dispatch.start(this);
   }
 
-  /** The live view of a job: the database row with in-memory progress of a running job. */
+  /**
+   * Inserts a job (with its volume row or the volume's new status, in one transaction);
+   * refuses when the queue is full.
+   */
+  async submit(job: NewJob, extra: { insertVolume?: NewVolume; volumeStatus?: NewVolume['status'] } = {}): Promise<{ job: JobRow; volume: import('./state-db.js').VolumeRow | undefined }> {
+    const r = await this.store.submitJob(job, {
+      maxActive: this.#maxJobs,
+      ...extra,
+      ...(this.dispatch.onInserted ? { onInserted: (j: JobRow, tx: unknown) => this.dispatch.onInserted!(j, tx) } : {}),
+    });
+    if (r.full) throw new QueueFullError(`The job queue is full (${r.active} of ${this.#maxJobs} jobs queued or running); try again later.`);
+    this.#emitLocal(r.job);
+    return { job: r.job, volume: r.volume };
+  }
+
+  /** The live view of a job: the stored row with in-memory progress of a job running here. */
   view(job: JobRow): JobRow {
     const live = this.#running.get(job.id);
     return live ? { ...job, progress: { ...live.progress } } : job;
   }
 
   /** Cancels a queued job at once, or asks a running one to stop (it ends `cancelled`). */
-  cancel(id: string): void {
-    this.#db.requestCancel(id);
-    const job = this.#db.job(id);
+  async cancel(id: string): Promise<void> {
+    await this.store.requestCancel(id);
+    const job = await this.store.job(id);
     if (!job) return;
     if (job.state === 'queued') {
-      this.#finish(job, 'cancelled', null, new CancelledError('Cancelled before it started.'));
+      await this.#finish(job, 'cancelled', null, new CancelledError('Cancelled before it started.'));
       return;
     }
+    this.abortLocal(id);
+  }
+
+  /** Aborts a job running in this process because it was cancelled (possibly by another process). */
+  abortLocal(id: string): void {
     this.#running.get(id)?.controller.abort(new CancelledError('Cancelled by request.'));
+  }
+
+  /**
+   * Stops a job running here without finishing it (it stays resumable): this process may no
+   * longer own it (e.g. it lost its database session, so another worker may take it over).
+   */
+  interruptLocal(id: string, why: string): void {
+    this.#running.get(id)?.controller.abort(new Shutdown(why));
   }
 
   /** Looks for work now. */
   kick(): void {
-    if (this.#stopping) return;
-    while (this.#running.size < this.#concurrency) {
-      const job = this.#db.claimNext(process.pid);
-      if (!job) return;
-      this.#launch(job);
-    }
+    if (!this.#stopping && this.#work) this.dispatch.kick();
   }
 
-  /** Stops taking jobs; running jobs are interrupted and stay `running` in the database, to be resumed at the next start. */
+  /** Stops taking jobs; running jobs are interrupted and stay resumable. */
   async stop(): Promise<void> {
     this.#stopping = true;
-    if (this.#timer) clearInterval(this.#timer);
     for (const r of this.#running.values()) r.controller.abort(new Shutdown('service stopping'));
     await Promise.allSettled([...this.#running.values()].map((r) => r.done));
+    await this.dispatch.stop();
+  }
+
+  get stopping(): boolean {
+    return this.#stopping;
+  }
+
+  get concurrency(): number {
+    return this.#concurrency;
   }
 
   get runningCount(): number {
     return this.#running.size;
   }
 
-  #launch(job: JobRow): void {
+  get hasCapacity(): boolean {
+    return !this.#stopping && this.#running.size < this.#concurrency;
+  }
+
+  /** Ids of the jobs running in this process. */
+  get runningIds(): string[] {
+    return [...this.#running.keys()];
+  }
+
+  #emitLocal(job: JobRow): void {
+    // Across processes every change comes back through the dispatch's watch instead.
+    if (!this.dispatch.watch) this.emit('job', { job: this.view(job) } satisfies JobEvent);
+  }
+
+  /** Runs a job this process has claimed (state running, owned here); resolves when it ends or is interrupted. */
+  execute(job: JobRow): Promise<RunOutcome> {
     const controller = new AbortController();
     const progress: JobProgress = { ...job.progress, rate: 0, eta_seconds: null };
-    const entry = { controller, progress, done: Promise.resolve() };
+    const entry = { controller, progress, done: Promise.resolve<RunOutcome>('interrupted') };
     this.#running.set(job.id, entry);
-    this.emit('job', { job: this.view(job) } satisfies JobEvent);
+    this.#emitLocal(job);
     const handler = this.#handlers[job.type];
     let firstDone: number | undefined;
     let t0 = performance.now();
@@ -136,8 +210,8 @@ export class JobRunner extends EventEmitter {
     const ctx: JobContext = {
       job,
       signal: controller.signal,
-      checkpoint: (cp) => {
-        this.#db.saveCheckpoint(job.id, cp, progress);
+      checkpoint: async (cp) => {
+        await this.store.saveCheckpoint(job.id, cp, progress);
         job.checkpoint = cp;
       },
       progress: (done, total) => {
@@ -153,23 +227,26 @@ export class JobRunner extends EventEmitter {
         const t = performance.now();
         if (t - lastSaved > 500) {
           lastSaved = t;
-          this.#db.saveProgress(job.id, progress);
-          this.emit('job', { job: this.view(this.#db.job(job.id)!) } satisfies JobEvent);
+          void this.store.saveProgress(job.id, { ...progress }).then(
+            () => this.#emitLocal({ ...job, progress: { ...progress } }),
+            (err: Error) => this.#log(`job ${job.id}: progress not saved: ${err.message}`),
+          );
         }
       },
     };
-    entry.done = (async () => {
+    entry.done = (async (): Promise<RunOutcome> => {
       try {
         if (!handler) throw new BrickcryptError('INTERNAL', `No handler for job type ${job.type}.`, { exitCode: 70, nbdErrno: 5, httpStatus: 500 });
-        if (this.#db.job(job.id)?.cancel_requested) throw new CancelledError('Cancelled by request.');
+        if ((await this.store.job(job.id))?.cancel_requested) throw new CancelledError('Cancelled by request.');
         const result = await handler.run(ctx);
-        if (progress.bytes_total > 0) this.#db.saveProgress(job.id, progress);
-        this.#finish(job, 'succeeded', result, null);
+        if (progress.bytes_total > 0) await this.store.saveProgress(job.id, progress);
+        await this.#finish(job, 'succeeded', result, null);
+        return 'succeeded';
       } catch (err) {
         const reason = controller.signal.reason as unknown;
         if (reason instanceof Shutdown) {
-          this.#log(`job ${job.id} interrupted by shutdown; it resumes at the next start`);
-          return;
+          this.#log(`job ${job.id} interrupted (${reason.message}); it stays resumable`);
+          return 'interrupted';
         }
         const cancelled = reason instanceof CancelledError || err instanceof CancelledError;
         const error =
@@ -182,16 +259,58 @@ export class JobRunner extends EventEmitter {
         } catch (cleanupErr) {
           this.#log(`job ${job.id} cleanup failed: ${(cleanupErr as Error).message}`);
         }
-        this.#finish(job, outcome, null, cancelled && !(err instanceof CancelledError) ? new CancelledError() : error);
+        await this.#finish(job, outcome, null, cancelled && !(err instanceof CancelledError) ? new CancelledError() : error);
+        return outcome;
       } finally {
         this.#running.delete(job.id);
         setImmediate(() => this.kick());
       }
     })();
+    return entry.done;
   }
 
-  #finish(job: JobRow, state: 'succeeded' | 'failed' | 'cancelled', result: Record<string, unknown> | null, error: BrickcryptError | null): void {
-    this.#db.finishJob(job.id, state, { result, error: error ? { code: error.code, message: error.message } : null });
-    this.emit('job', { job: this.#db.job(job.id)! } satisfies JobEvent);
+  async #finish(job: JobRow, state: 'succeeded' | 'failed' | 'cancelled', result: Record<string, unknown> | null, error: BrickcryptError | null): Promise<void> {
+    await this.store.finishJob(job.id, state, { result, error: error ? { code: error.code, message: error.message } : null });
+    const row = await this.store.job(job.id);
+    if (row) this.#emitLocal(row);
+  }
+}
+
+/**
+ * The embedded default: one process owns the SQLite state directory; jobs are claimed by an
+ * atomic UPDATE (`StateDb.claimNext`) and orphans are found by their runner's pid.
+ */
+export class SqliteDispatch implements JobDispatch {
+  readonly owner = String(process.pid);
+  #timer: NodeJS.Timeout | undefined;
+  #runner: JobRunner | undefined;
+
+  constructor(
+    readonly store: SqliteStateStore,
+    readonly pollMs: number,
+    readonly log: (m: string) => void,
+  ) {}
+
+  async start(runner: JobRunner): Promise<void> {
+    this.#runner = runner;
+    const orphans = this.store.db.requeueOrphans((pid) => pid !== process.pid && processAlive(pid));
+    for (const j of orphans) this.log(`job ${j.id} (${j.type}) was running in a process that died; resuming from its checkpoint`);
+    this.#timer = setInterval(() => this.kick(), this.pollMs);
+    this.#timer.unref();
+    this.kick();
+  }
+
+  kick(): void {
+    const runner = this.#runner;
+    if (!runner) return;
+    while (runner.hasCapacity) {
+      const job = this.store.db.claimNext(process.pid);
+      if (!job) return;
+      void runner.execute(job);
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.#timer) clearInterval(this.#timer);
   }
 }

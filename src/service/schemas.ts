@@ -112,8 +112,24 @@ export const actionBody = {
     detach: empty,
     reencrypt: passThrough,
     resize: passThrough,
-    upload_to_image: passThrough,
-    backup: passThrough,
+    upload_to_image: {
+      type: 'object',
+      additionalProperties: false,
+      description: 'to the image service (serve --image-service): as-is (container bytes; a LUKS key is cloned for the image) or decrypted',
+      properties: {
+        image_name: { type: 'string', minLength: 1, maxLength: 255 },
+        mode: { type: 'string', enum: ['as-is', 'decrypted'] },
+        disk_format: { type: 'string', enum: ['raw', 'qcow2'], description: 'mode decrypted only (default raw)' },
+        visibility: { type: 'string', enum: ['private', 'shared', 'community', 'public'] },
+        properties: { type: 'object', additionalProperties: { type: 'string' }, maxProperties: 64 },
+      },
+    },
+    backup: {
+      type: 'object',
+      additionalProperties: false,
+      description: 'into the backup repository (serve --backup-repo); the result names backup_id',
+      properties: { name: { type: 'string', minLength: 1, maxLength: 255 } },
+    },
   },
 } as const;
 

@@ -56,8 +56,10 @@ export interface JobRow {
   progress: JobProgress;
   result: Record<string, unknown> | null;
   error: { code: string; message: string } | null;
-  /** Process id of the runner that owns a running job. */
+  /** Process id of the runner that owns a running job (SQLite). */
   owner_pid: number | null;
+  /** The worker that owns a running job (PostgreSQL: host:pid:id). */
+  owner?: string | null;
   attempts: number;
   cancel_requested: boolean;
   created_at: string;

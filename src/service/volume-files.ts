@@ -112,6 +112,7 @@ export async function openVolumeFile(path: string, format: VolumeFormat, options
   if (format === 'raw') return { device: file, close: () => file.close() };
   try {
     const volume = await LuksVolume.open(file, { readOnly: options.readOnly === true });
+    volume.assertPayloadAccess();
     const { key } = await volume.unlock(options.passphrase!, { forWrite: options.readOnly !== true });
     let device: EncryptedDevice;
     try {

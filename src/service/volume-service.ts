@@ -32,8 +32,10 @@ import type { CallerIdentity, KeyManager } from '../keys/key-manager.js';
 import type { Passphrase } from '../secret.js';
 import { resumableCopy } from '../workflows/resumable-copy.js';
 import { CryptoPool, serverWorkerCount } from '../workflows/worker-pool.js';
-import { ACTIVE_JOB_STATES, type JobRow, type StateDb, type VolumeFormat, type VolumeRow } from './state-db.js';
+import { ACTIVE_JOB_STATES, type JobRow, type VolumeFormat, type VolumeRow } from './state-db.js';
+import type { StateStore } from './state-store.js';
 import type { JobContext, JobHandler, JobRunner } from './job-runner.js';
+import { serviceJobs, type ServiceJobDeps } from './jobs/index.js';
 import {
   createVolumeFile,
   formatOptionsOf,
@@ -46,7 +48,7 @@ import {
 
 export interface VolumeServiceOptions {
   stateDir: string;
-  db: StateDb;
+  db: StateStore;
   keys: KeyManager;
   /** Host the NBD servers of attachments listen on (default 127.0.0.1). */
   nbdHost?: string;
@@ -59,6 +61,12 @@ export interface VolumeServiceOptions {
    * `STATE/images`. Callers must not make the service read arbitrary files of its host.
    */
   imageDirs?: readonly string[];
+  /** Glance v2 endpoint for upload_to_image and source.image_id. */
+  imageServiceUrl?: string;
+  /** Backup repository URI for backup and source.backup_id. */
+  backupRepo?: string;
+  /** Environment the backup store adapters read credentials from (default process.env). */
+  env?: NodeJS.ProcessEnv;
   log?: (m: string) => void;
 }
 
@@ -77,8 +85,6 @@ export type VolumeAction = Record<string, Record<string, unknown>>;
 export const UNBUILT_ACTIONS: Record<string, string> = {
   reencrypt: 'in-place re-encryption',
   resize: 'volume resize',
-  upload_to_image: 'the image service',
-  backup: 'the backup service',
 };
 
 const CONSUMER = (volumeId: string) => ({ service: 'brickcrypt', resourceType: 'volume', resourceId: volumeId });
@@ -105,16 +111,31 @@ interface Attachment {
 
 export class VolumeService {
   readonly #o: VolumeServiceOptions;
-  readonly #db: StateDb;
+  readonly #db: StateStore;
   readonly #attachments = new Map<string, Attachment>();
   /** Crypto worker threads shared by every open volume (copies and attachments). */
   readonly #pool: CryptoPool;
   runner!: JobRunner;
+  /** Jobs with a module of their own (src/service/jobs/). */
+  readonly #jobs: ReturnType<typeof serviceJobs>;
+  readonly #deps: ServiceJobDeps;
 
   constructor(options: VolumeServiceOptions) {
     this.#o = options;
     this.#db = options.db;
     this.#pool = CryptoPool.create(serverWorkerCount());
+    this.#deps = {
+      stateDir: options.stateDir,
+      volumesDir: join(options.stateDir, 'volumes'),
+      db: options.db,
+      keys: options.keys,
+      pool: this.#pool,
+      ...(options.imageServiceUrl !== undefined ? { imageServiceUrl: options.imageServiceUrl } : {}),
+      ...(options.backupRepo !== undefined ? { backupRepo: options.backupRepo } : {}),
+      ...(options.env !== undefined ? { env: options.env } : {}),
+      log: options.log ?? (() => {}),
+    };
+    this.#jobs = serviceJobs(this.#deps);
   }
 
   get volumesDir(): string {
@@ -122,28 +143,26 @@ export class VolumeService {
   }
 
   /** The caller's volume, or NotFoundError (another project's volume does not exist for it). */
-  volumeFor(caller: CallerIdentity, id: string): VolumeRow {
-    const v = this.#db.volume(id);
+  async volumeFor(caller: CallerIdentity, id: string): Promise<VolumeRow> {
+    const v = await this.#db.volume(id);
     if (!v || v.project !== caller.project) throw new NotFoundError(`Volume ${id} not found.`);
     return v;
   }
 
-  jobFor(caller: CallerIdentity, id: string): JobRow {
-    const j = this.#db.job(id);
+  async jobFor(caller: CallerIdentity, id: string): Promise<JobRow> {
+    const j = await this.#db.job(id);
     if (!j || j.project !== caller.project) throw new NotFoundError(`Job ${id} not found.`);
     return j;
   }
 
-  #assertIdle(v: VolumeRow): void {
-    const active = this.#db.jobs({ volumeId: v.id, states: ACTIVE_JOB_STATES });
+  async #assertIdle(v: VolumeRow): Promise<void> {
+    const active = await this.#db.jobs({ volumeId: v.id, states: ACTIVE_JOB_STATES });
     if (active.length > 0) throw new LockedError(`Volume ${v.id} is busy with job ${active[0]!.id} (${active[0]!.type}).`);
   }
 
   /** Validates a create request, inserts the volume (`creating`) and its job in one transaction. */
   async create(caller: CallerIdentity, req: CreateVolumeRequest): Promise<{ volume: VolumeRow; job: JobRow }> {
     const src = req.source ?? {};
-    if (src.image_id !== undefined) throw new NotImplementedError('Creating a volume from an image service image (source.image_id) needs the image service, which this build does not include.');
-    if (src.backup_id !== undefined) throw new NotImplementedError('Creating a volume from a backup (source.backup_id) needs the backup service, which this build does not include.');
     if (req.format === 'raw' && (req.key !== undefined || req.luks !== undefined)) throw new InvalidArgumentError('A raw volume takes no key and no luks options.');
     if (req.luks) formatOptionsOf(req.format as 'luks1' | 'luks2', req.luks); // refuses bad combinations now
     let size = req.size !== undefined ? parseVolumeSize(req.size) : undefined;
@@ -154,20 +173,33 @@ export class VolumeService {
       if (size === undefined) size = imageSize;
       if (size < imageSize) throw new InsufficientSpaceError(`size ${size} is smaller than the image's ${imageSize} bytes.`);
     }
-    if (size === undefined) throw new InvalidArgumentError('Give size (a blank volume) or source.image_file.');
     const keyId = typeof req.key === 'string' ? req.key : req.key?.id;
     if (keyId !== undefined) await this.#o.keys.getMetadata(caller, keyId); // unknown or foreign key: 404 now, not in the job
+    const sourceKind = src.image_id !== undefined ? 'image_id' : src.backup_id !== undefined ? 'backup_id' : undefined;
+    let sourceParams: Record<string, unknown> = {};
+    if (sourceKind) {
+      const prepared = await this.#jobs.sources[sourceKind]!.prepare(this.#deps, caller, src[sourceKind]!, {
+        format: req.format,
+        ...(size !== undefined ? { size } : {}),
+        ...(keyId !== undefined ? { keyId } : {}),
+        ...(req.luks ? { luks: req.luks } : {}),
+      });
+      size = prepared.size;
+      sourceParams = { source_kind: sourceKind, ...prepared.params };
+    }
+    if (size === undefined) throw new InvalidArgumentError('Give size (a blank volume) or a source.');
     await fsp.mkdir(this.volumesDir, { recursive: true });
     const id = randomUUID();
     const path = join(this.volumesDir, `${id}.img`);
-    return this.#db.transaction(() => {
-      const job = this.runner.submit({
+    const { job, volume } = await this.runner.submit(
+      {
         type: 'create_volume',
         volume_id: id,
         caller,
-        params: { size, format: req.format, ...(imageFile ? { image_file: imageFile } : {}), ...(keyId ? { key_id: keyId } : {}), ...(req.luks ? { luks: req.luks } : {}) },
-      });
-      const volume = this.#db.insertVolume({
+        params: { size, format: req.format, ...sourceParams, ...(imageFile ? { image_file: imageFile } : {}), ...(keyId ? { key_id: keyId } : {}), ...(req.luks ? { luks: req.luks } : {}) },
+      },
+      {
+        insertVolume: {
         id,
         name: req.name,
         project: caller.project,
@@ -179,9 +211,10 @@ export class VolumeService {
         encryption_key_id: keyId ?? null,
         key_owned: false,
         cipher: null,
-      });
-      return { volume, job };
-    });
+        },
+      },
+    );
+    return { volume: volume!, job };
   }
 
   /** The real path of an image file inside one of the image directories, or ForbiddenError/NotFoundError. */
@@ -202,14 +235,23 @@ export class VolumeService {
   }
 
   /** Starts an action job on a volume (409 while it is busy; 501 for unbuilt actions). */
-  action(caller: CallerIdentity, id: string, body: VolumeAction): { volume: VolumeRow; job: JobRow } {
-    const v = this.volumeFor(caller, id);
+  async action(caller: CallerIdentity, id: string, body: VolumeAction): Promise<{ volume: VolumeRow; job: JobRow }> {
+    const v = await this.volumeFor(caller, id);
     const [name, params] = Object.entries(body)[0]!;
     if (UNBUILT_ACTIONS[name]) throw new NotImplementedError(`The ${name} action needs ${UNBUILT_ACTIONS[name]}, which this build does not include.`);
-    this.#assertIdle(v);
+    await this.#assertIdle(v);
+    const own = this.#jobs.actions[name];
+    if (own) {
+      own.validate(this.#deps, caller, v, params);
+      const r = await this.runner.submit({ type: name, volume_id: v.id, caller, params }, { volumeStatus: own.busyStatus });
+      return { volume: r.volume!, job: r.job };
+    }
     const needs = (ok: boolean, what: string) => {
       if (!ok) throw new LockedError(`Volume ${v.id} is ${v.status}; ${name} needs it ${what}.`);
     };
+    if ((name === 'attach' || name === 'detach') && this.#db.kind !== 'sqlite') {
+      throw new NotImplementedError('attach and detach need the embedded state (one process serves the NBD export); they are not built for --database.');
+    }
     switch (name) {
       case 'change_key':
         if (v.format === 'raw') throw new InvalidArgumentError('change_key applies to LUKS volumes only.');
@@ -231,21 +273,18 @@ export class VolumeService {
       default:
         throw new InvalidArgumentError(`Unknown action ${name}.`);
     }
-    return this.#db.transaction(() => {
-      const job = this.runner.submit({ type: name, volume_id: v.id, caller, params });
-      if (name !== 'detach' && name !== 'change_key') this.#db.updateVolume(v.id, { status: 'maintenance' });
-      return { volume: this.#db.volume(v.id)!, job };
-    });
+    const r = await this.runner.submit({ type: name, volume_id: v.id, caller, params }, name !== 'detach' && name !== 'change_key' ? { volumeStatus: 'maintenance' } : {});
+    return { volume: r.volume!, job: r.job };
   }
 
   /** Deletes an idle, detached volume, its file and (when the service made it) its key. */
   async delete(caller: CallerIdentity, id: string): Promise<void> {
-    const v = this.volumeFor(caller, id);
+    const v = await this.volumeFor(caller, id);
     if (v.status === 'in-use' || this.#attachments.has(v.id)) throw new InUseError(`Volume ${v.id} is attached; detach it first.`);
-    this.#assertIdle(v);
+    await this.#assertIdle(v);
     const lock = await VolumeLock.acquire(v.path);
     try {
-      this.#db.updateVolume(v.id, { status: 'deleting' });
+      await this.#db.updateVolume(v.id, { status: 'deleting' });
       if (v.key_owned && v.encryption_key_id) {
         await this.#o.keys.removeConsumer(caller, v.encryption_key_id, CONSUMER(v.id)).catch(() => {});
         await this.#o.keys.delete(caller, v.encryption_key_id, { force: true });
@@ -253,9 +292,9 @@ export class VolumeService {
         await this.#o.keys.removeConsumer(caller, v.encryption_key_id, CONSUMER(v.id)).catch(() => {});
       }
       await fsp.rm(v.path, { force: true });
-      this.#db.deleteVolume(v.id);
+      await this.#db.deleteVolume(v.id);
     } catch (err) {
-      if (this.#db.volume(v.id)) this.#db.updateVolume(v.id, { status: v.status });
+      if ((await this.#db.volume(v.id))) (await this.#db.updateVolume(v.id, { status: v.status }));
       throw err;
     } finally {
       await lock.release();
@@ -265,10 +304,20 @@ export class VolumeService {
   /** The job handlers, by job type. */
   handlers(): Record<string, JobHandler> {
     const toStatus = (status: VolumeRow['status']) => async (job: JobRow) => {
-      if (job.volume_id && this.#db.volume(job.volume_id)) this.#db.updateVolume(job.volume_id, { status });
+      if (job.volume_id && (await this.#db.volume(job.volume_id))) (await this.#db.updateVolume(job.volume_id, { status }));
     };
     return {
-      create_volume: { run: (ctx) => this.#runCreate(ctx), cleanup: async (job) => this.#cleanupCreate(job) },
+      create_volume: {
+        run: (ctx) => {
+          const kind = ctx.job.params.source_kind as string | undefined;
+          return kind ? this.#jobs.sources[kind]!.handler.run(ctx) : this.#runCreate(ctx);
+        },
+        cleanup: async (job, outcome, err) => {
+          const kind = job.params.source_kind as string | undefined;
+          return kind ? this.#jobs.sources[kind]!.handler.cleanup?.(job, outcome, err) : this.#cleanupCreate(job);
+        },
+      },
+      ...Object.fromEntries(Object.entries(this.#jobs.actions).map(([name, a]) => [name, a.handler])),
       change_key: { run: (ctx) => this.#runChangeKey(ctx) },
       migrate: { run: (ctx) => this.#runMigrate(ctx), cleanup: async (job, outcome, err) => this.#cleanupMigrate(job, outcome, err) },
       attach: { run: (ctx) => this.#runAttach(ctx), cleanup: toStatus('available') },
@@ -286,7 +335,7 @@ export class VolumeService {
   async #runCreate(ctx: JobContext): Promise<Record<string, unknown>> {
     const job = ctx.job;
     const p = job.params as { size: number; format: VolumeFormat; image_file?: string; key_id?: string; luks?: LuksRequestOptions };
-    const vol = this.#db.volume(job.volume_id!)!;
+    const vol = (await this.#db.volume(job.volume_id!))!;
     const km = this.#o.keys;
     let cp = (job.checkpoint ?? { phase: 'start' }) as { phase: string; offset?: number };
     const lock = await VolumeLock.acquire(vol.path);
@@ -296,9 +345,9 @@ export class VolumeService {
         if (cp.phase === 'start') {
           pass = await this.#keyForNewVolume(job.caller, vol, p.key_id);
           cp = { phase: 'format' };
-          ctx.checkpoint(cp);
+          await ctx.checkpoint(cp);
         } else {
-          const current = this.#db.volume(vol.id)!;
+          const current = (await this.#db.volume(vol.id))!;
           try {
             pass = await passphraseOfKey(km, job.caller, current.encryption_key_id!);
           } catch (err) {
@@ -307,7 +356,7 @@ export class VolumeService {
             await km.delete(job.caller, current.encryption_key_id!, { force: true }).catch(() => {});
             pass = await this.#keyForNewVolume(job.caller, current, undefined);
             cp = { phase: 'format' };
-            ctx.checkpoint(cp);
+            await ctx.checkpoint(cp);
           }
         }
       }
@@ -315,9 +364,9 @@ export class VolumeService {
       if (cp.phase === 'format') {
         await fsp.rm(vol.path, { force: true });
         const { cipher } = await createVolumeFile(vol.path, p.format, p.size, { ...(pass ? { passphrase: pass } : {}), ...(p.luks ? { luks: p.luks } : {}) });
-        this.#db.updateVolume(vol.id, { cipher });
+        await this.#db.updateVolume(vol.id, { cipher });
         cp = { phase: 'copy', offset: 0 };
-        ctx.checkpoint(cp);
+        await ctx.checkpoint(cp);
       }
       let copied = 0;
       const resumedFrom = cp.offset ?? 0;
@@ -325,7 +374,7 @@ export class VolumeService {
         copied = await this.#copyInto(ctx, p.image_file, vol.path, p.format, pass ? (pass.clone() as Passphrase) : undefined, resumedFrom);
       }
       ctx.progress(p.size, p.size);
-      this.#db.updateVolume(vol.id, { status: 'available' });
+      await this.#db.updateVolume(vol.id, { status: 'available' });
       // copied_bytes: copied by the run that finished; resumed_from: the checkpoint it started at.
       return { volume_id: vol.id, copied_bytes: copied, resumed_from: resumedFrom, attempts: job.attempts };
     } finally {
@@ -342,7 +391,7 @@ export class VolumeService {
       return pass;
     }
     const { id, passphrase } = await newKeyPassphrase(km, caller, `volume-${vol.id}`);
-    this.#db.updateVolume(vol.id, { encryption_key_id: id, key_owned: true });
+    await this.#db.updateVolume(vol.id, { encryption_key_id: id, key_owned: true });
     await km.addConsumer(caller, id, CONSUMER(vol.id));
     return passphrase;
   }
@@ -375,11 +424,11 @@ export class VolumeService {
   }
 
   async #cleanupCreate(job: JobRow): Promise<void> {
-    const v = job.volume_id ? this.#db.volume(job.volume_id) : undefined;
+    const v = job.volume_id ? (await this.#db.volume(job.volume_id)) : undefined;
     if (!v) return;
     // Nothing half-written stays behind as a volume: the file goes, the row says error.
     await fsp.rm(v.path, { force: true });
-    this.#db.updateVolume(v.id, { status: 'error' });
+    await this.#db.updateVolume(v.id, { status: 'error' });
   }
 
   // --- change_key ---
@@ -388,7 +437,7 @@ export class VolumeService {
   async #runChangeKey(ctx: JobContext): Promise<Record<string, unknown>> {
     const job = ctx.job;
     const km = this.#o.keys;
-    const vol = this.#db.volume(job.volume_id!)!;
+    const vol = (await this.#db.volume(job.volume_id!))!;
     let cp = (job.checkpoint ?? { phase: 'start' }) as { phase: string; new_key_id?: string };
     const oldKeyId = vol.encryption_key_id!;
     const attached = this.#attachments.has(vol.id);
@@ -401,7 +450,7 @@ export class VolumeService {
         const created = await newKeyPassphrase(km, job.caller, `volume-${vol.id}`);
         newPass = created.passphrase;
         cp = { phase: 'add', new_key_id: created.id };
-        ctx.checkpoint(cp);
+        await ctx.checkpoint(cp);
       }
       let keyslot: number | undefined;
       if (cp.phase === 'add') {
@@ -423,9 +472,9 @@ export class VolumeService {
           await file.close();
         }
         cp = { phase: 'swap', new_key_id: cp.new_key_id! };
-        ctx.checkpoint(cp);
+        await ctx.checkpoint(cp);
       }
-      this.#db.updateVolume(vol.id, { encryption_key_id: cp.new_key_id!, key_owned: true });
+      await this.#db.updateVolume(vol.id, { encryption_key_id: cp.new_key_id!, key_owned: true });
       await km.addConsumer(job.caller, cp.new_key_id!, CONSUMER(vol.id)).catch(() => {});
       await km.removeConsumer(job.caller, oldKeyId, CONSUMER(vol.id)).catch(() => {});
       if (vol.key_owned) await km.delete(job.caller, oldKeyId, { force: true }).catch(() => {});
@@ -443,7 +492,7 @@ export class VolumeService {
   async #runMigrate(ctx: JobContext): Promise<Record<string, unknown>> {
     const job = ctx.job;
     const km = this.#o.keys;
-    const vol = this.#db.volume(job.volume_id!)!;
+    const vol = (await this.#db.volume(job.volume_id!))!;
     const p = job.params as { format: VolumeFormat; luks?: LuksRequestOptions };
     type Cp = { phase: string; target_path?: string; target_key_id?: string | null; new_key?: boolean; offset?: number; source_path?: string; cipher?: string | null };
     let cp = (job.checkpoint ?? { phase: 'start' }) as Cp;
@@ -469,14 +518,14 @@ export class VolumeService {
           }
         }
         cp = { phase: 'format', target_path, target_key_id, new_key, source_path: vol.path };
-        ctx.checkpoint(cp);
+        await ctx.checkpoint(cp);
       }
       if (cp.phase === 'format') {
         if (p.format !== 'raw') dstPass ??= await passphraseOfKey(km, job.caller, cp.target_key_id!);
         await fsp.rm(cp.target_path!, { force: true });
         const { cipher } = await createVolumeFile(cp.target_path!, p.format, vol.size, { ...(dstPass ? { passphrase: dstPass } : {}), ...(p.luks ? { luks: p.luks } : {}) });
         cp = { ...cp, phase: 'copy', offset: 0, cipher };
-        ctx.checkpoint(cp);
+        await ctx.checkpoint(cp);
       }
       const resumedFrom = cp.phase === 'copy' ? (cp.offset ?? 0) : cp.phase === 'swap' ? vol.size : 0;
       if (cp.phase === 'copy') {
@@ -507,11 +556,11 @@ export class VolumeService {
           await source.close();
         }
         cp = { ...cp, phase: 'swap' };
-        ctx.checkpoint(cp);
+        await ctx.checkpoint(cp);
       }
       // swap: the row names the new file, then the old file and a key nobody uses go.
       const oldKey = vol.encryption_key_id;
-      this.#db.updateVolume(vol.id, {
+      await this.#db.updateVolume(vol.id, {
         path: cp.target_path!,
         format: p.format,
         encryption_key_id: cp.target_key_id ?? null,
@@ -535,10 +584,10 @@ export class VolumeService {
 
   async #cleanupMigrate(job: JobRow, _outcome: string, _err: BrickcryptError): Promise<void> {
     const cp = job.checkpoint as { target_path?: string; target_key_id?: string; new_key?: boolean } | null;
-    const v = job.volume_id ? this.#db.volume(job.volume_id) : undefined;
+    const v = job.volume_id ? (await this.#db.volume(job.volume_id)) : undefined;
     if (cp?.target_path && v && v.path !== cp.target_path) await fsp.rm(cp.target_path, { force: true });
     if (cp?.new_key && cp.target_key_id) await this.#o.keys.delete(job.caller, cp.target_key_id, { force: true }).catch(() => {});
-    if (v) this.#db.updateVolume(v.id, { status: 'available' });
+    if (v) (await this.#db.updateVolume(v.id, { status: 'available' }));
   }
 
   // --- attach / detach ---
@@ -570,7 +619,7 @@ export class VolumeService {
 
   async #runAttach(ctx: JobContext): Promise<Record<string, unknown>> {
     const job = ctx.job;
-    const vol = this.#db.volume(job.volume_id!)!;
+    const vol = (await this.#db.volume(job.volume_id!))!;
     const dir = join(this.#o.stateDir, 'attachments');
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
     const identity = `brickcrypt-${vol.id.slice(0, 8)}`;
@@ -578,15 +627,15 @@ export class VolumeService {
     const file = join(dir, `${vol.id}.psk`);
     await fsp.writeFile(file, `${identity}:${key}\n`, { mode: 0o600 });
     const { uri, port } = await this.#serve(vol, job.caller, { identity, file }, 0);
-    this.#db.updateVolume(vol.id, { status: 'in-use', attachment: { uri, tls_psk_identity: identity, port, caller: job.caller, attached_at: new Date().toISOString() } });
+    await this.#db.updateVolume(vol.id, { status: 'in-use', attachment: { uri, tls_psk_identity: identity, port, caller: job.caller, attached_at: new Date().toISOString() } });
     return { uri, tls_psk_identity: identity, tls_psk_key: key };
   }
 
   async #runDetach(ctx: JobContext): Promise<Record<string, unknown>> {
-    const vol = this.#db.volume(ctx.job.volume_id!)!;
+    const vol = (await this.#db.volume(ctx.job.volume_id!))!;
     await this.#closeAttachment(vol.id);
     await fsp.rm(join(this.#o.stateDir, 'attachments', `${vol.id}.psk`), { force: true });
-    this.#db.updateVolume(vol.id, { status: 'available', attachment: null });
+    await this.#db.updateVolume(vol.id, { status: 'available', attachment: null });
     return { volume_id: vol.id };
   }
 
@@ -601,7 +650,7 @@ export class VolumeService {
 
   /** After a restart: serves every volume that was attached again, on its port, with its PSK. */
   async restoreAttachments(): Promise<void> {
-    for (const v of this.#db.volumes()) {
+    for (const v of (await this.#db.volumes())) {
       if (v.status !== 'in-use' || !v.attachment || this.#attachments.has(v.id)) continue;
       const a = v.attachment as { tls_psk_identity: string; port: number; caller: CallerIdentity };
       try {
@@ -609,7 +658,7 @@ export class VolumeService {
         this.#o.log?.(`volume ${v.id} served again at port ${a.port}`);
       } catch (err) {
         this.#o.log?.(`volume ${v.id} could not be served again: ${(err as Error).message}`);
-        this.#db.updateVolume(v.id, { status: 'error' });
+        await this.#db.updateVolume(v.id, { status: 'error' });
       }
     }
   }

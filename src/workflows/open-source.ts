@@ -102,6 +102,8 @@ export async function openSource(
       return { path, format, size: device.size, source: { device, base: 0, size: device.size }, kdfSeconds: 0, close: closeAll };
     }
     const volume = await LuksVolume.open(file, { readOnly: true });
+    // Refused before any passphrase is asked: the payload of a fenced volume is never read.
+    volume.assertPayloadAccess();
     if (!options.passphrase) throw new InvalidArgumentError(`${path} is a LUKS volume: a source passphrase is needed.`);
     const tries = Math.max(1, options.passphraseTries ?? 1);
     let unlocked;

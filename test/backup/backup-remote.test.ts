@@ -84,7 +84,7 @@ test('swift: missing credentials are a usage error', { skip }, () => {
   const server = objectStoreServer();
   if (typeof server === 'string') throw new Error(server);
   const env: NodeJS.ProcessEnv = { ...process.env, BRICKCRYPT_HOME: '/nonexistent' };
-  for (const k of ['ST_AUTH', 'ST_USER', 'ST_KEY', 'OS_AUTH_URL', 'OS_USERNAME', 'OS_PASSWORD', 'OS_STORAGE_URL', 'OS_AUTH_TOKEN', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY']) delete env[k];
+  for (const k of ['ST_AUTH', 'ST_USER', 'ST_KEY', 'OS_AUTH_URL', 'OS_USERNAME', 'OS_PASSWORD', 'OS_STORAGE_URL', 'OS_AUTH_TOKEN', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY']) env[k] = ''; // runCli merges with process.env: blank, not delete
   for (const uri of [server.swiftUri('x'), server.s3Uri('x')]) {
     const r = runCli(['backup', 'list', '--repo', uri], { env });
     assert.equal(r.status, 1, r.stderr);

@@ -321,3 +321,41 @@ test('decrypted qcow2 upload: tables first, zeros unallocated, clean under qemu-
   assert.ok(readFileSync(back).equals(readFileSync(raw)));
   await glance.delete(up.imageId);
 });
+
+test('compressed decrypted qcow2 upload: smaller than uncompressed, clean, equal, and back into a volume', { skip: skipQemu }, async () => {
+  const s = setup('qcow2z');
+  const glance = glanceAs(url, s.project);
+  const raw = f('qz.raw');
+  const data = Buffer.alloc(16 * MIB);
+  const line = Buffer.from('a compressible line of a guest file system, 0123456789\n');
+  for (let at = 0; at < 8 * MIB; at += line.length) line.copy(data, at);
+  randomBytes(2 * MIB).copy(data, 12 * MIB);
+  writeFileSync(raw, data);
+  const vol = await managedVolume(s, raw, 'qz.luks');
+  const upload = (compress: boolean) => uploadVolume({
+    volume: vol.path, client: glance, name: compress ? 'qz' : 'qz-plain', mode: 'decrypt', diskFormat: 'qcow2', compress,
+    passphrase: () => passphraseOf(s, vol.keyId), keyManager: s.km, caller: s.admin, workers: 0,
+  });
+  const packed = await upload(true);
+  const whole = await upload(false);
+  const image = await glance.show(packed.imageId);
+  const plainSize = (await glance.show(whole.imageId)).size!;
+  assert.ok(image.size! < plainSize - 6 * MIB, `compressed ${image.size} bytes, uncompressed ${plainSize}`);
+  const q = f('qz-stored.qcow2');
+  const stream = await glance.openData(packed.imageId);
+  const parts: Uint8Array[] = [];
+  for (;;) {
+    const r = await stream.reader.read();
+    if (r.done) break;
+    parts.push(r.value);
+  }
+  writeFileSync(q, Buffer.concat(parts));
+  assert.equal(sha512(q), image.hashValue);
+  run('qemu-img', ['check', q]);
+  run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', raw, q]);
+  const back = f('qz-back.raw');
+  await downloadImage({ client: glance, imageId: packed.imageId, target: back, targetFormat: 'raw' });
+  assert.ok(readFileSync(back).equals(data));
+  await glance.delete(packed.imageId);
+  await glance.delete(whole.imageId);
+});

@@ -3,7 +3,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
-import { needTools, run, runCli, tempDir } from '../helpers/tools.js';
+import { needTools, run, runQemuImgLuks, runCli, tempDir } from '../helpers/tools.js';
 import { FileDevice } from '../../src/devices/file-device.js';
 import { imageInfo, type ImageInfo } from '../../src/images/image-info.js';
 import { inspectQcow2 } from '../../src/images/qcow2-device.js';
@@ -80,9 +80,9 @@ test('info on raw matches qemu-img info', { skip: needTools('qemu-img') }, async
 
 test('info on a LUKS-encrypted qcow2 says encrypted without a passphrase', { skip: needTools('qemu-img') }, async () => {
   const out = join(tmp.dir, 'enc.qcow2');
-  run('qemu-img', [
+  runQemuImgLuks([
     'create', '-q', '-f', 'qcow2', '--object', 'secret,id=s0,data=pass',
-    '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', out, '8M',
+    '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=100', out, '8M',
   ]);
   const ours = await imageInfo(out);
   assert.equal(ours.encrypted, true);

@@ -14,7 +14,7 @@ import { Passphrase, VolumeKey } from '../../src/secret.js';
 import { AlreadyExistsError, InvalidArgumentError, WrongPassphraseError } from '../../src/errors.js';
 import { parseEncryption } from '../../src/crypto/cipher-spec.js';
 import { createSectorCipher } from '../../src/crypto/sector-cipher.js';
-import { needTools, run, runStatus, tempDir } from '../helpers/tools.js';
+import { needTools, run, runStatus, runQemuImgLuks, tempDir } from '../helpers/tools.js';
 
 const skip = needTools('cryptsetup');
 const PASS = 'correct horse\n';
@@ -193,12 +193,7 @@ test('qemu-img LUKS1 images unlock here; data written by qemu-io decrypts with o
   const { dir, cleanup } = tempDir();
   try {
     const img = join(dir, 'q.luks');
-    let ok = false;
-    for (let attempt = 0; attempt < 3 && !ok; attempt++) {
-      // iter-time <= 50 fails now and then in QEMU's benchmark; 100 and a retry are reliable.
-      ok = runStatus('qemu-img', ['create', '-f', 'luks', '--object', 'secret,id=sec0,data=qemupass', '-o', 'key-secret=sec0,iter-time=100', img, '4M']).status === 0;
-    }
-    assert.ok(ok, 'qemu-img create failed');
+    runQemuImgLuks(['create', '-f', 'luks', '--object', 'secret,id=sec0,data=qemupass', '-o', 'key-secret=sec0,iter-time=100', img, '4M']);
     run('qemu-io', ['--object', 'secret,id=sec0,data=qemupass', '--image-opts', `driver=luks,key-secret=sec0,file.filename=${img}`, '-c', 'write -P 0xa5 4096 8192']);
     const dev = await FileDevice.open(img, { readOnly: true });
     try {

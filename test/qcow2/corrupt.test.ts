@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
-import { needTools, run, tempDir, inCI, whichTool } from '../helpers/tools.js';
+import { needTools, run, runQemuImgLuks, tempDir, inCI, whichTool } from '../helpers/tools.js';
 import { MemoryDevice } from '../../src/devices/memory-device.js';
 import { Qcow2Device } from '../../src/images/qcow2-device.js';
 import { BackingFileRequiredError, CorruptHeaderError, InvalidArgumentError, UnsupportedError, WrongPassphraseError } from '../../src/errors.js';
@@ -187,9 +187,9 @@ test('the dirty bit does not stop reading', { skip: needTools('qemu-img') }, asy
 
 test('LUKS-encrypted qcow2: refused without a passphrase, read right with it, wrong one rejected', { skip: needTools('qemu-img') }, async () => {
   const out = join(tmp.dir, 'enc.qcow2');
-  run('qemu-img', [
+  runQemuImgLuks([
     'convert', '--object', 'secret,id=s0,data=open sesame', '-f', 'raw', '-O', 'qcow2',
-    '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', join(tmp.dir, 'disk.raw'), out,
+    '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=100', join(tmp.dir, 'disk.raw'), out,
   ]);
   const bytes = new Uint8Array(readFileSync(out));
   await assert.rejects(Qcow2Device.open(new MemoryDevice(bytes, true)), (err: Error) => {

@@ -203,7 +203,7 @@ test('Idempotency-Key: a repeat returns the first reply (one volume, one job); t
   await waitJob(call, d.json.job.id, 'other');
 });
 
-test('actions whose engines are not built answer 501 NOT_IMPLEMENTED; so do image and backup sources', async () => {
+test('actions whose engines are not built answer 501 NOT_IMPLEMENTED; without --image-service and --backup-repo so do upload_to_image, backup and their sources', async () => {
   const { volume } = await createVolume({ name: 'n501', format: 'raw', size: 4096 });
   for (const action of ['reencrypt', 'resize', 'upload_to_image', 'backup']) {
     const r = await call('POST', `/v1/volumes/${volume.id}/actions`, { who: 'admin', body: { [action]: {} } });

@@ -3,6 +3,9 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tempDir } from '../helpers/tools.js';
+import { openObjectStore } from '../../src/backup/object-store.js';
+import { Repository } from '../../src/backup/repository.js';
+import type { KeyManager } from '../../src/keys/key-manager.js';
 
 export const TOKENS = {
   admin: { token: 'admin-token-p1', user: 'alice', project: 'p1', roles: ['admin'] },
@@ -65,3 +68,20 @@ export async function waitFor(call: Call, id: string, pred: (job: any) => boolea
     await new Promise((res) => setTimeout(res, 50));
   }
 }
+
+/** Creates a repository with a new backup key in `keys` (what `backup init` does). */
+export async function initRepository(keys: KeyManager, uri: string, storeEnv: NodeJS.ProcessEnv = process.env): Promise<string> {
+  const store = await openObjectStore(uri, storeEnv);
+  const { id, key } = await keys.createKey(REPO_ADMIN, { algorithm: 'aes', bitLength: 256, name: `backup ${uri}` });
+  try {
+    const repo = await Repository.init(store, key, id, 64 * 1024);
+    repo.close();
+  } finally {
+    key.wipe();
+    await store.close();
+  }
+  return id;
+}
+
+
+const REPO_ADMIN = { user: TOKENS.admin.user, project: TOKENS.admin.project, roles: [...TOKENS.admin.roles] };

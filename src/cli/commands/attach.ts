@@ -15,11 +15,12 @@ import { resolve } from 'node:path';
 import type { BlockDevice } from '../../block-device.js';
 import { BrickcryptError, InvalidArgumentError, NotFoundError, exitCodeOf, DeviceIoError } from '../../errors.js';
 import { FileDevice } from '../../devices/file-device.js';
+import { DirtyTracker } from '../../backup/dirty-tracking.js';
 import { EncryptedDevice, type SectorCryptoOffload } from '../../devices/encrypted-device.js';
 import { VolumeLock, processAlive } from '../../devices/volume-lock.js';
 import { detectFormat } from '../../images/detect.js';
 import { openImage } from '../../images/open-image.js';
-import { unlockLuks } from '../../luks/index.js';
+import { openLuks, unlockLuks } from '../../luks/index.js';
 import { CryptoPool, serverWorkerCount } from '../../workflows/worker-pool.js';
 import { NbdServer, type ListenTarget } from '../../nbd/server.js';
 import { nbdUri } from '../../nbd/uri.js';
@@ -127,6 +128,24 @@ interface Opened {
   close(): Promise<void>;
 }
 
+/**
+ * A writable volume file gets a dirty-chunk bitmap (src/backup/dirty-tracking.ts): marked in use
+ * before the first write, clean again after the last write and a flush. Block devices have none.
+ */
+async function startTracking(path: string, readOnly: boolean): Promise<DirtyTracker | undefined> {
+  if (readOnly) return undefined;
+  const st = await fsp.stat(path);
+  if (!st.isFile()) return undefined;
+  return DirtyTracker.start(path);
+}
+
+/** After the last write: flush the container, then the bitmap becomes clean (a failed flush leaves it in use). */
+async function finishTracking(file: FileDevice, tracker: DirtyTracker | undefined): Promise<void> {
+  if (!tracker) return;
+  await file.flush();
+  await tracker.finish();
+}
+
 const PLAIN_OPTION_KEYS = ['cipher', 'keySize', 'hash', 'offset', 'skip', 'size', 'sectorSize'] as const;
 
 /** `--type plain`: the volume has no header; its parameters and key come from the options. */
@@ -147,13 +166,14 @@ async function openPlainVolumeFor(path: string, o: AttachOptions): Promise<Opene
   let pool: CryptoPool | undefined;
   try {
     file = await FileDevice.open(path, { readOnly: wantReadOnly });
+    const tracker = await startTracking(path, wantReadOnly);
     if (params.offset === 0) {
       const detected = await detectFormat(file);
       if (detected !== 'raw') throw new InvalidArgumentError(`${path} holds ${detected} data, not a plain dm-crypt volume.`);
     }
     pool = CryptoPool.create(serverWorkerCount());
     const cryptoOffload = pool.sectorCrypto({ encryption: params.encryption, keyBytes: params.keyBytes, sectorSize: params.sectorSize }, key.expose());
-    const device = openPlainVolume(file, params, key, { readOnly: wantReadOnly, allowDiscards: o.allowDiscards === true, cryptoOffload });
+    const device = openPlainVolume(tracker ? tracker.wrap(file) : file, params, key, { readOnly: wantReadOnly, allowDiscards: o.allowDiscards === true, cryptoOffload });
     process.stderr.write(`brickcrypt attach: plain volume ${path}: ${describePlain(params)}\n`);
     const workers = pool;
     const data = file;
@@ -164,6 +184,7 @@ async function openPlainVolumeFor(path: string, o: AttachOptions): Promise<Opene
       close: async () => {
         await device.close(); // wipes the key, also in the workers
         await workers.close();
+        await finishTracking(data, tracker);
         await data.close();
       },
     };
@@ -198,7 +219,21 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
   if (format === 'raw') {
     if (o.keyFile || o.keyId) throw new InvalidArgumentError(`${path} is not a LUKS volume; a key is not needed (a plain dm-crypt volume needs --type plain).`);
     const dev = await FileDevice.open(path, { readOnly: wantReadOnly });
-    return { device: dev, format, readOnly: wantReadOnly, close: () => dev.close() };
+    try {
+      const tracker = await startTracking(path, wantReadOnly);
+      return {
+        device: tracker ? tracker.wrap(dev) : dev,
+        format,
+        readOnly: wantReadOnly,
+        close: async () => {
+          await finishTracking(dev, tracker);
+          await dev.close();
+        },
+      };
+    } catch (err) {
+      await dev.close();
+      throw err;
+    }
   }
   // LUKS1 / LUKS2.
   const input = await passphraseSourceFor(o, `${path} is ${format}`, path);
@@ -207,6 +242,8 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
   let pool: CryptoPool | undefined;
   try {
     if (o.header) header = await FileDevice.open(o.header, { readOnly: wantReadOnly });
+    // A fenced payload (reencryption in progress, unknown requirement) is refused before any passphrase is asked.
+    (await openLuks(file, { readOnly: true, ...(header ? { headerDevice: header } : {}) })).assertPayloadAccess();
     const { volume, key } = await withPassphraseTries(
       input,
       (passphrase) => unlockLuks(file, passphrase, { readOnly: wantReadOnly, forWrite: !wantReadOnly, ...(header ? { headerDevice: header } : {}) }),
@@ -214,6 +251,7 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
     );
     // Large reads and writes are decrypted/encrypted by worker threads, in place in shared
     // memory, so the cipher work runs beside the main thread's protocol and socket work.
+    const tracker = await startTracking(path, wantReadOnly);
     pool = CryptoPool.create(serverWorkerCount());
     let cryptoOffload: SectorCryptoOffload;
     try {
@@ -223,7 +261,7 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
       key.wipe();
       throw err;
     }
-    const device = EncryptedDevice.open(file, volume, key, { readOnly: wantReadOnly, allowDiscards: o.allowDiscards === true, cryptoOffload });
+    const device = EncryptedDevice.open(tracker ? tracker.wrap(file) : file, volume, key, { readOnly: wantReadOnly, allowDiscards: o.allowDiscards === true, cryptoOffload });
     const workers = pool;
     return {
       device,
@@ -232,6 +270,7 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
       close: async () => {
         await device.close(); // wipes the key, also in the workers
         await workers.close();
+        await finishTracking(file, tracker);
         await file.close();
         await header?.close();
       },

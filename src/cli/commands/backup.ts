@@ -10,7 +10,7 @@ import cliProgress from 'cli-progress';
 import { AlreadyExistsError, InvalidArgumentError, WrongBackupKeyError } from '../../errors.js';
 import type { SecretBytes } from '../../secret.js';
 import { addKeyManagerOptions, withKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
-import { parseInteger, parseSize } from '../parse.js';
+import { parseChoice, parseInteger, parseSize } from '../parse.js';
 import type { Repository } from '../../backup/repository.js';
 import type { ObjectStore } from '../../backup/object-store.js';
 import type { BackupManifest } from '../../backup/manifest.js';
@@ -128,12 +128,85 @@ function summary(m: BackupManifest) {
     source: m.source,
     ...(m.luks ? { luks: m.luks } : {}),
     ...(m.parent ? { parent: m.parent } : {}),
+    ...(m.dirtyBitmap ? { dirtyBitmap: m.dirtyBitmap } : {}),
     chunkSize: m.chunkSize,
     chunks: m.chunks.length,
     holes: m.holes.length,
     holeBytes: m.holes.reduce((a, [, n]) => a + n, 0),
     stats: m.stats,
   };
+}
+
+interface RekeyCliOptions {
+  rekeyOnRestore?: boolean;
+  srcKeyFile?: string;
+  srcKeyId?: string;
+  dstKeyFile?: string;
+  dstKeyId?: string;
+  pbkdf?: string;
+  iterTime?: string;
+  pbkdfForceIterations?: string;
+  pbkdfMemory?: string;
+}
+
+/** `backup restore --rekey-on-restore`: a LUKS backup into a volume under a new volume key. */
+async function restoreRekeyedCommand(id: string, target: string, o: BackupCliOptions & RekeyCliOptions): Promise<void> {
+  const { restoreRekeyed } = await import('../../backup/restore-rekeyed.js');
+  const { readKeyFile } = await import('../key-input.js');
+  const { passphraseFromKeyManager, newVolumeKeyFromKeyManager } = await import('../key-manager-options.js');
+  const json = o.json === true;
+  if (o.srcKeyFile !== undefined && o.srcKeyId !== undefined) throw new InvalidArgumentError('Give one of --src-key-file or --src-key-id.');
+  if (o.srcKeyFile === undefined && o.srcKeyId === undefined) throw new InvalidArgumentError("--rekey-on-restore needs the backed-up volume's key: --src-key-file or --src-key-id.");
+  if (o.dstKeyFile !== undefined && o.dstKeyId !== undefined) throw new InvalidArgumentError('Give one of --dst-key-file or --dst-key-id.');
+  if (o.srcKeyFile === '-' && o.dstKeyFile === '-') throw new InvalidArgumentError('Only one key file can be read from standard input.');
+  const luks: Record<string, unknown> = {};
+  if (o.pbkdf !== undefined) luks.pbkdf = parseChoice(o.pbkdf, 'pbkdf', ['pbkdf2', 'argon2i', 'argon2id'] as const);
+  if (o.iterTime !== undefined) luks.iterTimeMs = parseInteger(o.iterTime, 'iter-time', 1);
+  if (o.pbkdfForceIterations !== undefined) luks.iterations = parseInteger(o.pbkdfForceIterations, 'pbkdf-force-iterations', 1);
+  if (o.pbkdfMemory !== undefined) luks.memoryKiB = parseInteger(o.pbkdfMemory, 'pbkdf-memory', 8);
+  const srcKeyFile = o.srcKeyFile;
+  const srcKeyId = o.srcKeyId;
+  const sourcePassphrase = srcKeyFile !== undefined ? () => readKeyFile({ keyFile: srcKeyFile }) : () => passphraseFromKeyManager(o, srcKeyId!);
+  let createdKeyId: string | undefined;
+  const dstKeyFile = o.dstKeyFile;
+  const dstKeyId = o.dstKeyId;
+  const targetPassphrase =
+    dstKeyFile !== undefined
+      ? () => readKeyFile({ keyFile: dstKeyFile })
+      : dstKeyId !== undefined
+        ? () => passphraseFromKeyManager(o, dstKeyId)
+        : async () => {
+            const made = await newVolumeKeyFromKeyManager(o, { name: `brickcrypt restore of backup ${id}` });
+            createdKeyId = made.id;
+            return made.passphrase;
+          };
+  await withRepository(o, async (repo) => {
+    const progress = progressReporter(json, 'restore');
+    const started = performance.now();
+    try {
+      const r = await withCancellation((signal) =>
+        restoreRekeyed(repo, id, target, { sourcePassphrase, targetPassphrase, luks, signal, onProgress: (p) => progress.update(p.bytes, p.total, { phase: 'rekey' }) }),
+      );
+      progress.stop();
+      const seconds = (performance.now() - started) / 1000;
+      const { convert: _convert, ...report } = r;
+      if (json) out(o, { event: 'done', ...report, ...(createdKeyId ? { createdKeyId } : {}), seconds, peakRssBytes: process.resourceUsage().maxRSS * 1024 }, '');
+      else {
+        if (createdKeyId !== undefined) process.stdout.write(`${createdKeyId}\n`);
+        const text = `Restored ${r.id} to ${r.target} under a new volume key (${r.format}, ${r.encryption}, UUID ${r.uuid ?? '?'}, was ${r.oldUuid}) in ${seconds.toFixed(2)} s.\n`;
+        (createdKeyId !== undefined ? process.stderr : process.stdout).write(text);
+      }
+    } catch (err) {
+      // A key made for a volume that was never finished would be an orphan: remove it.
+      if (createdKeyId !== undefined) {
+        const made = createdKeyId;
+        await withKeyManager(o, (km, caller) => km.delete(caller, made, { force: true })).catch(() => undefined);
+      }
+      throw err;
+    } finally {
+      progress.stop();
+    }
+  });
 }
 
 export function register(program: Command): void {
@@ -193,23 +266,43 @@ Examples:
       .argument('<volume>', 'volume file or block device')
       .option('--name <name>', 'a label for the backup')
       .option('--key-id <id>', "the backup key (default: the one the repository names)")
-      .addHelpText('after', '\nExamples:\n  brickcrypt backup create vol.luks --repo file:/srv/backups\n  brickcrypt backup create /dev/vg0/vol1 --repo swift+http://127.0.0.1:8080/backups --name before-upgrade --json'),
-  ).action(async (volume: string, o: BackupCliOptions & { name?: string }) => {
-    const { createBackup } = await import('../../backup/create-backup.js');
-    const { FileDevice } = await import('../../devices/file-device.js');
+      .option('--no-dirty-bitmap', "neither use the volume's dirty-chunk bitmap (<volume>.dirty-bitmap, kept by attach) nor start a new one: hash every chunk")
+      .addHelpText(
+        'after',
+        `
+Examples:
+  brickcrypt backup create vol.luks --repo file:/srv/backups
+  brickcrypt backup create /dev/vg0/vol1 --repo swift+http://127.0.0.1:8080/backups --name before-upgrade --json
+
+A volume file gets a dirty-chunk bitmap beside it (<volume>.dirty-bitmap) after each backup; while
+'brickcrypt attach' serves the volume it records the chunks written, and the next backup reads
+only those. A bitmap that is in use, left by a crashed attach, or older than the file's last change
+is not trusted: every chunk is read and hashed instead.`,
+      ),
+  ).action(async (volume: string, o: BackupCliOptions & { name?: string; dirtyBitmap?: boolean }) => {
+    const { createBackupWithReport } = await import('../../backup/create-backup.js');
+    const { FileDevice, statPath } = await import('../../devices/file-device.js');
     const { resolve } = await import('node:path');
     const json = o.json === true;
+    const path = resolve(volume);
+    const useBitmap = o.dirtyBitmap !== false && (await statPath(path)).isFile;
     await withRepository(o, async (repo) => {
       const device = await FileDevice.open(volume, { readOnly: true, seekHoles: true });
       const progress = progressReporter(json, 'backup');
       try {
         const started = performance.now();
-        const m = await withCancellation((signal) =>
-          createBackup(repo, device, { sourcePath: resolve(volume), ...(o.name !== undefined ? { name: o.name } : {}), signal, onProgress: (p) => progress.update(p.bytes, p.total) }),
+        const { manifest: m, bitmap } = await withCancellation((signal) =>
+          createBackupWithReport(repo, device, {
+            sourcePath: path,
+            ...(o.name !== undefined ? { name: o.name } : {}),
+            ...(useBitmap ? { dirtyBitmap: { volumePath: path } } : {}),
+            signal,
+            onProgress: (p) => progress.update(p.bytes, p.total),
+          }),
         );
         progress.stop();
         const seconds = (performance.now() - started) / 1000;
-        out(o, { event: 'done', ...summary(m), seconds, peakRssBytes: process.resourceUsage().maxRSS * 1024 }, `${m.id}\n`);
+        out(o, { event: 'done', ...summary(m), ...(bitmap ? { bitmap } : {}), seconds, peakRssBytes: process.resourceUsage().maxRSS * 1024 }, `${m.id}\n`);
       } finally {
         progress.stop();
         await device.close();
@@ -250,6 +343,7 @@ Examples:
         `  holes:    ${s.holes} ranges, ${s.holeBytes} bytes`,
         `  stored:   ${s.stats.storedBytes} bytes for ${s.stats.newBytes} new bytes (read ${s.stats.dataBytes})`,
         ...(s.parent ? [`  parent:   ${s.parent}`] : []),
+        ...(s.dirtyBitmap ? [`  bitmap:   ${s.dirtyBitmap.dirtyChunks} dirty chunks read; the others taken from ${s.dirtyBitmap.base}`] : []),
       ];
       out(o, s, lines.join('\n') + '\n');
     });
@@ -258,14 +352,39 @@ Examples:
   addCommon(
     backup
       .command('restore')
-      .description('Restore a backup, byte for byte, to a new file (holes stay holes) or an existing block device at least as large.')
+      .description('Restore a backup, byte for byte, to a new file (holes stay holes) or an existing block device at least as large; or, with --rekey-on-restore, a LUKS volume under a new volume key.')
       .argument('<id>', 'backup id')
       .argument('<target>', 'new file, or existing block device')
       .option('--key-id <id>', 'the backup key (default: the one the repository names)')
-      .addHelpText('after', '\nExamples:\n  brickcrypt backup restore 20260101T020000Z-1a2b3c4d vol1.restored --repo file:/srv/backups\n  brickcrypt backup restore 20260101T020000Z-1a2b3c4d /dev/loop3 --repo file:/srv/backups'),
-  ).action(async (id: string, target: string, o: BackupCliOptions) => {
-    const { restoreBackup } = await import('../../backup/restore-backup.js');
+      .option('--rekey-on-restore', 'restore a LUKS volume under a new volume key (re-encrypted in the same pass); the new key is created in the key manager and its id printed, unless --dst-key-file/--dst-key-id is given')
+      .option('--src-key-file <file>', "with --rekey-on-restore: the backed-up volume's LUKS passphrase file ('-' = stdin)")
+      .option('--src-key-id <id>', "with --rekey-on-restore: the managed key that opens the backed-up volume")
+      .option('--dst-key-file <file>', 'with --rekey-on-restore: passphrase file for the new volume instead of a new managed key')
+      .option('--dst-key-id <id>', 'with --rekey-on-restore: an existing managed key for the new volume instead of a new one')
+      .option('--pbkdf <type>', 'with --rekey-on-restore: pbkdf2, argon2i or argon2id for the new keyslot')
+      .option('--iter-time <ms>', 'with --rekey-on-restore: keyslot unlock time target in milliseconds')
+      .option('--pbkdf-force-iterations <n>', 'with --rekey-on-restore: fixed PBKDF iterations / Argon2 time cost')
+      .option('--pbkdf-memory <kib>', 'with --rekey-on-restore: Argon2 memory cost in KiB')
+      .addHelpText(
+        'after',
+        `
+Examples:
+  brickcrypt backup restore 20260101T020000Z-1a2b3c4d vol1.restored --repo file:/srv/backups
+  brickcrypt backup restore 20260101T020000Z-1a2b3c4d /dev/loop3 --repo file:/srv/backups
+  brickcrypt backup restore 20260101T020000Z-1a2b3c4d vol1.rekeyed --rekey-on-restore --src-key-id OLD-KEY-ID --repo file:/srv/backups
+  brickcrypt backup restore 20260101T020000Z-1a2b3c4d vol1.rekeyed --rekey-on-restore --src-key-file old.pass --dst-key-file new.pass --repo file:/srv/backups
+
+--key-id names the backup key; the volume's own keys are --src-key-* (the backed-up volume) and
+--dst-key-* (the restored one). With --rekey-on-restore the restored volume has the backed-up
+volume's LUKS version, cipher, key size and sector size, a new volume key and UUID, and one
+keyslot: the old passphrase does not open it.`,
+      ),
+  ).action(async (id: string, target: string, o: BackupCliOptions & RekeyCliOptions) => {
     const json = o.json === true;
+    if (o.rekeyOnRestore) return restoreRekeyedCommand(id, target, o);
+    const given = (['srcKeyFile', 'srcKeyId', 'dstKeyFile', 'dstKeyId', 'pbkdf', 'iterTime', 'pbkdfForceIterations', 'pbkdfMemory'] as const).filter((k) => o[k] !== undefined);
+    if (given.length > 0) throw new InvalidArgumentError('--src-key-*, --dst-key-* and the --pbkdf options need --rekey-on-restore.');
+    const { restoreBackup } = await import('../../backup/restore-backup.js');
     await withRepository(o, async (repo) => {
       const progress = progressReporter(json, 'restore');
       try {

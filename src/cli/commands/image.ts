@@ -253,7 +253,7 @@ function registerImageService(image: Command): void {
       .option('--key-file <file>', "--decrypt: the volume's LUKS passphrase file ('-' = stdin)")
       .option('--decrypt', 'upload the plaintext instead of the encrypted container')
       .option('--disk-format <format>', '--decrypt: image format, raw (default) or qcow2 (zero clusters unallocated)')
-      .option('--compress', '--decrypt with qcow2: compress clusters (not built yet: refused)')
+      .option('--compress', '--decrypt with qcow2: deflate-compress clusters, as qemu-img convert -c (compresses each cluster twice: once to plan the tables)')
       .option('--import <method>', "upload with stage + import (method 'glance-direct') instead of PUT .../file")
       .option('--visibility <v>', 'private, shared, community or public')
       .option('--property <key=value>', 'extra image property; repeatable', collect, [])

@@ -19,6 +19,8 @@ export const COMMAND_GROUPS: readonly CommandGroup[] = [
     load: () => import('./luks.js'),
   },
   { commands: ['convert', 'verify'], load: () => import('./convert.js') },
+  { commands: ['resize', 'convert-header'], load: () => import('./lifecycle.js') },
+  { commands: ['reencrypt'], load: () => import('./reencrypt.js') },
   { commands: ['token'], load: () => import('./token.js') },
   { commands: ['key'], load: () => import('./key.js') },
   { commands: ['image'], load: () => import('./image.js') },

@@ -17,7 +17,7 @@ import { parseChoice, parseInteger, parseSize } from '../parse.js';
 import { tokenPassphraseInput, tokenUriFor } from '../token-key.js';
 import { addKeyManagerToken } from '../../luks/tokens.js';
 
-interface KeyOpts extends KeyManagerCliOptions {
+export interface KeyOpts extends KeyManagerCliOptions {
   keyId?: string;
   newKeyId?: string;
   createKey?: boolean;
@@ -41,11 +41,11 @@ interface KdfCliOpts {
   pbkdfParallel?: string;
 }
 
-interface HeaderOpt {
+export interface HeaderOpt {
   header?: string;
 }
 
-const KEYFILE_HELP = `
+export const KEYFILE_HELP = `
 Key files: every byte counts (a trailing newline is part of the passphrase, as in cryptsetup);
 "-" reads standard input to EOF; --keyfile-offset skips bytes, --keyfile-size reads exactly that many.
 Without --key-file/--key-id, an existing LUKS2 volume's brickcrypt-key-manager token names its key
@@ -60,7 +60,7 @@ file: a symmetric key's passphrase is the lowercase hex of its bytes (the OpenSt
 convention), a passphrase object's is its bytes. ${'`'}brickcrypt key --help${'`'} explains --key-manager,
 --user/--project/--roles and --profile.`;
 
-const EXIT_HELP = `
+export const EXIT_HELP = `
 Exit codes: 0 success, 1 bad arguments, 2 wrong passphrase, 4 not a (valid) LUKS device / unsupported,
 5 keyslot busy or target exists, 8 I/O error.`;
 
@@ -71,25 +71,21 @@ function keyfileRange(offset: string | undefined, size: string | undefined): { o
   };
 }
 
-function triesOf(o: KeyOpts): number {
+export function triesOf(o: KeyOpts): number {
   return o.tries === undefined ? DEFAULT_TRIES : parseInteger(o.tries, 'tries', 1, 1000);
 }
 
 /**
- * The existing passphrase: --key-id, --key-file, the volume's brickcrypt-key-manager token,
- * or typed at a terminal ("Enter passphrase for VOLUME: "), in that order (src/cli/token-key.ts).
+ * The existing passphrase without tokens: --key-id, --key-file, or typed at a terminal
+ * ("Enter passphrase for VOLUME: "). Commands on an existing volume use `existingKeyInput`.
  */
-async function oldKeyInput(o: KeyOpts & HeaderOpt, volume: string): Promise<PassphraseInput> {
+export function oldKeyInput(o: KeyOpts, volume = 'the volume'): PassphraseInput {
   const keyId = o.keyId;
   if (keyId !== undefined) {
     if (o.keyFile !== undefined) throw new InvalidArgumentError('Give --key-file or --key-id, not both.');
     return { interactive: false, read: () => passphraseFromKeyManager(o, keyId) };
   }
-  if (o.keyFile === undefined) {
-    const fromToken = await tokenPassphraseInput(volume, o, o.header);
-    if (fromToken) return fromToken;
-    if (o.keyManager !== undefined) throw new InvalidArgumentError(`--key-manager needs --key-id ID (${volume} has no brickcrypt-key-manager token).`);
-  }
+  if (o.keyFile === undefined && o.keyManager !== undefined) throw new InvalidArgumentError('--key-manager needs --key-id ID.');
   return passphraseInput({
     ...(o.keyFile !== undefined ? { keyFile: o.keyFile } : {}),
     ...keyfileRange(o.keyfileOffset, o.keyfileSize),
@@ -99,11 +95,23 @@ async function oldKeyInput(o: KeyOpts & HeaderOpt, volume: string): Promise<Pass
 }
 
 /**
+ * The existing passphrase of VOLUME: --key-id, --key-file, the volume's brickcrypt-key-manager
+ * token, or typed at a terminal, in that order (precedence: src/cli/token-key.ts).
+ */
+export async function existingKeyInput(o: KeyOpts & HeaderOpt, volume: string): Promise<PassphraseInput> {
+  if (o.keyId === undefined && o.keyFile === undefined) {
+    const fromToken = await tokenPassphraseInput(volume, o, o.header);
+    if (fromToken) return fromToken;
+  }
+  return oldKeyInput(o, volume);
+}
+
+/**
  * The existing passphrase. A typed one is first checked with `check` (an unlock), so a typo is
  * asked again up to --tries times, as cryptsetup does, before anything else happens.
  */
 async function oldKey(o: KeyOpts & HeaderOpt, volume: string, check?: (passphrase: Passphrase) => Promise<void>): Promise<Passphrase> {
-  const input = await oldKeyInput(o, volume);
+  const input = await existingKeyInput(o, volume);
   if (!input.interactive || !check) return input.read();
   return withPassphraseTries(
     input,
@@ -159,7 +167,7 @@ function addKdfOptions(cmd: Command): Command {
     .option('--pbkdf-parallel <n>', 'Argon2 lanes (default min(4, CPUs))');
 }
 
-function addKeyFileOptions(cmd: Command, withNew: boolean): Command {
+export function addKeyFileOptions(cmd: Command, withNew: boolean): Command {
   cmd
     .option('--key-file <file>', 'file holding the passphrase ("-" for standard input)')
     .option('--keyfile-offset <bytes>', 'skip this many bytes of the key file')
@@ -179,7 +187,7 @@ function addKeyFileOptions(cmd: Command, withNew: boolean): Command {
 }
 
 /** Runs `fn` holding the volume's writer lock: keyslots never change under an attached volume or a convert. */
-async function withWriterLock<T>(volume: string, fn: () => Promise<T>): Promise<T> {
+export async function withWriterLock<T>(volume: string, fn: () => Promise<T>): Promise<T> {
   const lock = await VolumeLock.acquire(volume);
   try {
     return await fn();
@@ -388,7 +396,7 @@ ${EXIT_HELP}`,
     .addHelpText('after', `\nExit 0 when a keyslot opens, 2 for a wrong passphrase.\nExample:\n  brickcrypt test-key vol.img --key-file pass.txt\n${KEYFILE_HELP}\n${EXIT_HELP}`)
     .action(async (volume: string, o: KeyOpts & HeaderOpt & { keySlot?: string }) => {
       await withPassphraseTries(
-        await oldKeyInput(o, volume),
+        await existingKeyInput(o, volume),
         (pass) =>
           withVolume(volume, o, true, async (vol) => {
             const r = await vol.unlock(pass, o.keySlot !== undefined ? { keyslot: slotArg(o.keySlot) } : {});

@@ -5,7 +5,7 @@
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { InvalidArgumentError } from '../../errors.js';
-import { parseInteger, parseSize } from '../parse.js';
+import { parseChoice, parseInteger, parseSize } from '../parse.js';
 
 interface ServeOptions {
   listen: string;
@@ -20,6 +20,9 @@ interface ServeOptions {
   database?: string;
   role?: string;
   imageDir?: string[];
+  imageService?: string;
+  backupRepo?: string;
+  heartbeatTimeout?: string;
 }
 
 function parseListen(text: string): { host: string; port: number } {
@@ -41,28 +44,40 @@ export function register(program: Command): void {
     .option('--nbd-host <host>', 'address the NBD servers of attached volumes listen on (default 127.0.0.1)')
     .option('--copy-bps-limit <size>', 'copy rate limit per job in bytes per second, e.g. 100M (default none)')
     .option('--image-dir <dir>', 'a directory source.image_file may name files in (repeatable; default STATE/images)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--image-service <url>', 'Glance v2 endpoint for upload_to_image and source.image_id (default $BRICKCRYPT_IMAGE_SERVICE)')
+    .option('--backup-repo <uri>', 'backup repository for backup and source.backup_id: file:DIR, swift+http://..., s3://... (default $BRICKCRYPT_BACKUP_REPO)')
     .option('--checkpoint-every <size>', 'bytes between copy checkpoints (default 16M)')
-    .option('--database <url>', 'postgresql://... for scale-out (not built yet: only the embedded SQLite state)')
-    .option('--role <role>', 'api|worker|all (default all; api and worker need --database)')
+    .option('--database <url>', 'postgresql://USER@HOST:PORT/DB: jobs and state in PostgreSQL, shared by many serve processes (default: SQLite under --state)')
+    .option('--role <role>', 'api (HTTP only), worker (jobs only) or all (default); api and worker need --database')
+    .option('--heartbeat-timeout <seconds>', "--database: a worker silent this long loses its jobs to the others (default 30)")
     .addHelpText(
       'after',
       `
 Examples:
   brickcrypt serve --listen 127.0.0.1:8776 --state /var/lib/brickcrypt --tokens /etc/brickcrypt/tokens.json
   brickcrypt serve --listen 127.0.0.1:8776 --state ./state --trust-proxy-identity
+  brickcrypt serve --listen 127.0.0.1:8776 --state ./state --tokens tokens.json \\
+      --image-service http://127.0.0.1:9292 --backup-repo file:/srv/backups
+  # scale-out: one API process and workers on any hosts, sharing PostgreSQL (and the volume directory)
+  brickcrypt serve --listen 0.0.0.0:8776 --state /srv/brickcrypt --tokens tokens.json \\
+      --database postgresql://brickcrypt@db:5432/brickcrypt --role api
+  brickcrypt serve --listen 127.0.0.1:8777 --state /srv/brickcrypt --tokens tokens.json \\
+      --database postgresql://brickcrypt@db:5432/brickcrypt --role worker --workers 2
   curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8776/v1/volumes`,
     )
     .action(async (o: ServeOptions) => {
       const listen = parseListen(o.listen);
-      if (o.database !== undefined) {
-        const { NotImplementedError } = await import('../../errors.js');
-        throw new NotImplementedError('--database (PostgreSQL scale-out) is not built yet; run without it on the embedded SQLite state.');
-      }
-      if (o.role !== undefined && o.role !== 'all') throw new InvalidArgumentError(`--role ${o.role} needs --database (one process on SQLite is always "all").`);
+      const database = o.database ?? process.env.BRICKCRYPT_DATABASE;
+      const role = o.role === undefined ? 'all' : parseChoice(o.role, 'role', ['api', 'worker', 'all'] as const);
+      if (role !== 'all' && database === undefined) throw new InvalidArgumentError(`--role ${role} needs --database (one process on SQLite is always "all").`);
+      if (o.heartbeatTimeout !== undefined && database === undefined) throw new InvalidArgumentError('--heartbeat-timeout applies to --database only.');
       if (!o.tokens && !o.trustProxyIdentity) throw new InvalidArgumentError('Give --tokens FILE and/or --trust-proxy-identity: the API answers no request without an identity.');
       const { loadTokensFile } = await import('../../service/caller-identity.js');
       const { createService } = await import('../../service/app.js');
       const tokens = o.tokens ? loadTokensFile(o.tokens) : new Map();
+      const imageService = o.imageService ?? process.env.BRICKCRYPT_IMAGE_SERVICE;
+      const backupRepo = o.backupRepo ?? process.env.BRICKCRYPT_BACKUP_REPO;
+      if (backupRepo) (await import('../../backup/object-store.js')).parseStoreUri(backupRepo); // a bad URI fails now
       const log = (m: string) => process.stderr.write(`brickcrypt serve: ${m}\n`);
       const service = await createService({
         stateDir: resolve(o.state),
@@ -73,6 +88,10 @@ Examples:
         ...(o.copyBpsLimit !== undefined ? { copyBytesPerSecond: parseSize(o.copyBpsLimit, 'copy-bps-limit') } : {}),
         ...(o.checkpointEvery !== undefined ? { checkpointBytes: parseSize(o.checkpointEvery, 'checkpoint-every') } : {}),
         ...(o.imageDir !== undefined ? { imageDirs: o.imageDir.map((d) => resolve(d)) } : {}),
+        ...(imageService ? { imageServiceUrl: imageService } : {}),
+        ...(backupRepo ? { backupRepo } : {}),
+        ...(database !== undefined ? { database, role } : {}),
+        ...(o.heartbeatTimeout !== undefined ? { heartbeatTimeoutSeconds: parseInteger(o.heartbeatTimeout, 'heartbeat-timeout', 1, 3600) } : {}),
         log,
       });
       let stopping = false;
@@ -86,7 +105,8 @@ Examples:
       process.on('SIGTERM', () => void stop());
       process.on('SIGINT', () => void stop());
       await service.start();
+      // A worker answers /v1/health and /metrics too (for its supervisor); the API routes work on every role.
       const address = await service.app.listen({ host: listen.host, port: listen.port });
-      process.stdout.write(`listening on ${address}\n`);
+      process.stdout.write(`listening on ${address} (role ${role}${database !== undefined ? ', PostgreSQL' : ', SQLite'})\n`);
     });
 }

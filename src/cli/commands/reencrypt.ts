@@ -1,0 +1,193 @@
+/**
+ * `brickcrypt reencrypt VOLUME`: in-place re-encryption of a LUKS2 volume under a new volume key
+ * (cryptsetup reencrypt's option names), over src/workflows/reencrypt.ts. Progress is a bar on a
+ * TTY (stderr) or JSON lines with `--json`; SIGINT/SIGTERM stop at the next zone boundary, where
+ * the header records a consistent, resumable state; the volume's writer lock is held throughout.
+ */
+import type { Command } from 'commander';
+import { withCancellation } from '../cancellation.js';
+import { CancelledError, InvalidArgumentError, NotImplementedError } from '../../errors.js';
+import { VolumeLock } from '../../devices/volume-lock.js';
+import { passphraseInput } from '../key-input.js';
+import { addKeyManagerOptions, KEY_MANAGER_HELP, passphraseFromKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
+import { DEFAULT_TRIES, type PassphraseInput } from '../passphrase-prompt.js';
+import { parseChoice, parseInteger, parseSize } from '../parse.js';
+import { progressReporter } from './convert.js';
+import type { ReencryptReport } from '../../workflows/reencrypt.js';
+import type { Passphrase } from '../../secret.js';
+
+interface ReencryptCliOptions extends KeyManagerCliOptions {
+  keyFile?: string;
+  keyfileOffset?: string;
+  keyfileSize?: string;
+  keyId?: string;
+  keySlot?: string;
+  tries?: string;
+  resumeOnly?: boolean;
+  initOnly?: boolean;
+  resilience?: string;
+  resilienceHash?: string;
+  hotzoneSize?: string;
+  cipher?: string;
+  keySize?: string;
+  sectorSize?: string;
+  encrypt?: boolean;
+  decrypt?: boolean;
+  type?: string;
+  reduceDeviceSize?: string;
+  header?: string;
+  hash?: string;
+  pbkdf?: string;
+  iterTime?: string;
+  pbkdfForceIterations?: string;
+  pbkdfMemory?: string;
+  pbkdfParallel?: string;
+  workers?: string;
+  json?: boolean;
+}
+
+function keyInput(o: ReencryptCliOptions, volume: string): PassphraseInput {
+  const keyId = o.keyId;
+  if (keyId !== undefined) {
+    if (o.keyFile !== undefined) throw new InvalidArgumentError('Give --key-file or --key-id, not both.');
+    return { interactive: false, read: () => passphraseFromKeyManager(o, keyId) };
+  }
+  if (o.keyFile === undefined && o.keyManager !== undefined) throw new InvalidArgumentError('--key-manager needs --key-id ID.');
+  return passphraseInput({
+    ...(o.keyFile !== undefined ? { keyFile: o.keyFile } : {}),
+    ...(o.keyfileOffset !== undefined ? { offset: parseInteger(o.keyfileOffset, 'keyfile-offset') } : {}),
+    ...(o.keyfileSize !== undefined ? { size: parseInteger(o.keyfileSize, 'keyfile-size', 1) } : {}),
+    prompt: `Enter passphrase for ${volume}: `,
+    what: '--key-file (or --key-id)',
+  });
+}
+
+function describe(volume: string, r: ReencryptReport): string {
+  const mib = (n: number) => (n / (1024 * 1024)).toFixed(1);
+  const rate = r.seconds > 0 ? ` (${mib(r.bytes / r.seconds)} MiB/s)` : '';
+  const lines = [
+    r.finished
+      ? `${volume}: reencryption finished: ${r.encryption}, ${r.sectorSize}-byte sectors, new volume key in keyslot${r.keyslots.length === 1 ? '' : 's'} ${r.keyslots.join(', ')}.`
+      : `${volume}: reencryption recorded (${r.resilience}); resume with \`brickcrypt reencrypt --resume-only ${volume}\`.`,
+    `  ${mib(r.bytes)} of ${mib(r.total)} MiB rewritten in ${r.seconds.toFixed(1)} s${rate}${r.recovered ? '; an interrupted hot zone was recovered first' : ''}${r.started ? '' : '; resumed a recorded reencryption'}.`,
+  ];
+  return lines.join('\n') + '\n';
+}
+
+export function register(program: Command): void {
+  const cmd = program
+    .command('reencrypt')
+    .description('Re-encrypt a LUKS2 volume in place under a new volume key (cryptsetup reencrypt); crash-safe and resumable, also by cryptsetup.')
+    .argument('<volume>', 'LUKS2 volume file or block device')
+    .option('--key-file <file>', "passphrase file ('-' = stdin); the same passphrase opens the new keyslots")
+    .option('--keyfile-offset <bytes>', 'skip this many bytes of the key file')
+    .option('--keyfile-size <bytes>', 'read at most this many bytes of the key file')
+    .option('--key-id <id>', 'managed key whose LUKS passphrase opens the volume (see --key-manager)')
+    .option('--key-slot <n>', 'keep only this keyslot (the others are removed when the reencryption finishes)')
+    .option('--tries <n>', 'how often a passphrase typed at the terminal may be retried (default 3)')
+    .option('--resume-only', 'only continue a recorded (interrupted) reencryption')
+    .option('--init-only', 'only record the reencryption (new keyslots and state); rewrite no data')
+    .option('--resilience <mode>', 'hot zone protection: checksum (default), journal, none; datashift (with --encrypt/--decrypt, not built)')
+    .option('--resilience-hash <hash>', 'checksum resilience hash (default sha256)')
+    .option('--hotzone-size <size>', 'largest hot zone, e.g. 64M (default 64 MiB, within what the resilience area holds)')
+    .option('--cipher <spec>', 'new cipher, e.g. aes-xts-plain64 (default: the current one)')
+    .option('--key-size <bits>', 'new volume key size in bits (default: the current one)')
+    .option('--sector-size <bytes>', 'new encryption sector size: 512, 1024, 2048 or 4096 (default: the current one)')
+    .option('--header <file>', 'detached LUKS2 header')
+    .option('--encrypt', 'encrypt a plain device in place (not built yet)')
+    .option('--decrypt', 'decrypt a LUKS device in place (not built yet)')
+    .option('--type <type>', 'with --encrypt: luks2 or luks1 (not built yet)')
+    .option('--reduce-device-size <size>', 'with --encrypt: room for the header taken from the device end (not built yet)')
+    .option('--hash <name>', 'PBKDF2 hash of the new keyslots')
+    .option('--pbkdf <type>', 'KDF of the new keyslots: pbkdf2, argon2i or argon2id')
+    .option('--iter-time <ms>', 'keyslot unlock time target in milliseconds')
+    .option('--pbkdf-force-iterations <n>', 'fixed PBKDF iterations / Argon2 time cost (no benchmark)')
+    .option('--pbkdf-memory <kib>', 'Argon2 memory cost in KiB')
+    .option('--pbkdf-parallel <n>', 'Argon2 lanes')
+    .option('--workers <n>', 'crypto worker threads (default: one per core)')
+    .option('--json', 'JSON progress lines and a JSON summary on stdout');
+  addKeyManagerOptions(cmd, { help: false });
+  cmd
+    .addHelpText('after', `
+Examples:
+  brickcrypt reencrypt vol.img --key-file pass.txt                      (new volume key, same cipher)
+  brickcrypt reencrypt vol.img --key-file pass.txt --cipher aes-xts-plain64 --key-size 256 --sector-size 4096
+  brickcrypt reencrypt vol.img --key-file pass.txt --resilience journal --hotzone-size 16M
+  brickcrypt reencrypt vol.img --key-id ID --key-manager barbican+https://kms:9311 --key-slot 0
+  brickcrypt reencrypt --resume-only vol.img --key-file pass.txt        (after a crash, kill or Ctrl-C)
+
+The state on disk is cryptsetup 2.6's own (online-reencrypt-v2): a reencryption either tool started
+can be finished by the other ("cryptsetup reencrypt --resume-only"; after a crash inside a hot zone
+cryptsetup wants "cryptsetup repair" first, brickcrypt recovers it by itself). Until it finishes,
+commands that read the data (convert, verify, attach) refuse the volume. The passphrase must open
+every keyslot of the volume key, or name the one to keep with --key-slot; each gets a new keyslot
+(new number) for the new key, and the old keyslots and key are removed at the end.
+Resilience: checksum and journal survive a crash at any instant; none is safe only against
+Ctrl-C/SIGTERM (it stops at a zone boundary). See docs/reencrypt.md.
+${KEY_MANAGER_HELP}`)
+    .action(async (volume: string, o: ReencryptCliOptions) => {
+      if (o.encrypt || o.decrypt || o.type !== undefined || o.reduceDeviceSize !== undefined) {
+        throw new NotImplementedError('In-place --encrypt/--decrypt (and --type, --reduce-device-size) are not built yet; re-key of LUKS2 volumes is.');
+      }
+      const resilience = o.resilience === undefined ? undefined : parseChoice(o.resilience, 'resilience', ['checksum', 'journal', 'none', 'datashift'] as const);
+      if (resilience === 'datashift') throw new NotImplementedError('Resilience datashift is used by --encrypt/--decrypt, which are not built yet.');
+      if (o.resumeOnly && o.initOnly) throw new InvalidArgumentError('Give --resume-only or --init-only, not both.');
+      const json = o.json === true;
+      const input = keyInput(o, volume);
+      const tries = input.interactive ? (o.tries === undefined ? DEFAULT_TRIES : parseInteger(o.tries, 'tries', 1, 1000)) : 1;
+      const { reencryptVolume } = await import('../../workflows/reencrypt.js');
+      const { WrongPassphraseError } = await import('../../errors.js');
+      const progress = progressReporter(json, 'reencrypt');
+      const lock = await VolumeLock.acquire(volume);
+      let report: ReencryptReport | undefined;
+      try {
+        for (let attempt = 1; ; attempt++) {
+          const passphrase: Passphrase = await input.read();
+          try {
+            report = await withCancellation((signal) =>
+              reencryptVolume(volume, {
+                passphrases: [passphrase],
+                ...(o.header !== undefined ? { header: o.header } : {}),
+                ...(o.keySlot !== undefined ? { keyslot: parseInteger(o.keySlot, 'key-slot', 0, 31) } : {}),
+                ...(o.resumeOnly ? { resumeOnly: true } : {}),
+                ...(o.initOnly ? { initOnly: true } : {}),
+                ...(resilience !== undefined ? { resilience } : {}),
+                ...(o.resilienceHash !== undefined ? { resilienceHash: o.resilienceHash } : {}),
+                ...(o.hotzoneSize !== undefined ? { hotzoneSize: parseSize(o.hotzoneSize, 'hotzone-size') } : {}),
+                ...(o.cipher !== undefined ? { cipher: o.cipher } : {}),
+                ...(o.keySize !== undefined ? { keySizeBits: parseInteger(o.keySize, 'key-size', 128, 4096) } : {}),
+                ...(o.sectorSize !== undefined ? { sectorSize: parseInteger(o.sectorSize, 'sector-size', 512, 4096) } : {}),
+                ...(o.hash !== undefined ? { hash: o.hash } : {}),
+                ...(o.pbkdf !== undefined ? { pbkdf: parseChoice(o.pbkdf, 'pbkdf', ['pbkdf2', 'argon2i', 'argon2id'] as const) } : {}),
+                ...(o.iterTime !== undefined ? { iterTimeMs: parseInteger(o.iterTime, 'iter-time', 1) } : {}),
+                ...(o.pbkdfForceIterations !== undefined ? { iterations: parseInteger(o.pbkdfForceIterations, 'pbkdf-force-iterations', 1, 0xffffffff) } : {}),
+                ...(o.pbkdfMemory !== undefined ? { memoryKiB: parseInteger(o.pbkdfMemory, 'pbkdf-memory', 32, 4 * 1024 * 1024) } : {}),
+                ...(o.pbkdfParallel !== undefined ? { parallel: parseInteger(o.pbkdfParallel, 'pbkdf-parallel', 1, 16) } : {}),
+                ...(o.workers !== undefined ? { workers: parseInteger(o.workers, 'workers', 0, 64) } : {}),
+                signal,
+                onProgress: ({ done, total }) => progress.update({ bytes: done, total }),
+              }),
+            );
+            break;
+          } catch (err) {
+            if (!(err instanceof WrongPassphraseError) || attempt >= tries) throw err;
+            process.stderr.write('No key available with this passphrase.\n');
+          } finally {
+            passphrase.wipe();
+          }
+        }
+      } catch (err) {
+        if (err instanceof CancelledError) {
+          progress.stop();
+          process.stderr.write(`${volume}: reencryption stopped at a consistent point; resume with \`brickcrypt reencrypt --resume-only ${volume}\`.\n`);
+        }
+        throw err;
+      } finally {
+        progress.stop();
+        await lock.release();
+      }
+      const peakRssBytes = process.resourceUsage().maxRSS * 1024;
+      if (json) process.stdout.write(JSON.stringify({ event: 'done', ...report, peakRssBytes }) + '\n');
+      else process.stdout.write(describe(volume, report!));
+    });
+}

@@ -1,0 +1,261 @@
+/**
+ * Scale-out on a real PostgreSQL (scripts/servers/postgresql.sh): one `brickcrypt serve --role
+ * api` and two `--role worker` processes on one database and one volume directory. Jobs
+ * submitted to the API run on the workers; progress streams through the API (SSE fed by
+ * LISTEN/NOTIFY); a cancellation sent to the API stops a job on a worker; a job whose volume's
+ * advisory lock is held elsewhere waits for it; and a worker killed with -9 in the middle of a
+ * copy loses its job to the other worker after the heartbeat timeout, which continues from the
+ * last checkpoint and ends with exactly the image's bytes.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { cliPath } from '../helpers/tools.js';
+import { freshDatabase, postgresServer } from '../helpers/postgres-server.js';
+import { openKeyManager } from '../../src/keys/open-key-manager.js';
+import { openVolumeFile, passphraseOfKey } from '../../src/service/volume-files.js';
+import { PostgresStateStore } from '../../src/service/postgres-store.js';
+import { FAST_LUKS, client, setupState, waitFor, waitJob, type Call } from './service-helpers.js';
+
+const ADMIN = { user: 'alice', project: 'p1', roles: ['admin'] };
+const env = setupState();
+let server: { url: string } | { skip: string };
+let database: { url: string; drop: () => Promise<void> } | undefined;
+let store: PostgresStateStore | undefined;
+let port = 20400 + Math.floor(Math.random() * 500);
+
+interface Proc {
+  name: string;
+  child: ChildProcess;
+  base: string;
+  call: Call;
+  stderr: () => string;
+}
+const procs: Proc[] = [];
+
+async function startServe(name: string, role: 'api' | 'worker', extra: string[] = []): Promise<Proc> {
+  port += 1;
+  const child = spawn(
+    process.execPath,
+    [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', env.state, '--tokens', env.tokensFile, '--image-dir', env.dir, '--database', database!.url, '--role', role, ...extra],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let err = '';
+  child.stderr!.on('data', (d) => (err += String(d)));
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d) => {
+      out += String(d);
+      if (out.includes('listening on')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`${name} exited ${code}: ${err}`)));
+  });
+  const base = `http://127.0.0.1:${port}`;
+  const p = { name, child, base, call: client(base), stderr: () => err };
+  procs.push(p);
+  return p;
+}
+
+function kill(child: ChildProcess, signal: NodeJS.Signals): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    child.once('exit', () => resolve());
+    child.kill(signal);
+  });
+}
+
+async function volumePlaintext(id: string): Promise<Buffer> {
+  const v = (await store!.volume(id))!;
+  const km = await openKeyManager(`local:${join(env.state, 'keystore.db')}`);
+  try {
+    const pass = v.format === 'raw' ? undefined : await passphraseOfKey(km, ADMIN, v.encryption_key_id!);
+    const opened = await openVolumeFile(v.path, v.format, { readOnly: true, ...(pass ? { passphrase: pass } : {}) });
+    try {
+      const buf = new Uint8Array(opened.device.size);
+      await opened.device.read(buf, 0);
+      return Buffer.from(buf);
+    } finally {
+      await opened.close();
+    }
+  } finally {
+    await km.close();
+  }
+}
+
+// Slow copies (8 MiB/s, a checkpoint per MiB) so a worker can be killed half-way; a worker
+// silent for 3 s loses its jobs.
+const WORKER = ['--workers', '1', '--copy-bps-limit', '8M', '--checkpoint-every', '1M', '--heartbeat-timeout', '3'];
+let api: Proc;
+let workerA: Proc;
+let workerB: Proc;
+
+before(async () => {
+  server = await postgresServer();
+  if ('skip' in server) return;
+  database = await freshDatabase(server.url, 'scale_out');
+  mkdirSync(env.state, { recursive: true, mode: 0o700 });
+  // Started one after the other: the first creates the keystore and the schemas.
+  api = await startServe('api', 'api');
+  workerA = await startServe('worker-a', 'worker', WORKER);
+  workerB = await startServe('worker-b', 'worker', WORKER);
+  store = await PostgresStateStore.connect(database.url);
+});
+
+after(async () => {
+  for (const p of procs) await kill(p.child, 'SIGTERM');
+  await store?.close();
+  await database?.drop().catch(() => undefined);
+  env.cleanup();
+});
+
+const skip = () => (server && 'skip' in server ? server.skip : false);
+const runsOn = (jobId: string) => [workerA, workerB].filter((w) => w.stderr().includes(`job ${jobId} (`) && w.stderr().includes('taken by worker'));
+
+test('jobs submitted to the API process run on a worker; the API role runs none', { skip: skip() }, async () => {
+  const r = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'blank', format: 'luks2', size: '1M', luks: FAST_LUKS } });
+  assert.equal(r.status, 202, r.text);
+  const job = await waitJob(api.call, r.json.job.id);
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.equal(runsOn(job.id).length, 1, 'exactly one worker took the job');
+  assert.ok(!api.stderr().includes('taken by worker'), api.stderr());
+  // Every process answers the API from the same state.
+  const seen = await workerB.call('GET', `/v1/volumes/${r.json.volume.id}`, { who: 'admin' });
+  assert.equal(seen.json.volume.status, 'available');
+  const health = await api.call('GET', '/v1/health');
+  assert.equal(health.json.status, 'ok');
+});
+
+test('a worker killed -9 mid-copy: after the heartbeat timeout the other worker continues from the checkpoint, exact bytes', { skip: skip() }, async () => {
+  const image = join(env.dir, 'big.raw');
+  const bytes = randomBytes(24 << 20);
+  writeFileSync(image, bytes);
+  const r = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'big', format: 'luks2', source: { image_file: image }, luks: FAST_LUKS } });
+  assert.equal(r.status, 202, r.text);
+  const id = r.json.job.id as string;
+  await waitFor(api.call, id, (j) => j.state === 'running' && j.progress.bytes_done >= 6 << 20);
+  const [victim] = runsOn(id);
+  assert.ok(victim, 'a worker runs the job');
+  const survivor = victim === workerA ? workerB : workerA;
+  await kill(victim.child, 'SIGKILL');
+  const job = await waitJob(api.call, id, 'admin', 120_000);
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.ok(job.result.resumed_from > 0, `continued from a checkpoint: ${JSON.stringify(job.result)}`);
+  assert.equal(job.result.attempts, 2);
+  assert.ok(survivor.stderr().includes(`job ${id} (create_volume) taken by worker`), survivor.stderr());
+  assert.match(survivor.stderr() + api.stderr(), new RegExp(`job ${id} \\(create_volume\\) lost its worker`));
+  assert.ok((await volumePlaintext(r.json.volume.id)).equals(bytes), 'the volume holds exactly the image');
+  // A new worker takes the place of the killed one for the tests that follow.
+  if (victim === workerA) workerA = await startServe('worker-a2', 'worker', WORKER);
+  else workerB = await startServe('worker-b2', 'worker', WORKER);
+});
+
+test('SIGTERM of a worker mid-copy hands its job back at once: another worker continues from the checkpoint', { skip: skip() }, async () => {
+  const image = join(env.dir, 'term.raw');
+  const bytes = randomBytes(16 << 20);
+  writeFileSync(image, bytes);
+  const r = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'term', format: 'raw', source: { image_file: image } } });
+  assert.equal(r.status, 202, r.text);
+  const id = r.json.job.id as string;
+  await waitFor(api.call, id, (j) => j.state === 'running' && j.progress.bytes_done >= 4 << 20);
+  const [victim] = runsOn(id);
+  assert.ok(victim);
+  const survivor = victim === workerA ? workerB : workerA;
+  const stoppedAt = Date.now();
+  await kill(victim.child, 'SIGTERM');
+  await waitFor(api.call, id, (j) => j.state !== 'queued' && survivor.stderr().includes(`job ${id} (create_volume) taken by worker`), 30_000);
+  assert.ok(Date.now() - stoppedAt < 2500, 'taken over before any heartbeat timeout');
+  const job = await waitJob(api.call, id, 'admin', 60_000);
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.ok(job.result.resumed_from > 0, JSON.stringify(job.result));
+  assert.ok((await volumePlaintext(r.json.volume.id)).equals(bytes));
+  if (victim === workerA) workerA = await startServe('worker-a3', 'worker', WORKER);
+  else workerB = await startServe('worker-b3', 'worker', WORKER);
+});
+
+test('a worker whose session holding the volume lock breaks stops writing at once; the job continues from its checkpoint', { skip: skip() }, async () => {
+  const image = join(env.dir, 'fence.raw');
+  const bytes = randomBytes(16 << 20);
+  writeFileSync(image, bytes);
+  const r = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'fence', format: 'raw', source: { image_file: image } } });
+  const id = r.json.job.id as string;
+  const volumeId = r.json.volume.id as string;
+  await waitFor(api.call, id, (j) => j.state === 'running' && j.progress.bytes_done >= 4 << 20);
+  const [holder] = runsOn(id);
+  assert.ok(holder);
+  // The session holding the volume's advisory lock, ended from outside (as a network failure would).
+  const killed = await store!.pool.query(
+    `SELECT pg_terminate_backend(pid) AS ok FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::bigint::oid AND objid::bigint = (hashtext($2)::bigint & 4294967295)`,
+    [0x62726b63, volumeId],
+  );
+  assert.equal(killed.rows.length, 1, 'one session holds the volume');
+  const job = await waitJob(api.call, id, 'admin', 60_000);
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.ok(holder.stderr().includes('the session holding the volume lock broke'), holder.stderr());
+  assert.equal(job.result.attempts, 2);
+  assert.ok(job.result.resumed_from > 0, JSON.stringify(job.result));
+  assert.ok((await volumePlaintext(volumeId)).equals(bytes));
+});
+
+test('progress of a job on a worker streams through the API (SSE), and a cancel sent to the API stops it there', { skip: skip() }, async () => {
+  const image = join(env.dir, 'cancel.raw');
+  writeFileSync(image, randomBytes(32 << 20));
+  const r = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'cancel-me', format: 'raw', source: { image_file: image } } });
+  assert.equal(r.status, 202, r.text);
+  const id = r.json.job.id as string;
+  const events: any[] = [];
+  const controller = new AbortController();
+  // The SSE stream of the API process, which runs no job itself.
+  const res = await fetch(`${api.base}/v1/jobs/${id}/events`, { headers: { authorization: 'Bearer admin-token-p1' }, signal: controller.signal });
+  const reader = res.body!.getReader();
+  const decoder = new TextDecoder();
+  let text = '';
+  const readAll = (async () => {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) return;
+      text += decoder.decode(value, { stream: true });
+      for (const m of text.matchAll(/^data: (.*)$/gm)) events.push(JSON.parse(m[1]!));
+      text = text.slice(text.lastIndexOf('\n\n') + 2);
+    }
+  })();
+  await waitFor(api.call, id, (j) => j.state === 'running' && j.progress.bytes_done >= 2 << 20);
+  const c = await api.call('POST', `/v1/jobs/${id}/cancel`, { who: 'admin' });
+  assert.equal(c.status, 202, c.text);
+  const job = await waitJob(api.call, id, 'admin', 30_000);
+  assert.equal(job.state, 'cancelled', JSON.stringify(job));
+  await Promise.race([readAll, new Promise((res) => setTimeout(res, 5000))]);
+  controller.abort();
+  assert.ok(events.some((e) => e.state === 'running' && e.progress.bytes_done > 0), `progress events: ${JSON.stringify(events.slice(0, 3))}`);
+  assert.equal(events.at(-1)?.state, 'cancelled', 'the stream ends with the final state');
+  assert.equal((await api.call('GET', `/v1/volumes/${r.json.volume.id}`, { who: 'admin' })).json.volume.status, 'error');
+});
+
+test('a job waits while its volume\'s advisory lock is held in another session, and runs once it is released', { skip: skip() }, async () => {
+  const created = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'locked', format: 'raw', size: '1M' } });
+  assert.equal((await waitJob(api.call, created.json.job.id)).state, 'succeeded');
+  const volumeId = created.json.volume.id as string;
+  const lock = await store!.tryLockVolume(volumeId);
+  assert.ok(lock, 'the test session takes the volume');
+  try {
+    const r = await api.call('POST', `/v1/volumes/${volumeId}/actions`, { who: 'admin', body: { migrate: { format: 'luks2', luks: FAST_LUKS } } });
+    assert.equal(r.status, 202, r.text);
+    await new Promise((res) => setTimeout(res, 2500));
+    const waiting = await api.call('GET', `/v1/jobs/${r.json.job.id}`, { who: 'admin' });
+    assert.equal(waiting.json.job.state, 'queued', 'no worker runs a job on a volume another session holds');
+    await lock.release();
+    const job = await waitJob(api.call, r.json.job.id, 'admin', 30_000);
+    assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  } finally {
+    await lock.release();
+  }
+});
+
+test('attach is refused on PostgreSQL (501: one process must serve the NBD export)', { skip: skip() }, async () => {
+  const created = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'att', format: 'raw', size: '1M' } });
+  assert.equal((await waitJob(api.call, created.json.job.id)).state, 'succeeded');
+  const r = await api.call('POST', `/v1/volumes/${created.json.volume.id}/actions`, { who: 'admin', body: { attach: {} } });
+  assert.equal(r.status, 501, r.text);
+});
