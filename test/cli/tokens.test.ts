@@ -119,6 +119,22 @@ test('on a terminal the token is consulted before the prompt; without a token th
   }
 });
 
+test('reencrypt moves the token to the new keyslot; the volume still finds its key', () => {
+  const { tmp, ok, tokens } = setup();
+  try {
+    const vol = join(tmp.dir, 'vol.img');
+    const id = ok(['format', vol, '--type', 'luks2', '--size', '4M', '--create-key', ...FAST]).trim();
+    ok(['reencrypt', vol, '--key-id', id, ...FAST]);
+    const [token] = tokens(vol);
+    assert.equal(token!.keyId, id);
+    assert.deepEqual(token!.keyslots, ['1']);
+    assert.equal(token!.problem, undefined);
+    assert.match(ok(['test-key', vol]), /Key slot 1 unlocked/);
+  } finally {
+    tmp.cleanup();
+  }
+});
+
 test('convert --create-key gives a LUKS2 target a token; verify and convert read sources through it', () => {
   const { tmp, cli, ok, tokens } = setup();
   try {
