@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { cliPath, needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
@@ -119,11 +119,13 @@ test('on a terminal the token is consulted before the prompt; without a token th
   }
 });
 
-test('reencrypt moves the token to the new keyslot; the volume still finds its key', () => {
+test('resize finds the key through the token; reencrypt moves the token to the new keyslot', () => {
   const { tmp, ok, tokens } = setup();
   try {
     const vol = join(tmp.dir, 'vol.img');
     const id = ok(['format', vol, '--type', 'luks2', '--size', '4M', '--create-key', ...FAST]).trim();
+    ok(['resize', vol, '--size', '8M']);
+    assert.equal(statSync(vol).size, 16 * 1024 * 1024 + 8 * 1024 * 1024, 'grown: the new space needed the key');
     ok(['reencrypt', vol, '--key-id', id, ...FAST]);
     const [token] = tokens(vol);
     assert.equal(token!.keyId, id);

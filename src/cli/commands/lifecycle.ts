@@ -91,7 +91,7 @@ ${EXIT_HELP}`,
         let key;
         try {
           if (plan.newPayloadSize > plan.oldPayloadSize) {
-            key = (await withPassphraseTries(oldKeyInput(o, volume), (pass) => vol.unlock(pass, { forWrite: true }), { tries: triesOf(o) })).key;
+            key = (await withPassphraseTries(await oldKeyInput(o, volume), (pass) => vol.unlock(pass, { forWrite: true }), { tries: triesOf(o) })).key;
             pool = CryptoPool.create(defaultWorkerCount());
           }
           const offload = pool && key ? pool.sectorCrypto({ encryption: vol.encryption, keyBytes: vol.keyBytes, sectorSize: vol.sectorSize }, key.expose()) : undefined;

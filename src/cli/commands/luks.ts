@@ -76,16 +76,20 @@ export function triesOf(o: KeyOpts): number {
 }
 
 /**
- * The existing passphrase without tokens: --key-id, --key-file, or typed at a terminal
- * ("Enter passphrase for VOLUME: "). Commands on an existing volume use `existingKeyInput`.
+ * The existing passphrase: --key-id, --key-file, the volume's brickcrypt-key-manager token,
+ * or typed at a terminal ("Enter passphrase for VOLUME: "), in that order (src/cli/token-key.ts).
  */
-export function oldKeyInput(o: KeyOpts, volume = 'the volume'): PassphraseInput {
+export async function oldKeyInput(o: KeyOpts & HeaderOpt, volume: string): Promise<PassphraseInput> {
   const keyId = o.keyId;
   if (keyId !== undefined) {
     if (o.keyFile !== undefined) throw new InvalidArgumentError('Give --key-file or --key-id, not both.');
     return { interactive: false, read: () => passphraseFromKeyManager(o, keyId) };
   }
-  if (o.keyFile === undefined && o.keyManager !== undefined) throw new InvalidArgumentError('--key-manager needs --key-id ID.');
+  if (o.keyFile === undefined) {
+    const fromToken = await tokenPassphraseInput(volume, o, o.header);
+    if (fromToken) return fromToken;
+    if (o.keyManager !== undefined) throw new InvalidArgumentError(`--key-manager needs --key-id ID (${volume} has no brickcrypt-key-manager token).`);
+  }
   return passphraseInput({
     ...(o.keyFile !== undefined ? { keyFile: o.keyFile } : {}),
     ...keyfileRange(o.keyfileOffset, o.keyfileSize),
@@ -95,23 +99,11 @@ export function oldKeyInput(o: KeyOpts, volume = 'the volume'): PassphraseInput 
 }
 
 /**
- * The existing passphrase of VOLUME: --key-id, --key-file, the volume's brickcrypt-key-manager
- * token, or typed at a terminal, in that order (precedence: src/cli/token-key.ts).
- */
-export async function existingKeyInput(o: KeyOpts & HeaderOpt, volume: string): Promise<PassphraseInput> {
-  if (o.keyId === undefined && o.keyFile === undefined) {
-    const fromToken = await tokenPassphraseInput(volume, o, o.header);
-    if (fromToken) return fromToken;
-  }
-  return oldKeyInput(o, volume);
-}
-
-/**
  * The existing passphrase. A typed one is first checked with `check` (an unlock), so a typo is
  * asked again up to --tries times, as cryptsetup does, before anything else happens.
  */
 async function oldKey(o: KeyOpts & HeaderOpt, volume: string, check?: (passphrase: Passphrase) => Promise<void>): Promise<Passphrase> {
-  const input = await existingKeyInput(o, volume);
+  const input = await oldKeyInput(o, volume);
   if (!input.interactive || !check) return input.read();
   return withPassphraseTries(
     input,
@@ -396,7 +388,7 @@ ${EXIT_HELP}`,
     .addHelpText('after', `\nExit 0 when a keyslot opens, 2 for a wrong passphrase.\nExample:\n  brickcrypt test-key vol.img --key-file pass.txt\n${KEYFILE_HELP}\n${EXIT_HELP}`)
     .action(async (volume: string, o: KeyOpts & HeaderOpt & { keySlot?: string }) => {
       await withPassphraseTries(
-        await existingKeyInput(o, volume),
+        await oldKeyInput(o, volume),
         (pass) =>
           withVolume(volume, o, true, async (vol) => {
             const r = await vol.unlock(pass, o.keySlot !== undefined ? { keyslot: slotArg(o.keySlot) } : {});
