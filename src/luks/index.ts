@@ -10,6 +10,21 @@ export type { OpenOptions, UnlockOptions, UnlockResult, KeyslotInfo, AddKeyOptio
 export { restoreLuksHeader, type HeaderRestoreOptions } from './header-restore.js';
 export type { FormatOptions, KdfOptions, PbkdfType } from './options.js';
 export { chooseKdf, KDF_DEFAULTS } from './kdf-choice.js';
+export {
+  addKeyManagerToken,
+  hasKeyManagerToken,
+  keyFromTokens,
+  keyManagerTokens,
+  listTokens,
+  removeToken,
+  unlockWithTokens,
+  KEY_MANAGER_TOKEN_TYPE,
+  type KeyManagerToken,
+  type KeyManagerTokenFields,
+  type TokenKey,
+  type TokenKeyResolver,
+  type TokenSummary,
+} from './tokens.js';
 
 import type { BlockDevice } from '../block-device.js';
 import type { Passphrase, VolumeKey } from '../secret.js';

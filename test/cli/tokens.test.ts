@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { cliPath, needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
@@ -119,6 +119,24 @@ test('on a terminal the token is consulted before the prompt; without a token th
   }
 });
 
+test('resize finds the key through the token; reencrypt moves the token to the new keyslot', () => {
+  const { tmp, ok, tokens } = setup();
+  try {
+    const vol = join(tmp.dir, 'vol.img');
+    const id = ok(['format', vol, '--type', 'luks2', '--size', '4M', '--create-key', ...FAST]).trim();
+    ok(['resize', vol, '--size', '8M']);
+    assert.equal(statSync(vol).size, 16 * 1024 * 1024 + 8 * 1024 * 1024, 'grown: the new space needed the key');
+    ok(['reencrypt', vol, '--key-id', id, ...FAST]);
+    const [token] = tokens(vol);
+    assert.equal(token!.keyId, id);
+    assert.deepEqual(token!.keyslots, ['1']);
+    assert.equal(token!.problem, undefined);
+    assert.match(ok(['test-key', vol]), /Key slot 1 unlocked/);
+  } finally {
+    tmp.cleanup();
+  }
+});
+
 test('convert --create-key gives a LUKS2 target a token; verify and convert read sources through it', () => {
   const { tmp, cli, ok, tokens } = setup();
   try {
@@ -144,6 +162,20 @@ test('convert --create-key gives a LUKS2 target a token; verify and convert read
     assert.match(r1.stderr, /LUKS1 headers have no tokens/);
     const needsKey = cli(['verify', raw, l1]);
     assert.equal(needsKey.status, 1, needsKey.stderr);
+
+    // A key-manager URI with credentials is refused before a key is made or a byte written.
+    const keysBefore = ok(['key', 'list', '--json']);
+    for (const args of [
+      ['convert', raw, join(tmp.dir, 'c.luks'), '--dst-format', 'luks2', '--create-key', ...FAST],
+      ['format', join(tmp.dir, 'c.luks'), '--type', 'luks2', '--size', '4M', '--create-key', ...FAST],
+    ]) {
+      const refused = cli([...args, '--key-manager', 'barbican+https://admin:pw@kms.invalid:9311']);
+      assert.equal(refused.status, 1, refused.stderr);
+      assert.match(refused.stderr, /user name or password/);
+      assert.doesNotMatch(refused.stderr, /admin:pw/, 'the credentials are not echoed');
+      assert.equal(existsSync(join(tmp.dir, 'c.luks')), false);
+    }
+    assert.equal(ok(['key', 'list', '--json']), keysBefore);
   } finally {
     tmp.cleanup();
   }
@@ -161,6 +193,9 @@ test('precedence: an explicit --key-id or --key-file wins, --key-manager overrid
     writeFileSync(wrong, 'nope');
     assert.equal(cli(['test-key', vol, '--key-file', wrong]).status, 2);
 
+    // The token's key manager beats $BRICKCRYPT_KEY_MANAGER (only --key-manager is an explicit choice).
+    const viaEnv = runCli(['test-key', vol], { env: { BRICKCRYPT_HOME: home, BRICKCRYPT_KEY_MANAGER: `local:${tmp.dir}/elsewhere.db` } });
+    assert.equal(viaEnv.status, 0, viaEnv.stderr);
     // A token whose key manager is somewhere else: --key-manager points at the right one.
     ok(['token', 'remove', vol, '--token-id', '0']);
     ok(['token', 'add', vol, '--key-id', id, '--key-slot', '0', '--no-verify', '--key-manager', `local:${tmp.dir}/moved/keystore.db`]);

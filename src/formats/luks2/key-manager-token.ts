@@ -49,7 +49,6 @@ export interface KeyManagerToken extends KeyManagerTokenFields {
 }
 
 // Control characters would garble luksDump output and terminals.
-// eslint-disable-next-line no-control-regex
 const CONTROL = /[\u0000-\u001f\u007f]/;
 
 /**
