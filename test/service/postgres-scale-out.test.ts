@@ -18,7 +18,7 @@ import { freshDatabase, postgresServer } from '../helpers/postgres-server.js';
 import { openKeyManager } from '../../src/keys/open-key-manager.js';
 import { openVolumeFile, passphraseOfKey } from '../../src/service/volume-files.js';
 import { PostgresStateStore } from '../../src/service/postgres-store.js';
-import { FAST_LUKS, client, setupState, waitFor, waitJob, type Call } from './service-helpers.js';
+import { FAST_LUKS, client, initRepository, setupState, waitFor, waitJob, type Call } from './service-helpers.js';
 
 const ADMIN = { user: 'alice', project: 'p1', roles: ['admin'] };
 const env = setupState();
@@ -40,7 +40,7 @@ async function startServe(name: string, role: 'api' | 'worker', extra: string[] 
   port += 1;
   const child = spawn(
     process.execPath,
-    [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', env.state, '--tokens', env.tokensFile, '--image-dir', env.dir, '--database', database!.url, '--role', role, ...extra],
+    [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', env.state, '--tokens', env.tokensFile, '--image-dir', env.dir, '--database', database!.url, '--role', role, '--backup-repo', `file:${join(env.dir, 'repo')}`, ...extra],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let err = '';
@@ -97,7 +97,11 @@ before(async () => {
   if ('skip' in server) return;
   database = await freshDatabase(server.url, 'scale_out');
   mkdirSync(env.state, { recursive: true, mode: 0o700 });
-  // Started one after the other: the first creates the keystore and the schemas.
+  // The backup repository's key in the service's keystore (what `backup init` does).
+  const km = await openKeyManager(`local:${join(env.state, 'keystore.db')}`, { init: true });
+  await initRepository(km, `file:${join(env.dir, 'repo')}`);
+  await km.close();
+  // Started one after the other: the first creates the schemas.
   api = await startServe('api', 'api');
   workerA = await startServe('worker-a', 'worker', WORKER);
   workerB = await startServe('worker-b', 'worker', WORKER);
@@ -125,7 +129,7 @@ test('jobs submitted to the API process run on a worker; the API role runs none'
   const seen = await workerB.call('GET', `/v1/volumes/${r.json.volume.id}`, { who: 'admin' });
   assert.equal(seen.json.volume.status, 'available');
   const health = await api.call('GET', '/v1/health');
-  assert.equal(health.json.status, 'ok');
+  assert.deepEqual({ status: health.json.status, role: health.json.role, state: health.json.state }, { status: 'ok', role: 'api', state: 'postgresql' });
 });
 
 test('a worker killed -9 mid-copy: after the heartbeat timeout the other worker continues from the checkpoint, exact bytes', { skip: skip() }, async () => {
@@ -251,6 +255,24 @@ test('a job waits while its volume\'s advisory lock is held in another session, 
   } finally {
     await lock.release();
   }
+});
+
+test('backup and a volume from the backup on PostgreSQL: the backup is found through the shared job table', { skip: skip() }, async () => {
+  const image = join(env.dir, 'bk.raw');
+  const bytes = randomBytes(2 << 20);
+  writeFileSync(image, bytes);
+  const created = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'bk', format: 'luks2', source: { image_file: image }, luks: FAST_LUKS } });
+  assert.equal((await waitJob(api.call, created.json.job.id)).state, 'succeeded');
+  const bk = await api.call('POST', `/v1/volumes/${created.json.volume.id}/actions`, { who: 'admin', body: { backup: {} } });
+  assert.equal(bk.status, 202, bk.text);
+  const job = await waitJob(api.call, bk.json.job.id);
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  const foreign = await api.call('POST', '/v1/volumes', { who: 'other', body: { name: 'f', format: 'luks2', source: { backup_id: job.result.backup_id } } });
+  assert.equal(foreign.status, 404, foreign.text);
+  const rs = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'bk-restored', format: 'luks2', source: { backup_id: job.result.backup_id } } });
+  assert.equal(rs.status, 202, rs.text);
+  assert.equal((await waitJob(api.call, rs.json.job.id)).state, 'succeeded');
+  assert.ok((await volumePlaintext(rs.json.volume.id)).equals(bytes));
 });
 
 test('attach is refused on PostgreSQL (501: one process must serve the NBD export)', { skip: skip() }, async () => {
