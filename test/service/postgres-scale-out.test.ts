@@ -275,6 +275,22 @@ test('backup and a volume from the backup on PostgreSQL: the backup is found thr
   assert.ok((await volumePlaintext(rs.json.volume.id)).equals(bytes));
 });
 
+test('an Idempotency-Key is honoured by every process (the reply is in PostgreSQL); /metrics counts the shared jobs', { skip: skip() }, async () => {
+  const body = { name: 'idem', format: 'raw', size: 4096 };
+  const first = await api.call('POST', '/v1/volumes', { who: 'admin', body, headers: { 'idempotency-key': 'pg-idem-1' } });
+  assert.equal(first.status, 202, first.text);
+  const again = await workerB.call('POST', '/v1/volumes', { who: 'admin', body, headers: { 'idempotency-key': 'pg-idem-1' } });
+  assert.equal(again.status, 202);
+  assert.equal(again.headers.get('idempotent-replayed'), 'true');
+  assert.equal(again.json.volume.id, first.json.volume.id);
+  assert.equal((await waitJob(api.call, first.json.job.id)).state, 'succeeded');
+  const volumes = (await api.call('GET', '/v1/volumes', { who: 'admin' })).json.volumes.filter((v: any) => v.name === 'idem');
+  assert.equal(volumes.length, 1);
+  const metrics = await api.call('GET', '/metrics');
+  const succeeded = Number(/^brickcrypt_jobs\{state="succeeded"\} (\d+)$/m.exec(metrics.text)?.[1]);
+  assert.ok(succeeded >= 5, metrics.text.slice(0, 400));
+});
+
 test('attach is refused on PostgreSQL (501: one process must serve the NBD export)', { skip: skip() }, async () => {
   const created = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'att', format: 'raw', size: '1M' } });
   assert.equal((await waitJob(api.call, created.json.job.id)).state, 'succeeded');
