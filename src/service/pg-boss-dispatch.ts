@@ -96,7 +96,7 @@ export class PgBossDispatch implements JobDispatch {
   async watch(onChange: (jobId: string) => void): Promise<void> {
     // Every role starts the queue here, at service start, not on its first submission.
     await this.#init();
-    await this.store.watch(onChange);
+    await this.store.watch(onChange, this.options.log);
   }
 
   async start(runner: JobRunner): Promise<void> {

@@ -237,6 +237,19 @@ test('progress of a job on a worker streams through the API (SSE), and a cancel 
   assert.equal((await api.call('GET', `/v1/volumes/${r.json.volume.id}`, { who: 'admin' })).json.volume.status, 'error');
 });
 
+test('the API process listens again after its LISTEN connection is cut: a later job still streams to its end', { skip: skip() }, async () => {
+  const cut = await store!.pool.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'brickcrypt-serve-listen'`);
+  assert.ok(cut.rows.length >= 1, 'listeners were connected');
+  await new Promise((res) => setTimeout(res, 2500));
+  assert.match(api.stderr(), /job-change listener lost its connection/);
+  const r = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'after-cut', format: 'raw', size: 65536 } });
+  assert.equal(r.status, 202, r.text);
+  const res = await fetch(`${api.base}/v1/jobs/${r.json.job.id}/events`, { headers: { authorization: 'Bearer admin-token-p1' }, signal: AbortSignal.timeout(20_000) });
+  const text = await res.text(); // the stream ends after the final state
+  const last = [...text.matchAll(/^data: (.*)$/gm)].map((m) => JSON.parse(m[1]!)).at(-1);
+  assert.equal(last?.state, 'succeeded', text.slice(-500));
+});
+
 test('a job waits while its volume\'s advisory lock is held in another session, and runs once it is released', { skip: skip() }, async () => {
   const created = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'locked', format: 'raw', size: '1M' } });
   assert.equal((await waitJob(api.call, created.json.job.id)).state, 'succeeded');
