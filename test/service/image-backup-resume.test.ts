@@ -19,7 +19,8 @@ import { initRepository } from './service-helpers.js';
 
 const env = setupState();
 const repoDir = join(env.dir, 'repo');
-let glance: GlanceTestServer | { skip: string };
+// Known before the tests are declared, so a missing server skips them (and fails under CI).
+const glance: GlanceTestServer | { skip: string } = await glanceServer();
 let port = 19400 + Math.floor(Math.random() * 500);
 let volumeBytes: Buffer;
 let serve: { child: ChildProcess; call: Call } | undefined;
@@ -78,7 +79,6 @@ const volumePath = (id: string) => {
 let sourceVolume: any;
 
 before(async () => {
-  glance = await glanceServer();
   if ('skip' in glance) return;
   // The repository and its key live in the service's own keystore, as `BRICKCRYPT_HOME=STATE brickcrypt backup init` makes them.
   const { mkdirSync } = await import('node:fs');
