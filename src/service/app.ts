@@ -253,7 +253,7 @@ export async function createService(o: ServiceOptions): Promise<Service> {
   };
   const jsonOut = (s: object) => ({ 200: s, '4xx': errorSchema, '5xx': errorSchema });
 
-  route('GET', '/v1/health', 'Liveness (no token)', {}, false, async () => ({ status: 'ok', version: API_VERSION, running_jobs: runner.runningCount }));
+  route('GET', '/v1/health', 'Liveness (no token)', {}, false, async () => ({ status: 'ok', version: API_VERSION, running_jobs: runner.runningCount, role, state: db.kind }));
 
   route('POST', '/v1/volumes', 'Create a volume (blank, from a local image file, an image service image or a backup)', { body: createVolumeBody, response: { 202: { type: 'object', properties: { volume: volumeSchema, job: jobSchema } }, '4xx': errorSchema } }, true, async (req, reply) => {
     const c = writer(req);

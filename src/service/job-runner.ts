@@ -104,7 +104,12 @@ export class JobRunner extends EventEmitter {
     if (this.dispatch.watch) {
       await this.dispatch.watch((id) => {
         void this.store.job(id).then((job) => {
-          if (job) this.emit('job', { job: this.view(job) } satisfies JobEvent);
+          if (!job) return;
+          // A cancellation sent to another process (an API process) stops the job here at once.
+          if (job.cancel_requested && job.state === 'running') this.abortLocal(job.id);
+          this.emit('job', { job: this.view(job) } satisfies JobEvent);
+          // A job queued by another process (the API role): take it now rather than at the next poll.
+          if (job.state === 'queued') this.kick();
         });
       });
     }

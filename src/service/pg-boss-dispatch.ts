@@ -14,8 +14,8 @@
  *   back to `queued` and sends it again; the next worker to take it continues from its
  *   checkpoint. The advisory lock makes this safe even when the timeout misjudges a worker that
  *   is alive but slow: its session still holds the volume, so the job waits for it.
- * - Cancellation requested through any API process reaches the worker running the job within
- *   one heartbeat interval.
+ * - Cancellation requested through any API process reaches the worker running the job through
+ *   the job's NOTIFY (the runner's watch), at the latest at its next heartbeat.
  *
  * Why pg-boss (10.x, the line for Node 20): it is a maintained PostgreSQL-only queue that takes
  * jobs with SKIP LOCKED, retries with a delay, archives finished entries, and — what the
@@ -94,7 +94,9 @@ export class PgBossDispatch implements JobDispatch {
   }
 
   async watch(onChange: (jobId: string) => void): Promise<void> {
-    await this.store.watch(onChange);
+    // Every role starts the queue here, at service start, not on its first submission.
+    await this.#init();
+    await this.store.watch(onChange, this.options.log);
   }
 
   async start(runner: JobRunner): Promise<void> {

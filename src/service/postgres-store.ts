@@ -112,6 +112,7 @@ export interface VolumeAdvisoryLock {
 export class PostgresStateStore implements StateStore {
   readonly kind = 'postgresql' as const;
   #listener: pg.Client | undefined;
+  #closing = false;
 
   private constructor(
     readonly url: string,
@@ -396,19 +397,44 @@ export class PostgresStateStore implements StateStore {
     };
   }
 
-  /** Calls `onChange(jobId)` for every job change any process announces. */
-  async watch(onChange: (jobId: string) => void): Promise<void> {
-    const client = new pg.Client({ connectionString: this.url, application_name: 'brickcrypt-serve-listen' });
-    client.on('error', () => undefined);
-    await client.connect();
-    client.on('notification', (n) => {
-      if (n.channel === JOBS_CHANNEL && n.payload) onChange(n.payload);
-    });
-    await client.query(`LISTEN ${JOBS_CHANNEL}`);
-    this.#listener = client;
+  /**
+   * Calls `onChange(jobId)` for every job change any process announces. A dropped listening
+   * connection is made again (changes meanwhile are missed; clients poll `GET /v1/jobs/{id}`).
+   */
+  async watch(onChange: (jobId: string) => void, log: (m: string) => void = () => {}): Promise<void> {
+    const listen = async (): Promise<void> => {
+      const client = new pg.Client({ connectionString: this.url, application_name: 'brickcrypt-serve-listen', keepAlive: true });
+      let again = false;
+      const reconnect = () => {
+        if (again || this.#closing) return;
+        again = true;
+        log('the job-change listener lost its connection; connecting again');
+        client.end().catch(() => undefined);
+        retry();
+      };
+      client.on('error', reconnect);
+      client.on('end', reconnect);
+      client.on('notification', (n) => {
+        if (n.channel === JOBS_CHANNEL && n.payload) onChange(n.payload);
+      });
+      await client.connect();
+      await client.query(`LISTEN ${JOBS_CHANNEL}`);
+      this.#listener = client;
+    };
+    const retry = (): void => {
+      setTimeout(() => {
+        if (this.#closing) return;
+        listen().catch((err: Error) => {
+          log(`job-change listener: ${err.message}`);
+          retry();
+        });
+      }, 1000).unref();
+    };
+    await listen();
   }
 
   async close() {
+    this.#closing = true;
     await this.#listener?.end().catch(() => undefined);
     await this.pool.end();
   }

@@ -16,11 +16,12 @@ th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #ddd}
 </style></head>
 <body>
 <h1>brickcrypt service</h1>
+<p id="backend"></p>
 <p id="err"></p>
 <h2>Volumes</h2>
 <table id="volumes"><thead><tr><th>name</th><th>id</th><th>status</th><th>format</th><th>size</th></tr></thead><tbody></tbody></table>
 <h2>Jobs</h2>
-<table id="jobs"><thead><tr><th>type</th><th>id</th><th>state</th><th>progress</th><th>rate</th><th>ETA</th></tr></thead><tbody></tbody></table>
+<table id="jobs"><thead><tr><th>type</th><th>id</th><th>state</th><th>progress</th><th>rate</th><th>ETA</th><th>result</th></tr></thead><tbody></tbody></table>
 <script>
 const frag = new URLSearchParams(location.hash.slice(1));
 let token = frag.get('token') || sessionStorage.getItem('brickcrypt-token') || '';
@@ -42,8 +43,16 @@ function renderJobs() {
     const p = j.progress || {}; const pct = p.bytes_total ? Math.min(100, 100 * p.bytes_done / p.bytes_total) : (j.state === 'succeeded' ? 100 : 0);
     return '<tr data-job="' + esc(j.id) + '"><td>' + esc(j.type) + '</td><td>' + esc(j.id) + '</td><td class="state-' + esc(j.state) + '">' + esc(j.state) +
       '</td><td><span class="bar"><span class="fill" style="width:' + pct.toFixed(1) + '%"></span></span> ' + pct.toFixed(0) + '%</td><td>' +
-      (p.rate ? mib(p.rate) + '/s' : '') + '</td><td>' + (p.eta_seconds != null ? p.eta_seconds + ' s' : '') + '</td></tr>';
+      (p.rate ? mib(p.rate) + '/s' : '') + '</td><td>' + (p.eta_seconds != null ? p.eta_seconds + ' s' : '') + '</td><td>' + esc(outcome(j)) + '</td></tr>';
   }).join('');
+}
+// What a finished job made (an image, a backup) or why it failed.
+const outcome = (j) => j.error ? j.error.code : j.result ? (j.result.image_id ? 'image ' + j.result.image_id : j.result.backup_id ? 'backup ' + j.result.backup_id : '') : '';
+async function loadHealth() {
+  const r = await fetch('/v1/health');
+  if (!r.ok) return;
+  const h = await r.json();
+  document.getElementById('backend').textContent = 'state: ' + h.state + ', role: ' + h.role + ', jobs running here: ' + h.running_jobs;
 }
 async function loadJobs() {
   const r = await fetch('/v1/jobs', auth);
@@ -70,7 +79,7 @@ async function stream() {
   }
   setTimeout(stream, 1000);
 }
-loadVolumes(); loadJobs(); stream();
+loadHealth(); loadVolumes(); loadJobs(); stream();
 </script>
 </body></html>
 `;

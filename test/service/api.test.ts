@@ -73,6 +73,7 @@ test('health needs no token; everything else does (401), with a typed error body
   const h = await call('GET', '/v1/health');
   assert.equal(h.status, 200);
   assert.equal(h.json.status, 'ok');
+  assert.equal(h.json.state, 'sqlite');
   const r = await call('GET', '/v1/volumes');
   assert.equal(r.status, 401);
   assert.equal(r.json.error.code, 'UNAUTHENTICATED');

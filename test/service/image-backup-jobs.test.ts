@@ -20,7 +20,8 @@ import { FAST_LUKS, client, initRepository, setupState, waitJob, type Call } fro
 const ADMIN = { user: 'alice', project: 'p1', roles: ['admin'] };
 
 let env: ReturnType<typeof setupState>;
-let glance: GlanceTestServer | { skip: string };
+// Known before the tests are declared, so a missing server skips them (and fails under CI).
+const glance: GlanceTestServer | { skip: string } = await glanceServer();
 let service: Service | undefined;
 let call: Call;
 let image: string;
@@ -28,7 +29,6 @@ let imageBytes: Buffer;
 
 before(async () => {
   env = setupState();
-  glance = await glanceServer();
   if ('skip' in glance) return;
   service = await createService({
     stateDir: env.state,

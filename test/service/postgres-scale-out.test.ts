@@ -18,11 +18,12 @@ import { freshDatabase, postgresServer } from '../helpers/postgres-server.js';
 import { openKeyManager } from '../../src/keys/open-key-manager.js';
 import { openVolumeFile, passphraseOfKey } from '../../src/service/volume-files.js';
 import { PostgresStateStore } from '../../src/service/postgres-store.js';
-import { FAST_LUKS, client, setupState, waitFor, waitJob, type Call } from './service-helpers.js';
+import { FAST_LUKS, client, initRepository, setupState, waitFor, waitJob, type Call } from './service-helpers.js';
 
 const ADMIN = { user: 'alice', project: 'p1', roles: ['admin'] };
 const env = setupState();
-let server: { url: string } | { skip: string };
+// Known before the tests are declared, so a missing server skips them (and fails under CI).
+const server: { url: string } | { skip: string } = await postgresServer();
 let database: { url: string; drop: () => Promise<void> } | undefined;
 let store: PostgresStateStore | undefined;
 let port = 20400 + Math.floor(Math.random() * 500);
@@ -40,7 +41,7 @@ async function startServe(name: string, role: 'api' | 'worker', extra: string[] 
   port += 1;
   const child = spawn(
     process.execPath,
-    [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', env.state, '--tokens', env.tokensFile, '--image-dir', env.dir, '--database', database!.url, '--role', role, ...extra],
+    [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', env.state, '--tokens', env.tokensFile, '--image-dir', env.dir, '--database', database!.url, '--role', role, '--backup-repo', `file:${join(env.dir, 'repo')}`, ...extra],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let err = '';
@@ -93,11 +94,14 @@ let workerA: Proc;
 let workerB: Proc;
 
 before(async () => {
-  server = await postgresServer();
   if ('skip' in server) return;
   database = await freshDatabase(server.url, 'scale_out');
   mkdirSync(env.state, { recursive: true, mode: 0o700 });
-  // Started one after the other: the first creates the keystore and the schemas.
+  // The backup repository's key in the service's keystore (what `backup init` does).
+  const km = await openKeyManager(`local:${join(env.state, 'keystore.db')}`, { init: true });
+  await initRepository(km, `file:${join(env.dir, 'repo')}`);
+  await km.close();
+  // Started one after the other: the first creates the schemas.
   api = await startServe('api', 'api');
   workerA = await startServe('worker-a', 'worker', WORKER);
   workerB = await startServe('worker-b', 'worker', WORKER);
@@ -125,7 +129,7 @@ test('jobs submitted to the API process run on a worker; the API role runs none'
   const seen = await workerB.call('GET', `/v1/volumes/${r.json.volume.id}`, { who: 'admin' });
   assert.equal(seen.json.volume.status, 'available');
   const health = await api.call('GET', '/v1/health');
-  assert.equal(health.json.status, 'ok');
+  assert.deepEqual({ status: health.json.status, role: health.json.role, state: health.json.state }, { status: 'ok', role: 'api', state: 'postgresql' });
 });
 
 test('a worker killed -9 mid-copy: after the heartbeat timeout the other worker continues from the checkpoint, exact bytes', { skip: skip() }, async () => {
@@ -233,6 +237,19 @@ test('progress of a job on a worker streams through the API (SSE), and a cancel 
   assert.equal((await api.call('GET', `/v1/volumes/${r.json.volume.id}`, { who: 'admin' })).json.volume.status, 'error');
 });
 
+test('the API process listens again after its LISTEN connection is cut: a later job still streams to its end', { skip: skip() }, async () => {
+  const cut = await store!.pool.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'brickcrypt-serve-listen'`);
+  assert.ok(cut.rows.length >= 1, 'listeners were connected');
+  await new Promise((res) => setTimeout(res, 2500));
+  assert.match(api.stderr(), /job-change listener lost its connection/);
+  const r = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'after-cut', format: 'raw', size: 65536 } });
+  assert.equal(r.status, 202, r.text);
+  const res = await fetch(`${api.base}/v1/jobs/${r.json.job.id}/events`, { headers: { authorization: 'Bearer admin-token-p1' }, signal: AbortSignal.timeout(20_000) });
+  const text = await res.text(); // the stream ends after the final state
+  const last = [...text.matchAll(/^data: (.*)$/gm)].map((m) => JSON.parse(m[1]!)).at(-1);
+  assert.equal(last?.state, 'succeeded', text.slice(-500));
+});
+
 test('a job waits while its volume\'s advisory lock is held in another session, and runs once it is released', { skip: skip() }, async () => {
   const created = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'locked', format: 'raw', size: '1M' } });
   assert.equal((await waitJob(api.call, created.json.job.id)).state, 'succeeded');
@@ -251,6 +268,40 @@ test('a job waits while its volume\'s advisory lock is held in another session, 
   } finally {
     await lock.release();
   }
+});
+
+test('backup and a volume from the backup on PostgreSQL: the backup is found through the shared job table', { skip: skip() }, async () => {
+  const image = join(env.dir, 'bk.raw');
+  const bytes = randomBytes(2 << 20);
+  writeFileSync(image, bytes);
+  const created = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'bk', format: 'luks2', source: { image_file: image }, luks: FAST_LUKS } });
+  assert.equal((await waitJob(api.call, created.json.job.id)).state, 'succeeded');
+  const bk = await api.call('POST', `/v1/volumes/${created.json.volume.id}/actions`, { who: 'admin', body: { backup: {} } });
+  assert.equal(bk.status, 202, bk.text);
+  const job = await waitJob(api.call, bk.json.job.id);
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  const foreign = await api.call('POST', '/v1/volumes', { who: 'other', body: { name: 'f', format: 'luks2', source: { backup_id: job.result.backup_id } } });
+  assert.equal(foreign.status, 404, foreign.text);
+  const rs = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'bk-restored', format: 'luks2', source: { backup_id: job.result.backup_id } } });
+  assert.equal(rs.status, 202, rs.text);
+  assert.equal((await waitJob(api.call, rs.json.job.id)).state, 'succeeded');
+  assert.ok((await volumePlaintext(rs.json.volume.id)).equals(bytes));
+});
+
+test('an Idempotency-Key is honoured by every process (the reply is in PostgreSQL); /metrics counts the shared jobs', { skip: skip() }, async () => {
+  const body = { name: 'idem', format: 'raw', size: 4096 };
+  const first = await api.call('POST', '/v1/volumes', { who: 'admin', body, headers: { 'idempotency-key': 'pg-idem-1' } });
+  assert.equal(first.status, 202, first.text);
+  const again = await workerB.call('POST', '/v1/volumes', { who: 'admin', body, headers: { 'idempotency-key': 'pg-idem-1' } });
+  assert.equal(again.status, 202);
+  assert.equal(again.headers.get('idempotent-replayed'), 'true');
+  assert.equal(again.json.volume.id, first.json.volume.id);
+  assert.equal((await waitJob(api.call, first.json.job.id)).state, 'succeeded');
+  const volumes = (await api.call('GET', '/v1/volumes', { who: 'admin' })).json.volumes.filter((v: any) => v.name === 'idem');
+  assert.equal(volumes.length, 1);
+  const metrics = await api.call('GET', '/metrics');
+  const succeeded = Number(/^brickcrypt_jobs\{state="succeeded"\} (\d+)$/m.exec(metrics.text)?.[1]);
+  assert.ok(succeeded >= 5, metrics.text.slice(0, 400));
 });
 
 test('attach is refused on PostgreSQL (501: one process must serve the NBD export)', { skip: skip() }, async () => {

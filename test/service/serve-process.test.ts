@@ -246,3 +246,13 @@ test('kill -9 mid-migrate (luks2 -> luks1), restart: the copy resumes, the volum
   assert.ok(!existsSync(oldPath), 'the old file is removed after the swap');
   assert.ok((await readVolume(env.state, r.json.volume.id)).equals(bytes));
 });
+
+test('serve refuses --role api|worker and --heartbeat-timeout without --database, and a bad --role', () => {
+  const base = ['serve', '--listen', '127.0.0.1:1', '--state', join(env.dir, 'refused'), '--tokens', env.tokensFile];
+  for (const extra of [['--role', 'api'], ['--role', 'worker'], ['--heartbeat-timeout', '5'], ['--role', 'both', '--database', 'postgresql://x@127.0.0.1:1/x']]) {
+    const r = runCli([...base, ...extra], { env: { BRICKCRYPT_DATABASE: '' } });
+    assert.equal(r.status, 1, `${extra.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, /role|heartbeat-timeout/);
+  }
+  assert.ok(!existsSync(join(env.dir, 'refused', 'state.db')), 'nothing was created');
+});

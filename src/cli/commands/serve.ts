@@ -67,7 +67,7 @@ Examples:
     )
     .action(async (o: ServeOptions) => {
       const listen = parseListen(o.listen);
-      const database = o.database ?? process.env.BRICKCRYPT_DATABASE;
+      const database = o.database ?? (process.env.BRICKCRYPT_DATABASE || undefined);
       const role = o.role === undefined ? 'all' : parseChoice(o.role, 'role', ['api', 'worker', 'all'] as const);
       if (role !== 'all' && database === undefined) throw new InvalidArgumentError(`--role ${role} needs --database (one process on SQLite is always "all").`);
       if (o.heartbeatTimeout !== undefined && database === undefined) throw new InvalidArgumentError('--heartbeat-timeout applies to --database only.');

@@ -40,10 +40,10 @@ const FIELDS = ['image_name', 'mode', 'disk_format', 'visibility', 'properties']
 export function uploadToImageJob(deps: ServiceJobDeps): ActionJob {
   return {
     busyStatus: 'maintenance',
-    validate(d, _caller, volume, raw) {
+    validate(d, caller, volume, raw) {
       onlyKeys(raw, FIELDS, 'upload_to_image');
       const p = raw as UploadParams;
-      if (!d.imageServiceUrl) imageServiceFor(d, _caller); // 501 with the reason
+      imageServiceFor(d, caller); // 501 with the reason when the service has none
       needStatus(volume, 'upload_to_image', 'available');
       if ((p.mode ?? 'as-is') === 'as-is' && p.disk_format !== undefined) throw new InvalidArgumentError('disk_format applies to mode "decrypted" only (an as-is upload keeps the volume bytes).');
       for (const k of Object.keys(p.properties ?? {})) {

@@ -78,33 +78,34 @@ async function runRestore(deps: ServiceJobDeps, ctx: JobContext): Promise<Record
   const km = deps.keys;
   const lock = await VolumeLock.acquire(vol.path);
   try {
-    let cp = job.checkpoint as { phase: string; key_id: string | null; runs: number } | null;
-    if (!cp) {
-      let key_id: string | null = null;
-      if (p.backup_key_id) {
-        key_id = await km.clone(job.caller, p.backup_key_id, { name: `volume-${vol.id}` });
-        await deps.db.updateVolume(vol.id, { encryption_key_id: key_id, key_owned: true });
-        await km.addConsumer(job.caller, key_id, volumeConsumer(vol.id)).catch(() => undefined);
+    // The repository opens (its backup key is read as the caller) before anything is made.
+    return await withBackupRepository(deps, job.caller, async (repo) => {
+      let cp = job.checkpoint as { phase: string; key_id: string | null; runs: number } | null;
+      if (!cp) {
+        let key_id: string | null = null;
+        if (p.backup_key_id) {
+          key_id = await km.clone(job.caller, p.backup_key_id, { name: `volume-${vol.id}` });
+          await deps.db.updateVolume(vol.id, { encryption_key_id: key_id, key_owned: true });
+          await km.addConsumer(job.caller, key_id, volumeConsumer(vol.id)).catch(() => undefined);
+        }
+        cp = { phase: 'restore', key_id, runs: 0 };
       }
-      cp = { phase: 'restore', key_id, runs: 0 };
-    }
-    cp = { ...cp, runs: cp.runs + 1 };
-    await ctx.checkpoint({ ...cp });
-    await removeLeftovers(vol.path);
-    const report = await withBackupRepository(deps, job.caller, (repo) =>
-      restoreBackup(repo, p.backup_id, vol.path, { signal: ctx.signal, onProgress: ({ bytes, total }) => ctx.progress(bytes, total) }),
-    );
-    let cipher: string | null = null;
-    if (p.format !== 'raw') {
-      const file = await FileDevice.open(vol.path, { readOnly: true });
-      try {
-        cipher = (await LuksVolume.open(file, { readOnly: true })).encryption;
-      } finally {
-        await file.close();
+      cp = { ...cp, runs: cp.runs + 1 };
+      await ctx.checkpoint({ ...cp });
+      await removeLeftovers(vol.path);
+      const report = await restoreBackup(repo, p.backup_id, vol.path, { signal: ctx.signal, onProgress: ({ bytes, total }) => ctx.progress(bytes, total) });
+      let cipher: string | null = null;
+      if (p.format !== 'raw') {
+        const file = await FileDevice.open(vol.path, { readOnly: true });
+        try {
+          cipher = (await LuksVolume.open(file, { readOnly: true })).encryption;
+        } finally {
+          await file.close();
+        }
       }
-    }
-    await deps.db.updateVolume(vol.id, { cipher, status: 'available' });
-    return { volume_id: vol.id, backup_id: p.backup_id, restored_bytes: report.size, written_bytes: report.writtenBytes, runs: cp.runs, attempts: job.attempts };
+      await deps.db.updateVolume(vol.id, { cipher, status: 'available' });
+      return { volume_id: vol.id, backup_id: p.backup_id, restored_bytes: report.size, written_bytes: report.writtenBytes, runs: cp.runs, attempts: job.attempts };
+    });
   } finally {
     await lock.release();
   }
