@@ -24,13 +24,15 @@ export function poolZoneCipher(pool: CryptoPool): ZoneCipherFactory {
     const a = pool.addCipher({ encryption: from.encryption, keyBytes: from.keyBytes, sectorSize: from.sectorSize }, from.key);
     const b = pool.addCipher({ encryption: to.encryption, keyBytes: to.keyBytes, sectorSize: to.sectorSize }, to.key);
     return {
-      transform: async (data, pos) => {
+      transform: async (data, pos, sums) => {
         const jobs: Array<Promise<unknown>> = [];
+        const digest = sums ? sums.out.length / (data.length / sums.block) : 0;
         for (let p = 0; p < data.length; p += PIECE_BYTES) {
           const length = Math.min(PIECE_BYTES, data.length - p);
           jobs.push(
             pool.runShared(data.subarray(p, p + length), {
               length,
+              ...(sums ? { checksum: { algorithm: sums.hash, block: sums.block, shared: sums.out.buffer as SharedArrayBuffer, offset: sums.out.byteOffset + (p / sums.block) * digest } } : {}),
               zeroBlock: 0,
               decrypt: { cipher: a, iv: (pos + p) / 512 + from.ivTweak, length },
               encrypt: { cipher: b, iv: (pos + p) / 512 + to.ivTweak, length },

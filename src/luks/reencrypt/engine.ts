@@ -78,9 +78,20 @@ export interface ZoneSide {
 }
 
 /** Re-encrypts zones in place: decrypt with the old key, encrypt with the new. */
+/** Checksums of the old ciphertext, computed by the zone cipher before it transforms a zone. */
+export interface ZoneChecksums {
+  hash: string;
+  block: number;
+  /** One digest per block, in order; in a SharedArrayBuffer. */
+  out: Uint8Array;
+}
+
 export interface ZoneCipher {
-  /** `data` holds whole sectors of ciphertext at payload byte `pos`; it is rewritten in place. */
-  transform(data: Uint8Array, pos: number): Promise<void>;
+  /**
+   * `data` holds whole sectors of ciphertext at payload byte `pos`; it is rewritten in place.
+   * With `checksums`, the digest of each block of the old ciphertext is stored there first.
+   */
+  transform(data: Uint8Array, pos: number, checksums?: ZoneChecksums): Promise<void>;
   /** Wipes the keys. */
   close(): Promise<void>;
 }
@@ -93,7 +104,8 @@ export const localZoneCipher: ZoneCipherFactory = (from, to) => {
   const a = createSectorCipher(parseEncryption(from.encryption, from.keyBytes), from.key, from.sectorSize);
   const b = createSectorCipher(parseEncryption(to.encryption, to.keyBytes), to.key, to.sectorSize);
   return {
-    transform: async (data, pos) => {
+    transform: async (data, pos, sums) => {
+      if (sums) sums.out.set(checksums(data, sums.block, sums.hash));
       a.decrypt(data, pos / 512 + from.ivTweak);
       b.encrypt(data, pos / 512 + to.ivTweak);
     },
@@ -149,7 +161,7 @@ export interface ReencryptReport {
 }
 
 /** Hot zone when none is given: large enough that the two header commits per zone cost little. */
-export const DEFAULT_HOTZONE_BYTES = 64 * 1024 * 1024;
+export const DEFAULT_HOTZONE_BYTES = 48 * 1024 * 1024;
 /** Checksum block: cryptsetup uses the device block size (4096 on files), at least the sector sizes. */
 const CHECKSUM_BLOCK = 4096;
 
@@ -382,7 +394,13 @@ async function runZones(
   let zone = Math.min(options.hotzoneSize ?? DEFAULT_HOTZONE_BYTES, maxZone, MAX_HOTZONE_BYTES);
   zone -= zone % alignment;
   if (zone < alignment) throw new InvalidArgumentError(`The hot zone (${zone} bytes) is smaller than the ${alignment}-byte alignment.`);
-  const buf = sharedBuffer(Math.min(zone, dataSize));
+  // Two zone buffers: while one zone is written and committed, the next is read and (checksum,
+  // none) re-encrypted in memory. Reading ahead and computing never touch the disk, so the
+  // order of the writes of each zone, which the crash safety rests on, is unchanged.
+  const bufLen = Math.min(zone, dataSize);
+  const hashLen = resilience === 'checksum' ? hashInfo(ks.hash!).digestSize : 0;
+  const bufs = [sharedBuffer(bufLen), sharedBuffer(dataSize > bufLen ? bufLen : 0)];
+  const sums = [0, 1].map(() => sharedBuffer(resilience === 'checksum' ? (bufLen / alignment) * hashLen : 0));
   const layouts = layoutsOf(meta, initial);
 
   const commit = async (active: Array<{ seg: Luks2Segment; role: Role }> | 'final', s: ReencryptState): Promise<Array<{ offset: number; size: number }>> => {
@@ -391,52 +409,84 @@ async function runZones(
     return wipe;
   };
 
-  for (;;) {
-    const s = decodeReencryptState(meta)!;
-    if (s.hotId !== undefined) {
-      // An interrupted zone: rebuild it from the protection data, then mark it done.
-      const off = forwardOffset(meta, s);
-      const len = u64(meta.segments[s.hotId]!.size, 'hot segment size');
-      if (off + len > dataSize) throw new CorruptHeaderError(`The interrupted zone ${off}+${len} lies past the ${dataSize}-byte data area.`);
-      await recoverZone(header, data, s, zc, dataOffset, off, len, buf.length >= len ? buf.subarray(0, len) : sharedBuffer(len));
+  interface Prepared {
+    off: number;
+    len: number;
+    z: Uint8Array;
+    sums: Uint8Array;
+  }
+  // Reads zone [off, off+len) into buffer `slot`; for checksum and none also computes the new
+  // ciphertext (and the old one's checksums) in memory. Journal must write the old ciphertext
+  // first, so it is transformed later.
+  const prepare = async (off: number, len: number, slot: number): Promise<Prepared> => {
+    const z = bufs[slot]!.subarray(0, len);
+    await data.read(z, dataOffset + off);
+    const out = sums[slot]!.subarray(0, (len / alignment) * hashLen);
+    if (resilience === 'checksum') await zc.transform(z, off, { hash: ks.hash!, block: alignment, out });
+    else if (resilience === 'none') await zc.transform(z, off);
+    return { off, len, z, sums: out };
+  };
+  let ahead: Promise<Prepared> | undefined;
+  let slot = 0;
+  try {
+    for (;;) {
+      const s = decodeReencryptState(meta)!;
+      if (s.hotId !== undefined) {
+        // An interrupted zone: rebuild it from the protection data, then mark it done.
+        const off = forwardOffset(meta, s);
+        const len = u64(meta.segments[s.hotId]!.size, 'hot segment size');
+        if (off + len > dataSize) throw new CorruptHeaderError(`The interrupted zone ${off}+${len} lies past the ${dataSize}-byte data area.`);
+        await recoverZone(header, data, s, zc, dataOffset, off, len, bufs[0]!.length >= len ? bufs[0]!.subarray(0, len) : sharedBuffer(len));
+        await data.flush();
+        report.recovered = true;
+        await commit(off + len >= dataSize ? 'final' : rolesForward(postSegmentsForward(layouts, off + len, dataSize)), s).then(wipeAreas(header));
+        if (off + len >= dataSize) {
+          options.onProgress?.({ done: dataSize, total: dataSize });
+          return;
+        }
+        continue;
+      }
+      // A single segment is "not started" unless it already belongs to the new key (a run that
+      // stopped between its last zone and the final header).
+      const single = s.active.length === 1 ? s.active[0]! : undefined;
+      const doneAll = single !== undefined && s.newDigestId !== undefined && meta.digests[s.newDigestId]!.segments.includes(single) && !(s.oldDigestId !== undefined && meta.digests[s.oldDigestId]!.segments.includes(single));
+      const off = doneAll ? dataSize : forwardOffset(meta, s);
+      options.onProgress?.({ done: off, total: dataSize });
+      if (off >= dataSize) {
+        await commit('final', s).then(wipeAreas(header));
+        return;
+      }
+      if (options.signal?.aborted) throw new CancelledError('Reencryption stopped; resume it with `brickcrypt reencrypt --resume-only`.');
+      const len = Math.min(zone, dataSize - off);
+      let cur = ahead ? await ahead : undefined;
+      ahead = undefined;
+      if (!cur || cur.off !== off || cur.len !== len) cur = await prepare(off, len, slot);
+      const next = off + len;
+      if (next < dataSize) {
+        slot ^= 1;
+        ahead = prepare(next, Math.min(zone, dataSize - next), slot);
+        ahead.catch(() => undefined);
+      }
+      const z = cur.z;
+      if (resilience === 'checksum') await header.write(cur.sums, ks.areaOffset);
+      else if (resilience === 'journal') await header.write(z, ks.areaOffset);
+      if (resilience !== 'none') {
+        await header.flush();
+        await commit(rolesForward(hotSegmentsForward(layouts, off, len, dataSize)), s);
+      }
+      if (resilience === 'journal') await zc.transform(z, off);
+      await data.write(z, dataOffset + off);
       await data.flush();
-      report.recovered = true;
-      await commit(off + len >= dataSize ? 'final' : rolesForward(postSegmentsForward(layouts, off + len, dataSize)), s).then(wipeAreas(header));
-      if (off + len >= dataSize) {
+      report.bytes += len;
+      await commit(next >= dataSize ? 'final' : rolesForward(postSegmentsForward(layouts, next, dataSize)), decodeReencryptState(meta)!).then(wipeAreas(header));
+      if (next >= dataSize) {
         options.onProgress?.({ done: dataSize, total: dataSize });
         return;
       }
-      continue;
     }
-    // A single segment is "not started" unless it already belongs to the new key (a run that
-    // stopped between its last zone and the final header).
-    const single = s.active.length === 1 ? s.active[0]! : undefined;
-    const doneAll = single !== undefined && s.newDigestId !== undefined && meta.digests[s.newDigestId]!.segments.includes(single) && !(s.oldDigestId !== undefined && meta.digests[s.oldDigestId]!.segments.includes(single));
-    const off = doneAll ? dataSize : forwardOffset(meta, s);
-    options.onProgress?.({ done: off, total: dataSize });
-    if (off >= dataSize) {
-      await commit('final', s).then(wipeAreas(header));
-      return;
-    }
-    if (options.signal?.aborted) throw new CancelledError('Reencryption stopped; resume it with `brickcrypt reencrypt --resume-only`.');
-    const len = Math.min(zone, dataSize - off);
-    const z = buf.subarray(0, len);
-    await data.read(z, dataOffset + off);
-    if (resilience !== 'none') {
-      const protection = resilience === 'checksum' ? checksums(z, alignment, ks.hash!) : z;
-      await header.write(protection, ks.areaOffset);
-      await header.flush();
-      await commit(rolesForward(hotSegmentsForward(layouts, off, len, dataSize)), s);
-    }
-    await zc.transform(z, off);
-    await data.write(z, dataOffset + off);
-    await data.flush();
-    report.bytes += len;
-    await commit(off + len >= dataSize ? 'final' : rolesForward(postSegmentsForward(layouts, off + len, dataSize)), decodeReencryptState(meta)!).then(wipeAreas(header));
-    if (off + len >= dataSize) {
-      options.onProgress?.({ done: dataSize, total: dataSize });
-      return;
-    }
+  } finally {
+    // Never leave a read-ahead running on the buffers or the ciphers once this returns.
+    await ahead?.catch(() => undefined);
   }
 }
 
