@@ -3,6 +3,7 @@
  * code runs inline and inside a worker thread: decrypt with the source key, flag all-zero
  * blocks of the plaintext, encrypt with the target key.
  */
+import { createHash } from 'node:crypto';
 import { parseEncryption } from '../crypto/cipher-spec.js';
 import { createSectorCipher, type SectorCipher } from '../crypto/sector-cipher.js';
 
@@ -17,6 +18,11 @@ export interface CipherParams {
 export interface ChunkJob {
   /** Bytes of the buffer that carry data (a multiple of each cipher's sector size). */
   length: number;
+  /**
+   * First of all, hash each `block` bytes of the input (e.g. the old ciphertext, for a
+   * reencryption's checksum resilience) into `shared` from `offset`, digest after digest.
+   */
+  checksum?: { algorithm: string; block: number; shared: SharedArrayBuffer; offset: number };
   decrypt?: { cipher: number; iv: number; length: number };
   /** Block size for zero detection on the plaintext (after decrypt, before encrypt); 0 = none. */
   zeroBlock: number;
@@ -92,8 +98,20 @@ export function zeroBlocks(buf: Uint8Array, block: number): { zeros: Uint8Array;
   return { zeros, allZero: all };
 }
 
+/** Hashes each block of `buf` into the shared output (see `ChunkJob.checksum`). */
+function blockDigests(buf: Uint8Array, c: NonNullable<ChunkJob['checksum']>): void {
+  let out = c.offset;
+  const target = new Uint8Array(c.shared);
+  for (let i = 0; i < buf.length; i += c.block) {
+    const d = createHash(c.algorithm).update(buf.subarray(i, i + c.block)).digest();
+    target.set(d, out);
+    out += d.length;
+  }
+}
+
 /** Runs one job on `buf` in place. */
 export function runChunkJob(table: CipherTable, buf: Uint8Array, job: ChunkJob): ChunkResult {
+  if (job.checksum) blockDigests(buf.subarray(0, job.length), job.checksum);
   if (job.decrypt) table.get(job.decrypt.cipher).decrypt(buf.subarray(0, job.decrypt.length), job.decrypt.iv);
   let result: ChunkResult = {};
   if (job.zeroBlock > 0) result = zeroBlocks(buf.subarray(0, job.length), job.zeroBlock);

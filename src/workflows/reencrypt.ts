@@ -16,7 +16,7 @@ import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
 export type { ReencryptReport } from '../luks/reencrypt/engine.js';
 
 /** Piece of a hot zone handed to one worker (a multiple of every sector size). */
-const PIECE_BYTES = 4 * 1024 * 1024;
+const PIECE_BYTES = 2 * 1024 * 1024;
 
 /** Zone ciphers on `pool`: every piece of a zone is one job that decrypts and re-encrypts it in place. */
 export function poolZoneCipher(pool: CryptoPool): ZoneCipherFactory {
@@ -36,6 +36,16 @@ export function poolZoneCipher(pool: CryptoPool): ZoneCipherFactory {
               encrypt: { cipher: b, iv: (pos + p) / 512 + to.ivTweak, length },
             }),
           );
+        }
+        await Promise.all(jobs);
+      },
+      digest: async (data, sums) => {
+        const jobs: Array<Promise<unknown>> = [];
+        const size = sums.out.length / (data.length / sums.block);
+        for (let p = 0; p < data.length; p += PIECE_BYTES) {
+          const length = Math.min(PIECE_BYTES, data.length - p);
+          const checksum = { algorithm: sums.hash, block: sums.block, shared: sums.out.buffer as SharedArrayBuffer, offset: sums.out.byteOffset + (p / sums.block) * size };
+          jobs.push(pool.runShared(data.subarray(p, p + length), { length, zeroBlock: 0, checksum }));
         }
         await Promise.all(jobs);
       },

@@ -176,11 +176,11 @@ for (const resilience of ['checksum', 'journal', 'none'] as Resilience[]) {
  * Runs a re-key under a FaultInjectingDevice that cuts the power after write `cut`, then
  * resumes on the crash image (itself with power cuts when `nested`), and returns the plaintext.
  */
-async function crashAndResume(image: Uint8Array, resilience: Resilience, cut: number, seed: number, sectorSize: number): Promise<{ plain: Uint8Array; cutHappened: boolean }> {
+async function crashAndResume(image: Uint8Array, resilience: Resilience, cut: number, seed: number, sectorSize: number, extra: Partial<ReencryptOptions> = {}): Promise<{ plain: Uint8Array; cutHappened: boolean }> {
   const dev = new FaultInjectingDevice(image, { cutAfterWrite: cut, seed, sectorSize });
   let cutHappened = false;
   try {
-    await reencryptLuks2(dev, opts({ resilience }));
+    await reencryptLuks2(dev, opts({ resilience, ...extra }));
   } catch (err) {
     if (!(err instanceof PowerCutError)) throw err;
     cutHappened = true;
@@ -191,13 +191,15 @@ async function crashAndResume(image: Uint8Array, resilience: Resilience, cut: nu
   return { plain: await plaintextOf(after), cutHappened };
 }
 
-for (const [resilience, sectorSize] of [['checksum', 4096], ['journal', 512]] as Array<[Resilience, number]>) {
-  test(`power cut after EVERY write of a re-key (${resilience}, writes torn at ${sectorSize} bytes): resume gives the original plaintext`, async () => {
+for (const [resilience, sectorSize, pieces] of [['checksum', 4096, false], ['journal', 512, false], ['checksum', 4096, true], ['journal', 512, true]] as Array<[Resilience, number, boolean]>) {
+  const how = pieces ? '128 KiB zones worked in 32 KiB pieces' : '64 KiB zones';
+  test(`power cut after EVERY write of a re-key (${resilience}, ${how}, writes torn at ${sectorSize} bytes): resume gives the original plaintext`, async () => {
     const { dev, plain } = await smallVolume(192 * 1024);
     const image = new Uint8Array(dev.bytes);
+    const extra = pieces ? { hotzoneSize: 128 * 1024, pieceBytes: 32 * 1024 } : {};
     let cut = 1;
     for (; ; cut++) {
-      const { plain: got, cutHappened } = await crashAndResume(image, resilience, cut, cut * 7 + 1, sectorSize);
+      const { plain: got, cutHappened } = await crashAndResume(image, resilience, cut, cut * 7 + 1, sectorSize, extra);
       equalPlain(got, plain, `power cut after write ${cut}`);
       if (!cutHappened) break;
     }
@@ -215,7 +217,7 @@ test('power cuts at random writes of a larger re-key (checksum and journal, seve
     for (let seed = 1; seed <= 6; seed++) {
       const cut = 1 + ((seed * 2654435761) % total);
       const first = new FaultInjectingDevice(image, { cutAfterWrite: cut, seed, sectorSize: 4096 });
-      await reencryptLuks2(first, opts({ resilience, hotzoneSize: 256 * 1024 })).catch((err) => assert.ok(err instanceof PowerCutError));
+      await reencryptLuks2(first, opts({ resilience, hotzoneSize: 256 * 1024, pieceBytes: 64 * 1024 })).catch((err) => assert.ok(err instanceof PowerCutError));
       const mid = first.powerCut ? first.crashImage() : new Uint8Array(first.bytes);
       // Crash the resume as well, a few writes in.
       const second = new FaultInjectingDevice(mid, { cutAfterWrite: 1 + (seed % 9), seed: seed + 100, sectorSize: 4096 });

@@ -89,7 +89,7 @@ export function register(program: Command): void {
     .option('--init-only', 'only record the reencryption (new keyslots and state); rewrite no data')
     .option('--resilience <mode>', 'hot zone protection: checksum (default), journal, none; datashift (with --encrypt/--decrypt, not built)')
     .option('--resilience-hash <hash>', 'checksum resilience hash (default sha256)')
-    .option('--hotzone-size <size>', 'largest hot zone, e.g. 64M (default 64 MiB, within what the resilience area holds)')
+    .option('--hotzone-size <size>', 'largest hot zone, e.g. 64M (default 48 MiB, within what the resilience area holds)')
     .option('--cipher <spec>', 'new cipher, e.g. aes-xts-plain64 (default: the current one)')
     .option('--key-size <bits>', 'new volume key size in bits (default: the current one)')
     .option('--sector-size <bytes>', 'new encryption sector size: 512, 1024, 2048 or 4096 (default: the current one)')

@@ -40,7 +40,6 @@ import { hashInfo } from '../../crypto/hash.js';
 import { createSectorCipher } from '../../crypto/sector-cipher.js';
 import { mandatoryRequirements, u64, type Luks2Metadata, type Luks2Segment } from '../../formats/luks2/metadata.js';
 import {
-  DEFAULT_NONE_HOTZONE_BYTES,
   MAX_HOTZONE_BYTES,
   REENCRYPT_REQ_VERSION,
   SEGMENT_FLAG,
@@ -78,9 +77,19 @@ export interface ZoneSide {
 }
 
 /** Re-encrypts zones in place: decrypt with the old key, encrypt with the new. */
+/** Checksums of the old ciphertext, computed by the zone cipher before it transforms a zone. */
+export interface ZoneChecksums {
+  hash: string;
+  block: number;
+  /** One digest per block, in order; in a SharedArrayBuffer. */
+  out: Uint8Array;
+}
+
 export interface ZoneCipher {
   /** `data` holds whole sectors of ciphertext at payload byte `pos`; it is rewritten in place. */
   transform(data: Uint8Array, pos: number): Promise<void>;
+  /** Stores the digest of each block of `data` (the old ciphertext) in `checksums.out`. */
+  digest(data: Uint8Array, checksums: ZoneChecksums): Promise<void>;
   /** Wipes the keys. */
   close(): Promise<void>;
 }
@@ -96,6 +105,9 @@ export const localZoneCipher: ZoneCipherFactory = (from, to) => {
     transform: async (data, pos) => {
       a.decrypt(data, pos / 512 + from.ivTweak);
       b.encrypt(data, pos / 512 + to.ivTweak);
+    },
+    digest: async (data, sums) => {
+      sums.out.set(checksums(data, sums.block, sums.hash));
     },
     close: async () => {
       a.wipe();
@@ -121,6 +133,8 @@ export interface ReencryptOptions extends KdfOptions {
   resilienceHash?: string;
   /** Largest hot zone in bytes (cryptsetup --hotzone-size); default 64 MiB. */
   hotzoneSize?: number;
+  /** Bytes of a hot zone held in memory at a time (two such pieces are); default 16 MiB. */
+  pieceBytes?: number;
   /** Only continue a recorded reencryption; never start one. */
   resumeOnly?: boolean;
   /** Only record the reencryption (new keyslots, state); rewrite nothing. */
@@ -148,8 +162,14 @@ export interface ReencryptReport {
   seconds: number;
 }
 
-/** Hot zone when none is given: large enough that the two header commits per zone cost little. */
-export const DEFAULT_HOTZONE_BYTES = 64 * 1024 * 1024;
+/**
+ * Hot zone when none is given: large, so that the header commits (each several flushes) are few;
+ * it is worked in PIECE_BYTES pieces, so memory does not grow with it. (cryptsetup's zone is up to
+ * 1 GiB, held in memory whole.)
+ */
+export const DEFAULT_HOTZONE_BYTES = 256 * 1024 * 1024;
+/** Piece of a zone in memory at a time (two are, read ahead and written). */
+const PIECE_BYTES = 16 * 1024 * 1024;
 /** Checksum block: cryptsetup uses the device block size (4096 on files), at least the sector sizes. */
 const CHECKSUM_BLOCK = 4096;
 
@@ -377,18 +397,85 @@ async function runZones(
   } else if (resilience === 'journal') {
     maxZone = ks.areaSize;
   } else {
-    maxZone = options.hotzoneSize ?? DEFAULT_NONE_HOTZONE_BYTES;
+    maxZone = MAX_HOTZONE_BYTES;
   }
   let zone = Math.min(options.hotzoneSize ?? DEFAULT_HOTZONE_BYTES, maxZone, MAX_HOTZONE_BYTES);
   zone -= zone % alignment;
   if (zone < alignment) throw new InvalidArgumentError(`The hot zone (${zone} bytes) is smaller than the ${alignment}-byte alignment.`);
-  const buf = sharedBuffer(Math.min(zone, dataSize));
+  // A zone is worked in pieces through two buffers (memory stays small however large the
+  // zone): pass 1 reads the old ciphertext and stores its protection (checksums, or the journal);
+  // after commit A, pass 2 reads it again (now from the page cache), re-encrypts and writes it,
+  // the next piece being read and re-encrypted while the current one is written.
+  const piece = options.pieceBytes ?? PIECE_BYTES;
+  if (!Number.isInteger(piece) || piece < alignment || piece % alignment !== 0) throw new InvalidArgumentError(`The piece size must be a multiple of ${alignment} bytes.`);
+  const pieceLen = Math.min(piece, zone, dataSize);
+  const bufs = [sharedBuffer(pieceLen), sharedBuffer(dataSize > pieceLen ? pieceLen : 0)];
+  const hashLen = resilience === 'checksum' ? hashInfo(ks.hash!).digestSize : 0;
+  const sums = sharedBuffer(resilience === 'checksum' ? (Math.min(zone, dataSize) / alignment) * hashLen : 0);
   const layouts = layoutsOf(meta, initial);
+  const pieces = (off: number, len: number) => {
+    const out: Array<{ rel: number; len: number }> = [];
+    for (let rel = 0; rel < len; rel += pieceLen) out.push({ rel, len: Math.min(pieceLen, len - rel) });
+    return out;
+  };
 
-  const commit = async (active: Array<{ seg: Luks2Segment; role: Role }> | 'final', s: ReencryptState): Promise<Array<{ offset: number; size: number }>> => {
+  const commit = async (active: Array<{ seg: Luks2Segment; role: Role }> | 'final', s: ReencryptState): Promise<void> => {
     const wipe = active === 'final' ? finalLayout(meta, s) : (setLayout(meta, s, active), []);
     await writeLuks2Headers(header, st);
-    return wipe;
+    await wipeAreas(header)(wipe);
+  };
+
+  /** Pass 1: the protection of zone [off, off+len), written to the resilience area and flushed. */
+  const protect = async (off: number, len: number): Promise<void> => {
+    if (resilience === 'none') return;
+    const list = pieces(off, len);
+    let reading: Promise<Uint8Array> | undefined;
+    const read = (i: number) => {
+      const b = bufs[i % 2]!.subarray(0, list[i]!.len);
+      return data.read(b, dataOffset + off + list[i]!.rel).then(() => b);
+    };
+    reading = read(0);
+    try {
+      for (let i = 0; i < list.length; i++) {
+        const b = (await reading)!;
+        reading = undefined;
+        const p = list[i]!;
+        const work =
+          resilience === 'checksum'
+            ? zc.digest(b, { hash: ks.hash!, block: alignment, out: sums.subarray((p.rel / alignment) * hashLen, ((p.rel + p.len) / alignment) * hashLen) })
+            : header.write(b, ks.areaOffset + p.rel);
+        // The next piece is read meanwhile (into the other buffer).
+        reading = i + 1 < list.length ? read(i + 1) : undefined;
+        reading?.catch(() => undefined);
+        await work;
+      }
+    } finally {
+      await reading?.catch(() => undefined);
+    }
+    if (resilience === 'checksum') await header.write(sums.subarray(0, (len / alignment) * hashLen), ks.areaOffset);
+    await header.flush();
+  };
+
+  /** Pass 2: zone [off, off+len) re-encrypted and written (not flushed). */
+  const rewrite = async (off: number, len: number, source: 'data' | 'journal' = 'data'): Promise<void> => {
+    const list = pieces(off, len);
+    const prep = async (i: number): Promise<Uint8Array> => {
+      const b = bufs[i % 2]!.subarray(0, list[i]!.len);
+      await (source === 'data' ? data.read(b, dataOffset + off + list[i]!.rel) : header.read(b, ks.areaOffset + list[i]!.rel));
+      await zc.transform(b, off + list[i]!.rel);
+      return b;
+    };
+    let next: Promise<Uint8Array> | undefined = prep(0);
+    try {
+      for (let i = 0; i < list.length; i++) {
+        const b = await next!;
+        next = i + 1 < list.length ? prep(i + 1) : undefined;
+        next?.catch(() => undefined);
+        await data.write(b, dataOffset + off + list[i]!.rel);
+      }
+    } finally {
+      await next?.catch(() => undefined);
+    }
   };
 
   for (;;) {
@@ -398,10 +485,17 @@ async function runZones(
       const off = forwardOffset(meta, s);
       const len = u64(meta.segments[s.hotId]!.size, 'hot segment size');
       if (off + len > dataSize) throw new CorruptHeaderError(`The interrupted zone ${off}+${len} lies past the ${dataSize}-byte data area.`);
-      await recoverZone(header, data, s, zc, dataOffset, off, len, buf.length >= len ? buf.subarray(0, len) : sharedBuffer(len));
+      if (s.keyslot.resilience === 'journal') {
+        if (len > ks.areaSize) throw new CorruptHeaderError('The interrupted zone is larger than the journal.');
+        await rewrite(off, len, 'journal');
+      } else if (s.keyslot.resilience === 'checksum') {
+        await recoverChecksummed(header, data, s, zc, dataOffset, off, len, bufs[0]!);
+      } else {
+        throw new CorruptHeaderError(`An interrupted zone with resilience ${s.keyslot.resilience} cannot be recovered.`);
+      }
       await data.flush();
       report.recovered = true;
-      await commit(off + len >= dataSize ? 'final' : rolesForward(postSegmentsForward(layouts, off + len, dataSize)), s).then(wipeAreas(header));
+      await commit(off + len >= dataSize ? 'final' : rolesForward(postSegmentsForward(layouts, off + len, dataSize)), s);
       if (off + len >= dataSize) {
         options.onProgress?.({ done: dataSize, total: dataSize });
         return;
@@ -415,25 +509,19 @@ async function runZones(
     const off = doneAll ? dataSize : forwardOffset(meta, s);
     options.onProgress?.({ done: off, total: dataSize });
     if (off >= dataSize) {
-      await commit('final', s).then(wipeAreas(header));
+      await commit('final', s);
       return;
     }
     if (options.signal?.aborted) throw new CancelledError('Reencryption stopped; resume it with `brickcrypt reencrypt --resume-only`.');
     const len = Math.min(zone, dataSize - off);
-    const z = buf.subarray(0, len);
-    await data.read(z, dataOffset + off);
-    if (resilience !== 'none') {
-      const protection = resilience === 'checksum' ? checksums(z, alignment, ks.hash!) : z;
-      await header.write(protection, ks.areaOffset);
-      await header.flush();
-      await commit(rolesForward(hotSegmentsForward(layouts, off, len, dataSize)), s);
-    }
-    await zc.transform(z, off);
-    await data.write(z, dataOffset + off);
+    await protect(off, len);
+    if (resilience !== 'none') await commit(rolesForward(hotSegmentsForward(layouts, off, len, dataSize)), s);
+    await rewrite(off, len);
     await data.flush();
     report.bytes += len;
-    await commit(off + len >= dataSize ? 'final' : rolesForward(postSegmentsForward(layouts, off + len, dataSize)), decodeReencryptState(meta)!).then(wipeAreas(header));
-    if (off + len >= dataSize) {
+    const next = off + len;
+    await commit(next >= dataSize ? 'final' : rolesForward(postSegmentsForward(layouts, next, dataSize)), decodeReencryptState(meta)!);
+    if (next >= dataSize) {
       options.onProgress?.({ done: dataSize, total: dataSize });
       return;
     }
@@ -448,39 +536,38 @@ function wipeAreas(header: BlockDevice): (areas: Array<{ offset: number; size: n
   };
 }
 
-/** Rebuilds the interrupted zone [off, off+len) from the checksums or the journal. */
-async function recoverZone(header: BlockDevice, data: BlockDevice, s: ReencryptState, zc: ZoneCipher, dataOffset: number, off: number, len: number, z: Uint8Array): Promise<void> {
+/**
+ * Rebuilds an interrupted checksum zone piece by piece: blocks whose hash still equals the
+ * stored hash of the old ciphertext are re-encrypted and written back; the others were written.
+ */
+async function recoverChecksummed(header: BlockDevice, data: BlockDevice, s: ReencryptState, zc: ZoneCipher, dataOffset: number, off: number, len: number, buf: Uint8Array): Promise<void> {
   const ks = s.keyslot;
-  if (ks.resilience === 'journal') {
-    if (len > ks.areaSize) throw new CorruptHeaderError('The interrupted zone is larger than the journal.');
-    await header.read(z, ks.areaOffset);
-    await zc.transform(z, off);
-    await data.write(z, dataOffset + off);
-    return;
-  }
-  if (ks.resilience !== 'checksum') throw new CorruptHeaderError(`An interrupted zone with resilience ${ks.resilience} cannot be recovered.`);
   const block = ks.checksumBlock!;
   const hashLen = hashInfo(ks.hash!).digestSize;
   if (len % block !== 0 || (len / block) * hashLen > ks.areaSize) throw new CorruptHeaderError('The interrupted zone does not fit its checksums.');
-  const sums = new Uint8Array((len / block) * hashLen);
-  await header.read(sums, ks.areaOffset);
-  await data.read(z, dataOffset + off);
-  const now = checksums(z, block, ks.hash!);
-  // Runs of blocks still holding the old ciphertext are re-encrypted and written back.
-  let i = 0;
-  const n = len / block;
-  const same = (k: number) => Buffer.compare(now.subarray(k * hashLen, (k + 1) * hashLen), sums.subarray(k * hashLen, (k + 1) * hashLen)) === 0;
-  while (i < n) {
-    if (!same(i)) {
-      i++;
-      continue;
+  const stored = new Uint8Array((len / block) * hashLen);
+  await header.read(stored, ks.areaOffset);
+  const now = sharedBuffer((buf.length / block) * hashLen);
+  for (let rel = 0; rel < len; rel += buf.length) {
+    const z = buf.subarray(0, Math.min(buf.length, len - rel));
+    await data.read(z, dataOffset + off + rel);
+    const n = z.length / block;
+    await zc.digest(z, { hash: ks.hash!, block, out: now.subarray(0, n * hashLen) });
+    const base = (rel / block) * hashLen;
+    const same = (k: number) => Buffer.compare(now.subarray(k * hashLen, (k + 1) * hashLen), stored.subarray(base + k * hashLen, base + (k + 1) * hashLen)) === 0;
+    // Runs of blocks still holding the old ciphertext are re-encrypted and written back.
+    for (let i = 0; i < n; ) {
+      if (!same(i)) {
+        i++;
+        continue;
+      }
+      let j = i;
+      while (j < n && same(j)) j++;
+      const piece = z.subarray(i * block, j * block);
+      await zc.transform(piece, off + rel + i * block);
+      await data.write(piece, dataOffset + off + rel + i * block);
+      i = j;
     }
-    let j = i;
-    while (j < n && same(j)) j++;
-    const piece = z.subarray(i * block, j * block);
-    await zc.transform(piece, off + i * block);
-    await data.write(piece, dataOffset + off + i * block);
-    i = j;
   }
 }
 
