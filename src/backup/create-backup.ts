@@ -109,11 +109,10 @@ async function describeSource(device: BlockDevice): Promise<{ format: SourceForm
 /** Finds the newest backup of the same source, for the manifest's `parent`. */
 async function findParent(repo: Repository, sourcePath: string): Promise<string | undefined> {
   const ids = await repo.listBackupIds();
-  for (const id of ids.reverse().slice(0, 16)) {
-    const m = await repo.getManifest(id).catch(() => undefined);
-    if (m?.source.path === sourcePath) return id;
-  }
-  return undefined;
+  const recent = await Promise.all(ids.slice(-16).map((id) => repo.getManifest(id).catch(() => undefined)));
+  // Newest by creation time (ids carry whole seconds only).
+  const same = recent.filter((m): m is BackupManifest => m?.source.path === sourcePath).sort((a, b) => b.created.localeCompare(a.created) || b.id.localeCompare(a.id));
+  return same[0]?.id;
 }
 
 /** Backs up `device` into `repo`; returns the manifest written. */

@@ -25,7 +25,8 @@ export async function pruneRepository(repo: Repository, options: { keepLast: num
   const lock = await RepositoryLock.acquire(repo.store, 'exclusive', 'backup prune');
   try {
     const ids = await repo.listBackupIds(); // oldest first
-    const manifests = await Promise.all(ids.map((id) => repo.getManifest(id)));
+    // Oldest first by creation time (ms): ids carry whole seconds only, and backups can be quicker.
+    const manifests = (await Promise.all(ids.map((id) => repo.getManifest(id)))).sort((a, b) => a.created.localeCompare(b.created) || a.id.localeCompare(b.id));
     const bySource = new Map<string, string[]>();
     for (const m of manifests) bySource.set(m.source.path, [...(bySource.get(m.source.path) ?? []), m.id]);
     const doomed = new Set<string>();

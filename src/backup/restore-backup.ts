@@ -27,6 +27,14 @@ export interface RestoreOptions {
   onProgress?: (p: RestoreProgress) => void;
   signal?: AbortSignal;
   parallel?: number;
+  /**
+   * Also recompute every chunk's id (HMAC of its plaintext), as `verify` does. Off by default:
+   * AES-GCM already authenticates each object together with its name (the chunk id is its
+   * additional data), so a changed byte, or an object stored under another id, fails either way;
+   * the recomputation only guards against a writer that held the backup key and computed a wrong
+   * id, and costs about half of restore's CPU time.
+   */
+  checkIds?: boolean;
 }
 
 export interface RestoreReport {
@@ -66,7 +74,7 @@ interface LaneBuffers {
  * Runs `work(i, buffers)` for every chunk with `parallel` lanes, each with its own buffers, and a
  * seal pool that fetches' objects are opened on (authenticated, decompressed, id checked).
  */
-async function withLanes(repo: Repository, m: BackupManifest, parallel: number, signal: AbortSignal | undefined, work: (i: number, open: (id: string) => Promise<Uint8Array>) => Promise<void>): Promise<void> {
+async function withLanes(repo: Repository, m: BackupManifest, parallel: number, signal: AbortSignal | undefined, checkIds: boolean, work: (i: number, open: (id: string) => Promise<Uint8Array>) => Promise<void>): Promise<void> {
   const pool = repo.openSealPool();
   const lanes: LaneBuffers[] = [];
   let free: LaneBuffers[] = [];
@@ -84,7 +92,7 @@ async function withLanes(repo: Repository, m: BackupManifest, parallel: number, 
       try {
         await work(i, async (id) => {
           const sealed = await repo.readSealedChunkInto(id, b.sealed);
-          const n = await pool.open(id, sealed, b.plain);
+          const n = await pool.open(id, sealed, b.plain, checkIds);
           return b.plain.subarray(0, n);
         });
       } finally {
@@ -105,7 +113,7 @@ function restoreLanes(repo: Repository, options: RestoreOptions): number {
 async function writeChunks(repo: Repository, m: BackupManifest, device: FileDevice, options: RestoreOptions, newFile: boolean): Promise<number> {
   let written = 0;
   let done = 0;
-  await withLanes(repo, m, restoreLanes(repo, options), options.signal, async (i, open) => {
+  await withLanes(repo, m, restoreLanes(repo, options), options.signal, options.checkIds === true, async (i, open) => {
     const id = m.chunks[i];
     const start = i * m.chunkSize;
     const end = Math.min(m.source.size, start + m.chunkSize);
@@ -138,7 +146,7 @@ export async function restoreBackup(repo: Repository, id: string, target: string
     if (info.size < m.source.size) throw new InsufficientSpaceError(`${target} holds ${info.size} bytes; backup ${id} needs ${m.source.size}.`);
     // Authenticate everything before the first write: a damaged backup leaves the device untouched.
     let checked = 0;
-    await withLanes(repo, m, restoreLanes(repo, options), options.signal, async (i, open) => {
+    await withLanes(repo, m, restoreLanes(repo, options), options.signal, options.checkIds === true, async (i, open) => {
       const cid = m.chunks[i];
       if (cid !== null) await open(cid);
       checked += Math.min(m.source.size, (i + 1) * m.chunkSize) - i * m.chunkSize;

@@ -106,9 +106,12 @@ export class SealPool {
     return { length: r.length!, compressed: r.compressed === true };
   }
 
-  /** Opens sealed chunk `id` into `out`; returns the plaintext length. IntegrityError on any damage. */
-  async open(id: string, sealed: Uint8Array, out: Uint8Array): Promise<number> {
-    return (await this.#run((seq) => ({ type: 'open', seq, id, data: this.#range(sealed), out: this.#range(out) }))).length!;
+  /**
+   * Opens sealed chunk `id` into `out`; returns the plaintext length. IntegrityError on any damage
+   * (AES-GCM authenticates the object and its name, the id); `checkId` also recomputes the id.
+   */
+  async open(id: string, sealed: Uint8Array, out: Uint8Array, checkId = true): Promise<number> {
+    return (await this.#run((seq) => ({ type: 'open', seq, id, data: this.#range(sealed), out: this.#range(out), checkId }))).length!;
   }
 
   async close(): Promise<void> {

@@ -28,8 +28,8 @@ export type SealRequest =
   | { type: 'hash'; seq: number; data: SharedRange }
   /** Seal chunk `id` from `data` into `out`. */
   | { type: 'seal'; seq: number; id: string; data: SharedRange; out: SharedRange }
-  /** Open sealed chunk `id` from `data` into `out` and check its id. */
-  | { type: 'open'; seq: number; id: string; data: SharedRange; out: SharedRange }
+  /** Open sealed chunk `id` from `data` into `out`; with `checkId`, also recompute its id. */
+  | { type: 'open'; seq: number; id: string; data: SharedRange; out: SharedRange; checkId: boolean }
   | { type: 'stop' };
 
 export type SealReply =
@@ -79,7 +79,7 @@ if (port) {
       } else {
         const out = view(msg.out);
         const n = openObjectInto('chunk', msg.id, view(msg.data), sealKey!, out);
-        if (chunkIdOf(out.subarray(0, n)) !== msg.id) throw Object.assign(new Error(`chunk ${msg.id}: its content does not have this id.`), { code: 'INTEGRITY' });
+        if (msg.checkId && chunkIdOf(out.subarray(0, n)) !== msg.id) throw Object.assign(new Error(`chunk ${msg.id}: its content does not have this id.`), { code: 'INTEGRITY' });
         port.postMessage({ type: 'done', seq: msg.seq, length: n } satisfies SealReply);
       }
     } catch (err) {

@@ -139,6 +139,7 @@ function summary(m: BackupManifest) {
 
 interface RekeyCliOptions {
   rekeyOnRestore?: boolean;
+  checkIds?: boolean;
   srcKeyFile?: string;
   srcKeyId?: string;
   dstKeyFile?: string;
@@ -356,6 +357,7 @@ is not trusted: every chunk is read and hashed instead.`,
       .argument('<id>', 'backup id')
       .argument('<target>', 'new file, or existing block device')
       .option('--key-id <id>', 'the backup key (default: the one the repository names)')
+      .option('--check-ids', "also recompute every chunk's id from its plaintext (as verify does); AES-GCM authenticates every chunk either way")
       .option('--rekey-on-restore', 'restore a LUKS volume under a new volume key (re-encrypted in the same pass); the new key is created in the key manager and its id printed, unless --dst-key-file/--dst-key-id is given')
       .option('--src-key-file <file>', "with --rekey-on-restore: the backed-up volume's LUKS passphrase file ('-' = stdin)")
       .option('--src-key-id <id>', "with --rekey-on-restore: the managed key that opens the backed-up volume")
@@ -389,7 +391,7 @@ keyslot: the old passphrase does not open it.`,
       const progress = progressReporter(json, 'restore');
       try {
         const started = performance.now();
-        const r = await withCancellation((signal) => restoreBackup(repo, id, target, { signal, onProgress: (p) => progress.update(p.bytes, p.total, { phase: p.phase }) }));
+        const r = await withCancellation((signal) => restoreBackup(repo, id, target, { signal, ...(o.checkIds ? { checkIds: true } : {}), onProgress: (p) => progress.update(p.bytes, p.total, { phase: p.phase }) }));
         progress.stop();
         const seconds = (performance.now() - started) / 1000;
         out(o, { event: 'done', ...r, seconds, peakRssBytes: process.resourceUsage().maxRSS * 1024 }, `Restored ${r.id} to ${r.target} (${r.size} bytes, ${r.writtenBytes} written) in ${seconds.toFixed(2)} s.\n`);
