@@ -75,7 +75,7 @@ export interface ConvertHeaderResult {
 }
 
 function refuse(reason: ConversionRefusal, message: string): never {
-  throw new ConversionRefusedError(reason, `Cannot convert to ${reason === 'same-type' ? 'that' : 'the other'} format: ${message}`);
+  throw new ConversionRefusedError(reason, `Cannot convert to ${reason === 'same-type' ? 'that' : 'the other'} format: ${message} (reason: ${reason})`);
 }
 
 function roundUp(n: number, m: number): number {

@@ -328,6 +328,31 @@ test('interop: a detached LUKS1 header converts both ways like cryptsetup\'s', {
   }
 });
 
+test('interop: cryptsetup refuses the same volumes brickcrypt refuses', { skip }, async () => {
+  const t = tempDir();
+  try {
+    const cases: Array<[string, Uint8Array, 'luks1' | 'luks2']> = [];
+    cases.push(['sector-size', await makeVolume('luks2', [0], { sectorSize: 4096 }, 17 * MIB), 'luks1']);
+    cases.push(['keyslot-number', await makeVolume('luks2', [0, 9], {}, 17 * MIB), 'luks1']);
+    cases.push(['no-space', await makeVolume('luks1', [0], { dataOffset: 4040 * 512 }), 'luks2']);
+    const withToken = new MemoryDevice(await makeVolume('luks2', [0], {}, 17 * MIB));
+    const { state } = await readLuks2Headers(withToken);
+    state.metadata.tokens['0'] = { type: 'some-token', keyslots: ['0'] };
+    await writeLuks2Headers(withToken, state);
+    cases.push(['tokens', withToken.bytes, 'luks1']);
+    for (const [reason, image, type] of cases) {
+      await refusal(image, type, reason);
+      const img = join(t.dir, `${reason}.img`);
+      writeFileSync(img, image);
+      const r = runStatus('cryptsetup', ['convert', '-q', '--disable-locks', '--type', type, img]);
+      assert.notEqual(r.status, 0, `cryptsetup refuses ${reason} too`);
+      assert.ok(readFileSync(img).equals(Buffer.from(image)), `cryptsetup left ${reason} unmodified`);
+    }
+  } finally {
+    t.cleanup();
+  }
+});
+
 test('convert-header --help has examples', () => {
   const r = runCli(['convert-header', '--help']);
   assert.equal(r.status, 0);
