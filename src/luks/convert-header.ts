@@ -587,7 +587,8 @@ export async function convertLuksHeader(data: BlockDevice, options: ConvertHeade
   const header = options.headerDevice ?? data;
   const detached = header !== data;
   if (header.readOnly) throw new ReadOnlyDeviceError('Cannot convert a header opened read-only.');
-  const volume = await LuksVolume.open(data, detached ? { headerDevice: header } : {});
+  // Inspect read-only: a refusal must not even repair a stale LUKS2 copy.
+  const volume = await LuksVolume.open(data, { readOnly: true, ...(detached ? { headerDevice: header } : {}) });
   const to = options.type === 'luks1' ? 1 : 2;
   if (volume.version === to) refuse('same-type', `the device is already ${options.type}.`);
 

@@ -153,7 +153,8 @@ export async function resizeLuks(data: BlockDevice, options: ResizeOptions): Pro
   const header = options.headerDevice ?? data;
   const detached = header !== data;
   if (data.readOnly || header.readOnly) throw new ReadOnlyDeviceError('Cannot resize a volume opened read-only.');
-  const volume = await LuksVolume.open(data, detached ? { headerDevice: header } : {});
+  // Inspect read-only: a refusal must not even repair a stale LUKS2 copy (header writes go through luks2-io).
+  const volume = await LuksVolume.open(data, { readOnly: true, ...(detached ? { headerDevice: header } : {}) });
   const plan = planResize(volume, options.payloadSize, options.allowTruncate !== undefined ? { allowTruncate: options.allowTruncate } : {});
   const { segment } = plan;
   if (plan.newPayloadSize === plan.oldPayloadSize && plan.newDeviceSize === plan.oldDeviceSize) return plan;

@@ -353,6 +353,22 @@ test('interop: cryptsetup refuses the same volumes brickcrypt refuses', { skip }
   }
 });
 
+test('a volume in use (writer lock held) is refused with exit 5 and not modified', async () => {
+  const t = tempDir();
+  try {
+    const img = join(t.dir, 'v.img');
+    writeFileSync(img, await makeVolume('luks1', [0]));
+    const before = readFileSync(img);
+    writeFileSync(`${img}.lock`, `${process.pid}\n`);
+    const r = runCli(['convert-header', img, '--type', 'luks2']);
+    assert.equal(r.status, 5, r.stderr);
+    assert.match(r.stderr, /in use by process/);
+    assert.ok(before.equals(readFileSync(img)));
+  } finally {
+    t.cleanup();
+  }
+});
+
 test('convert-header --help has examples', () => {
   const r = runCli(['convert-header', '--help']);
   assert.equal(r.status, 0);

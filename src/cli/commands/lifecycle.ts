@@ -80,7 +80,8 @@ ${EXIT_HELP}`,
     )
     .action(async (volume: string, o: ResizeCliOptions) => {
       await withDevices(volume, o, async (data, header) => {
-        const vol = await LuksVolume.open(data, header ? { headerDevice: header } : {});
+        // Read-only inspection: a refusal changes nothing, not even a stale LUKS2 copy.
+        const vol = await LuksVolume.open(data, { readOnly: true, ...(header ? { headerDevice: header } : {}) });
         const payloadSize = targetPayload(o, vol, data);
         const plan = planResize(vol, payloadSize, { allowTruncate: o.allowTruncate === true });
         if (plan.newPayloadSize === plan.oldPayloadSize && plan.newDeviceSize === plan.oldDeviceSize) {
