@@ -40,12 +40,6 @@ export interface OpenFileOptions {
    */
   bypassCache?: boolean;
   /**
-   * Read aligned ranges into aligned memory with O_DIRECT, past the page cache (a backup reading a
-   * whole volume once: no kernel copy, no cache pollution). Unaligned reads, and every read where
-   * the file system refuses O_DIRECT, go through the page cache.
-   */
-  bypassCacheReads?: boolean;
-  /**
    * Report a regular file's real holes from `extents()` (lseek SEEK_DATA/SEEK_HOLE through the native
    * module; `capabilities.extents` says whether that is available). Off by default: callers that
    * read holes as zeros anyway need no extra system calls.
@@ -93,8 +87,6 @@ export class FileDevice implements BlockDevice {
   #holeFrom: number;
   /** The O_DIRECT descriptor of `bypassCache` (closed by close(): writes may still be using it). */
   #direct: fsp.FileHandle | undefined;
-  /** The O_DIRECT read descriptor of `bypassCacheReads`. */
-  #directRead: fsp.FileHandle | undefined;
   /** False once the device has refused an O_DIRECT write. */
   #directWorks = true;
   readonly #bypass: CacheBypassStats = { bytes: 0, cachedBytes: 0 };
@@ -147,9 +139,6 @@ export class FileDevice implements BlockDevice {
       const seekHoles = options.seekHoles === true && !isBlock && seekData(handle.fd, 0, true) !== undefined;
       const device = new FileDevice(path, handle, size, readOnly, isBlock, holeFrom, options.ignoreFlush === true, seekHoles);
       if (options.bypassCache && !readOnly) await device.#openDirect();
-      if (options.bypassCacheReads && fsc.O_DIRECT !== undefined && nativeAddon()) {
-        device.#directRead = await fsp.open(`/proc/self/fd/${handle.fd}`, fsc.O_RDONLY | fsc.O_DIRECT).catch(() => undefined);
-      }
       return device;
     } catch (err) {
       await handle.close();
@@ -189,23 +178,6 @@ export class FileDevice implements BlockDevice {
 
   async read(buf: Uint8Array, offset: number): Promise<void> {
     this.#check(offset, buf.length, false);
-    const direct = this.#directRead;
-    if (direct && offset % DIRECT_IO_ALIGNMENT === 0 && buf.length % DIRECT_IO_ALIGNMENT === 0 && isAddressAligned(buf, DIRECT_IO_ALIGNMENT)) {
-      try {
-        let got = 0;
-        while (got < buf.length) {
-          const { bytesRead } = await direct.read(buf, got, buf.length - got, offset + got);
-          if (bytesRead === 0) break;
-          got += bytesRead;
-        }
-        if (got < buf.length) buf.fill(0, got);
-        return;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException)?.code !== 'EINVAL') throw fileError(this.path, err);
-        this.#directRead = undefined;
-        await direct.close().catch(() => undefined);
-      }
-    }
     let done = 0;
     while (done < buf.length) {
       const { bytesRead } = await this.handle.read(buf, done, buf.length - done, offset + done).catch((err) => {
@@ -372,8 +344,6 @@ export class FileDevice implements BlockDevice {
     await Promise.all(this.#through);
     await this.#direct?.close();
     this.#direct = undefined;
-    await this.#directRead?.close();
-    this.#directRead = undefined;
     await this.handle.close();
   }
 }

@@ -16,7 +16,6 @@ import { FileObjectStore } from '../../src/backup/stores/file-store.js';
 import { Repository, chunkObjectName } from '../../src/backup/repository.js';
 import { createBackup } from '../../src/backup/create-backup.js';
 import { restoreBackup } from '../../src/backup/restore-backup.js';
-import { allocateShared } from '../../src/backup/seal-pool.js';
 import { tempDir } from '../helpers/tools.js';
 
 const KIB = 1024;
@@ -88,30 +87,6 @@ test('a chunk object under another chunk\'s name, or with a flipped byte, fails 
     await assert.rejects(restoreBackup(repo, m.id, join(tmp.dir, 't')), IntegrityError);
     assert.deepEqual(readdirSync(tmp.dir).filter((n) => n.startsWith('t') || n.startsWith('.t')), []);
     repo.close();
-  } finally {
-    tmp.cleanup();
-  }
-});
-
-test('FileDevice bypassCacheReads: aligned reads past the page cache and unaligned ones read the same bytes', async () => {
-  const tmp = tempDir('brickcrypt-datapath-');
-  try {
-    const path = join(tmp.dir, 'f');
-    const data = randomBytes(3 * CHUNK + 777);
-    const fd = openSync(path, 'w');
-    writeSync(fd, data);
-    closeSync(fd);
-    const dev = await FileDevice.open(path, { readOnly: true, bypassCacheReads: true });
-    try {
-      const aligned = allocateShared(2 * CHUNK);
-      await dev.read(aligned, CHUNK);
-      assert.ok(Buffer.from(aligned).equals(data.subarray(CHUNK, 3 * CHUNK)));
-      const tail = allocateShared(4096);
-      await dev.read(tail.subarray(0, 777 + 100), 3 * CHUNK - 100);
-      assert.ok(Buffer.from(tail.subarray(0, 877)).equals(data.subarray(3 * CHUNK - 100)));
-    } finally {
-      await dev.close();
-    }
   } finally {
     tmp.cleanup();
   }

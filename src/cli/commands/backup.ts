@@ -288,8 +288,7 @@ is not trusted: every chunk is read and hashed instead.`,
     const path = resolve(volume);
     const useBitmap = o.dirtyBitmap !== false && (await statPath(path)).isFile;
     await withRepository(o, async (repo) => {
-      // Read once, past the page cache: no kernel copy, and the volume does not evict everything else.
-      const device = await FileDevice.open(volume, { readOnly: true, seekHoles: true, bypassCacheReads: true });
+      const device = await FileDevice.open(volume, { readOnly: true, seekHoles: true });
       const progress = progressReporter(json, 'backup');
       try {
         const started = performance.now();
