@@ -32,15 +32,16 @@ bc=(node bin/brickcrypt backup)
 
 (openssl enc -aes-128-ctr -pass pass:brickcrypt-bench -nosalt -pbkdf2 </dev/zero 2>/dev/null || true) | head -c "$bytes" >"$work/vol.img"
 
-declare -A secs rss
+declare -A secs rss cpu
 run() { # NAME CMD...: seconds and peak RSS (KiB) of one run
   local name=$1
   shift
   sync
   cat "$work/vol.img" >/dev/null
-  /usr/bin/time -f '%e %M' -o "$work/time.$name" "$@" >"$work/out.$name" 2>"$work/err.$name" || { cat "$work/err.$name" >&2; exit 1; }
+  /usr/bin/time -f '%e %M %U %S' -o "$work/time.$name" "$@" >"$work/out.$name" 2>"$work/err.$name" || { cat "$work/err.$name" >&2; exit 1; }
   secs[$name]=$(tail -1 "$work/time.$name" | awk '{ print $1 }')
   rss[$name]=$(tail -1 "$work/time.$name" | awk '{ printf "%.0f", $2 / 1024 }')
+  cpu[$name]=$(tail -1 "$work/time.$name" | awk '{ printf "%.2f", $3 + $4 }')
 }
 
 scatter() { # 160 writes of 64 KiB at random 64 KiB-aligned offsets (a fixed seed: the same for every run)
@@ -81,6 +82,9 @@ echo "backup bench: ${mib} MiB random volume, 10 MiB scattered change (160 x 64 
 printf '%-22s %10s %10s %14s\n' step brickcrypt restic 'restic/bc'
 for s in init incr restore; do
   printf '%-22s %9ss %9ss %13sx\n' "$s" "${secs[bc_$s]}" "${secs[r_$s]}" "$(ratio "${secs[r_$s]}" "${secs[bc_$s]}")"
+done
+for s in init incr restore; do
+  printf '%-22s %9ss %9ss %13sx\n' "$s CPU (user+sys)" "${cpu[bc_$s]}" "${cpu[r_$s]}" "$(ratio "${cpu[r_$s]}" "${cpu[bc_$s]}")"
 done
 printf '%-22s %10s %10s %14s\n' 'repository MiB' "$(awk -v b="$bc_size" 'BEGIN { printf "%.1f", b / 1048576 }')" "$(awk -v b="$r_size" 'BEGIN { printf "%.1f", b / 1048576 }')" "$(ratio "$r_size" "$bc_size")"
 printf '%-22s %10s %10s\n' 'peak RSS MiB (i/n/r)' "${rss[bc_init]}/${rss[bc_incr]}/${rss[bc_restore]}" "${rss[r_init]}/${rss[r_incr]}/${rss[r_restore]}"
