@@ -45,10 +45,10 @@ run() { # NAME CMD...: seconds; peak RSS (MiB) into rss_NAME
   r=$(tail -1 "$work/time.$name" | awk '{ printf "%.0f", $2 / 1024 }')
   if [ "$name" = bc ]; then
     best_bc=$(awk -v a="${best_bc:-1e9}" -v b="$s" 'BEGIN { print (b < a ? b : a) }')
-    [ "$r" -gt "$rss_bc" ] && rss_bc=$r
+    if [ "$r" -gt "$rss_bc" ]; then rss_bc=$r; fi
   else
     best_cs=$(awk -v a="${best_cs:-1e9}" -v b="$s" 'BEGIN { print (b < a ? b : a) }')
-    [ "$r" -gt "$rss_cs" ] && rss_cs=$r
+    if [ "$r" -gt "$rss_cs" ]; then rss_cs=$r; fi
   fi
 }
 

@@ -228,3 +228,65 @@ test('power cuts at random writes of a larger re-key (checksum and journal, seve
     }
   }
 });
+
+test('bad input writes nothing: a corrupted reencrypt keyslot or digest, a device smaller than the metadata says', async () => {
+  const { dev } = await smallVolume(256 * 1024);
+  const ac = new AbortController();
+  let zones = 0;
+  await assert.rejects(reencryptLuks2(dev, opts({ signal: ac.signal, onProgress: () => (++zones === 3 ? ac.abort() : undefined) })), CancelledError);
+  const stopped = new Uint8Array(dev.bytes);
+  const tamper = async (change: (m: Record<string, any>) => void): Promise<MemoryDevice> => {
+    const copy = new MemoryDevice(new Uint8Array(stopped));
+    const { state } = await readLuks2Headers(copy, copy.size);
+    change(state.metadata as unknown as Record<string, any>);
+    await writeLuks2Headers(copy, state);
+    return copy;
+  };
+  const reencKs = (m: Record<string, any>) => Object.values(m.keyslots).find((k: any) => k.type === 'reencrypt') as Record<string, any>;
+  const cases: Array<[string, (m: Record<string, any>) => void]> = [
+    ['unknown mode', (m) => (reencKs(m).mode = 'bogus')],
+    ['checksum without hash', (m) => delete reencKs(m).area.hash],
+    ['digest bytes changed', (m) => {
+      const d = Object.values(m.digests).find((x: any) => x.keyslots.includes(Object.keys(m.keyslots).find((k) => m.keyslots[k].type === 'reencrypt'))) as Record<string, any>;
+      const raw = Buffer.from(d.digest, 'base64');
+      raw[0]! ^= 1;
+      d.digest = raw.toString('base64');
+    }],
+    ['backup-final segment gone', (m) => {
+      const id = Object.keys(m.segments).find((k) => m.segments[k].flags?.includes('backup-final'))!;
+      delete m.segments[id];
+      for (const d of Object.values(m.digests) as any[]) d.segments = d.segments.filter((x: string) => x !== id);
+    }],
+  ];
+  for (const [what, change] of cases) {
+    const copy = await tamper(change);
+    const before = new Uint8Array(copy.bytes);
+    await assert.rejects(reencryptLuks2(copy, opts()), CorruptHeaderError, what);
+    assert.deepEqual(copy.bytes, before, what);
+  }
+  // The volume shrank below what the header says is done.
+  const small = new MemoryDevice(new Uint8Array(stopped.subarray(0, 2 * 1024 * 1024 + 64 * 1024)));
+  const before = new Uint8Array(small.bytes);
+  await assert.rejects(reencryptLuks2(small, opts()), CorruptHeaderError);
+  assert.deepEqual(small.bytes, before);
+});
+
+test('detached header: re-key with the header on its own device', async () => {
+  const payload = 256 * 1024;
+  const header = new MemoryDevice(2 * 1024 * 1024);
+  const data = new MemoryDevice(payload);
+  const { volume, key } = await LuksVolume.format(data, { type: 'luks2', passphrase: Passphrase.fromString(PASS), headerDevice: header, keyslotsSize: 2 * 1024 * 1024 - 2 * 16384, sectorSize: 4096, ...FAST });
+  const plain = new Uint8Array(randomBytes(payload));
+  const view = EncryptedDevice.open(data, volume, key);
+  await view.write(plain, 0);
+  await view.close();
+  const r = await reencryptLuks2(data, opts({ headerDevice: header }));
+  assert.equal(r.finished, true);
+  const vol = await LuksVolume.open(data, { headerDevice: header });
+  const k = await vol.unlock(Passphrase.fromString(PASS));
+  const out = EncryptedDevice.open(data, vol, k.key, { readOnly: true });
+  const got = new Uint8Array(out.size);
+  await out.read(got, 0);
+  await out.close();
+  equalPlain(got, plain, 'detached');
+});

@@ -507,6 +507,10 @@ async function runZones(
     const single = s.active.length === 1 ? s.active[0]! : undefined;
     const doneAll = single !== undefined && s.newDigestId !== undefined && meta.digests[s.newDigestId]!.segments.includes(single) && !(s.oldDigestId !== undefined && meta.digests[s.oldDigestId]!.segments.includes(single));
     const off = doneAll ? dataSize : forwardOffset(meta, s);
+    if (!doneAll && s.active.length > 1 && off >= dataSize) {
+      // The header says data under the old key lies past the end: the device shrank.
+      throw new CorruptHeaderError(`The reencryption has ${off} bytes done but the data area is only ${dataSize} bytes: the device is smaller than the metadata says.`);
+    }
     options.onProgress?.({ done: off, total: dataSize });
     if (off >= dataSize) {
       await commit('final', s);
