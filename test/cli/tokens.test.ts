@@ -119,14 +119,14 @@ test('on a terminal the token is consulted before the prompt; without a token th
   }
 });
 
-test('resize finds the key through the token; reencrypt moves the token to the new keyslot', () => {
+test('resize and reencrypt find the key through the token; reencrypt moves the token to the new keyslot', () => {
   const { tmp, ok, tokens } = setup();
   try {
     const vol = join(tmp.dir, 'vol.img');
     const id = ok(['format', vol, '--type', 'luks2', '--size', '4M', '--create-key', ...FAST]).trim();
     ok(['resize', vol, '--size', '8M']);
     assert.equal(statSync(vol).size, 16 * 1024 * 1024 + 8 * 1024 * 1024, 'grown: the new space needed the key');
-    ok(['reencrypt', vol, '--key-id', id, ...FAST]);
+    ok(['reencrypt', vol, ...FAST]);
     const [token] = tokens(vol);
     assert.equal(token!.keyId, id);
     assert.deepEqual(token!.keyslots, ['1']);

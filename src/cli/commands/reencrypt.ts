@@ -8,8 +8,7 @@ import type { Command } from 'commander';
 import { withCancellation } from '../cancellation.js';
 import { CancelledError, InvalidArgumentError, NotImplementedError } from '../../errors.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
-import { passphraseInput } from '../key-input.js';
-import { addKeyManagerOptions, KEY_MANAGER_HELP, passphraseFromKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
+import { addKeyManagerOptions, KEY_MANAGER_HELP, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { DEFAULT_TRIES, type PassphraseInput } from '../passphrase-prompt.js';
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
 import { progressReporter } from './convert.js';
@@ -46,20 +45,13 @@ interface ReencryptCliOptions extends KeyManagerCliOptions {
   json?: boolean;
 }
 
-function keyInput(o: ReencryptCliOptions, volume: string): PassphraseInput {
-  const keyId = o.keyId;
-  if (keyId !== undefined) {
-    if (o.keyFile !== undefined) throw new InvalidArgumentError('Give --key-file or --key-id, not both.');
-    return { interactive: false, read: () => passphraseFromKeyManager(o, keyId) };
-  }
-  if (o.keyFile === undefined && o.keyManager !== undefined) throw new InvalidArgumentError('--key-manager needs --key-id ID.');
-  return passphraseInput({
-    ...(o.keyFile !== undefined ? { keyFile: o.keyFile } : {}),
-    ...(o.keyfileOffset !== undefined ? { offset: parseInteger(o.keyfileOffset, 'keyfile-offset') } : {}),
-    ...(o.keyfileSize !== undefined ? { size: parseInteger(o.keyfileSize, 'keyfile-size', 1) } : {}),
-    prompt: `Enter passphrase for ${volume}: `,
-    what: '--key-file (or --key-id)',
-  });
+/**
+ * The passphrase: --key-id, --key-file, the volume's brickcrypt-key-manager token, or typed at a
+ * terminal, in that order — the same rule as every other command that opens a volume.
+ */
+async function keyInput(o: ReencryptCliOptions, volume: string): Promise<PassphraseInput> {
+  const { oldKeyInput } = await import('./luks.js');
+  return oldKeyInput(o, volume);
 }
 
 function describe(volume: string, r: ReencryptReport): string {
@@ -133,7 +125,7 @@ ${KEY_MANAGER_HELP}`)
       if (resilience === 'datashift') throw new NotImplementedError('Resilience datashift is used by --encrypt/--decrypt, which are not built yet.');
       if (o.resumeOnly && o.initOnly) throw new InvalidArgumentError('Give --resume-only or --init-only, not both.');
       const json = o.json === true;
-      const input = keyInput(o, volume);
+      const input = await keyInput(o, volume);
       const tries = input.interactive ? (o.tries === undefined ? DEFAULT_TRIES : parseInteger(o.tries, 'tries', 1, 1000)) : 1;
       const { reencryptVolume } = await import('../../workflows/reencrypt.js');
       const { WrongPassphraseError } = await import('../../errors.js');
