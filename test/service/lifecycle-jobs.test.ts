@@ -91,7 +91,8 @@ test('resize grows a LUKS2 volume: the old plaintext stays, the new space reads 
   const cryptsetup = whichTool('cryptsetup');
   if (cryptsetup) {
     const { stdout } = await execFileP(cryptsetup, ['luksDump', after.path]);
-    assert.match(stdout, /Data segments:[\s\S]*length: \(whole device\)|Data segments:[\s\S]*offset/);
+    // cryptsetup reads the grown header: a dynamic segment spans the grown file.
+    assert.match(stdout, /length: \(whole device\)/);
   }
 });
 
@@ -188,7 +189,6 @@ test('reencrypt refusals: modes encrypt/decrypt 501, LUKS1 422, raw 400, unknown
 });
 
 test('reencrypt by a creator (may create keys, not read them) fails FORBIDDEN; the volume and its key are as before, the new key is gone', async () => {
-  const bytes = randomBytes(1 << 20);
   const r = await call('POST', '/v1/volumes', { who: 'creator', body: { name: 'by-creator', format: 'luks2', size: 1 << 20, luks: FAST_LUKS } });
   assert.equal(r.status, 202, r.text);
   assert.equal((await waitJob(call, r.json.job.id, 'creator')).state, 'succeeded');
@@ -203,7 +203,6 @@ test('reencrypt by a creator (may create keys, not read them) fails FORBIDDEN; t
   assert.equal(after.status, 'available');
   assert.equal(after.encryption_key_id, v.encryption_key_id);
   assert.equal((await service.keys.list(ADMIN)).length, keysBefore, 'the key the job made was deleted');
-  void bytes;
 });
 
 /** The volume key (hex) that managed key `keyId`'s passphrase unlocks: changes when the volume is re-keyed. */
@@ -283,10 +282,9 @@ test('kill -9 of serve mid-reencrypt, restart: the job continues from the on-dis
     const job = await waitJob(serve.call, jobId, 'admin', 180_000);
     assert.equal(job.state, 'succeeded', JSON.stringify(job));
     assert.equal(job.result.runs, 2, 'the killed run was followed by a second one');
-    if (mid === 'REENCRYPTION_IN_PROGRESS') {
-      assert.equal(job.result.resumed, true, JSON.stringify(job.result));
-      assert.ok(job.result.rewritten_bytes < 96 << 20, `the second run rewrote only what was left: ${job.result.rewritten_bytes}`);
-    }
+    assert.equal(mid, 'REENCRYPTION_IN_PROGRESS', 'killed with a reencryption recorded on disk');
+    assert.equal(job.result.resumed, true, JSON.stringify(job.result));
+    assert.ok(job.result.rewritten_bytes > 0 && job.result.rewritten_bytes < 96 << 20, `the second run rewrote only what was left: ${job.result.rewritten_bytes}`);
     const v = (await serve.call('GET', `/v1/volumes/${volumeId}`, { who: 'admin' })).json.volume;
     assert.notEqual(v.encryption_key_id, oldKey);
     assert.equal(v.status, 'available');
