@@ -19,7 +19,7 @@ import { StateDb } from '../../src/service/state-db.js';
 import { openKeyManager } from '../../src/keys/open-key-manager.js';
 import { FileDevice } from '../../src/devices/file-device.js';
 import { LuksVolume } from '../../src/luks/index.js';
-import { cliPath, whichTool } from '../helpers/tools.js';
+import { cliPath, runCli, whichTool } from '../helpers/tools.js';
 import { FAST_LUKS, client, setupState, waitFor, waitJob, type Call } from './service-helpers.js';
 
 const execFileP = promisify(execFile);
@@ -203,6 +203,44 @@ test('reencrypt by a creator (may create keys, not read them) fails FORBIDDEN; t
   assert.equal(after.status, 'available');
   assert.equal(after.encryption_key_id, v.encryption_key_id);
   assert.equal((await service.keys.list(ADMIN)).length, keysBefore, 'the key the job made was deleted');
+});
+
+test('a reencrypt cancelled mid-way leaves the volume in error with a resumable, cryptsetup-format state that the CLI finishes with the old key', async () => {
+  const bytes = randomBytes(48 << 20);
+  const v = await volumeWith('cancel', 'luks2', bytes);
+  const keysBefore = new Set((await service.keys.list(ADMIN)).map((k) => k.id));
+  const r = await action(v.id, { reencrypt: { resilience: 'journal', luks: FAST_LUKS } });
+  assert.equal(r.status, 202, r.text);
+  await waitFor(call, r.json.job.id, (j) => j.state === 'running' && j.progress.bytes_done > 0);
+  assert.equal((await call('POST', `/v1/jobs/${r.json.job.id}/cancel`, { who: 'admin' })).status < 300, true);
+  const job = await waitJob(call, r.json.job.id);
+  assert.equal(job.state, 'cancelled', JSON.stringify(job));
+  const after = service.db.volume(v.id)!;
+  assert.equal(after.status, 'error');
+  assert.equal(after.encryption_key_id, v.encryption_key_id, 'the record still names the old key');
+  const file = await FileDevice.open(v.path, { readOnly: true });
+  const fence = (await LuksVolume.open(file, { readOnly: true })).payloadFence?.code;
+  await file.close();
+  assert.equal(fence, 'REENCRYPTION_IN_PROGRESS');
+  const made = (await service.keys.list(ADMIN)).filter((k) => !keysBefore.has(k.id));
+  assert.equal(made.length, 1, 'the new key the job made is kept (the state on disk is part of its run)');
+  // The old key's passphrase finishes it (as cryptsetup reencrypt --resume-only would).
+  const pass = await passphraseOfKey(service.keys, ADMIN, v.encryption_key_id!);
+  const passFile = join(env.dir, 'cancel.pass');
+  writeFileSync(passFile, Buffer.from(pass.expose()));
+  pass.wipe();
+  const cli = runCli(['reencrypt', '--resume-only', v.path, '--key-file', passFile, '--workers', '0']);
+  assert.equal(cli.status, 0, cli.stderr);
+  assert.ok((await plaintext(v.id)).equals(bytes));
+});
+
+test('openapi.json describes the resize and reencrypt bodies', async () => {
+  const doc = (await call('GET', '/openapi.json')).json;
+  const actions = doc.paths['/v1/volumes/{id}/actions'].post.requestBody.content['application/json'].schema.properties;
+  assert.deepEqual(Object.keys(actions.resize.properties).sort(), ['allow_truncate', 'size']);
+  assert.deepEqual(actions.resize.required, ['size']);
+  assert.deepEqual(Object.keys(actions.reencrypt.properties).sort(), ['cipher', 'key', 'key_size', 'luks', 'mode', 'resilience', 'sector_size']);
+  assert.deepEqual(actions.reencrypt.properties.mode.enum, ['reencrypt', 'encrypt', 'decrypt']);
 });
 
 /** The volume key (hex) that managed key `keyId`'s passphrase unlocks: changes when the volume is re-keyed. */
