@@ -3,7 +3,8 @@
  * shrink with it) and `reencrypt` (in-place re-key of a LUKS2 volume under a new managed key),
  * checked against the plaintext on disk and the keystore; and a real `brickcrypt serve` killed
  * with SIGKILL in the middle of a reencryption, restarted, finishing from the volume's on-disk
- * reencryption state with exactly the original plaintext.
+ * reencryption state with exactly the original plaintext; and both jobs with the state in a real
+ * PostgreSQL (skipped without scripts/servers/postgresql.sh).
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -20,6 +21,7 @@ import { openKeyManager } from '../../src/keys/open-key-manager.js';
 import { FileDevice } from '../../src/devices/file-device.js';
 import { LuksVolume } from '../../src/luks/index.js';
 import { cliPath, runCli, whichTool } from '../helpers/tools.js';
+import { freshDatabase, postgresServer } from '../helpers/postgres-server.js';
 import { FAST_LUKS, client, setupState, waitFor, waitJob, type Call } from './service-helpers.js';
 
 const execFileP = promisify(execFile);
@@ -266,9 +268,9 @@ const proc = setupState();
 after(() => proc.cleanup());
 let port = 19900 + Math.floor(Math.random() * 500);
 
-async function startServe(): Promise<{ child: ChildProcess; call: Call }> {
+async function startServe(on: ReturnType<typeof setupState> = proc, extra: string[] = []): Promise<{ child: ChildProcess; call: Call }> {
   port += 1;
-  const child = spawn(process.execPath, [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', proc.state, '--tokens', proc.tokensFile, '--image-dir', proc.dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', on.state, '--tokens', on.tokensFile, '--image-dir', on.dir, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (d) => (err += String(d)));
   await new Promise<void>((resolve, reject) => {
@@ -344,5 +346,57 @@ test('kill -9 of serve mid-reencrypt, restart: the job continues from the on-dis
     }
   } finally {
     await kill9(serve.child);
+  }
+});
+
+// --- the same jobs with the state in PostgreSQL (scripts/servers/postgresql.sh) ---
+
+const pgServer: { url: string } | { skip: string } = await postgresServer();
+
+test('on PostgreSQL: resize and reencrypt run as jobs of a worker, the volume row follows', { skip: 'skip' in pgServer ? pgServer.skip : false }, async () => {
+  const pg = setupState();
+  const database = await freshDatabase((pgServer as { url: string }).url, 'lifecycle');
+  mkdirSync(pg.state, { recursive: true, mode: 0o700 });
+  const serve = await startServe(pg, ['--database', database.url]);
+  try {
+    const bytes = randomBytes(3 << 20);
+    const image = join(pg.dir, 'pg.raw');
+    writeFileSync(image, bytes);
+    const c = await serve.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'pg', format: 'luks2', source: { image_file: image }, luks: FAST_LUKS } });
+    assert.equal(c.status, 202, c.text);
+    assert.equal((await waitJob(serve.call, c.json.job.id)).state, 'succeeded');
+    const id = c.json.volume.id as string;
+    const act = async (body: unknown) => {
+      const r = await serve.call('POST', `/v1/volumes/${id}/actions`, { who: 'admin', body });
+      assert.equal(r.status, 202, r.text);
+      return waitJob(serve.call, r.json.job.id);
+    };
+    assert.equal((await serve.call('POST', `/v1/volumes/${id}/actions`, { who: 'admin', body: { resize: { size: '1M' } } })).json.error.code, 'SHRINK_REFUSED');
+    const resized = await act({ resize: { size: '8M' } });
+    assert.equal(resized.state, 'succeeded', JSON.stringify(resized));
+    const re = await act({ reencrypt: { luks: FAST_LUKS } });
+    assert.equal(re.state, 'succeeded', JSON.stringify(re));
+    const v = (await serve.call('GET', `/v1/volumes/${id}`, { who: 'admin' })).json.volume;
+    assert.equal(v.size, 8 << 20);
+    assert.equal(v.encryption_key_id, re.result.new_key_id);
+    assert.notEqual(v.encryption_key_id, c.json.volume.encryption_key_id);
+    await kill9(serve.child);
+    const km = await openKeyManager(`local:${join(pg.state, 'keystore.db')}`);
+    try {
+      const opened = await openVolumeFile(v.path, 'luks2', { readOnly: true, passphrase: await passphraseOfKey(km, ADMIN, v.encryption_key_id) });
+      try {
+        const buf = Buffer.alloc(opened.device.size);
+        await opened.device.read(buf, 0);
+        assert.ok(buf.equals(Buffer.concat([bytes, Buffer.alloc(5 << 20)])));
+      } finally {
+        await opened.close();
+      }
+    } finally {
+      await km.close();
+    }
+  } finally {
+    await kill9(serve.child);
+    await database.drop().catch(() => undefined);
+    pg.cleanup();
   }
 });
