@@ -97,7 +97,6 @@ export const createVolumeBody = {
 
 const empty = { type: 'object', additionalProperties: false, properties: {} } as const;
 const withKdf = { type: 'object', additionalProperties: false, properties: { luks: luksOptions } } as const;
-const passThrough = { type: 'object' } as const;
 
 export const actionBody = {
   type: 'object',
@@ -110,8 +109,37 @@ export const actionBody = {
     migrate: { type: 'object', additionalProperties: false, required: ['format'], properties: { format: { type: 'string', enum: ['luks1', 'luks2', 'raw'] }, luks: luksOptions } },
     attach: empty,
     detach: empty,
-    reencrypt: passThrough,
-    resize: passThrough,
+    reencrypt: {
+      type: 'object',
+      additionalProperties: false,
+      description:
+        'in-place LUKS2 re-encryption under a new volume key and a new managed key (resumable; cryptsetup online-reencrypt-v2 on disk); modes encrypt and decrypt answer 501 (not built)',
+      properties: {
+        mode: { type: 'string', enum: ['reencrypt', 'encrypt', 'decrypt'], description: 'default reencrypt; encrypt and decrypt are not built (501)' },
+        cipher: { type: 'string', minLength: 1, description: 'new dm-crypt cipher (default: the current one)' },
+        key_size: { type: 'integer', enum: [128, 256, 512], description: 'new volume key size in bits (default: the current one)' },
+        sector_size: { type: 'integer', enum: [512, 1024, 2048, 4096], description: 'new encryption sector size (default: the current one)' },
+        resilience: { type: 'string', enum: ['checksum', 'journal', 'none'], description: 'hot zone protection (default checksum)' },
+        key: {
+          description: 'the new managed key: {create: true} (default) or an existing key {id}',
+          anyOf: [
+            { type: 'object', additionalProperties: false, required: ['create'], properties: { create: { type: 'boolean', enum: [true] } } },
+            { type: 'object', additionalProperties: false, required: ['id'], properties: { id: { type: 'string', minLength: 1 } } },
+          ],
+        },
+        luks: { ...luksOptions, description: 'KDF of the new keyslot (pbkdf, pbkdf_iterations, pbkdf_memory_kib, pbkdf_parallel, iter_time_ms)' },
+      },
+    },
+    resize: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['size'],
+      description: 'to `size` usable bytes (LUKS: rounded up to whole encryption sectors); shrinking needs allow_truncate',
+      properties: {
+        size: { anyOf: [{ type: 'integer', minimum: 1 }, { type: 'string', pattern: '^\\s*\\d+\\s*([KMGTkmgt](i?[Bb])?)?\\s*$' }], description: 'bytes, or "16M", "2G"' },
+        allow_truncate: { type: 'boolean', description: 'allow a smaller size (the data past it is lost); default false: SHRINK_REFUSED' },
+      },
+    },
     upload_to_image: {
       type: 'object',
       additionalProperties: false,

@@ -82,10 +82,7 @@ export interface CreateVolumeRequest {
 export type VolumeAction = Record<string, Record<string, unknown>>;
 
 /** Actions whose engines this build does not have (they answer 501 NOT_IMPLEMENTED). */
-export const UNBUILT_ACTIONS: Record<string, string> = {
-  reencrypt: 'in-place re-encryption',
-  resize: 'volume resize',
-};
+export const UNBUILT_ACTIONS: Record<string, string> = {};
 
 const CONSUMER = (volumeId: string) => ({ service: 'brickcrypt', resourceType: 'volume', resourceId: volumeId });
 

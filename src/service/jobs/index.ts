@@ -6,6 +6,8 @@
 import type { ActionJob, ServiceJobDeps, VolumeSource } from './service-job.js';
 import { uploadToImageJob } from './upload-to-image.js';
 import { backupJob } from './backup.js';
+import { resizeJob } from './resize.js';
+import { reencryptJob } from './reencrypt.js';
 import { volumeFromImageSource } from './volume-from-image.js';
 import { volumeFromBackupSource } from './volume-from-backup.js';
 
@@ -13,7 +15,7 @@ export type { ActionJob, ServiceJobDeps, VolumeSource } from './service-job.js';
 
 export function serviceJobs(deps: ServiceJobDeps): { actions: Record<string, ActionJob>; sources: Record<string, VolumeSource> } {
   return {
-    actions: { upload_to_image: uploadToImageJob(deps), backup: backupJob(deps) },
+    actions: { upload_to_image: uploadToImageJob(deps), backup: backupJob(deps), resize: resizeJob(deps), reencrypt: reencryptJob(deps) },
     sources: { image_id: volumeFromImageSource(deps), backup_id: volumeFromBackupSource(deps) },
   };
 }

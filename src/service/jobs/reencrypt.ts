@@ -1,0 +1,252 @@
+/**
+ * `reencrypt`: in-place re-encryption of a LUKS2 volume under a new volume key and a new managed
+ * key, through `reencryptVolume` (src/workflows/reencrypt.ts; on-disk state is cryptsetup 2.6's
+ * online-reencrypt-v2, so cryptsetup can finish what this job started and the other way round).
+ * In-place `encrypt` (raw -> LUKS) and `decrypt` (LUKS -> raw) are not built: they answer 501
+ * NOT_IMPLEMENTED (the `migrate` action converts by copying instead). LUKS1 volumes answer 422
+ * UNSUPPORTED (migrate them to luks2 first).
+ *
+ * The managed key: `key: {create: true}` (the default) creates one as the caller, named as the
+ * volume's keys are; `key: {id}` uses an existing key (the caller must be able to read it). Its
+ * LUKS passphrase is the os-brick form of its bytes (src/keys/luks-passphrase.ts), as for every
+ * volume of the service.
+ *
+ * Phases (each checkpointed): `start` (the new key; the old key's id, ownership and the header's
+ * digests are recorded) -> `reencrypt` (the engine rewrites the data; the keyslot it adds still
+ * opens with the old key's passphrase) -> `rekey` (that keyslot gets the new key's passphrase,
+ * as change_key does) -> `swap` (the volume's `encryption_key_id` names the new key; the old key
+ * loses the volume as consumer and is deleted when the service had made it, as change_key does).
+ *
+ * Resumption after a crash or kill -9: in `reencrypt`, the volume's header says what is left — a
+ * recorded reencryption is continued by the engine from its last committed zone (a hot zone
+ * half rewritten is recovered from its checksums or journal); no recorded reencryption with the
+ * digests of `start` means it had not begun (it starts); other digests mean the killed run had
+ * finished it. `rekey` checks whether the new passphrase opens the volume before changing it.
+ */
+import { NotImplementedError, InvalidArgumentError, ReencryptionInProgressError, UnsupportedError } from '../../errors.js';
+import { VolumeLock } from '../../devices/volume-lock.js';
+import { FileDevice } from '../../devices/file-device.js';
+import { LuksVolume } from '../../luks/index.js';
+import { reencryptVolume, type ReencryptReport } from '../../workflows/reencrypt.js';
+import type { Luks2Metadata } from '../../formats/luks2/metadata.js';
+import type { Passphrase } from '../../secret.js';
+import type { JobContext, JobHandler } from '../job-runner.js';
+import type { JobRow } from '../state-db.js';
+import { formatOptionsOf, newKeyPassphrase, passphraseOfKey, type LuksRequestOptions } from '../volume-files.js';
+import { needStatus, onlyKeys, volumeConsumer, type ActionJob, type ServiceJobDeps } from './service-job.js';
+
+interface ReencryptParams {
+  mode?: 'reencrypt' | 'encrypt' | 'decrypt';
+  cipher?: string;
+  key_size?: number;
+  sector_size?: number;
+  resilience?: 'checksum' | 'journal' | 'none';
+  key?: { create: true } | { id: string };
+  /** KDF of the new keyslot (pbkdf, pbkdf_iterations, ...), as change_key takes it. */
+  luks?: LuksRequestOptions;
+}
+
+interface Checkpoint {
+  phase: 'reencrypt' | 'rekey' | 'swap';
+  new_key_id: string;
+  new_key_owned: boolean;
+  old_key_id: string;
+  old_key_owned: boolean;
+  /** The header's digest salts before the reencryption (public values): they change when it finishes. */
+  old_digests: string;
+  runs: number;
+}
+
+const PARAMS = ['mode', 'cipher', 'key_size', 'sector_size', 'resilience', 'key', 'luks'] as const;
+
+/** KDF options of the new keyslot: only the keyslot fields of a `luks` object mean anything here. */
+function kdfOf(p: ReencryptParams): ReturnType<typeof formatOptionsOf> {
+  if (!p.luks) return { type: 'luks2' };
+  const { cipher: _c, key_size: _k, sector_size: _s, ...kdf } = p.luks;
+  if (_c !== undefined || _k !== undefined || _s !== undefined) throw new InvalidArgumentError('reencrypt: give cipher, key_size and sector_size at the top level, not in luks.');
+  const f = formatOptionsOf('luks2', kdf);
+  delete f.sectorSize;
+  return f;
+}
+
+export function reencryptJob(deps: ServiceJobDeps): ActionJob {
+  return {
+    busyStatus: 'maintenance',
+    validate(_d, _caller, volume, params) {
+      onlyKeys(params, PARAMS, 'reencrypt');
+      const p = params as ReencryptParams;
+      const mode = p.mode ?? 'reencrypt';
+      if (mode === 'encrypt' || mode === 'decrypt') {
+        throw new NotImplementedError(
+          `In-place ${mode === 'encrypt' ? 'encryption of a raw volume' : 'decryption of a LUKS volume'} is not built; reencrypt (re-key of a LUKS2 volume) is. The migrate action converts by copying.`,
+        );
+      }
+      if (mode !== 'reencrypt') throw new InvalidArgumentError(`reencrypt: unknown mode ${String(mode)}.`);
+      if (volume.format === 'raw') throw new InvalidArgumentError('reencrypt (mode reencrypt) applies to LUKS2 volumes; in-place encryption of a raw volume (mode encrypt) is not built.');
+      if (volume.format === 'luks1') throw new UnsupportedError('In-place reencryption of LUKS1 volumes is not supported; migrate the volume to luks2 first.');
+      if (p.key && 'id' in p.key && p.key.id === volume.encryption_key_id) throw new InvalidArgumentError('reencrypt: the new key must differ from the volume\'s key.');
+      kdfOf(p);
+      needStatus(volume, 'reencrypt', 'available');
+    },
+    handler: {
+      run: (ctx) => runReencrypt(deps, ctx),
+      cleanup: (job: JobRow) => cleanupReencrypt(deps, job),
+    } satisfies JobHandler,
+  };
+}
+
+/** The digest salts of a LUKS2 header, and whether it records an unfinished reencryption. */
+async function headerState(path: string): Promise<{ digests: string; inProgress: boolean }> {
+  const file = await FileDevice.open(path, { readOnly: true });
+  try {
+    const luks = await LuksVolume.open(file, { readOnly: true });
+    const meta = (luks.dumpJson() as { metadata: Luks2Metadata }).metadata;
+    const digests = Object.values(meta.digests)
+      .map((d) => (d as { salt: string }).salt)
+      .sort()
+      .join(',');
+    return { digests, inProgress: luks.payloadFence instanceof ReencryptionInProgressError };
+  } finally {
+    await file.close();
+  }
+}
+
+async function runReencrypt(deps: ServiceJobDeps, ctx: JobContext): Promise<Record<string, unknown>> {
+  const job = ctx.job;
+  const km = deps.keys;
+  const vol = (await deps.db.volume(job.volume_id!))!;
+  const p = job.params as ReencryptParams;
+  const kdf = kdfOf(p);
+  const lock = await VolumeLock.acquire(vol.path);
+  let oldPass: Passphrase | undefined;
+  let newPass: Passphrase | undefined;
+  try {
+    let cp = job.checkpoint as Checkpoint | null;
+    if (!cp) {
+      const { digests } = await headerState(vol.path);
+      let new_key_id: string;
+      let new_key_owned: boolean;
+      if (p.key && 'id' in p.key) {
+        newPass = await passphraseOfKey(km, job.caller, p.key.id);
+        new_key_id = p.key.id;
+        new_key_owned = false;
+      } else {
+        const created = await newKeyPassphrase(km, job.caller, `volume-${vol.id}`);
+        newPass = created.passphrase;
+        new_key_id = created.id;
+        new_key_owned = true;
+      }
+      cp = { phase: 'reencrypt', new_key_id, new_key_owned, old_key_id: vol.encryption_key_id!, old_key_owned: vol.key_owned, old_digests: digests, runs: 0 };
+    }
+    cp = { ...cp, runs: cp.runs + 1 };
+    await ctx.checkpoint({ ...cp });
+    let report: ReencryptReport | undefined;
+    let skipped = false;
+    if (cp.phase === 'reencrypt') {
+      const state = await headerState(vol.path);
+      if (!state.inProgress && state.digests !== cp.old_digests) skipped = true; // the killed run had finished it
+      else {
+        oldPass = await passphraseOfKey(km, job.caller, cp.old_key_id);
+        const { type: _t, sectorSize: _s, ...kdfOptions } = kdf;
+        report = await reencryptVolume(vol.path, {
+          passphrases: [oldPass],
+          ...kdfOptions,
+          ...(p.cipher !== undefined ? { cipher: p.cipher } : {}),
+          ...(p.key_size !== undefined ? { keySizeBits: p.key_size } : {}),
+          ...(p.sector_size !== undefined ? { sectorSize: p.sector_size } : {}),
+          ...(p.resilience !== undefined ? { resilience: p.resilience } : {}),
+          signal: ctx.signal,
+          onProgress: ({ done, total }) => ctx.progress(done, total),
+        });
+        if (!report.finished) throw new ReencryptionInProgressError('The reencryption stopped before the end; the job resumes it.');
+      }
+      cp = { ...cp, phase: 'rekey' };
+      await ctx.checkpoint({ ...cp });
+    }
+    let keyslot: number | undefined;
+    let cipher: string | null;
+    if (cp.phase === 'rekey') {
+      newPass ??= await passphraseOfKey(km, job.caller, cp.new_key_id);
+      const file = await FileDevice.open(vol.path);
+      try {
+        const luks = await LuksVolume.open(file);
+        keyslot = await luks.testPassphrase(newPass).catch(() => undefined);
+        if (keyslot === undefined) {
+          oldPass ??= await passphraseOfKey(km, job.caller, cp.old_key_id);
+          const { type: _t, sectorSize: _s, ...kdfOptions } = kdf;
+          keyslot = await luks.changeKey(oldPass, newPass, kdfOptions);
+        }
+        cipher = luks.encryption;
+        await file.sync();
+      } finally {
+        await file.close();
+      }
+      cp = { ...cp, phase: 'swap' };
+      await ctx.checkpoint({ ...cp });
+    }
+    {
+      const file = await FileDevice.open(vol.path, { readOnly: true });
+      try {
+        cipher = (await LuksVolume.open(file, { readOnly: true })).encryption;
+      } finally {
+        await file.close();
+      }
+    }
+    await deps.db.updateVolume(vol.id, { encryption_key_id: cp.new_key_id, key_owned: cp.new_key_owned, cipher, status: 'available' });
+    await km.addConsumer(job.caller, cp.new_key_id, volumeConsumer(vol.id)).catch(() => {});
+    await km.removeConsumer(job.caller, cp.old_key_id, volumeConsumer(vol.id)).catch(() => {});
+    if (cp.old_key_owned) await km.delete(job.caller, cp.old_key_id, { force: true }).catch(() => {});
+    ctx.progress(report?.total ?? vol.size, report?.total ?? vol.size);
+    return {
+      volume_id: vol.id,
+      old_key_id: cp.old_key_id,
+      new_key_id: cp.new_key_id,
+      cipher,
+      ...(report ? { sector_size: report.sectorSize, resilience: report.resilience, rewritten_bytes: report.bytes, recovered: report.recovered, resumed: !report.started } : {}),
+      ...(skipped ? { resumed: true, rewritten_bytes: 0 } : {}),
+      ...(keyslot !== undefined ? { keyslot } : {}),
+      runs: cp.runs,
+      attempts: job.attempts,
+    };
+  } finally {
+    oldPass?.wipe();
+    newPass?.wipe();
+    await lock.release();
+  }
+}
+
+/**
+ * A failed or cancelled job. Before the engine recorded anything, or once the reencryption is
+ * finished but the keyslot still has the old key's passphrase, the volume opens with its recorded
+ * key: it is `available` again and a key the job made is deleted. With a recorded, unfinished
+ * reencryption (data part under the old volume key, part under the new) or after the keyslot got
+ * the new passphrase, the volume is marked `error`; the header's state is cryptsetup's, so
+ * `brickcrypt reencrypt --resume-only` (or cryptsetup) finishes it with the old key's passphrase.
+ */
+async function cleanupReencrypt(deps: ServiceJobDeps, job: JobRow): Promise<void> {
+  const v = job.volume_id ? await deps.db.volume(job.volume_id) : undefined;
+  if (!v) return;
+  const cp = job.checkpoint as Checkpoint | null;
+  const state = await headerState(v.path).catch(() => undefined);
+  let opensWithOldKey = !cp || (state !== undefined && !state.inProgress && (cp.phase === 'reencrypt' || cp.phase === 'rekey'));
+  // In `rekey` the keyslot may have the new passphrase already (a stop between the write and the checkpoint).
+  if (cp?.phase === 'rekey' && opensWithOldKey) opensWithOldKey = await opensWith(deps, job, v.path, cp.old_key_id);
+  if (cp?.new_key_owned && opensWithOldKey) await deps.keys.delete(job.caller, cp.new_key_id, { force: true }).catch(() => undefined);
+  await deps.db.updateVolume(v.id, { status: opensWithOldKey ? 'available' : 'error' });
+}
+
+async function opensWith(deps: ServiceJobDeps, job: JobRow, path: string, keyId: string): Promise<boolean> {
+  const pass = await passphraseOfKey(deps.keys, job.caller, keyId).catch(() => undefined);
+  if (!pass) return false;
+  const file = await FileDevice.open(path, { readOnly: true });
+  try {
+    const luks = await LuksVolume.open(file, { readOnly: true });
+    return await luks.testPassphrase(pass).then(
+      () => true,
+      () => false,
+    );
+  } finally {
+    pass.wipe();
+    await file.close();
+  }
+}

@@ -1,0 +1,402 @@
+/**
+ * The lifecycle actions of the service: `resize` (grow, shrink refused without allow_truncate,
+ * shrink with it) and `reencrypt` (in-place re-key of a LUKS2 volume under a new managed key),
+ * checked against the plaintext on disk and the keystore; and a real `brickcrypt serve` killed
+ * with SIGKILL in the middle of a reencryption, restarted, finishing from the volume's on-disk
+ * reencryption state with exactly the original plaintext; and both jobs with the state in a real
+ * PostgreSQL (skipped without scripts/servers/postgresql.sh).
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { createService, type Service } from '../../src/service/app.js';
+import { loadTokensFile } from '../../src/service/caller-identity.js';
+import { openVolumeFile, passphraseOfKey } from '../../src/service/volume-files.js';
+import { StateDb } from '../../src/service/state-db.js';
+import { openKeyManager } from '../../src/keys/open-key-manager.js';
+import { FileDevice } from '../../src/devices/file-device.js';
+import { LuksVolume } from '../../src/luks/index.js';
+import { cliPath, runCli, whichTool } from '../helpers/tools.js';
+import { freshDatabase, postgresServer } from '../helpers/postgres-server.js';
+import { FAST_LUKS, client, setupState, waitFor, waitJob, type Call } from './service-helpers.js';
+
+const execFileP = promisify(execFile);
+const ADMIN = { user: 'alice', project: 'p1', roles: ['admin'] };
+
+let env: ReturnType<typeof setupState>;
+let service: Service;
+let call: Call;
+
+before(async () => {
+  env = setupState();
+  service = await createService({ stateDir: env.state, identity: { tokens: loadTokensFile(env.tokensFile), trustProxyIdentity: true }, maxJobs: 8, imageDirs: [env.dir] });
+  await service.start();
+  call = client(await service.app.listen({ host: '127.0.0.1', port: 0 }));
+});
+
+after(async () => {
+  await service?.close();
+  env?.cleanup();
+});
+
+async function plaintext(id: string): Promise<Buffer> {
+  const v = service.db.volume(id)!;
+  const pass = v.format === 'raw' ? undefined : await passphraseOfKey(service.keys, ADMIN, v.encryption_key_id!);
+  const opened = await openVolumeFile(v.path, v.format, { readOnly: true, ...(pass ? { passphrase: pass } : {}) });
+  try {
+    const buf = new Uint8Array(opened.device.size);
+    await opened.device.read(buf, 0);
+    return Buffer.from(buf);
+  } finally {
+    await opened.close();
+  }
+}
+
+/** A volume filled with random bytes from an image file. */
+async function volumeWith(name: string, format: string, bytes: Buffer, extra: Record<string, unknown> = {}) {
+  const image = join(env.dir, `${name}.raw`);
+  writeFileSync(image, bytes);
+  const r = await call('POST', '/v1/volumes', { who: 'admin', body: { name, format, source: { image_file: image }, ...(format === 'raw' ? {} : { luks: FAST_LUKS }), ...extra } });
+  assert.equal(r.status, 202, r.text);
+  assert.equal((await waitJob(call, r.json.job.id)).state, 'succeeded');
+  return service.db.volume(r.json.volume.id)!;
+}
+
+const action = (id: string, body: unknown, who: 'admin' | 'creator' = 'admin') => call('POST', `/v1/volumes/${id}/actions`, { who, body });
+const sha = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
+
+async function runAction(id: string, body: unknown, who: 'admin' | 'creator' = 'admin') {
+  const r = await action(id, body, who);
+  assert.equal(r.status, 202, r.text);
+  return waitJob(call, r.json.job.id, who);
+}
+
+test('resize grows a LUKS2 volume: the old plaintext stays, the new space reads as zeros, the record has the new size', async () => {
+  const bytes = randomBytes(4 << 20);
+  const v = await volumeWith('grow', 'luks2', bytes);
+  const job = await runAction(v.id, { resize: { size: '16M' } });
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.equal(job.result.old_size, 4 << 20);
+  assert.equal(job.result.new_size, 16 << 20);
+  assert.equal(job.result.zeroed_bytes, 12 << 20);
+  const after = service.db.volume(v.id)!;
+  assert.equal(after.size, 16 << 20);
+  assert.equal(after.status, 'available');
+  const plain = await plaintext(v.id);
+  assert.equal(plain.length, 16 << 20);
+  assert.ok(plain.subarray(0, 4 << 20).equals(bytes));
+  assert.ok(plain.subarray(4 << 20).equals(Buffer.alloc(12 << 20)));
+  const cryptsetup = whichTool('cryptsetup');
+  if (cryptsetup) {
+    const { stdout } = await execFileP(cryptsetup, ['luksDump', after.path]);
+    // cryptsetup reads the grown header: a dynamic segment spans the grown file.
+    assert.match(stdout, /length: \(whole device\)/);
+  }
+});
+
+test('resize without allow_truncate refuses to shrink (400 SHRINK_REFUSED, nothing changed); with it the volume shrinks', async () => {
+  const bytes = randomBytes(8 << 20);
+  const v = await volumeWith('shrink', 'luks2', bytes);
+  const before = sha(v.path);
+  const r = await action(v.id, { resize: { size: 4 << 20 } });
+  assert.equal(r.status, 400, r.text);
+  assert.equal(r.json.error.code, 'SHRINK_REFUSED');
+  assert.equal(sha(v.path), before, 'the volume file is untouched');
+  assert.equal(service.db.volume(v.id)!.size, 8 << 20);
+  assert.equal(service.db.volume(v.id)!.status, 'available');
+  const job = await runAction(v.id, { resize: { size: '4M', allow_truncate: true } });
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.equal(service.db.volume(v.id)!.size, 4 << 20);
+  assert.ok((await plaintext(v.id)).equals(bytes.subarray(0, 4 << 20)));
+});
+
+test('resize of a raw volume: grown with zeros, shrink refused then allowed; bad bodies are 400', async () => {
+  const bytes = randomBytes(1 << 20);
+  const v = await volumeWith('raw-resize', 'raw', bytes);
+  assert.equal((await runAction(v.id, { resize: { size: '2M' } })).state, 'succeeded');
+  assert.equal(statSync(v.path).size, 2 << 20);
+  assert.ok(readFileSync(v.path).equals(Buffer.concat([bytes, Buffer.alloc(1 << 20)])));
+  assert.equal((await action(v.id, { resize: { size: 4096 } })).json.error.code, 'SHRINK_REFUSED');
+  assert.equal((await runAction(v.id, { resize: { size: 4096, allow_truncate: true } })).state, 'succeeded');
+  assert.ok(readFileSync(v.path).equals(bytes.subarray(0, 4096)));
+  assert.equal(service.db.volume(v.id)!.size, 4096);
+  for (const body of [{ resize: {} }, { resize: { size: 'lots' } }, { resize: { size: 4096, extra: 1 } }]) {
+    const r = await action(v.id, body);
+    assert.equal(r.status, 400, `${JSON.stringify(body)}: ${r.text}`);
+  }
+});
+
+test('reencrypt re-keys a LUKS2 volume in place: same plaintext, new volume key and cipher settings, the record names the new managed key, the old key is deleted', async () => {
+  const bytes = randomBytes(6 << 20);
+  const v = await volumeWith('rekey', 'luks2', bytes);
+  const oldKey = v.encryption_key_id!;
+  const oldMk = await volumeKeyOf(v.path, oldKey);
+  const job = await runAction(v.id, { reencrypt: { sector_size: 512, resilience: 'journal', luks: FAST_LUKS } });
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  const after = service.db.volume(v.id)!;
+  assert.notEqual(after.encryption_key_id, oldKey);
+  assert.equal(job.result.new_key_id, after.encryption_key_id);
+  assert.equal(job.result.old_key_id, oldKey);
+  assert.equal(job.result.sector_size, 512);
+  assert.equal(job.result.resilience, 'journal');
+  assert.equal(job.result.rewritten_bytes, 6 << 20);
+  assert.equal(after.status, 'available');
+  await assert.rejects(service.keys.get(ADMIN, oldKey), /NOT_FOUND|not found|no key/i, 'the key the service had made is deleted');
+  const newMk = await volumeKeyOf(after.path, after.encryption_key_id!);
+  assert.notEqual(newMk, oldMk, 'a new volume key');
+  assert.ok((await plaintext(v.id)).equals(bytes));
+  const cryptsetup = whichTool('cryptsetup');
+  if (cryptsetup) {
+    const { stdout } = await execFileP(cryptsetup, ['luksDump', after.path]);
+    assert.match(stdout, /sector: 512 \[bytes\]/);
+    assert.doesNotMatch(stdout, /online-reencrypt/);
+  }
+});
+
+test('reencrypt onto an existing key {id}: the record names it, it stays the caller\'s (not owned by the volume)', async () => {
+  const bytes = randomBytes(2 << 20);
+  const v = await volumeWith('rekey-id', 'luks2', bytes);
+  const { id } = await service.keys.createKey(ADMIN, { algorithm: 'aes', bitLength: 256, name: 'mine' });
+  const job = await runAction(v.id, { reencrypt: { key: { id }, luks: FAST_LUKS } });
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.equal(service.db.volume(v.id)!.encryption_key_id, id);
+  assert.equal(service.db.volume(v.id)!.key_owned, false);
+  assert.ok((await plaintext(v.id)).equals(bytes));
+  // The volume is deleted: a key it does not own stays.
+  assert.equal((await call('DELETE', `/v1/volumes/${v.id}`, { who: 'admin' })).status, 204);
+  assert.equal((await service.keys.get(ADMIN, id)).id, id);
+});
+
+test('reencrypt refusals: modes encrypt/decrypt 501, LUKS1 422, raw 400, unknown fields 400; nothing is changed', async () => {
+  const raw = await volumeWith('re-raw', 'raw', randomBytes(4096));
+  const luks1 = await volumeWith('re-l1', 'luks1', randomBytes(1 << 20));
+  const luks2 = await volumeWith('re-l2', 'luks2', randomBytes(1 << 20));
+  const before = sha(luks2.path);
+  for (const [vol, mode] of [[raw, 'encrypt'], [luks2, 'decrypt'], [luks2, 'encrypt']] as const) {
+    const r = await action(vol.id, { reencrypt: { mode } });
+    assert.equal(r.status, 501, r.text);
+    assert.equal(r.json.error.code, 'NOT_IMPLEMENTED');
+    assert.match(r.json.error.message, /not built/);
+  }
+  assert.equal((await action(luks1.id, { reencrypt: {} })).status, 422);
+  assert.equal((await action(raw.id, { reencrypt: {} })).status, 400);
+  assert.equal((await action(luks2.id, { reencrypt: { hotzone: 1 } })).status, 400);
+  assert.equal((await action(luks2.id, { reencrypt: { resilience: 'datashift' } })).status, 400);
+  assert.equal(sha(luks2.path), before);
+  assert.equal(service.db.volume(luks2.id)!.status, 'available');
+});
+
+test('reencrypt by a creator (may create keys, not read them) fails FORBIDDEN; the volume and its key are as before, the new key is gone', async () => {
+  const r = await call('POST', '/v1/volumes', { who: 'creator', body: { name: 'by-creator', format: 'luks2', size: 1 << 20, luks: FAST_LUKS } });
+  assert.equal(r.status, 202, r.text);
+  assert.equal((await waitJob(call, r.json.job.id, 'creator')).state, 'succeeded');
+  const v = service.db.volume(r.json.volume.id)!;
+  const before = sha(v.path);
+  const keysBefore = (await service.keys.list(ADMIN)).length;
+  const job = await runAction(v.id, { reencrypt: { luks: FAST_LUKS } }, 'creator');
+  assert.equal(job.state, 'failed');
+  assert.equal(job.error.code, 'FORBIDDEN');
+  assert.equal(sha(v.path), before);
+  const after = service.db.volume(v.id)!;
+  assert.equal(after.status, 'available');
+  assert.equal(after.encryption_key_id, v.encryption_key_id);
+  assert.equal((await service.keys.list(ADMIN)).length, keysBefore, 'the key the job made was deleted');
+});
+
+test('a reencrypt cancelled mid-way leaves the volume in error with a resumable, cryptsetup-format state that the CLI finishes with the old key', async () => {
+  const bytes = randomBytes(48 << 20);
+  const v = await volumeWith('cancel', 'luks2', bytes);
+  const keysBefore = new Set((await service.keys.list(ADMIN)).map((k) => k.id));
+  const r = await action(v.id, { reencrypt: { resilience: 'journal', luks: FAST_LUKS } });
+  assert.equal(r.status, 202, r.text);
+  await waitFor(call, r.json.job.id, (j) => j.state === 'running' && j.progress.bytes_done > 0);
+  assert.equal((await call('POST', `/v1/jobs/${r.json.job.id}/cancel`, { who: 'admin' })).status < 300, true);
+  const job = await waitJob(call, r.json.job.id);
+  assert.equal(job.state, 'cancelled', JSON.stringify(job));
+  const after = service.db.volume(v.id)!;
+  assert.equal(after.status, 'error');
+  assert.equal(after.encryption_key_id, v.encryption_key_id, 'the record still names the old key');
+  const file = await FileDevice.open(v.path, { readOnly: true });
+  const fence = (await LuksVolume.open(file, { readOnly: true })).payloadFence?.code;
+  await file.close();
+  assert.equal(fence, 'REENCRYPTION_IN_PROGRESS');
+  const made = (await service.keys.list(ADMIN)).filter((k) => !keysBefore.has(k.id));
+  assert.equal(made.length, 1, 'the new key the job made is kept (the state on disk is part of its run)');
+  // The old key's passphrase finishes it (as cryptsetup reencrypt --resume-only would).
+  const pass = await passphraseOfKey(service.keys, ADMIN, v.encryption_key_id!);
+  const passFile = join(env.dir, 'cancel.pass');
+  writeFileSync(passFile, Buffer.from(pass.expose()));
+  pass.wipe();
+  const cli = runCli(['reencrypt', '--resume-only', v.path, '--key-file', passFile, '--workers', '0']);
+  assert.equal(cli.status, 0, cli.stderr);
+  assert.ok((await plaintext(v.id)).equals(bytes));
+});
+
+test('openapi.json describes the resize and reencrypt bodies', async () => {
+  const doc = (await call('GET', '/openapi.json')).json;
+  const actions = doc.paths['/v1/volumes/{id}/actions'].post.requestBody.content['application/json'].schema.properties;
+  assert.deepEqual(Object.keys(actions.resize.properties).sort(), ['allow_truncate', 'size']);
+  assert.deepEqual(actions.resize.required, ['size']);
+  assert.deepEqual(Object.keys(actions.reencrypt.properties).sort(), ['cipher', 'key', 'key_size', 'luks', 'mode', 'resilience', 'sector_size']);
+  assert.deepEqual(actions.reencrypt.properties.mode.enum, ['reencrypt', 'encrypt', 'decrypt']);
+});
+
+/** The volume key (hex) that managed key `keyId`'s passphrase unlocks: changes when the volume is re-keyed. */
+async function volumeKeyOf(path: string, keyId: string): Promise<string> {
+  const pass = await passphraseOfKey(service.keys, ADMIN, keyId);
+  const file = await FileDevice.open(path, { readOnly: true });
+  try {
+    const { key } = await (await LuksVolume.open(file, { readOnly: true })).unlock(pass);
+    try {
+      return Buffer.from(key.expose()).toString('hex');
+    } finally {
+      key.wipe();
+    }
+  } finally {
+    pass.wipe();
+    await file.close();
+  }
+}
+
+// --- kill -9 of a real serve process in the middle of a reencryption ---
+
+const proc = setupState();
+after(() => proc.cleanup());
+let port = 19900 + Math.floor(Math.random() * 500);
+
+async function startServe(on: ReturnType<typeof setupState> = proc, extra: string[] = []): Promise<{ child: ChildProcess; call: Call }> {
+  port += 1;
+  const child = spawn(process.execPath, [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', on.state, '--tokens', on.tokensFile, '--image-dir', on.dir, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d) => (err += String(d)));
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d) => {
+      out += String(d);
+      if (out.includes('listening on')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`serve exited ${code}: ${err}`)));
+  });
+  return { child, call: client(`http://127.0.0.1:${port}`) };
+}
+
+function kill9(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    child.once('exit', () => resolve());
+    child.kill('SIGKILL');
+  });
+}
+
+test('kill -9 of serve mid-reencrypt, restart: the job continues from the on-disk reencryption state and the plaintext is exactly the original', async () => {
+  mkdirSync(proc.state, { recursive: true, mode: 0o700 });
+  const bytes = randomBytes(96 << 20);
+  const image = join(proc.dir, 'src.raw');
+  writeFileSync(image, bytes);
+  let serve = await startServe();
+  try {
+    const c = await serve.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'big', format: 'luks2', source: { image_file: image }, luks: FAST_LUKS } });
+    assert.equal(c.status, 202, c.text);
+    assert.equal((await waitJob(serve.call, c.json.job.id)).state, 'succeeded');
+    const volumeId = c.json.volume.id as string;
+    const oldKey = c.json.volume.encryption_key_id as string;
+    // journal: the hot zone is what the resilience area holds (a few MiB), so there are many zones.
+    const r = await serve.call('POST', `/v1/volumes/${volumeId}/actions`, { who: 'admin', body: { reencrypt: { resilience: 'journal', luks: FAST_LUKS } } });
+    assert.equal(r.status, 202, r.text);
+    const jobId = r.json.job.id as string;
+    const seen = await waitFor(serve.call, jobId, (j) => j.state === 'running' && j.progress.bytes_done > 0, 60_000);
+    await kill9(serve.child);
+    assert.ok(seen.progress.bytes_done < 96 << 20, `killed part-way (${seen.progress.bytes_done} bytes done)`);
+    const db = new StateDb(join(proc.state, 'state.db'));
+    const path = db.volume(volumeId)!.path;
+    db.close();
+    // The header records an unfinished reencryption (cryptsetup's requirement flag) when killed.
+    const file = await FileDevice.open(path, { readOnly: true });
+    const mid = (await LuksVolume.open(file, { readOnly: true })).payloadFence?.code;
+    await file.close();
+    serve = await startServe();
+    const job = await waitJob(serve.call, jobId, 'admin', 180_000);
+    assert.equal(job.state, 'succeeded', JSON.stringify(job));
+    assert.equal(job.result.runs, 2, 'the killed run was followed by a second one');
+    assert.equal(mid, 'REENCRYPTION_IN_PROGRESS', 'killed with a reencryption recorded on disk');
+    assert.equal(job.result.resumed, true, JSON.stringify(job.result));
+    assert.ok(job.result.rewritten_bytes > 0 && job.result.rewritten_bytes < 96 << 20, `the second run rewrote only what was left: ${job.result.rewritten_bytes}`);
+    const v = (await serve.call('GET', `/v1/volumes/${volumeId}`, { who: 'admin' })).json.volume;
+    assert.notEqual(v.encryption_key_id, oldKey);
+    assert.equal(v.status, 'available');
+    await kill9(serve.child);
+    const km = await openKeyManager(`local:${join(proc.state, 'keystore.db')}`);
+    try {
+      const pass = await passphraseOfKey(km, ADMIN, v.encryption_key_id);
+      const opened = await openVolumeFile(path, 'luks2', { readOnly: true, passphrase: pass });
+      try {
+        const buf = new Uint8Array(opened.device.size);
+        await opened.device.read(buf, 0);
+        assert.equal(buf.length, bytes.length);
+        assert.ok(Buffer.from(buf).equals(bytes), 'the plaintext is the original, byte for byte');
+      } finally {
+        await opened.close();
+      }
+    } finally {
+      await km.close();
+    }
+  } finally {
+    await kill9(serve.child);
+  }
+});
+
+// --- the same jobs with the state in PostgreSQL (scripts/servers/postgresql.sh) ---
+
+const pgServer: { url: string } | { skip: string } = await postgresServer();
+
+test('on PostgreSQL: resize and reencrypt run as jobs of a worker, the volume row follows', { skip: 'skip' in pgServer ? pgServer.skip : false }, async () => {
+  const pg = setupState();
+  const database = await freshDatabase((pgServer as { url: string }).url, 'lifecycle');
+  mkdirSync(pg.state, { recursive: true, mode: 0o700 });
+  const serve = await startServe(pg, ['--database', database.url]);
+  try {
+    const bytes = randomBytes(3 << 20);
+    const image = join(pg.dir, 'pg.raw');
+    writeFileSync(image, bytes);
+    const c = await serve.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'pg', format: 'luks2', source: { image_file: image }, luks: FAST_LUKS } });
+    assert.equal(c.status, 202, c.text);
+    assert.equal((await waitJob(serve.call, c.json.job.id)).state, 'succeeded');
+    const id = c.json.volume.id as string;
+    const act = async (body: unknown) => {
+      const r = await serve.call('POST', `/v1/volumes/${id}/actions`, { who: 'admin', body });
+      assert.equal(r.status, 202, r.text);
+      return waitJob(serve.call, r.json.job.id);
+    };
+    assert.equal((await serve.call('POST', `/v1/volumes/${id}/actions`, { who: 'admin', body: { resize: { size: '1M' } } })).json.error.code, 'SHRINK_REFUSED');
+    const resized = await act({ resize: { size: '8M' } });
+    assert.equal(resized.state, 'succeeded', JSON.stringify(resized));
+    const re = await act({ reencrypt: { luks: FAST_LUKS } });
+    assert.equal(re.state, 'succeeded', JSON.stringify(re));
+    const v = (await serve.call('GET', `/v1/volumes/${id}`, { who: 'admin' })).json.volume;
+    assert.equal(v.size, 8 << 20);
+    assert.equal(v.encryption_key_id, re.result.new_key_id);
+    assert.notEqual(v.encryption_key_id, c.json.volume.encryption_key_id);
+    await kill9(serve.child);
+    const km = await openKeyManager(`local:${join(pg.state, 'keystore.db')}`);
+    try {
+      const opened = await openVolumeFile(v.path, 'luks2', { readOnly: true, passphrase: await passphraseOfKey(km, ADMIN, v.encryption_key_id) });
+      try {
+        const buf = Buffer.alloc(opened.device.size);
+        await opened.device.read(buf, 0);
+        assert.ok(buf.equals(Buffer.concat([bytes, Buffer.alloc(5 << 20)])));
+      } finally {
+        await opened.close();
+      }
+    } finally {
+      await km.close();
+    }
+  } finally {
+    await kill9(serve.child);
+    await database.drop().catch(() => undefined);
+    pg.cleanup();
+  }
+});
