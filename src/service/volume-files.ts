@@ -138,3 +138,17 @@ export async function openVolumeFile(path: string, format: VolumeFormat, options
     options.passphrase?.wipe();
   }
 }
+
+/** `"8M"` or a number of bytes. */
+export function parseVolumeSize(size: number | string): number {
+  if (typeof size === 'number') {
+    if (!Number.isSafeInteger(size) || size <= 0) throw new InvalidArgumentError(`size ${size} is not a positive whole number of bytes.`);
+    return size;
+  }
+  const m = /^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$/i.exec(size);
+  if (!m) throw new InvalidArgumentError(`size '${size}' is not a size (e.g. 4096, 512K, 8M, 2G).`);
+  const mult: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
+  const n = Number(m[1]) * mult[m[2]!.toUpperCase()]!;
+  if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError(`size '${size}' is out of range.`);
+  return n;
+}

@@ -21,7 +21,7 @@ import { planResize, resizeLuks } from '../../luks/resize.js';
 import type { VolumeKey } from '../../secret.js';
 import type { JobContext, JobHandler } from '../job-runner.js';
 import type { JobRow } from '../state-db.js';
-import { parseVolumeSize } from '../volume-service.js';
+import { parseVolumeSize } from '../volume-files.js';
 import { passphraseOfKey } from '../volume-files.js';
 import { needStatus, onlyKeys, type ActionJob, type ServiceJobDeps } from './service-job.js';
 
