@@ -78,7 +78,7 @@ export class S3ObjectStore implements ObjectStore {
     checkObjectName(name);
     await this.#ensureBucket();
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: name, Body: data, ContentLength: data.length }));
+      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: name, Body: data.buffer instanceof SharedArrayBuffer ? Buffer.from(data) : data, ContentLength: data.length }));
     } catch (err) {
       throw this.#error(`PUT ${name}`, err);
     }

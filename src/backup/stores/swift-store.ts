@@ -88,7 +88,9 @@ export class SwiftObjectStore implements ObjectStore {
     return new SwiftObjectStore(uri, container, auth);
   }
 
-  async #request(method: string, path: string, body?: Uint8Array, query = ''): Promise<{ status: number; body: Uint8Array }> {
+  async #request(method: string, path: string, shared?: Uint8Array, query = ''): Promise<{ status: number; body: Uint8Array }> {
+    // fetch refuses bodies in shared memory (where the sealing workers leave chunks): copy those.
+    const body = shared && shared.buffer instanceof SharedArrayBuffer ? Buffer.from(shared) : shared;
     const what = `${this.uri} ${method} ${path || '(container)'}`;
     for (let reauth = 0; ; reauth++) {
       this.#session ??= await this.auth();
