@@ -97,7 +97,7 @@ export class SwiftObjectStore implements ObjectStore {
       const { storageUrl, token } = this.#session;
       const url = `${storageUrl.replace(/\/+$/, '')}/${encodeURIComponent(this.container)}${path ? `/${path.split('/').map(encodeURIComponent).join('/')}` : ''}${query}`;
       const r = await withStoreRetry(what, async (signal) => {
-        const res = await fetch(url, { method, headers: { 'X-Auth-Token': token }, ...(body ? { body: fetchBody(body) as unknown as BodyInit } : {}), signal });
+        const res = await fetch(url, { method, headers: { 'X-Auth-Token': token }, ...(body ? { body: body as unknown as BodyInit } : {}), signal });
         const bytes = new Uint8Array(await res.arrayBuffer());
         if (res.status >= 500 || res.status === 408 || res.status === 429) throw new ObjectStoreError(`${what}: HTTP ${res.status}`, { status: res.status });
         return { status: res.status, body: bytes };
@@ -167,7 +167,3 @@ export class SwiftObjectStore implements ObjectStore {
   }
 }
 
-/** fetch refuses views of shared memory (chunks sealed on worker threads are): those go as a copy. */
-function fetchBody(body: Uint8Array): Uint8Array {
-  return body.buffer instanceof SharedArrayBuffer ? new Uint8Array(body) : body;
-}
