@@ -2,7 +2,8 @@
 // autocannon's clients poll the jobs' status; prints the polling latency (p50/p99) and the
 // jobs' throughput against `brickcrypt convert` of the same image from the CLI, run here too.
 //
-//   BENCH_SIZE (default 1G), BENCH_DIR (default /tmp), BENCH_CLIENTS (default 200)
+//   BENCH_SIZE (default 1G), BENCH_DIR (default /tmp), BENCH_CLIENTS (default 200),
+//   BENCH_CPU_PROF=DIR (profile the serve process: node --cpu-prof, .cpuprofile files in DIR)
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -44,7 +45,8 @@ async function main() {
   writeFileSync(join(dir, 'tokens.json'), JSON.stringify({ [token]: { user: 'bench', project: 'bench', roles: ['admin'] } }));
   const port = 18700 + Math.floor(Math.random() * 90);
   const base = `http://127.0.0.1:${port}`;
-  const serve = spawn(process.execPath, [cli, 'serve', '--listen', `127.0.0.1:${port}`, '--state', join(dir, 'state'), '--tokens', join(dir, 'tokens.json'), '--image-dir', dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const profArgs = process.env.BENCH_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.BENCH_CPU_PROF] : [];
+  const serve = spawn(process.execPath, [...profArgs, cli, 'serve', '--listen', `127.0.0.1:${port}`, '--state', join(dir, 'state'), '--tokens', join(dir, 'tokens.json'), '--image-dir', dir], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise((res, rej) => {
     serve.stdout.on('data', (d) => String(d).includes('listening') && res());
     serve.once('exit', (c) => rej(new Error(`serve exited ${c}`)));

@@ -290,7 +290,11 @@ export async function createService(o: ServiceOptions): Promise<Service> {
   });
   route('GET', '/v1/jobs/:id', 'One job', { params: idParams, response: jsonOut({ type: 'object', properties: { job: jobSchema } }) }, true, async (req) => {
     const c = caller(req);
-    return { job: jobView(runner.view(await volumes.jobFor(c, (req.params as { id: string }).id))) };
+    const id = (req.params as { id: string }).id;
+    // A job running here is answered from memory (no database read per poll); others from the state.
+    const live = runner.snapshot(id);
+    if (live && live.project === c.project) return { job: jobView(live) };
+    return { job: jobView(runner.view(await volumes.jobFor(c, id))) };
   });
   route('POST', '/v1/jobs/:id/cancel', 'Cancel a job', { params: idParams }, true, async (req, reply) => {
     const c = writer(req);

@@ -41,6 +41,17 @@ function hashToken(token: string): string {
   return createHash('sha256').update(token).digest('hex');
 }
 
+/** The tokens map's digests as buffers, made once per map rather than on every request. */
+const digestBuffers = new WeakMap<Map<string, CallerIdentity>, Array<[Buffer, CallerIdentity]>>();
+function knownDigests(tokens: Map<string, CallerIdentity>): Array<[Buffer, CallerIdentity]> {
+  let list = digestBuffers.get(tokens);
+  if (!list || list.length !== tokens.size) {
+    list = [...tokens].map(([digest, who]) => [Buffer.from(digest), who]);
+    digestBuffers.set(tokens, list);
+  }
+  return list;
+}
+
 type Headers = Record<string, string | string[] | undefined>;
 const header = (h: Headers, name: string): string | undefined => {
   const v = h[name];
@@ -53,9 +64,9 @@ export function identify(source: IdentitySource, headers: Headers): CallerIdenti
   if (auth !== undefined) {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
     if (!m) throw new UnauthenticatedError('Authorization must be "Bearer TOKEN".');
-    const digest = hashToken(m[1]!);
-    for (const [known, who] of source.tokens) {
-      if (timingSafeEqual(Buffer.from(known), Buffer.from(digest))) return { ...who, roles: [...who.roles] };
+    const digest = Buffer.from(hashToken(m[1]!));
+    for (const [known, who] of knownDigests(source.tokens)) {
+      if (timingSafeEqual(known, digest)) return { ...who, roles: [...who.roles] };
     }
     throw new UnauthenticatedError('Unknown token.');
   }

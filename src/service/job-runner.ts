@@ -80,7 +80,7 @@ export class JobRunner extends EventEmitter {
   readonly #work: boolean;
   readonly #log: (m: string) => void;
   readonly dispatch: JobDispatch;
-  readonly #running = new Map<string, { controller: AbortController; done: Promise<RunOutcome>; progress: JobProgress }>();
+  readonly #running = new Map<string, { job: JobRow; controller: AbortController; done: Promise<RunOutcome>; progress: JobProgress }>();
   #stopping = false;
 
   constructor(store: StateStore, handlers: Record<string, JobHandler>, options: JobRunnerOptions = {}, dispatch?: JobDispatch) {
@@ -135,6 +135,16 @@ export class JobRunner extends EventEmitter {
   view(job: JobRow): JobRow {
     const live = this.#running.get(job.id);
     return live ? { ...job, progress: { ...live.progress } } : job;
+  }
+
+  /**
+   * A job running in this process as it stands now (state, live progress), without reading the
+   * database: this process is the only one changing the row while it runs here, so the copy it
+   * holds is the current one. Undefined for any other job. Status polls are answered from it.
+   */
+  snapshot(id: string): JobRow | undefined {
+    const live = this.#running.get(id);
+    return live ? { ...live.job, progress: { ...live.progress } } : undefined;
   }
 
   /** Cancels a queued job at once, or asks a running one to stop (it ends `cancelled`). */
@@ -205,7 +215,7 @@ export class JobRunner extends EventEmitter {
   execute(job: JobRow): Promise<RunOutcome> {
     const controller = new AbortController();
     const progress: JobProgress = { ...job.progress, rate: 0, eta_seconds: null };
-    const entry = { controller, progress, done: Promise.resolve<RunOutcome>('interrupted') };
+    const entry = { job, controller, progress, done: Promise.resolve<RunOutcome>('interrupted') };
     this.#running.set(job.id, entry);
     this.#emitLocal(job);
     const handler = this.#handlers[job.type];
@@ -276,6 +286,8 @@ export class JobRunner extends EventEmitter {
 
   async #finish(job: JobRow, state: 'succeeded' | 'failed' | 'cancelled', result: Record<string, unknown> | null, error: BrickcryptError | null): Promise<void> {
     await this.store.finishJob(job.id, state, { result, error: error ? { code: error.code, message: error.message } : null });
+    // From here the stored row is the job's state: no snapshot says `running` any more.
+    this.#running.delete(job.id);
     const row = await this.store.job(job.id);
     if (row) this.#emitLocal(row);
   }

@@ -139,6 +139,8 @@ const EMPTY_PROGRESS: JobProgress = { bytes_done: 0, bytes_total: 0, rate: 0, et
 
 export class StateDb {
   readonly db: Database.Database;
+  /** Prepared once per SQL text: preparing costs more than running these small statements. */
+  readonly #statements = new Map<string, Database.Statement>();
 
   constructor(path: string) {
     this.db = new Database(path);
@@ -150,14 +152,43 @@ export class StateDb {
   }
 
   close(): void {
+    this.#statements.clear();
     this.db.close();
+  }
+
+  /** The prepared statement of `sql`, from the cache. */
+  prepare(sql: string): Database.Statement {
+    let st = this.#statements.get(sql);
+    if (!st) {
+      st = this.db.prepare(sql);
+      this.#statements.set(sql, st);
+    }
+    return st;
+  }
+
+  /**
+   * Runs `fn` (one write) with \`synchronous = NORMAL\`: committed at once for other connections
+   * and against a killed process (the WAL is written before the statement returns), but not
+   * fsynced here, so the event loop does not wait for the disk. A power cut may lose such a write
+   * (never reorder it: the WAL is sequential, and the next FULL commit, e.g. a job's end, makes
+   * it durable too). Used for progress and copy checkpoints: a lost one makes a resumed copy start
+   * from an earlier committed offset, which is safe.
+   */
+  #relaxed<T>(fn: () => T): T {
+    if (this.db.inTransaction) return fn(); // the enclosing transaction commits as it is set up
+    this.db.pragma('synchronous = NORMAL');
+    try {
+      return fn();
+    } finally {
+      this.db.pragma('synchronous = FULL');
+    }
   }
 
   // --- volumes ---
 
   insertVolume(v: Omit<VolumeRow, 'created_at' | 'updated_at' | 'attachment'> & { attachment?: null }): VolumeRow {
     const t = now();
-    this.db
+    this
       .prepare(
         `INSERT INTO volumes (id,name,project,user,status,size,format,path,encryption_key_id,key_owned,cipher,attachment,created_at,updated_at)
          VALUES (?,?,?,?,?,?,?,?,?,?,?,NULL,?,?)`,
@@ -167,14 +198,14 @@ export class StateDb {
   }
 
   volume(id: string): VolumeRow | undefined {
-    const r = this.db.prepare('SELECT * FROM volumes WHERE id = ?').get(id) as Record<string, unknown> | undefined;
+    const r = this.prepare('SELECT * FROM volumes WHERE id = ?').get(id) as Record<string, unknown> | undefined;
     return r ? volumeFrom(r) : undefined;
   }
 
   volumes(project?: string): VolumeRow[] {
     const rows = (project === undefined
-      ? this.db.prepare('SELECT * FROM volumes ORDER BY created_at, id').all()
-      : this.db.prepare('SELECT * FROM volumes WHERE project = ? ORDER BY created_at, id').all(project)) as Record<string, unknown>[];
+      ? this.prepare('SELECT * FROM volumes ORDER BY created_at, id').all()
+      : this.prepare('SELECT * FROM volumes WHERE project = ? ORDER BY created_at, id').all(project)) as Record<string, unknown>[];
     return rows.map(volumeFrom);
   }
 
@@ -187,19 +218,19 @@ export class StateDb {
     }
     sets.push('updated_at = ?');
     values.push(now(), id);
-    this.db.prepare(`UPDATE volumes SET ${sets.join(', ')} WHERE id = ?`).run(...values);
+    this.prepare(`UPDATE volumes SET ${sets.join(', ')} WHERE id = ?`).run(...values);
   }
 
   deleteVolume(id: string): void {
-    this.db.prepare('DELETE FROM volumes WHERE id = ?').run(id);
+    this.prepare('DELETE FROM volumes WHERE id = ?').run(id);
   }
 
   // --- jobs ---
 
   insertJob(j: { type: string; volume_id: string | null; caller: CallerIdentity; params: Record<string, unknown> }): JobRow {
     const id = randomUUID();
-    const seq = (this.db.prepare('SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM jobs').get() as { n: number }).n;
-    this.db
+    const seq = (this.prepare('SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM jobs').get() as { n: number }).n;
+    this
       .prepare(
         `INSERT INTO jobs (id,type,state,volume_id,project,caller,params,checkpoint,progress,created_at,seq)
          VALUES (?,?,'queued',?,?,?,?,NULL,?,?,?)`,
@@ -209,7 +240,7 @@ export class StateDb {
   }
 
   job(id: string): JobRow | undefined {
-    const r = this.db.prepare('SELECT * FROM jobs WHERE id = ?').get(id) as Record<string, unknown> | undefined;
+    const r = this.prepare('SELECT * FROM jobs WHERE id = ?').get(id) as Record<string, unknown> | undefined;
     return r ? jobFrom(r) : undefined;
   }
 
@@ -229,11 +260,11 @@ export class StateDb {
       values.push(...options.states);
     }
     const sql = `SELECT * FROM jobs ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY seq`;
-    return (this.db.prepare(sql).all(...values) as Record<string, unknown>[]).map(jobFrom);
+    return (this.prepare(sql).all(...values) as Record<string, unknown>[]).map(jobFrom);
   }
 
   countJobs(states: readonly JobState[]): number {
-    return (this.db.prepare(`SELECT COUNT(*) AS n FROM jobs WHERE state IN (${states.map(() => '?').join(',')})`).get(...states) as { n: number }).n;
+    return (this.prepare(`SELECT COUNT(*) AS n FROM jobs WHERE state IN (${states.map(() => '?').join(',')})`).get(...states) as { n: number }).n;
   }
 
   /**
@@ -242,7 +273,7 @@ export class StateDb {
    */
   claimNext(pid: number): JobRow | undefined {
     return this.db.transaction(() => {
-      const r = this.db
+      const r = this
         .prepare(
           `SELECT id FROM jobs j WHERE state = 'queued' AND NOT EXISTS (
              SELECT 1 FROM jobs o WHERE o.state = 'running' AND o.volume_id IS NOT NULL AND o.volume_id = j.volume_id)
@@ -250,7 +281,7 @@ export class StateDb {
         )
         .get() as { id: string } | undefined;
       if (!r) return undefined;
-      const changed = this.db
+      const changed = this
         .prepare(`UPDATE jobs SET state = 'running', owner_pid = ?, attempts = attempts + 1, started_at = COALESCE(started_at, ?) WHERE id = ? AND state = 'queued'`)
         .run(pid, now(), r.id).changes;
       return changed === 1 ? this.job(r.id) : undefined;
@@ -260,39 +291,42 @@ export class StateDb {
   /** Running jobs whose owner is not alive any more go back to the queue with their checkpoint. */
   requeueOrphans(isAlive: (pid: number) => boolean): JobRow[] {
     const orphans = this.jobs({ states: ['running'] }).filter((j) => j.owner_pid === null || !isAlive(j.owner_pid));
-    const stmt = this.db.prepare(`UPDATE jobs SET state = 'queued', owner_pid = NULL WHERE id = ? AND state = 'running'`);
+    const stmt = this.prepare(`UPDATE jobs SET state = 'queued', owner_pid = NULL WHERE id = ? AND state = 'running'`);
     for (const j of orphans) stmt.run(j.id);
     return orphans;
   }
 
   saveCheckpoint(id: string, checkpoint: Record<string, unknown>, progress: JobProgress): void {
-    this.db.prepare('UPDATE jobs SET checkpoint = ?, progress = ? WHERE id = ?').run(JSON.stringify(checkpoint), JSON.stringify(progress), id);
+    const cp = JSON.stringify(checkpoint);
+    const pr = JSON.stringify(progress);
+    this.#relaxed(() => this.prepare('UPDATE jobs SET checkpoint = ?, progress = ? WHERE id = ?').run(cp, pr, id));
   }
 
   saveProgress(id: string, progress: JobProgress): void {
-    this.db.prepare('UPDATE jobs SET progress = ? WHERE id = ?').run(JSON.stringify(progress), id);
+    const pr = JSON.stringify(progress);
+    this.#relaxed(() => this.prepare('UPDATE jobs SET progress = ? WHERE id = ?').run(pr, id));
   }
 
   finishJob(id: string, state: 'succeeded' | 'failed' | 'cancelled', fields: { result?: Record<string, unknown> | null; error?: { code: string; message: string } | null }): void {
-    this.db
+    this
       .prepare('UPDATE jobs SET state = ?, result = ?, error = ?, owner_pid = NULL, finished_at = ? WHERE id = ?')
       .run(state, json(fields.result ?? null), json(fields.error ?? null), now(), id);
   }
 
   requestCancel(id: string): void {
-    this.db.prepare('UPDATE jobs SET cancel_requested = 1 WHERE id = ?').run(id);
+    this.prepare('UPDATE jobs SET cancel_requested = 1 WHERE id = ?').run(id);
   }
 
   // --- idempotency ---
 
   idempotent(project: string, key: string): { request: string; status: number; body: string } | undefined {
-    return this.db.prepare('SELECT request, status, body FROM idempotency WHERE project = ? AND key = ?').get(project, key) as
+    return this.prepare('SELECT request, status, body FROM idempotency WHERE project = ? AND key = ?').get(project, key) as
       | { request: string; status: number; body: string }
       | undefined;
   }
 
   rememberIdempotent(project: string, key: string, request: string, status: number, body: string): void {
-    this.db.prepare('INSERT OR IGNORE INTO idempotency (project,key,request,status,body,created_at) VALUES (?,?,?,?,?,?)').run(project, key, request, status, body, now());
+    this.prepare('INSERT OR IGNORE INTO idempotency (project,key,request,status,body,created_at) VALUES (?,?,?,?,?,?)').run(project, key, request, status, body, now());
   }
 
   /** Runs `fn` in one transaction (all of its statements commit, or none). */

@@ -111,7 +111,7 @@ export class SqliteStateStore implements StateStore {
     throw new Error('SQLite jobs are claimed by claimNext (one process owns the state directory).');
   }
   async requeue(id: string): Promise<boolean> {
-    return this.db.db.prepare(`UPDATE jobs SET state = 'queued', owner_pid = NULL WHERE id = ? AND state = 'running'`).run(id).changes === 1;
+    return this.db.prepare(`UPDATE jobs SET state = 'queued', owner_pid = NULL WHERE id = ? AND state = 'running'`).run(id).changes === 1;
   }
   async saveCheckpoint(id: string, checkpoint: Record<string, unknown>, progress: JobProgress) {
     this.db.saveCheckpoint(id, checkpoint, progress);

@@ -2,6 +2,7 @@
  * A block copy that can be continued after the process died: it copies `[start, length)` from
  * one `BlockDevice` to another in chunks and, every `commitBytes`, flushes the target and only
  * then calls `commit(offset)`, so a recorded offset always names bytes that are on the target.
+ * The flush runs behind the copy (the next chunks are read and written meanwhile), one at a time.
  * Continuing from the last committed offset rewrites at most `commitBytes` that were already
  * written, with the same bytes (the source is read-only while the copy runs).
  *
@@ -51,6 +52,7 @@ export async function resumableCopy(o: ResumableCopyOptions): Promise<number> {
   let offset = start;
   let committed = start;
   let which = 0;
+  let flushing: Promise<void> = Promise.resolve();
   let pending: Promise<Uint8Array> | undefined = offset < o.length ? readAt(offset, which) : undefined;
   try {
     while (pending) {
@@ -68,9 +70,16 @@ export async function resumableCopy(o: ResumableCopyOptions): Promise<number> {
       which = 1 - which;
       o.onProgress?.(offset);
       if (offset - committed >= commitEvery || offset === o.length) {
-        await o.target.flush();
-        await o.commit(offset);
+        // At most one flush in flight: the previous checkpoint is committed before the next
+        // flush starts, so checkpoints are committed in order.
+        await flushing;
         committed = offset;
+        // Every write before `at` has completed, so the flush started now covers them; the copy
+        // goes on while the disk catches up, and `commit(at)` runs only once the flush is done.
+        const at = offset;
+        flushing = o.target.flush().then(() => o.commit(at));
+        flushing.catch(() => {}); // awaited at the next checkpoint or at the end
+        if (offset === o.length) await flushing;
       }
       if (o.bytesPerSecond && o.bytesPerSecond > 0) {
         // Sleep until this run's average rate is back under the limit.
@@ -80,6 +89,7 @@ export async function resumableCopy(o: ResumableCopyOptions): Promise<number> {
     }
   } finally {
     await pending?.catch(() => {});
+    await flushing.catch(() => {});
   }
   return offset - start;
 }
