@@ -5,8 +5,9 @@
 import { createHash, type Hash } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
 
-export type HashRequest = { type: 'chunk'; shared: SharedArrayBuffer; offset: number; length: number } | { type: 'digest' };
-export type HashReply = { type: 'hashed'; length: number } | { type: 'digest'; hex: string };
+/** `staged`: a `copyIn` staging block, echoed so the sender can reuse it. */
+export type HashRequest = { type: 'chunk'; shared: SharedArrayBuffer; offset: number; length: number; staged?: boolean } | { type: 'digest' };
+export type HashReply = { type: 'hashed'; length: number; staged?: boolean } | { type: 'digest'; hex: string };
 
 const port = parentPort;
 if (port) {
@@ -14,7 +15,7 @@ if (port) {
   port.on('message', (msg: HashRequest) => {
     if (msg.type === 'chunk') {
       hash.update(new Uint8Array(msg.shared, msg.offset, msg.length));
-      port.postMessage({ type: 'hashed', length: msg.length } satisfies HashReply);
+      port.postMessage({ type: 'hashed', length: msg.length, ...(msg.staged ? { staged: true } : {}) } satisfies HashReply);
     } else port.postMessage({ type: 'digest', hex: hash.digest('hex') } satisfies HashReply);
   });
 }

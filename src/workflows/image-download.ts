@@ -40,9 +40,6 @@ import { BackgroundHash } from './background-hash.js';
 import { copyData } from './pipeline.js';
 import { CryptoPool } from './worker-pool.js';
 
-/** Bytes the background hash may lag behind the download before the download waits. */
-const HASH_BACKLOG = 64 << 20;
-
 export interface ImageDownloadOptions {
   client: GlanceClient;
   imageId: string;
@@ -112,15 +109,13 @@ export async function downloadImage(options: ImageDownloadOptions): Promise<Imag
       ...(options.trustedCertificates ? { trustedCertificates: options.trustedCertificates } : {}),
     });
   }
-  // The sha512 runs on a worker thread over shared copies: the download does not wait for it.
+  // The sha512 runs on a worker thread over staged shared copies: the download does not wait for it
+  // (up to the staging blocks' 64 MiB backlog).
   const sha512 = BackgroundHash.start('sha512');
   const device = new RemoteImageDevice(client, imageId, image.size, {
     observe: (chunk) => {
       verification?.update(chunk);
-      const copy = new Uint8Array(new SharedArrayBuffer(chunk.length));
-      copy.set(chunk);
-      sha512.update(copy);
-      return sha512.below(HASH_BACKLOG);
+      return sha512.copyIn(chunk);
     },
     ...(options.signal ? { signal: options.signal } : {}),
   });
