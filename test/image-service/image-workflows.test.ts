@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { glanceAs, glanceServer, uniqueProject } from '../helpers/glance.js';
+import type { GlanceClient } from '../../src/image-service/glance-client.js';
 import { needTools, run } from '../helpers/tools.js';
 import { MemoryKeyManager } from '../../src/keys/memory-key-manager.js';
 import { passphraseForLuks } from '../../src/keys/luks-passphrase.js';
@@ -35,6 +36,19 @@ const PBKDF = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
 const MIB = 1024 * 1024;
 
 /** A raw file with data, a zero hole and data again (so zero handling is exercised). */
+/** The image file exactly as Glance stores it, written to `path`. */
+async function storedImage(glance: GlanceClient, imageId: string, path: string): Promise<string> {
+  const stream = await glance.openData(imageId);
+  const parts: Uint8Array[] = [];
+  for (;;) {
+    const r = await stream.reader.read();
+    if (r.done) break;
+    parts.push(r.value);
+  }
+  writeFileSync(path, Buffer.concat(parts));
+  return path;
+}
+
 function rawImage(name: string, mib = 24): string {
   const path = f(name);
   const data = Buffer.alloc(mib * MIB);
@@ -303,15 +317,7 @@ test('decrypted qcow2 upload: tables first, zeros unallocated, clean under qemu-
   const image = await glance.show(up.imageId);
   assert.equal(image.diskFormat, 'qcow2');
   assert.ok(image.size! < 24 * MIB, `the 12 MiB zero hole is not stored (${image.size} bytes)`);
-  const q = f('qup-stored.qcow2');
-  const stream = await glance.openData(up.imageId);
-  const parts: Uint8Array[] = [];
-  for (;;) {
-    const r = await stream.reader.read();
-    if (r.done) break;
-    parts.push(r.value);
-  }
-  writeFileSync(q, Buffer.concat(parts));
+  const q = await storedImage(glance, up.imageId, f('qup-stored.qcow2'));
   assert.equal(sha512(q), image.hashValue);
   run('qemu-img', ['check', q]);
   run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', raw, q]);
@@ -341,15 +347,7 @@ test('compressed decrypted qcow2 upload: smaller than uncompressed, clean, equal
   const image = await glance.show(packed.imageId);
   const plainSize = (await glance.show(whole.imageId)).size!;
   assert.ok(image.size! < plainSize - 6 * MIB, `compressed ${image.size} bytes, uncompressed ${plainSize}`);
-  const q = f('qz-stored.qcow2');
-  const stream = await glance.openData(packed.imageId);
-  const parts: Uint8Array[] = [];
-  for (;;) {
-    const r = await stream.reader.read();
-    if (r.done) break;
-    parts.push(r.value);
-  }
-  writeFileSync(q, Buffer.concat(parts));
+  const q = await storedImage(glance, packed.imageId, f('qz-stored.qcow2'));
   assert.equal(sha512(q), image.hashValue);
   run('qemu-img', ['check', q]);
   run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', raw, q]);
