@@ -16,10 +16,9 @@ import { loadTokensFile } from '../../src/service/caller-identity.js';
 import { openVolumeFile, passphraseOfKey } from '../../src/service/volume-files.js';
 import { isAuditable } from '../../src/keys/audit.js';
 import { needTools, runCli, whichTool } from '../helpers/tools.js';
-import { FAST_LUKS, TOKENS, client, setupState, waitJob, type Call } from './service-helpers.js';
+import { ADMIN, FAST_LUKS, TOKENS, client, setupState, volumePlaintext, waitJob, type Call } from './service-helpers.js';
 
 const execFileP = promisify(execFile);
-const ADMIN = { user: 'alice', project: 'p1', roles: ['admin'] };
 
 let env: ReturnType<typeof setupState>;
 let service: Service;
@@ -50,18 +49,7 @@ after(async () => {
   env?.cleanup();
 });
 
-async function volumeBytes(id: string): Promise<Buffer> {
-  const v = service.db.volume(id)!;
-  const pass = v.format === 'raw' ? undefined : await passphraseOfKey(service.keys, ADMIN, v.encryption_key_id!);
-  const opened = await openVolumeFile(v.path, v.format, { readOnly: true, ...(pass ? { passphrase: pass } : {}) });
-  try {
-    const buf = new Uint8Array(opened.device.size);
-    await opened.device.read(buf, 0);
-    return Buffer.from(buf);
-  } finally {
-    await opened.close();
-  }
-}
+const volumeBytes = (id: string): Promise<Buffer> => volumePlaintext(service.db.volume(id)!, service.keys);
 
 async function createVolume(body: Record<string, unknown>, who: 'admin' | 'creator' | 'other' = 'admin') {
   const r = await call('POST', '/v1/volumes', { who, body });

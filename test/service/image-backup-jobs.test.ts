@@ -12,12 +12,9 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createService, type Service } from '../../src/service/app.js';
 import { loadTokensFile } from '../../src/service/caller-identity.js';
-import { openVolumeFile, passphraseOfKey } from '../../src/service/volume-files.js';
 import { glanceAs, glanceServer, type GlanceTestServer } from '../helpers/glance.js';
 import { objectStoreServer } from '../helpers/object-store-server.js';
-import { FAST_LUKS, client, initRepository, setupState, waitJob, type Call } from './service-helpers.js';
-
-const ADMIN = { user: 'alice', project: 'p1', roles: ['admin'] };
+import { FAST_LUKS, client, initRepository, setupState, volumePlaintext, waitJob, type Call } from './service-helpers.js';
 
 let env: ReturnType<typeof setupState>;
 // Known before the tests are declared, so a missing server skips them (and fails under CI).
@@ -53,18 +50,7 @@ after(async () => {
 
 const skip = () => (glance && 'skip' in glance ? glance.skip : false);
 
-async function volumeBytes(id: string): Promise<Buffer> {
-  const v = service!.db.volume(id)!;
-  const pass = v.format === 'raw' ? undefined : await passphraseOfKey(service!.keys, ADMIN, v.encryption_key_id!);
-  const opened = await openVolumeFile(v.path, v.format, { readOnly: true, ...(pass ? { passphrase: pass } : {}) });
-  try {
-    const buf = new Uint8Array(opened.device.size);
-    await opened.device.read(buf, 0);
-    return Buffer.from(buf);
-  } finally {
-    await opened.close();
-  }
-}
+const volumeBytes = (id: string): Promise<Buffer> => volumePlaintext(service!.db.volume(id)!, service!.keys);
 
 async function createVolume(body: Record<string, unknown>, who: 'admin' | 'creator' | 'other' = 'admin'): Promise<any> {
   const r = await call('POST', '/v1/volumes', { who, body });

@@ -6,53 +6,25 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { cliPath } from '../helpers/tools.js';
 import { glanceAs, glanceServer, type GlanceTestServer } from '../helpers/glance.js';
 import { openKeyManager } from '../../src/keys/open-key-manager.js';
 import { StateDb } from '../../src/service/state-db.js';
-import { client, setupState, waitFor, waitJob, type Call } from './service-helpers.js';
-import { initRepository } from './service-helpers.js';
+import { initRepository, setupState, startServeProcess, stopProcess, waitFor, waitJob, type Call, type ServeProcess } from './service-helpers.js';
 
 const env = setupState();
 const repoDir = join(env.dir, 'repo');
 // Known before the tests are declared, so a missing server skips them (and fails under CI).
 const glance: GlanceTestServer | { skip: string } = await glanceServer();
-let port = 19400 + Math.floor(Math.random() * 500);
 let volumeBytes: Buffer;
-let serve: { child: ChildProcess; call: Call } | undefined;
+let serve: ServeProcess | undefined;
 
-async function startServe(): Promise<{ child: ChildProcess; call: Call }> {
-  port += 1;
-  const g = glance as GlanceTestServer;
-  const child = spawn(
-    process.execPath,
-    [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', env.state, '--tokens', env.tokensFile, '--image-dir', env.dir, '--image-service', g.url, '--backup-repo', `file:${repoDir}`],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let err = '';
-  child.stderr!.on('data', (d) => (err += String(d)));
-  await new Promise<void>((resolve, reject) => {
-    let out = '';
-    child.stdout!.on('data', (d) => {
-      out += String(d);
-      if (out.includes('listening on')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`serve exited ${code}: ${err}`)));
-  });
-  return { child, call: client(`http://127.0.0.1:${port}`) };
-}
-
-function kill9(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once('exit', () => resolve());
-    child.kill('SIGKILL');
-  });
-}
+const startServe = (): Promise<ServeProcess> =>
+  startServeProcess(['--state', env.state, '--tokens', env.tokensFile, '--image-dir', env.dir, '--image-service', (glance as GlanceTestServer).url, '--backup-repo', `file:${repoDir}`]);
+const kill9 = (child: ChildProcess): Promise<void> => stopProcess(child, 'SIGKILL');
 
 /** Starts a job with `post`, kills the service once the job has moved bytes, restarts it and waits for the job. */
 async function killMidJob(post: (call: Call) => Promise<{ status: number; json: any; text: string }>, minDone = 1): Promise<any> {

@@ -8,24 +8,23 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createService, type Service } from '../../src/service/app.js';
 import { loadTokensFile } from '../../src/service/caller-identity.js';
-import { openVolumeFile, passphraseOfKey } from '../../src/service/volume-files.js';
+import { passphraseOfKey } from '../../src/service/volume-files.js';
 import { StateDb } from '../../src/service/state-db.js';
 import { openKeyManager } from '../../src/keys/open-key-manager.js';
 import { FileDevice } from '../../src/devices/file-device.js';
 import { LuksVolume } from '../../src/luks/index.js';
-import { cliPath, runCli, whichTool } from '../helpers/tools.js';
+import { runCli, whichTool } from '../helpers/tools.js';
 import { freshDatabase, postgresServer } from '../helpers/postgres-server.js';
-import { FAST_LUKS, client, setupState, waitFor, waitJob, type Call } from './service-helpers.js';
+import { ADMIN, FAST_LUKS, client, setupState, startServeProcess, stopProcess, volumePlaintext, waitFor, waitJob, type Call, type ServeProcess } from './service-helpers.js';
 
 const execFileP = promisify(execFile);
-const ADMIN = { user: 'alice', project: 'p1', roles: ['admin'] };
 
 let env: ReturnType<typeof setupState>;
 let service: Service;
@@ -43,18 +42,7 @@ after(async () => {
   env?.cleanup();
 });
 
-async function plaintext(id: string): Promise<Buffer> {
-  const v = service.db.volume(id)!;
-  const pass = v.format === 'raw' ? undefined : await passphraseOfKey(service.keys, ADMIN, v.encryption_key_id!);
-  const opened = await openVolumeFile(v.path, v.format, { readOnly: true, ...(pass ? { passphrase: pass } : {}) });
-  try {
-    const buf = new Uint8Array(opened.device.size);
-    await opened.device.read(buf, 0);
-    return Buffer.from(buf);
-  } finally {
-    await opened.close();
-  }
-}
+const plaintext = (id: string): Promise<Buffer> => volumePlaintext(service.db.volume(id)!, service.keys);
 
 /** A volume filled with random bytes from an image file. */
 async function volumeWith(name: string, format: string, bytes: Buffer, extra: Record<string, unknown> = {}) {
@@ -266,31 +254,9 @@ async function volumeKeyOf(path: string, keyId: string): Promise<string> {
 
 const proc = setupState();
 after(() => proc.cleanup());
-let port = 19900 + Math.floor(Math.random() * 500);
-
-async function startServe(on: ReturnType<typeof setupState> = proc, extra: string[] = []): Promise<{ child: ChildProcess; call: Call }> {
-  port += 1;
-  const child = spawn(process.execPath, [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', on.state, '--tokens', on.tokensFile, '--image-dir', on.dir, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let err = '';
-  child.stderr!.on('data', (d) => (err += String(d)));
-  await new Promise<void>((resolve, reject) => {
-    let out = '';
-    child.stdout!.on('data', (d) => {
-      out += String(d);
-      if (out.includes('listening on')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`serve exited ${code}: ${err}`)));
-  });
-  return { child, call: client(`http://127.0.0.1:${port}`) };
-}
-
-function kill9(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once('exit', () => resolve());
-    child.kill('SIGKILL');
-  });
-}
+const startServe = (on: ReturnType<typeof setupState> = proc, extra: string[] = []): Promise<ServeProcess> =>
+  startServeProcess(['--state', on.state, '--tokens', on.tokensFile, '--image-dir', on.dir, ...extra]);
+const kill9 = (child: ChildProcess): Promise<void> => stopProcess(child, 'SIGKILL');
 
 test('kill -9 of serve mid-reencrypt, restart: the job continues from the on-disk reencryption state and the plaintext is exactly the original', async () => {
   mkdirSync(proc.state, { recursive: true, mode: 0o700 });
@@ -331,16 +297,9 @@ test('kill -9 of serve mid-reencrypt, restart: the job continues from the on-dis
     await kill9(serve.child);
     const km = await openKeyManager(`local:${join(proc.state, 'keystore.db')}`);
     try {
-      const pass = await passphraseOfKey(km, ADMIN, v.encryption_key_id);
-      const opened = await openVolumeFile(path, 'luks2', { readOnly: true, passphrase: pass });
-      try {
-        const buf = new Uint8Array(opened.device.size);
-        await opened.device.read(buf, 0);
-        assert.equal(buf.length, bytes.length);
-        assert.ok(Buffer.from(buf).equals(bytes), 'the plaintext is the original, byte for byte');
-      } finally {
-        await opened.close();
-      }
+      const buf = await volumePlaintext({ ...v, path }, km);
+      assert.equal(buf.length, bytes.length);
+      assert.ok(buf.equals(bytes), 'the plaintext is the original, byte for byte');
     } finally {
       await km.close();
     }
@@ -383,14 +342,7 @@ test('on PostgreSQL: resize and reencrypt run as jobs of a worker, the volume ro
     await kill9(serve.child);
     const km = await openKeyManager(`local:${join(pg.state, 'keystore.db')}`);
     try {
-      const opened = await openVolumeFile(v.path, 'luks2', { readOnly: true, passphrase: await passphraseOfKey(km, ADMIN, v.encryption_key_id) });
-      try {
-        const buf = Buffer.alloc(opened.device.size);
-        await opened.device.read(buf, 0);
-        assert.ok(buf.equals(Buffer.concat([bytes, Buffer.alloc(5 << 20)])));
-      } finally {
-        await opened.close();
-      }
+      assert.ok((await volumePlaintext(v, km)).equals(Buffer.concat([bytes, Buffer.alloc(5 << 20)])));
     } finally {
       await km.close();
     }

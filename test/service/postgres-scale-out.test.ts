@@ -9,78 +9,38 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cliPath } from '../helpers/tools.js';
 import { freshDatabase, postgresServer } from '../helpers/postgres-server.js';
 import { openKeyManager } from '../../src/keys/open-key-manager.js';
-import { openVolumeFile, passphraseOfKey } from '../../src/service/volume-files.js';
 import { PostgresStateStore } from '../../src/service/postgres-store.js';
-import { FAST_LUKS, client, initRepository, setupState, waitFor, waitJob, type Call } from './service-helpers.js';
+import { FAST_LUKS, initRepository, setupState, startServeProcess, stopProcess, volumePlaintext, waitFor, waitJob, type ServeProcess } from './service-helpers.js';
 
-const ADMIN = { user: 'alice', project: 'p1', roles: ['admin'] };
 const env = setupState();
 // Known before the tests are declared, so a missing server skips them (and fails under CI).
 const server: { url: string } | { skip: string } = await postgresServer();
 let database: { url: string; drop: () => Promise<void> } | undefined;
 let store: PostgresStateStore | undefined;
-let port = 20400 + Math.floor(Math.random() * 500);
 
-interface Proc {
+interface Proc extends ServeProcess {
   name: string;
-  child: ChildProcess;
-  base: string;
-  call: Call;
-  stderr: () => string;
 }
 const procs: Proc[] = [];
 
 async function startServe(name: string, role: 'api' | 'worker', extra: string[] = []): Promise<Proc> {
-  port += 1;
-  const child = spawn(
-    process.execPath,
-    [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', env.state, '--tokens', env.tokensFile, '--image-dir', env.dir, '--database', database!.url, '--role', role, '--backup-repo', `file:${join(env.dir, 'repo')}`, ...extra],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let err = '';
-  child.stderr!.on('data', (d) => (err += String(d)));
-  await new Promise<void>((resolve, reject) => {
-    let out = '';
-    child.stdout!.on('data', (d) => {
-      out += String(d);
-      if (out.includes('listening on')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`${name} exited ${code}: ${err}`)));
-  });
-  const base = `http://127.0.0.1:${port}`;
-  const p = { name, child, base, call: client(base), stderr: () => err };
+  const args = ['--state', env.state, '--tokens', env.tokensFile, '--image-dir', env.dir, '--database', database!.url, '--role', role, '--backup-repo', `file:${join(env.dir, 'repo')}`, ...extra];
+  const p = { name, ...(await startServeProcess(args, name)) };
   procs.push(p);
   return p;
 }
 
-function kill(child: ChildProcess, signal: NodeJS.Signals): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once('exit', () => resolve());
-    child.kill(signal);
-  });
-}
+const kill = stopProcess;
 
-async function volumePlaintext(id: string): Promise<Buffer> {
-  const v = (await store!.volume(id))!;
+async function plaintextOf(id: string): Promise<Buffer> {
   const km = await openKeyManager(`local:${join(env.state, 'keystore.db')}`);
   try {
-    const pass = v.format === 'raw' ? undefined : await passphraseOfKey(km, ADMIN, v.encryption_key_id!);
-    const opened = await openVolumeFile(v.path, v.format, { readOnly: true, ...(pass ? { passphrase: pass } : {}) });
-    try {
-      const buf = new Uint8Array(opened.device.size);
-      await opened.device.read(buf, 0);
-      return Buffer.from(buf);
-    } finally {
-      await opened.close();
-    }
+    return await volumePlaintext((await store!.volume(id))!, km);
   } finally {
     await km.close();
   }
@@ -150,7 +110,7 @@ test('a worker killed -9 mid-copy: after the heartbeat timeout the other worker 
   assert.equal(job.result.attempts, 2);
   assert.ok(survivor.stderr().includes(`job ${id} (create_volume) taken by worker`), survivor.stderr());
   assert.match(survivor.stderr() + api.stderr(), new RegExp(`job ${id} \\(create_volume\\) lost its worker`));
-  assert.ok((await volumePlaintext(r.json.volume.id)).equals(bytes), 'the volume holds exactly the image');
+  assert.ok((await plaintextOf(r.json.volume.id)).equals(bytes), 'the volume holds exactly the image');
   // A new worker takes the place of the killed one for the tests that follow.
   if (victim === workerA) workerA = await startServe('worker-a2', 'worker', WORKER);
   else workerB = await startServe('worker-b2', 'worker', WORKER);
@@ -174,7 +134,7 @@ test('SIGTERM of a worker mid-copy hands its job back at once: another worker co
   const job = await waitJob(api.call, id, 'admin', 60_000);
   assert.equal(job.state, 'succeeded', JSON.stringify(job));
   assert.ok(job.result.resumed_from > 0, JSON.stringify(job.result));
-  assert.ok((await volumePlaintext(r.json.volume.id)).equals(bytes));
+  assert.ok((await plaintextOf(r.json.volume.id)).equals(bytes));
   if (victim === workerA) workerA = await startServe('worker-a3', 'worker', WORKER);
   else workerB = await startServe('worker-b3', 'worker', WORKER);
 });
@@ -200,7 +160,7 @@ test('a worker whose session holding the volume lock breaks stops writing at onc
   assert.ok(holder.stderr().includes('the session holding the volume lock broke'), holder.stderr());
   assert.equal(job.result.attempts, 2);
   assert.ok(job.result.resumed_from > 0, JSON.stringify(job.result));
-  assert.ok((await volumePlaintext(volumeId)).equals(bytes));
+  assert.ok((await plaintextOf(volumeId)).equals(bytes));
 });
 
 test('progress of a job on a worker streams through the API (SSE), and a cancel sent to the API stops it there', { skip: skip() }, async () => {
@@ -285,7 +245,7 @@ test('backup and a volume from the backup on PostgreSQL: the backup is found thr
   const rs = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'bk-restored', format: 'luks2', source: { backup_id: job.result.backup_id } } });
   assert.equal(rs.status, 202, rs.text);
   assert.equal((await waitJob(api.call, rs.json.job.id)).state, 'succeeded');
-  assert.ok((await volumePlaintext(rs.json.volume.id)).equals(bytes));
+  assert.ok((await plaintextOf(rs.json.volume.id)).equals(bytes));
 });
 
 test('an Idempotency-Key is honoured by every process (the reply is in PostgreSQL); /metrics counts the shared jobs', { skip: skip() }, async () => {

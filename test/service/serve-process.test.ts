@@ -6,47 +6,25 @@
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { cliPath, needTools, runCli, whichTool } from '../helpers/tools.js';
+import { needTools, runCli, whichTool } from '../helpers/tools.js';
 
 const execFileP = promisify(execFile);
 import { StateDb } from '../../src/service/state-db.js';
 import { openKeyManager } from '../../src/keys/open-key-manager.js';
-import { openVolumeFile, passphraseOfKey } from '../../src/service/volume-files.js';
-import { FAST_LUKS, client, setupState, waitFor, waitJob } from './service-helpers.js';
+import { FAST_LUKS, client, freePort, setupState, startServeProcess, stopProcess, volumePlaintext, waitFor, waitJob, type ServeProcess } from './service-helpers.js';
 
 const env = setupState();
 after(() => env.cleanup());
-let port = 18800 + Math.floor(Math.random() * 500);
-
-async function startServe(extra: string[] = []): Promise<{ child: ChildProcess; base: string; stderr: () => string }> {
-  port += 1;
-  const child = spawn(process.execPath, [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, '--state', env.state, '--tokens', env.tokensFile, '--image-dir', env.dir, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let err = '';
-  child.stderr!.on('data', (d) => (err += String(d)));
-  await new Promise<void>((resolve, reject) => {
-    let out = '';
-    child.stdout!.on('data', (d) => {
-      out += String(d);
-      if (out.includes('listening on')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`serve exited ${code}: ${err}`)));
-  });
-  return { child, base: `http://127.0.0.1:${port}`, stderr: () => err };
+async function startServe(extra: string[] = []): Promise<ServeProcess> {
+  return startServeProcess(['--state', env.state, '--tokens', env.tokensFile, '--image-dir', env.dir, ...extra]);
 }
 
-function stop(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once('exit', () => resolve());
-    child.kill(signal);
-  });
-}
+const stop = stopProcess;
 
 async function readVolume(state: string, id: string): Promise<Buffer> {
   const db = new StateDb(join(state, 'state.db'));
@@ -54,15 +32,7 @@ async function readVolume(state: string, id: string): Promise<Buffer> {
   db.close();
   const km = await openKeyManager(`local:${join(state, 'keystore.db')}`);
   try {
-    const pass = v.format === 'raw' ? undefined : await passphraseOfKey(km, { user: 'alice', project: 'p1', roles: ['admin'] }, v.encryption_key_id!);
-    const opened = await openVolumeFile(v.path, v.format, { readOnly: true, ...(pass ? { passphrase: pass } : {}) });
-    try {
-      const buf = new Uint8Array(opened.device.size);
-      await opened.device.read(buf, 0);
-      return Buffer.from(buf);
-    } finally {
-      await opened.close();
-    }
+    return await volumePlaintext(v, km);
   } finally {
     await km.close();
   }
@@ -83,7 +53,7 @@ test('kill -9 mid-copy, restart: the job resumes from its last checkpoint and th
   await waitFor(call, jobId, (j) => j.state === 'running' && j.progress.bytes_done >= 6 << 20);
 
   // A second service on the same state directory is refused: it would run the same jobs.
-  const second = runCli(['serve', '--listen', `127.0.0.1:${port + 200}`, '--state', env.state, '--tokens', env.tokensFile], { timeout: 30_000 });
+  const second = runCli(['serve', '--listen', `127.0.0.1:${await freePort()}`, '--state', env.state, '--tokens', env.tokensFile], { timeout: 30_000 });
   assert.equal(second.status, 5, second.stderr);
   assert.match(second.stderr, /LOCKED/);
 

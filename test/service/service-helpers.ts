@@ -1,11 +1,15 @@
 /** Shared set-up of the service tests: a state directory, a tokens file, request helpers. */
 import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { tempDir } from '../helpers/tools.js';
+import { cliPath, tempDir } from '../helpers/tools.js';
 import { openObjectStore } from '../../src/backup/object-store.js';
 import { Repository } from '../../src/backup/repository.js';
-import type { KeyManager } from '../../src/keys/key-manager.js';
+import type { CallerIdentity, KeyManager } from '../../src/keys/key-manager.js';
+import { openVolumeFile, passphraseOfKey } from '../../src/service/volume-files.js';
+import type { VolumeFormat } from '../../src/service/state-db.js';
 
 export const TOKENS = {
   admin: { token: 'admin-token-p1', user: 'alice', project: 'p1', roles: ['admin'] },
@@ -85,3 +89,62 @@ export async function initRepository(keys: KeyManager, uri: string, storeEnv: No
 
 
 const REPO_ADMIN = { user: TOKENS.admin.user, project: TOKENS.admin.project, roles: [...TOKENS.admin.roles] };
+
+/** The admin caller of TOKENS, as the key manager sees it. */
+export const ADMIN: CallerIdentity = REPO_ADMIN;
+
+/** A loopback port nobody listens on right now (the OS picks it). */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+export interface ServeProcess {
+  child: ChildProcess;
+  base: string;
+  call: Call;
+  stderr: () => string;
+}
+
+/** Starts a real `brickcrypt serve --listen 127.0.0.1:PORT ...args` and waits until it listens. */
+export async function startServeProcess(args: string[], label = 'serve'): Promise<ServeProcess> {
+  const port = await freePort();
+  const child = spawn(process.execPath, [cliPath, 'serve', '--listen', `127.0.0.1:${port}`, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d) => (err += String(d)));
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d) => {
+      out += String(d);
+      if (out.includes('listening on')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`${label} exited ${code}: ${err}`)));
+  });
+  const base = `http://127.0.0.1:${port}`;
+  return { child, base, call: client(base), stderr: () => err };
+}
+
+/** Sends `signal` to a child process (if it still runs) and waits for it to exit. */
+export function stopProcess(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    child.once('exit', () => resolve());
+    child.kill(signal);
+  });
+}
+
+/** The whole plaintext of a service volume, opened with its key from `keys` (as the admin). */
+export async function volumePlaintext(v: { path: string; format: VolumeFormat; encryption_key_id?: string | null }, keys: KeyManager): Promise<Buffer> {
+  const pass = v.format === 'raw' ? undefined : await passphraseOfKey(keys, ADMIN, v.encryption_key_id!);
+  const opened = await openVolumeFile(v.path, v.format, { readOnly: true, ...(pass ? { passphrase: pass } : {}) });
+  try {
+    const buf = new Uint8Array(opened.device.size);
+    await opened.device.read(buf, 0);
+    return Buffer.from(buf);
+  } finally {
+    await opened.close();
+  }
+}
