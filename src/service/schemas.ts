@@ -116,6 +116,7 @@ export const actionBody = {
         'in-place LUKS2 re-encryption under a new volume key and a new managed key (resumable; cryptsetup online-reencrypt-v2 on disk); modes encrypt and decrypt answer 501 (not built)',
       properties: {
         mode: { type: 'string', enum: ['reencrypt', 'encrypt', 'decrypt'], description: 'default reencrypt; encrypt and decrypt are not built (501)' },
+        resume: { type: 'boolean', description: 'true: continue the reencryption a failed or cancelled job left on this volume (status error); no other field' },
         cipher: { type: 'string', minLength: 1, description: 'new dm-crypt cipher (default: the current one)' },
         key_size: { type: 'integer', enum: [128, 256, 512], description: 'new volume key size in bits (default: the current one)' },
         sector_size: { type: 'integer', enum: [512, 1024, 2048, 4096], description: 'new encryption sector size (default: the current one)' },

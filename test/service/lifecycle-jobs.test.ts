@@ -224,12 +224,47 @@ test('a reencrypt cancelled mid-way leaves the volume in error with a resumable,
   assert.ok((await plaintext(v.id)).equals(bytes));
 });
 
+test('a reencrypt cancelled mid-way is resumed by {resume: true}: the job continues the recorded state, the record names the new key, the old key is deleted', async () => {
+  const bytes = randomBytes(48 << 20);
+  const v = await volumeWith('resume', 'luks2', bytes);
+  // Refusals before there is anything to resume: resume needs status error; other fields are not taken with it.
+  assert.equal((await action(v.id, { reencrypt: { resume: true } })).status, 409);
+  const r = await action(v.id, { reencrypt: { resilience: 'journal', luks: FAST_LUKS } });
+  assert.equal(r.status, 202, r.text);
+  await waitFor(call, r.json.job.id, (j) => j.state === 'running' && j.progress.bytes_done > 0);
+  assert.ok((await call('POST', `/v1/jobs/${r.json.job.id}/cancel`, { who: 'admin' })).status < 300);
+  assert.equal((await waitJob(call, r.json.job.id)).state, 'cancelled');
+  assert.equal(service.db.volume(v.id)!.status, 'error');
+  const keysBefore = new Set((await service.keys.list(ADMIN)).map((k) => k.id));
+  // A plain reencrypt request on the volume in error is refused and points at resume.
+  const plain = await action(v.id, { reencrypt: {} });
+  assert.equal(plain.status, 409, plain.text);
+  assert.match(plain.json.error.message, /resume/);
+  assert.equal((await action(v.id, { reencrypt: { resume: true, cipher: 'aes-xts-plain64' } })).status, 400);
+  const job = await runAction(v.id, { reencrypt: { resume: true } });
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.equal(job.result.resumed, true);
+  assert.equal(job.result.old_key_id, v.encryption_key_id);
+  const after = service.db.volume(v.id)!;
+  assert.equal(after.status, 'available');
+  assert.equal(after.encryption_key_id, job.result.new_key_id);
+  assert.ok(keysBefore.has(after.encryption_key_id!), 'the new key is the one the cancelled job made');
+  assert.ok(!(await service.keys.list(ADMIN)).some((k) => k.id === v.encryption_key_id), 'the old key the service made is deleted');
+  assert.ok((await plaintext(v.id)).equals(bytes));
+  const file = await FileDevice.open(v.path, { readOnly: true });
+  const fence = (await LuksVolume.open(file, { readOnly: true })).payloadFence;
+  await file.close();
+  assert.equal(fence, undefined, 'no reencryption is recorded any more');
+  // Nothing is left to resume.
+  assert.equal((await action(v.id, { reencrypt: { resume: true } })).status, 409);
+});
+
 test('openapi.json describes the resize and reencrypt bodies', async () => {
   const doc = (await call('GET', '/openapi.json')).json;
   const actions = doc.paths['/v1/volumes/{id}/actions'].post.requestBody.content['application/json'].schema.properties;
   assert.deepEqual(Object.keys(actions.resize.properties).sort(), ['allow_truncate', 'size']);
   assert.deepEqual(actions.resize.required, ['size']);
-  assert.deepEqual(Object.keys(actions.reencrypt.properties).sort(), ['cipher', 'key', 'key_size', 'luks', 'mode', 'resilience', 'sector_size']);
+  assert.deepEqual(Object.keys(actions.reencrypt.properties).sort(), ['cipher', 'key', 'key_size', 'luks', 'mode', 'resilience', 'resume', 'sector_size']);
   assert.deepEqual(actions.reencrypt.properties.mode.enum, ['reencrypt', 'encrypt', 'decrypt']);
 });
 

@@ -23,7 +23,7 @@
  * digests of `start` means it had not begun (it starts); other digests mean the killed run had
  * finished it. `rekey` checks whether the new passphrase opens the volume before changing it.
  */
-import { NotImplementedError, InvalidArgumentError, ReencryptionInProgressError, UnsupportedError } from '../../errors.js';
+import { NotImplementedError, InvalidArgumentError, LockedError, ReencryptionInProgressError, UnsupportedError } from '../../errors.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
 import { FileDevice } from '../../devices/file-device.js';
 import { LuksVolume } from '../../luks/index.js';
@@ -37,6 +37,8 @@ import { needStatus, onlyKeys, volumeConsumer, type ActionJob, type ServiceJobDe
 
 interface ReencryptParams {
   mode?: 'reencrypt' | 'encrypt' | 'decrypt';
+  /** Continue the reencryption a failed or cancelled job left recorded on a volume in `error`. */
+  resume?: boolean;
   cipher?: string;
   key_size?: number;
   sector_size?: number;
@@ -57,7 +59,7 @@ interface Checkpoint {
   runs: number;
 }
 
-const PARAMS = ['mode', 'cipher', 'key_size', 'sector_size', 'resilience', 'key', 'luks'] as const;
+const PARAMS = ['mode', 'resume', 'cipher', 'key_size', 'sector_size', 'resilience', 'key', 'luks'] as const;
 
 /** KDF options of the new keyslot: only the keyslot fields of a `luks` object mean anything here. */
 function kdfOf(p: ReencryptParams): ReturnType<typeof formatOptionsOf> {
@@ -75,6 +77,12 @@ export function reencryptJob(deps: ServiceJobDeps): ActionJob {
     validate(_d, _caller, volume, params) {
       onlyKeys(params, PARAMS, 'reencrypt');
       const p = params as ReencryptParams;
+      if (p.resume === true) {
+        onlyKeys(params, ['resume'], 'reencrypt with resume');
+        if (volume.format !== 'luks2') throw new InvalidArgumentError('reencrypt resume applies to LUKS2 volumes.');
+        needStatus(volume, 'reencrypt resume', 'error');
+        return;
+      }
       const mode = p.mode ?? 'reencrypt';
       if (mode === 'encrypt' || mode === 'decrypt') {
         throw new NotImplementedError(
@@ -86,6 +94,7 @@ export function reencryptJob(deps: ServiceJobDeps): ActionJob {
       if (volume.format === 'luks1') throw new UnsupportedError('In-place reencryption of LUKS1 volumes is not supported; migrate the volume to luks2 first.');
       if (p.key && 'id' in p.key && p.key.id === volume.encryption_key_id) throw new InvalidArgumentError('reencrypt: the new key must differ from the volume\'s key.');
       kdfOf(p);
+      if (volume.status === 'error') throw new LockedError(`Volume ${volume.id} is error; continue an interrupted reencryption with {"reencrypt": {"resume": true}}.`);
       needStatus(volume, 'reencrypt', 'available');
     },
     handler: {
@@ -111,17 +120,38 @@ async function headerState(path: string): Promise<{ digests: string; inProgress:
   }
 }
 
+/**
+ * The job a `resume` request continues: the latest failed or cancelled reencrypt job of the
+ * volume that got as far as a checkpoint (its new key and phase), with its parameters.
+ */
+async function interruptedRun(deps: ServiceJobDeps, volumeId: string): Promise<{ params: ReencryptParams; checkpoint: Checkpoint }> {
+  const runs = (await deps.db.jobs({ volumeId, states: ['failed', 'cancelled'] }))
+    .filter((j) => j.type === 'reencrypt' && j.checkpoint !== null)
+    .sort((a, b) => (b.finished_at ?? b.created_at).localeCompare(a.finished_at ?? a.created_at));
+  const last = runs[0];
+  if (!last) throw new InvalidArgumentError(`Volume ${volumeId} has no interrupted reencryption to resume.`);
+  const { resume: _r, ...params } = last.params as ReencryptParams;
+  return { params, checkpoint: last.checkpoint as unknown as Checkpoint };
+}
+
 async function runReencrypt(deps: ServiceJobDeps, ctx: JobContext): Promise<Record<string, unknown>> {
   const job = ctx.job;
   const km = deps.keys;
   const vol = (await deps.db.volume(job.volume_id!))!;
-  const p = job.params as ReencryptParams;
+  let p = job.params as ReencryptParams;
+  let cp = job.checkpoint as Checkpoint | null;
+  if (p.resume === true) {
+    // A resume job adopts the interrupted run's parameters (KDF of the rekey phase) and, on its
+    // first run, its checkpoint; later runs of this job have their own checkpoint.
+    const prev = await interruptedRun(deps, vol.id);
+    p = prev.params;
+    cp ??= prev.checkpoint;
+  }
   const kdf = kdfOf(p);
   const lock = await VolumeLock.acquire(vol.path);
   let oldPass: Passphrase | undefined;
   let newPass: Passphrase | undefined;
   try {
-    let cp = job.checkpoint as Checkpoint | null;
     if (!cp) {
       const { digests } = await headerState(vol.path);
       let new_key_id: string;
@@ -227,6 +257,8 @@ async function cleanupReencrypt(deps: ServiceJobDeps, job: JobRow): Promise<void
   const v = job.volume_id ? await deps.db.volume(job.volume_id) : undefined;
   if (!v) return;
   const cp = job.checkpoint as Checkpoint | null;
+  // A resume job that failed before adopting a run changed nothing: the volume stays in error.
+  if (!cp && (job.params as ReencryptParams).resume === true) return void (await deps.db.updateVolume(v.id, { status: 'error' }));
   const state = await headerState(v.path).catch(() => undefined);
   let opensWithOldKey = !cp || (state !== undefined && !state.inProgress && (cp.phase === 'reencrypt' || cp.phase === 'rekey'));
   // In `rekey` the keyslot may have the new passphrase already (a stop between the write and the checkpoint).
