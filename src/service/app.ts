@@ -334,6 +334,8 @@ export async function createService(o: ServiceOptions): Promise<Service> {
       started = true;
       if (db.kind === 'sqlite') await volumes.restoreAttachments();
       await runner.start();
+      // On PostgreSQL a worker's owner id exists once its dispatch has started.
+      if (db.kind !== 'sqlite' && role !== 'api') await volumes.restoreAttachments();
     },
     async close() {
       if (started) await runner.stop();
