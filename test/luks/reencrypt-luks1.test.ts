@@ -19,6 +19,7 @@ import { isLuks1Reencryption, readLuks1Marker, reencryptLuks1, LUKS1_REENCRYPT_T
 import type { ReencryptOptions, Resilience } from '../../src/luks/reencrypt/engine.js';
 import { readLuks2Headers } from '../../src/luks/luks2-io.js';
 import { detectFormat } from '../../src/images/detect.js';
+import { LUKS1_HEADER_SIZE, LUKS1_KEY_ENABLED, decodeLuks1Header, luks1KeyslotSectors } from '../../src/formats/luks1/header.js';
 import { Passphrase, VolumeKey } from '../../src/secret.js';
 import { InvalidArgumentError, Luks1ReencryptRefusedError, WrongPassphraseError } from '../../src/errors.js';
 import { reencryptVolume } from '../../src/workflows/reencrypt.js';
@@ -91,8 +92,14 @@ async function assertFinishedLuks1(dev: MemoryDevice, label: string): Promise<vo
   assert.equal(await detectFormat(dev), 'luks1', `${label}: format`);
   assert.equal(await readLuks1Marker(dev), undefined, `${label}: marker left`);
   assert.equal(await isLuks1Reencryption(dev), false, `${label}: still recorded`);
-  const secondary = dev.bytes.subarray(16384, 16384 + 6);
-  assert.notEqual(Buffer.from(secondary).toString('latin1'), 'SKUL\xba\xbe', `${label}: LUKS2 secondary header left`);
+  // Between the header and the data only the active keyslots' material is left: the marker, the
+  // LUKS2 headers, the old keyslots and the resilience data are wiped.
+  const hdr = decodeLuks1Header(dev.bytes.subarray(0, LUKS1_HEADER_SIZE));
+  const length = luks1KeyslotSectors(hdr.keyBytes) * 512;
+  const keep = hdr.keyslots.filter((k) => k.state === LUKS1_KEY_ENABLED).map((k) => [k.keyMaterialOffset * 512, k.keyMaterialOffset * 512 + length] as const);
+  for (let at = LUKS1_HEADER_SIZE; at < hdr.payloadOffset * 512; at++) {
+    if (dev.bytes[at] !== 0 && !keep.some(([a, b]) => at >= a && at < b)) assert.fail(`${label}: byte ${at} of the header area is not wiped`);
+  }
 }
 
 test('LUKS1 re-key: LUKS1 again, same plaintext and keyslot number, new key, old key gone', async () => {
@@ -213,50 +220,91 @@ test('LUKS1 re-key stopped in its LUKS2 phase (init-only) is finished by the nex
   equalPlain((await open(dev)).plain, plain, 'init-only');
 });
 
+/** Where a crash image stands: LUKS1 (with the `up` or `down` marker, or none) or LUKS2 (with or without the engine's state). */
+async function phaseOf(dev: BlockDevice): Promise<string> {
+  const format = await detectFormat(dev);
+  if (format === 'luks1') return `luks1:${(await readLuks1Marker(dev))?.phase ?? 'none'}`;
+  const vol = await LuksVolume.open(dev, { readOnly: true });
+  return vol.payloadFence ? 'luks2:reencrypting' : 'luks2';
+}
+
 /**
  * Power cut after write `cut` of a LUKS1 re-key; then a resume (resumeOnly or a plain run) on
- * the crash image. Returns the device after the resume and whether the cut happened.
+ * the crash image, itself cut after write `nested` when given (and then resumed again).
  */
-async function crashAndResume(image: Uint8Array, cut: number, seed: number, sectorSize: number, extra: Partial<ReencryptOptions>): Promise<{ after: MemoryDevice; cutHappened: boolean }> {
+async function crashAndResume(image: Uint8Array, cut: number, seed: number, sectorSize: number, extra: Partial<ReencryptOptions>, slots: number[], nested?: number): Promise<{ after: MemoryDevice; cutHappened: boolean; phase: string }> {
   const dev = new FaultInjectingDevice(image, { cutAfterWrite: cut, seed, sectorSize });
   let cutHappened = false;
   try {
-    await reencryptLuks1(dev, opts(extra));
+    await reencryptLuks1(dev, opts(extra, slots));
   } catch (err) {
     if (!(err instanceof PowerCutError)) throw err;
     cutHappened = true;
   }
-  const after = new MemoryDevice(cutHappened ? dev.crashImage() : new Uint8Array(dev.bytes));
-  // Whatever the crash left opens with the passphrase (LUKS1 or LUKS2, the old or the new key).
+  let after = new MemoryDevice(cutHappened ? dev.crashImage() : new Uint8Array(dev.bytes));
+  // Whatever the crash left opens with every passphrase (LUKS1 or LUKS2, the old or the new key).
   const vol = await LuksVolume.open(after, { readOnly: true }).catch((err) => assert.fail(`crash after write ${cut}: no valid header: ${err}`));
-  await vol.testPassphrase(Passphrase.fromString(PASS)).catch((err) => assert.fail(`crash after write ${cut}: the passphrase does not open it: ${err}`));
-  if (await isLuks1Reencryption(after)) await reencryptLuks1(after, opts(cut % 2 === 0 ? { resumeOnly: true } : extra));
-  return { after, cutHappened };
+  for (const s of slots) await vol.testPassphrase(Passphrase.fromString(passFor(s))).catch((err) => assert.fail(`crash after write ${cut}: keyslot ${s}'s passphrase does not open it: ${err}`));
+  const phase = await phaseOf(after);
+  const resume = cut % 2 === 0 ? { resumeOnly: true } : extra;
+  if (nested !== undefined && (await isLuks1Reencryption(after))) {
+    const second = new FaultInjectingDevice(after.bytes, { cutAfterWrite: nested, seed: seed + 1000, sectorSize });
+    try {
+      await reencryptLuks1(second, opts(resume, slots));
+      after = new MemoryDevice(new Uint8Array(second.bytes));
+    } catch (err) {
+      if (!(err instanceof PowerCutError)) throw err;
+      after = new MemoryDevice(second.crashImage());
+    }
+  }
+  if (await isLuks1Reencryption(after)) await reencryptLuks1(after, opts(resume, slots));
+  return { after, cutHappened, phase };
 }
 
-for (const [resilience, sectorSize, extra] of [
-  ['checksum', 4096, {}],
-  ['journal', 512, { cipher: 'aes-cbc-essiv:sha256', keySizeBits: 256 }],
-] as Array<[Resilience, number, Partial<ReencryptOptions>]>) {
-  test(`power cut after EVERY write of a LUKS1 re-key (${resilience}, writes torn at ${sectorSize} bytes): resume ends as LUKS1 with the plaintext`, async () => {
+async function assertRekeyed(after: MemoryDevice, slots: number[], plain: Uint8Array, oldKey: Uint8Array, label: string): Promise<void> {
+  await assertFinishedLuks1(after, label);
+  for (const s of slots) {
+    const got = await open(after, passFor(s));
+    assert.equal(got.keyslot, s, `${label}: keyslot number`);
+    assert.notDeepEqual(got.key, oldKey, `${label}: new key`);
+    equalPlain(got.plain, plain, label);
+  }
+}
+
+for (const [resilience, sectorSize, extra, slots] of [
+  ['checksum', 4096, {}, [0, 5]],
+  ['journal', 512, { cipher: 'aes-cbc-essiv:sha256', keySizeBits: 256, keyslot: 0 }, [0]],
+] as Array<[Resilience, number, Partial<ReencryptOptions>, number[]]>) {
+  test(`power cut after EVERY write of a LUKS1 re-key (${resilience}, keyslots ${slots.join(',')}, writes torn at ${sectorSize} bytes): resume ends as LUKS1 with the plaintext`, async () => {
     const { dev, plain, oldKey } = await luks1Volume(128 * 1024, { keySizeBits: 256, slots: [0, 5] });
     const image = new Uint8Array(dev.bytes);
-    const e = { ...extra, resilience, keyslot: 0 };
-    const seen = new Set<number>();
+    const e = { ...extra, resilience };
+    const phases = new Set<string>();
     let cut = 1;
     for (; ; cut++) {
-      const { after, cutHappened } = await crashAndResume(image, cut, cut * 7 + 1, sectorSize, e);
-      await assertFinishedLuks1(after, `cut ${cut}`);
-      const got = await open(after);
-      assert.equal(got.keyslot, 0, `cut ${cut}: keyslot number`);
-      assert.notDeepEqual(got.key, oldKey, `cut ${cut}: new key`);
-      equalPlain(got.plain, plain, `power cut after write ${cut}`);
-      seen.add(cut);
+      const { after, cutHappened, phase } = await crashAndResume(image, cut, cut * 7 + 1, sectorSize, e, slots);
+      await assertRekeyed(after, slots, plain, oldKey, `power cut after write ${cut}`);
+      phases.add(phase);
       if (!cutHappened) break;
     }
     assert.ok(cut > 40, `only ${cut} write boundaries`);
+    // The cuts left the volume in every phase of the re-key.
+    for (const p of ['luks1:none', 'luks1:up', 'luks2', 'luks2:reencrypting', 'luks1:down']) assert.ok(phases.has(p), `no cut left phase ${p} (saw ${[...phases].join(', ')})`);
   });
 }
+
+test('power cuts at random writes of a LUKS1 re-key, then a second cut during the resume', async () => {
+  const slots = [0, 5];
+  const { dev, plain, oldKey } = await luks1Volume(256 * 1024, { keySizeBits: 256, slots });
+  const image = new Uint8Array(dev.bytes);
+  const probe = new FaultInjectingDevice(image);
+  await reencryptLuks1(probe, opts({}, slots));
+  for (let seed = 1; seed <= 8; seed++) {
+    const cut = 1 + ((seed * 2654435761) % probe.writes);
+    const { after } = await crashAndResume(image, cut, seed, 4096, {}, slots, 1 + ((seed * 40503) % 25));
+    await assertRekeyed(after, slots, plain, oldKey, `seed ${seed} cut ${cut}`);
+  }
+});
 
 test('reencryptVolume (the CLI path) re-keys a LUKS1 volume file', async () => {
   const { dir, cleanup } = tempDir();
