@@ -24,7 +24,7 @@ import { Passphrase, VolumeKey } from '../../src/secret.js';
 import { InvalidArgumentError, Luks1ReencryptRefusedError, WrongPassphraseError } from '../../src/errors.js';
 import { reencryptVolume } from '../../src/workflows/reencrypt.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
-import { extractFixture, needFixtures, needTools, run, tempDir } from '../helpers/tools.js';
+import { extractFixture, needFixtures, needTools, run, runCli, tempDir } from '../helpers/tools.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
 const PASS = 'luks1 pass';
@@ -398,6 +398,75 @@ test('interop: a brickcrypt LUKS1 re-key with a cipher change and two keyslots; 
     }
     assert.match(cs(['luksDump', img]), /^Cipher mode:\s+xts-plain64$/m);
     equalPlain(await onFile(img, async (d) => (await open(d)).plain), plain, 'brickcrypt volume');
+  } finally {
+    cleanup();
+  }
+});
+
+test('interop: cryptsetup opens every phase; `cryptsetup reencrypt --resume-only` finishes the LUKS2 phase as LUKS2 and brickcrypt then converts back', { skip: skipCs }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const { dev, plain, oldKey } = await luks1Volume(MIB, { keySizeBits: 256 });
+    const image = new Uint8Array(dev.bytes);
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    // A crash image of each phase (LUKS1 with the `up` or `down` marker, LUKS2 during the reencryption) opens with cryptsetup.
+    const probe = new FaultInjectingDevice(image);
+    await reencryptLuks1(probe, opts());
+    const wanted = new Set(['luks1:up', 'luks2:reencrypting', 'luks1:down']);
+    for (let cut = 1; cut <= probe.writes && wanted.size > 0; cut++) {
+      const d = new FaultInjectingDevice(image, { cutAfterWrite: cut, seed: cut });
+      await assert.rejects(reencryptLuks1(d, opts()), PowerCutError);
+      const crash = new MemoryDevice(d.crashImage());
+      const phase = await phaseOf(crash);
+      if (!wanted.delete(phase)) continue;
+      const img = join(dir, `${phase.replace(':', '-')}.img`);
+      writeFileSync(img, crash.bytes);
+      assert.match(cs(['luksDump', img]), phase.startsWith('luks1') ? /^Version:\s+1$/m : /^Version:\s+2$/m, phase);
+      cs(['open', '--test-passphrase', '--key-file', keyFile, img]);
+    }
+    assert.equal(wanted.size, 0, `phases not reached: ${[...wanted].join(', ')}`);
+
+    // Recorded by brickcrypt, finished by cryptsetup (stays LUKS2, the token kept), converted back by brickcrypt.
+    const img = join(dir, 'v.img');
+    writeFileSync(img, image);
+    await onFile(img, (d) => reencryptLuks1(d, opts({ initOnly: true })));
+    cs(['reencrypt', '--resume-only', '--batch-mode', '--force-offline-reencrypt', '--key-file', keyFile, img]);
+    const mid = JSON.parse(cs(['luksDump', '--dump-json-metadata', img]));
+    assert.ok(Object.values(mid.tokens as Record<string, { type: string }>).some((t) => t.type === LUKS1_REENCRYPT_TOKEN), 'cryptsetup kept the token');
+    const report = await onFile(img, (d) => reencryptLuks1(d, opts()));
+    assert.equal(report.finished, true);
+    assert.equal(report.bytes, 0, 'the data was re-encrypted by cryptsetup already');
+    await cryptsetupAgrees(img, keyFile, PASS, [0]);
+    const mem = new MemoryDevice(new Uint8Array(readFileSync(img)));
+    await assertFinishedLuks1(mem, 'after cryptsetup');
+    const after = await open(mem);
+    assert.notDeepEqual(after.key, oldKey);
+    equalPlain(after.plain, plain, 'after cryptsetup');
+  } finally {
+    cleanup();
+  }
+});
+
+test('CLI: `brickcrypt reencrypt` on a LUKS1 volume file re-keys it in place', async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const { dev, plain, oldKey } = await luks1Volume(256 * 1024);
+    const img = join(dir, 'v.img');
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    writeFileSync(img, dev.bytes);
+    let r = runCli(['reencrypt', img, '--key-file', keyFile, '--sector-size', '4096', '--pbkdf-force-iterations', '1000']);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /512-byte sectors/);
+    r = runCli(['reencrypt', img, '--key-file', keyFile, '--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000', '--workers', '1']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /reencryption finished/);
+    const mem = new MemoryDevice(new Uint8Array(readFileSync(img)));
+    await assertFinishedLuks1(mem, 'cli');
+    const after = await open(mem);
+    assert.notDeepEqual(after.key, oldKey);
+    equalPlain(after.plain, plain, 'cli');
   } finally {
     cleanup();
   }
