@@ -10,6 +10,7 @@
 import { FileDevice } from '../devices/file-device.js';
 import { detectFormat } from '../images/detect.js';
 import { InvalidArgumentError, UnknownFormatError, UnsupportedError } from '../errors.js';
+import { isLuks1Reencryption, reencryptLuks1 } from '../luks/reencrypt/luks1.js';
 import { reencryptLuks2, type ReencryptOptions, type ReencryptReport, type ZoneCipherFactory } from '../luks/reencrypt/engine.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
 
@@ -72,7 +73,11 @@ export async function reencryptVolume(path: string, options: ReencryptVolumeOpti
   try {
     if (options.header !== undefined) header = await FileDevice.open(options.header);
     const format = await detectFormat(header ?? file);
-    if (format === 'luks1') throw new UnsupportedError('In-place reencryption of LUKS1 volumes is not supported yet (convert it with `brickcrypt convert --dst-format luks2`, or use cryptsetup convert first).');
+    // LUKS1 (or one left in its temporary LUKS2 phase): converted to LUKS2, re-keyed, converted back.
+    if (format === 'luks1' || (format === 'luks2' && header === undefined && (await isLuks1Reencryption(file)))) {
+      const { header: _h, workers: _w, ...luks1Options } = options;
+      return await reencryptLuks1(file, { ...luks1Options, ...(header ? { headerDevice: header } : {}), zoneCipher: poolZoneCipher(pool) });
+    }
     if (format !== 'luks2') {
       if (format === 'raw') throw new InvalidArgumentError(`${path} is not a LUKS volume (in-place encryption, --encrypt, is not built yet).`);
       throw new UnknownFormatError(`${path} holds ${format} data, not a LUKS2 volume.`);

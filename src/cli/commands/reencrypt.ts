@@ -116,6 +116,8 @@ every keyslot of the volume key, or name the one to keep with --key-slot; each g
 (new number) for the new key, and the old keyslots and key are removed at the end.
 Resilience: checksum and journal survive a crash at any instant; none is safe only against
 Ctrl-C/SIGTERM (it stops at a zone boundary). See docs/reencrypt.md.
+A LUKS1 volume is converted in place to LUKS2, re-keyed and converted back to LUKS1 (512-byte
+sectors, pbkdf2 keyslots keeping their numbers); a crash in any phase is resumed by the next run.
 ${KEY_MANAGER_HELP}`)
     .action(async (volume: string, o: ReencryptCliOptions) => {
       if (o.encrypt || o.decrypt || o.type !== undefined || o.reduceDeviceSize !== undefined) {
