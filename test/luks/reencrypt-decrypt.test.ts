@@ -9,8 +9,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { BlockDevice } from '../../src/block-device.js';
 import { MemoryDevice } from '../../src/devices/memory-device.js';
+import { FileDevice } from '../../src/devices/file-device.js';
 import { SliceDevice } from '../../src/devices/slice-device.js';
 import { EncryptedDevice } from '../../src/devices/encrypted-device.js';
 import { LuksVolume } from '../../src/luks/index.js';
@@ -21,6 +26,8 @@ import { CancelledError, CorruptHeaderError, InvalidArgumentError, WrongPassphra
 import { readLuks2Headers, writeLuks2Headers } from '../../src/luks/luks2-io.js';
 import { decodeReencryptState } from '../../src/formats/luks2/reencrypt-state.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
+import { needTools, run, tempDir } from '../helpers/tools.js';
+import { CS_FAST, CS_OFFLINE, cryptsetupMetadata } from '../helpers/reencrypt-states.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
 const PASS = 'decrypt me';
@@ -263,3 +270,146 @@ test('power cuts at random writes of a larger decryption (both layouts, several 
     }
   }
 });
+
+// --- interop with cryptsetup 2.6 on image files ---
+
+const skip = needTools('cryptsetup');
+const CS_SIZE = 24 << 20;
+
+async function onFiles<T>(vol: string, hdr: string, fn: (data: FileDevice, header: FileDevice) => Promise<T>): Promise<T> {
+  const data = await FileDevice.open(vol);
+  try {
+    const header = await FileDevice.open(hdr);
+    try {
+      return await fn(data, header);
+    } finally {
+      await header.close();
+    }
+  } finally {
+    await data.close();
+  }
+}
+
+/** A cryptsetup volume with random plaintext: detached header (data offset 0) or attached (data offset 4 MiB). */
+async function csVolume(dir: string, detached: boolean, size = CS_SIZE): Promise<{ vol: string; hdr: string; keyFile: string; plain: Uint8Array }> {
+  const vol = join(dir, 'vol.img');
+  const hdr = join(dir, detached ? 'hdr.img' : 'exported.hdr');
+  const keyFile = join(dir, 'key');
+  writeFileSync(keyFile, PASS);
+  for (const f of [vol, hdr]) rmSync(f, { force: true });
+  writeFileSync(vol, '');
+  run('truncate', ['-s', String(size), vol]);
+  const layout = detached ? ['--header', hdr] : ['--offset', '8192', '--luks2-keyslots-size', '2M'];
+  run('cryptsetup', ['luksFormat', '--type', 'luks2', '--batch-mode', ...CS_FAST, '--key-file', keyFile, ...layout, vol]);
+  const file = await FileDevice.open(vol);
+  const header = detached ? await FileDevice.open(hdr) : undefined;
+  try {
+    const volume = await LuksVolume.open(file, header ? { headerDevice: header } : {});
+    const { key } = await volume.unlock(Passphrase.fromString(PASS));
+    const plain = await fill(file, volume, key);
+    await file.flush();
+    return { vol, hdr, keyFile, plain };
+  } finally {
+    await header?.close();
+    await file.close();
+  }
+}
+
+/** brickcrypt's export of an attached header (what `cryptsetup reencrypt --decrypt --header FILE` does first). */
+async function exportHeader(vol: string, hdr: string): Promise<void> {
+  const dev = await FileDevice.open(vol, { readOnly: true });
+  try {
+    writeFileSync(hdr, (await luks2HeaderArea(dev)).bytes);
+  } finally {
+    await dev.close();
+  }
+}
+
+function plainOf(vol: string, plain: Uint8Array, label: string): void {
+  const got = readFileSync(vol);
+  equalPlain(got.subarray(0, plain.length), plain, label);
+}
+
+function csDecrypt(vol: string, hdr: string, keyFile: string, args: string[]): void {
+  run('cryptsetup', ['reencrypt', ...CS_OFFLINE, ...CS_FAST, '--key-file', keyFile, '--header', hdr, ...args, vol]);
+}
+
+/** cryptsetup's view of a finished decryption: one linear segment, no keyslot, no requirement. */
+function cryptsetupSeesPlain(hdr: string): void {
+  const m = cryptsetupMetadata(hdr);
+  assert.equal(m.config.requirements, undefined);
+  assert.deepEqual(Object.values(m.segments).map((s: any) => s.type), ['linear']);
+  assert.deepEqual(Object.keys(m.keyslots), []);
+}
+
+for (const detached of [true, false]) {
+  const what = detached ? 'detached header' : 'exported header, data shift';
+  for (const resilience of ['checksum', 'journal'] as Resilience[]) {
+    const hz = detached ? 256 * 1024 : 1024 * 1024;
+    test(`interop (${what}, ${resilience}): brickcrypt --init-only and brickcrypt stopped part-way -> cryptsetup reencrypt --resume-only finishes`, { skip }, async () => {
+      const { dir, cleanup } = tempDir();
+      try {
+        let v = await csVolume(dir, detached);
+        if (!detached) await exportHeader(v.vol, v.hdr);
+        await onFiles(v.vol, v.hdr, (d, h) => decryptLuks2(d, opts(h, { resilience, hotzoneSize: hz, initOnly: true })));
+        csDecrypt(v.vol, v.hdr, v.keyFile, ['--resume-only']);
+        plainOf(v.vol, v.plain, 'cryptsetup resumed brickcrypt --init-only');
+        cryptsetupSeesPlain(v.hdr);
+        v = await csVolume(dir, detached);
+        if (!detached) await exportHeader(v.vol, v.hdr);
+        const ac = new AbortController();
+        let zones = 0;
+        await assert.rejects(onFiles(v.vol, v.hdr, (d, h) => decryptLuks2(d, opts(h, { resilience, hotzoneSize: hz, signal: ac.signal, onProgress: () => (++zones === 3 ? ac.abort() : undefined) }))), CancelledError);
+        assert.ok(Object.keys(cryptsetupMetadata(v.hdr).segments).length >= 4);
+        csDecrypt(v.vol, v.hdr, v.keyFile, ['--resume-only']);
+        plainOf(v.vol, v.plain, 'cryptsetup resumed brickcrypt stopped');
+        cryptsetupSeesPlain(v.hdr);
+      } finally {
+        cleanup();
+      }
+    });
+  }
+
+  test(`interop (${what}): cryptsetup reencrypt --decrypt --init-only, and cryptsetup killed mid-run -> brickcrypt finishes`, { skip }, async () => {
+    const { dir, cleanup } = tempDir();
+    try {
+      let v = await csVolume(dir, detached);
+      csDecrypt(v.vol, v.hdr, v.keyFile, ['--decrypt', '--init-only']);
+      let r = await onFiles(v.vol, v.hdr, (d, h) => decryptLuks2(d, opts(h, { resumeOnly: true })));
+      assert.equal(r.finished, true);
+      assert.equal(r.resilience, detached ? 'checksum' : 'datashift-checksum');
+      plainOf(v.vol, v.plain, 'brickcrypt finished cryptsetup --init-only');
+      if (!detached) assert.equal(statSync(v.vol).size, v.plain.length);
+      cryptsetupSeesPlain(v.hdr);
+      let killed = false;
+      for (const delay of [150, 80, 300, 40, 600]) {
+        v = await csVolume(dir, detached, 96 << 20);
+        const extra = detached ? ['--hotzone-size', '1M'] : [];
+        const child = spawn('cryptsetup', ['reencrypt', '--decrypt', ...CS_OFFLINE, ...CS_FAST, '--key-file', v.keyFile, '--header', v.hdr, ...extra, v.vol], { stdio: 'ignore' });
+        const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+        let running = true;
+        void exited.then(() => (running = false));
+        // Kill it once the state is recorded (the header names the requirement), a little later.
+        while (running && !(existsSync(v.hdr) && readFileSync(v.hdr).subarray(0, 32768).includes('online-reencrypt'))) await sleep(2);
+        await sleep(delay);
+        child.kill('SIGKILL');
+        const code = await exited;
+        if (code === 0) continue;
+        const m = cryptsetupMetadata(v.hdr);
+        // Still recorded, and some data already plaintext (an active linear segment).
+        if (m.config.requirements === undefined || !Object.values(m.segments).some((x: any) => x.type === 'linear' && !x.flags?.some((f: string) => f.startsWith('backup-')))) continue;
+        killed = true;
+        break;
+      }
+      assert.ok(killed, 'cryptsetup was never caught mid-run');
+      r = await onFiles(v.vol, v.hdr, (d, h) => decryptLuks2(d, opts(h, { resumeOnly: true })));
+      assert.equal(r.finished, true);
+      // cryptsetup got part of the way: brickcrypt did less than all of it.
+      assert.ok(r.bytes < r.total, `brickcrypt decrypted ${r.bytes} of ${r.total} bytes`);
+      plainOf(v.vol, v.plain, 'brickcrypt finished a killed cryptsetup');
+      cryptsetupSeesPlain(v.hdr);
+    } finally {
+      cleanup();
+    }
+  });
+}
