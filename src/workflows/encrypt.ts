@@ -11,6 +11,7 @@ import { decodeReencryptState } from '../formats/luks2/reencrypt-state.js';
 import { detectFormat } from '../images/detect.js';
 import { readLuks2Headers } from '../luks/luks2-io.js';
 import { encryptLuks2, type EncryptCipherFactory, type EncryptOptions, type EncryptReport } from '../luks/reencrypt/encrypt.js';
+import type { ZoneCipher, ZoneSide } from '../luks/reencrypt/engine.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
 
 export type { EncryptReport } from '../luks/reencrypt/encrypt.js';
@@ -36,6 +37,27 @@ export function poolEncryptCipher(pool: CryptoPool): EncryptCipherFactory {
   };
 }
 
+/** Encrypt-only zone cipher for the re-key engine (detached header), with checksums, on `pool`. */
+export function poolPlainZoneCipher(pool: CryptoPool): (to: ZoneSide) => ZoneCipher {
+  return (to) => {
+    const enc = poolEncryptCipher(pool)(to);
+    return {
+      transform: enc.encrypt,
+      digest: async (data, sums) => {
+        const jobs: Array<Promise<unknown>> = [];
+        const size = sums.out.length / (data.length / sums.block);
+        for (let p = 0; p < data.length; p += PIECE_BYTES) {
+          const length = Math.min(PIECE_BYTES, data.length - p);
+          const checksum = { algorithm: sums.hash, block: sums.block, shared: sums.out.buffer as SharedArrayBuffer, offset: sums.out.byteOffset + (p / sums.block) * size };
+          jobs.push(pool.runShared(data.subarray(p, p + length), { length, zeroBlock: 0, checksum }));
+        }
+        await Promise.all(jobs);
+      },
+      close: enc.close,
+    };
+  };
+}
+
 export interface EncryptVolumeOptions extends Omit<EncryptOptions, 'headerDevice' | 'cipherFactory'> {
   /** Detached header file (cryptsetup --header). */
   header?: string;
@@ -50,9 +72,14 @@ export async function encryptVolume(path: string, options: EncryptVolumeOptions)
   const workers = options.workers ?? defaultWorkerCount();
   const pool = workers > 0 ? CryptoPool.create(workers) : undefined;
   try {
-    if (options.header !== undefined) header = await FileDevice.open(options.header);
+    // A detached header file is created when missing (as cryptsetup does).
+    if (options.header !== undefined) header = await FileDevice.open(options.header, { create: true });
     const { header: _h, workers: _w, ...rest } = options;
-    return await encryptLuks2(file, { ...rest, ...(header ? { headerDevice: header } : {}), ...(pool ? { cipherFactory: poolEncryptCipher(pool) } : {}) });
+    return await encryptLuks2(file, {
+      ...rest,
+      ...(header ? { headerDevice: header } : {}),
+      ...(pool ? { cipherFactory: poolEncryptCipher(pool), plainZoneCipher: poolPlainZoneCipher(pool) } : {}),
+    });
   } finally {
     await pool?.close();
     await header?.close();
@@ -65,8 +92,13 @@ export async function encryptVolume(path: string, options: EncryptVolumeOptions)
  * is not LUKS at all (a start interrupted while the header was written: the engine looks for
  * the header's copy). `reencrypt --resume-only` then goes to `encryptVolume`.
  */
-export async function encryptionRecorded(path: string, resumeOnly: boolean): Promise<boolean> {
-  const file = await FileDevice.open(path, { readOnly: true });
+export async function encryptionRecorded(path: string, resumeOnly: boolean, header?: string): Promise<boolean> {
+  let file: FileDevice;
+  try {
+    file = await FileDevice.open(header ?? path, { readOnly: true });
+  } catch {
+    return false;
+  }
   try {
     const format = await detectFormat(file);
     if (format === 'raw') return resumeOnly;

@@ -68,8 +68,8 @@ export interface ReencryptVolumeOptions extends Omit<ReencryptOptions, 'headerDe
 export async function reencryptVolume(path: string, options: ReencryptVolumeOptions): Promise<ReencryptReport> {
   // A recorded in-place encryption (cryptsetup's or ours) is resumed by the encrypt engine.
   const { encryptionRecorded, encryptVolume } = await import('./encrypt.js');
-  if (options.header === undefined && (await encryptionRecorded(path, options.resumeOnly === true))) {
-    const { keyslot: _k, cipher: _c, keySizeBits: _ks, sectorSize: _s, resilience: _r, resilienceHash: _rh, header: _h, ...rest } = options;
+  if (await encryptionRecorded(path, options.resumeOnly === true && options.header === undefined, options.header)) {
+    const { keyslot: _k, cipher: _c, keySizeBits: _ks, sectorSize: _s, ...rest } = options;
     return encryptVolume(path, rest);
   }
   const file = await FileDevice.open(path);

@@ -21,6 +21,7 @@ export interface EncryptCliOptions {
   resumeOnly?: boolean;
   initOnly?: boolean;
   resilience?: string;
+  resilienceHash?: string;
   hotzoneSize?: string;
   cipher?: string;
   keySize?: string;
@@ -58,8 +59,14 @@ export async function runEncrypt(volume: string, o: EncryptCliOptions, input: Pa
     if (o.type === 'luks1') throw new NotImplementedError('In-place encryption to LUKS1 is not built; use --type luks2.');
     throw new InvalidArgumentError(`--type must be luks2, not ${o.type}.`);
   }
-  if (o.resilience !== undefined && o.resilience !== 'datashift') {
-    throw new InvalidArgumentError(`In-place encryption without a detached header uses resilience datashift (the data moves by the header size), not ${o.resilience}.`);
+  const detached = o.header !== undefined;
+  const resilience = o.resilience === undefined ? undefined : parseChoice(o.resilience, 'resilience', ['checksum', 'journal', 'none', 'datashift'] as const);
+  if (resilience !== undefined && (resilience === 'datashift') !== !detached) {
+    throw new InvalidArgumentError(
+      detached
+        ? 'With a detached header the data does not move: use resilience checksum (default), journal or none.'
+        : `In-place encryption without a detached header uses resilience datashift (the data moves by the header size), not ${resilience}.`,
+    );
   }
   if (o.resumeOnly && o.initOnly) throw new InvalidArgumentError('Give --resume-only or --init-only, not both.');
   const json = o.json === true;
@@ -79,6 +86,8 @@ export async function runEncrypt(volume: string, o: EncryptCliOptions, input: Pa
             ...(o.reduceDeviceSize !== undefined ? { reduceDeviceSize: parseSize(o.reduceDeviceSize, 'reduce-device-size') } : {}),
             ...(o.resumeOnly ? { resumeOnly: true } : {}),
             ...(o.initOnly ? { initOnly: true } : {}),
+            ...(resilience !== undefined && resilience !== 'datashift' ? { resilience } : {}),
+            ...(o.resilienceHash !== undefined ? { resilienceHash: o.resilienceHash } : {}),
             ...(o.hotzoneSize !== undefined ? { hotzoneSize: parseSize(o.hotzoneSize, 'hotzone-size') } : {}),
             ...(o.cipher !== undefined ? { cipher: o.cipher } : {}),
             ...(o.keySize !== undefined ? { keySizeBits: parseInteger(o.keySize, 'key-size', 128, 4096) } : {}),

@@ -62,6 +62,9 @@ import { buildLuks2Copy, readLuks2Headers, writeLuks2Headers, type Luks2HeaderSt
 import type { KdfOptions } from '../options.js';
 import { onlineReencryptVersion } from '../requirements.js';
 import { createDigest, openReencryptKeys, verifyReencryptDigest } from './keys.js';
+import { largestFreeArea, reencryptLuks2, type Resilience, type ZoneCipher, type ZoneSide } from './engine.js';
+import { createHash } from 'node:crypto';
+import { hashInfo } from '../../crypto/hash.js';
 
 /** Token that marks a reencryption which grew a regular file: the file is cut back at the end. */
 export const GROWN_TOKEN_TYPE = 'brickcrypt-encrypt-grown';
@@ -93,8 +96,16 @@ function growable(dev: BlockDevice): dev is Growable {
 export interface EncryptOptions extends KdfOptions {
   /** Passphrases: the first seals the new keyslot; on resume each is tried. The caller wipes them. */
   passphrases: Passphrase[];
-  /** Detached header (cryptsetup --header): not supported yet. */
+  /**
+   * Detached header (cryptsetup --header): the data stays where it is (no shift), encrypted
+   * forward with resilience checksum (default), journal or none by the re-key engine.
+   */
   headerDevice?: BlockDevice;
+  /** With a detached header: the hot zone protection, and the checksum hash (default sha256). */
+  resilience?: Resilience;
+  resilienceHash?: string;
+  /** With a detached header: the zone cipher (encrypt only, plus checksums). */
+  plainZoneCipher?: (to: ZoneSide) => ZoneCipher;
   /** New keyslot number (default 0). */
   keyslot?: number;
   cipher?: string;
@@ -155,7 +166,7 @@ export async function encryptLuks2(device: BlockDevice, options: EncryptOptions)
   const t0 = performance.now();
   if (device.readOnly) throw new ReadOnlyDeviceError('Encryption needs the device open for writing.');
   if (options.passphrases.length === 0) throw new InvalidArgumentError('Encryption needs a passphrase.');
-  if (options.headerDevice !== undefined) throw new UnsupportedError('In-place encryption with a detached header (--header) is not supported yet; without --header the header goes to the start of the device.');
+  if (options.headerDevice !== undefined) return encryptDetached(device, options.headerDevice, options, t0);
   const report: EncryptReport = {
     started: false,
     recovered: false,
@@ -635,4 +646,160 @@ async function recoverStart(device: BlockDevice, options: EncryptOptions): Promi
   await writeHeaderImage(device, 0, image, st.bin.hdrSize);
   image.fill(0);
   return (await readLuks2Headers(device, device.size)).state;
+}
+
+/** The calling thread's encrypt-only zone cipher for the re-key engine (detached header). */
+export const localPlainZoneCipher = (to: ZoneSide): ZoneCipher => {
+  const c = createSectorCipher(parseEncryption(to.encryption, to.keyBytes), to.key, to.sectorSize);
+  return {
+    transform: async (data, pos) => c.encrypt(data, pos / 512 + to.ivTweak),
+    digest: async (data, sums) => {
+      const len = hashInfo(sums.hash).digestSize;
+      for (let i = 0, o = 0; i < data.length; i += sums.block, o += len) sums.out.set(createHash(sums.hash).update(data.subarray(i, i + sums.block)).digest(), o);
+    },
+    close: async () => c.wipe(),
+  };
+};
+
+/** Checksum block of the detached-header encryption (cryptsetup: the device block size, 4096 on files). */
+const CHECKSUM_BLOCK = 4096;
+
+/**
+ * Encryption with a detached header (cryptsetup's encrypt_luks2_init without data shift): the
+ * header device gets a LUKS2 header whose segments say "all plaintext" (linear, offset 0) with
+ * the new crypt segment as backup-final, mode encrypt, direction forward; the re-key engine
+ * then rewrites the data in place zone by zone with the chosen resilience (its old side being
+ * linear, the zone cipher only encrypts). A state already on the header device is resumed.
+ */
+async function encryptDetached(device: BlockDevice, header: BlockDevice, options: EncryptOptions, t0: number): Promise<EncryptReport> {
+  if (header.readOnly) throw new ReadOnlyDeviceError('Encryption needs the header device open for writing.');
+  if (options.reduceDeviceSize !== undefined) throw new InvalidArgumentError('--reduce-device-size is not used with a detached header (the data does not move).');
+  let st: Luks2HeaderState | undefined;
+  try {
+    st = (await readLuks2Headers(header, device.size)).state;
+  } catch (err) {
+    if (!(err instanceof CorruptHeaderError) && !(err instanceof UnknownFormatError)) throw err;
+  }
+  let started = false;
+  if (st) {
+    const s = decodeReencryptState(st.metadata);
+    if (!s) throw new InvalidArgumentError('The header already describes a LUKS2 volume: nothing to encrypt.');
+    if (s.keyslot.mode !== 'encrypt') throw new UnsupportedError(`The recorded reencryption is mode ${s.keyslot.mode}, not encrypt.`);
+    if (options.cipher !== undefined || options.keySizeBits !== undefined || options.sectorSize !== undefined) {
+      throw new InvalidArgumentError('An encryption is already recorded: resume it without --cipher, --key-size or --sector-size.');
+    }
+  } else {
+    if (options.resumeOnly) throw new InvalidArgumentError('No encryption is recorded on this header: nothing to resume.');
+    await initDetached(device, header, options);
+    started = true;
+  }
+  const base: EncryptReport = {
+    started,
+    recovered: false,
+    finished: false,
+    bytes: 0,
+    total: device.size,
+    resilience: options.resilience ?? 'checksum',
+    keyslots: [],
+    encryption: '',
+    sectorSize: 0,
+    dataOffset: 0,
+    grownBytes: 0,
+    lostBytes: 0,
+    volumeSize: device.size,
+    seconds: 0,
+  };
+  // The recorded state carries the layout: the engine resumes it (cipher options are not repeated).
+  const { cipher: _c, keySizeBits: _k, sectorSize: _s, keyslot: _ks, headerSize: _h, reduceDeviceSize: _r, ...rest } = options;
+  const r = await reencryptLuks2(device, { ...rest, headerDevice: header, resumeOnly: true, plainZoneCipher: options.plainZoneCipher ?? localPlainZoneCipher });
+  return { ...base, ...r, started, seconds: (performance.now() - t0) / 1000 };
+}
+
+async function initDetached(device: BlockDevice, header: BlockDevice, options: EncryptOptions): Promise<void> {
+  const hdrSize = LUKS2_DEFAULTS.hdrSize;
+  const metaEnd = LUKS2_DEFAULTS.dataOffset;
+  if (header.size < metaEnd) {
+    if (!growable(header)) throw new InsufficientSpaceError(`The header device needs ${metaEnd} bytes.`);
+    await header.resize(metaEnd);
+  }
+  const plainSize = device.size;
+  const encryption = options.cipher ?? 'aes-xts-plain64';
+  const spec = parseEncryption(encryption);
+  const keyBytes = options.keySizeBits !== undefined ? options.keySizeBits / 8 : defaultKeyBytes(spec);
+  if (!Number.isInteger(keyBytes)) throw new InvalidArgumentError(`Key size ${options.keySizeBits} is not a whole number of bytes.`);
+  validateKeyBytes(spec, keyBytes);
+  const sectorSize = options.sectorSize ?? (plainSize % 4096 === 0 ? 4096 : 512);
+  if (![512, 1024, 2048, 4096].includes(sectorSize)) throw new InvalidArgumentError(`Sector size ${sectorSize} is not 512, 1024, 2048 or 4096.`);
+  if (plainSize === 0 || plainSize % sectorSize !== 0) throw new InvalidArgumentError(`The data (${plainSize} bytes) is not a multiple of the ${sectorSize}-byte encryption sector size.`);
+  const resilience = options.resilience ?? 'checksum';
+  if (resilience === 'checksum' && plainSize % CHECKSUM_BLOCK !== 0) throw new InvalidArgumentError(`Checksum resilience needs data that is a multiple of ${CHECKSUM_BLOCK} bytes; use --resilience journal.`);
+  const slot = String(options.keyslot ?? 0);
+  let key: VolumeKey | undefined;
+  try {
+    do key = VolumeKey.random(keyBytes);
+    while (isXtsWeak(spec, key.expose()));
+    const enc = cipherSpecStrings(parseEncryption(encryption, keyBytes)).encryption;
+    const meta: Luks2Metadata = {
+      keyslots: {},
+      tokens: {},
+      segments: {
+        '0': linearSegment(0, 'dynamic'),
+        '1': linearSegment(0, 'dynamic', [SEGMENT_FLAG.previous]),
+        '2': cryptSegment(0, 0, 'dynamic', enc, sectorSize, [SEGMENT_FLAG.final]),
+      },
+      digests: {},
+      config: { json_size: String(hdrSize - LUKS2_BINARY_HEADER_SIZE), keyslots_size: String(metaEnd - 2 * hdrSize) },
+    };
+    const area = allocateLuks2Area(meta, hdrSize, luks2KeyslotAreaBytes(keyBytes));
+    const sealed = await sealLuks2Keyslot(enc, key, options.passphrases[0]!, { ...options }, area);
+    meta.keyslots[slot] = sealed.keyslot;
+    meta.digests['0'] = await createDigest(key.expose(), options, [slot], ['2']);
+    const reencId = slot === '1' ? '0' : '1';
+    const rarea = largestFreeArea(meta, hdrSize);
+    meta.keyslots[reencId] = encodeReencryptKeyslot({
+      mode: 'encrypt',
+      direction: 'forward',
+      resilience,
+      areaOffset: rarea.offset,
+      areaSize: rarea.size,
+      ...(resilience === 'checksum' ? { hash: hashInfo(options.resilienceHash ?? 'sha256').name, checksumBlock: CHECKSUM_BLOCK } : {}),
+    });
+    meta.config.requirements = { mandatory: [reencryptRequirementString(REENCRYPT_REQ_VERSION)] };
+    meta.digests['1'] = { type: 'pbkdf2', keyslots: [reencId], segments: [] };
+    const vdata = reencryptVerificationData(meta, decodeReencryptState(meta)!, { new: key.expose() });
+    try {
+      meta.digests['1'] = await createDigest(vdata, options, [reencId], []);
+    } finally {
+      vdata.fill(0);
+    }
+    validateReencryptState(meta, decodeReencryptState(meta)!);
+    const st: Luks2HeaderState = {
+      bin: {
+        magic: new Uint8Array(6),
+        version: 2,
+        hdrSize,
+        seqid: 0n,
+        label: options.label ?? '',
+        checksumAlg: 'sha256',
+        salt: new Uint8Array(64),
+        uuid: options.uuid ?? randomUUID(),
+        subsystem: '',
+        hdrOffset: 0,
+        checksum: new Uint8Array(64),
+        padding: new Uint8Array(184),
+        padding4096: new Uint8Array(3584),
+      },
+      metadata: meta,
+      escapeSlashes: false,
+      salts: [new Uint8Array(randomBytes(64)), new Uint8Array(randomBytes(64))],
+    };
+    // The header device only: the data is not touched until the engine runs.
+    await header.writeZeroes(0, metaEnd);
+    await header.write(sealed.material, area.offset);
+    sealed.material.fill(0);
+    await header.flush();
+    await writeLuks2Headers(header, st);
+  } finally {
+    key?.wipe();
+  }
 }
