@@ -67,6 +67,12 @@ export interface ReencryptVolumeOptions extends Omit<ReencryptOptions, 'headerDe
 
 /** Re-encrypts (or resumes re-encrypting) the LUKS2 volume at `path` in place. */
 export async function reencryptVolume(path: string, options: ReencryptVolumeOptions): Promise<ReencryptReport> {
+  // A recorded in-place encryption (cryptsetup's or ours) is resumed by the encrypt engine.
+  const { encryptionRecorded, encryptVolume } = await import('./encrypt.js');
+  if (await encryptionRecorded(path, options.resumeOnly === true && options.header === undefined, options.header)) {
+    const { keyslot: _k, cipher: _c, keySizeBits: _ks, sectorSize: _s, ...rest } = options;
+    return encryptVolume(path, rest);
+  }
   const file = await FileDevice.open(path);
   let header: FileDevice | undefined;
   const pool = CryptoPool.create(options.workers ?? defaultWorkerCount());

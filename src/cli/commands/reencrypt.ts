@@ -86,10 +86,10 @@ export function register(program: Command): void {
     .option('--key-size <bits>', 'new volume key size in bits (default: the current one)')
     .option('--sector-size <bytes>', 'new encryption sector size: 512, 1024, 2048 or 4096 (default: the current one)')
     .option('--header <file>', 'detached LUKS2 header')
-    .option('--encrypt', 'encrypt a plain device in place (not built yet)')
+    .option('--encrypt', 'encrypt a plain file or device in place into LUKS2 (a file grows by the header size)')
     .option('--decrypt', 'decrypt a LUKS device in place (not built yet)')
-    .option('--type <type>', 'with --encrypt: luks2 or luks1 (not built yet)')
-    .option('--reduce-device-size <size>', 'with --encrypt: room for the header taken from the device end (not built yet)')
+    .option('--type <type>', 'with --encrypt: luks2 (luks1 is not built)')
+    .option('--reduce-device-size <size>', 'with --encrypt: room for the header taken from the device end (needed on a block device; half of it becomes the header)')
     .option('--hash <name>', 'PBKDF2 hash of the new keyslots')
     .option('--pbkdf <type>', 'KDF of the new keyslots: pbkdf2, argon2i or argon2id')
     .option('--iter-time <ms>', 'keyslot unlock time target in milliseconds')
@@ -120,8 +120,14 @@ A LUKS1 volume is converted in place to LUKS2, re-keyed and converted back to LU
 sectors, pbkdf2 keyslots keeping their numbers); a crash in any phase is resumed by the next run.
 ${KEY_MANAGER_HELP}`)
     .action(async (volume: string, o: ReencryptCliOptions) => {
+      if (o.encrypt && !o.decrypt) {
+        const input = await keyInput(o, volume);
+        const tries = input.interactive ? (o.tries === undefined ? DEFAULT_TRIES : parseInteger(o.tries, 'tries', 1, 1000)) : 1;
+        const { runEncrypt } = await import('./reencrypt-encrypt.js');
+        return runEncrypt(volume, o, input, tries);
+      }
       if (o.encrypt || o.decrypt || o.type !== undefined || o.reduceDeviceSize !== undefined) {
-        throw new NotImplementedError('In-place --encrypt/--decrypt (and --type, --reduce-device-size) are not built yet; re-key of LUKS2 volumes is.');
+        throw new NotImplementedError('In-place --decrypt (and --type, --reduce-device-size without --encrypt) are not built yet; re-key of LUKS2 volumes and --encrypt are.');
       }
       const resilience = o.resilience === undefined ? undefined : parseChoice(o.resilience, 'resilience', ['checksum', 'journal', 'none', 'datashift'] as const);
       if (resilience === 'datashift') throw new NotImplementedError('Resilience datashift is used by --encrypt/--decrypt, which are not built yet.');
