@@ -432,6 +432,17 @@ export class Luks1ReencryptRefusedError extends BrickcryptError {
   }
 }
 
+// --- online reencryption ---
+/**
+ * An error another brickcrypt process reported over a control channel (e.g. the `attach` server
+ * running an online reencryption): its code, message and exit code as the other process had them.
+ */
+export class RemoteCommandError extends BrickcryptError {
+  constructor(code: string, message: string, exitCode: number) {
+    super(code, message, { exitCode, nbdErrno: NBD_ERRNO.EIO, httpStatus: 502 });
+  }
+}
+
 /** Maps any thrown value to its CLI exit code (unexpected errors are internal: 70). */
 export function exitCodeOf(err: unknown): number {
   return err instanceof BrickcryptError ? err.exitCode : EXIT_CODES.internal;

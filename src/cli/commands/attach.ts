@@ -17,6 +17,8 @@ import { BrickcryptError, InvalidArgumentError, NotFoundError, exitCodeOf, Devic
 import { FileDevice } from '../../devices/file-device.js';
 import { DirtyTracker } from '../../backup/dirty-tracking.js';
 import { EncryptedDevice, type SectorCryptoOffload } from '../../devices/encrypted-device.js';
+import { ReencryptingDevice } from '../../devices/reencrypting-device.js';
+import { OnlineReencryptor, controlPathFor, serveReencryptControl } from '../../workflows/reencrypt-online.js';
 import { VolumeLock, processAlive } from '../../devices/volume-lock.js';
 import { detectFormat } from '../../images/detect.js';
 import { openImage } from '../../images/open-image.js';
@@ -124,6 +126,8 @@ interface Opened {
   device: BlockDevice;
   format: string;
   readOnly: boolean;
+  /** Writable LUKS2: runs online reencryptions requested over the control socket. */
+  reencryptor?: OnlineReencryptor;
   /** Set for LUKS: the values QEMU's native LUKS driver needs. */
   close(): Promise<void>;
 }
@@ -261,12 +265,28 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
       key.wipe();
       throw err;
     }
-    const device = EncryptedDevice.open(tracker ? tracker.wrap(file) : file, volume, key, { readOnly: wantReadOnly, allowDiscards: o.allowDiscards === true, cryptoOffload });
+    const data = tracker ? tracker.wrap(file) : file;
+    const plain = EncryptedDevice.open(data, volume, key, { readOnly: wantReadOnly, allowDiscards: o.allowDiscards === true, cryptoOffload });
     const workers = pool;
+    // A writable LUKS2 volume is served through the view an online re-key switches over zone by zone.
+    const online = format === 'luks2' && !wantReadOnly;
+    const device = online ? new ReencryptingDevice(plain) : plain;
+    const reencryptor = online
+      ? new OnlineReencryptor({
+          data,
+          ...(header ? { header } : {}),
+          view: device as ReencryptingDevice,
+          pool: workers,
+          allowDiscards: o.allowDiscards === true,
+          old: { encryption: volume.encryption, sectorSize: volume.sectorSize, ivTweak: volume.ivTweak, dataOffset: volume.dataOffset },
+          log: (m) => process.stderr.write(`brickcrypt attach: ${m}\n`),
+        })
+      : undefined;
     return {
       device,
       format,
       readOnly: wantReadOnly,
+      ...(reencryptor ? { reencryptor } : {}),
       close: async () => {
         await device.close(); // wipes the key, also in the workers
         await workers.close();
@@ -295,7 +315,10 @@ async function runAttach(volumeArg: string, o: AttachOptions, onReady: (uri: str
   const pidFiles = [...new Set([...(o.pidFile ? [resolve(o.pidFile)] : []), ...(o.socket ? [`${resolve(o.socket)}.pid`] : [])])];
   let opened: Opened | undefined;
   let server: NbdServer | undefined;
+  let control: { close(): Promise<void> } | undefined;
+  const controlPath = controlPathFor(volume);
   const exitCleanup = (): void => {
+    if (control) rmSync(controlPath, { force: true });
     lock?.releaseSync();
     for (const f of pidFiles) rmSync(f, { force: true });
   };
@@ -324,12 +347,23 @@ async function runAttach(volumeArg: string, o: AttachOptions, onReady: (uri: str
     });
     await server.listen(target);
     const port = 'port' in target ? (server.port ?? target.port) : undefined;
+    if (opened.reencryptor) {
+      // `brickcrypt reencrypt VOLUME` finds this process through VOLUME.ctl (docs/reencrypt.md, "Online").
+      try {
+        control = await serveReencryptControl(controlPath, opened.reencryptor, (m) => process.stderr.write(`brickcrypt attach: ${m}\n`));
+      } catch (err) {
+        process.stderr.write(`brickcrypt attach: no online reencryption (control socket ${controlPath}: ${(err as Error).message})\n`);
+      }
+    }
     for (const f of pidFiles) writeFileSync(f, `${process.pid}\n`);
     const uri = nbdUri({ exportName, tls: tls !== undefined, ...('socket' in target ? { socket: target.socket } : { host: target.host, port: port! }) });
     onReady(`${uri}\n`);
     await stopped;
   } finally {
     stop();
+    // A running online reencryption stops at its next zone boundary (a consistent, resumable state).
+    await opened?.reencryptor?.stop();
+    await control?.close().catch(() => undefined);
     await server?.close().catch((err: unknown) => process.stderr.write(`brickcrypt attach: close: ${(err as Error).message}\n`));
     await opened?.close();
     await lock?.release();

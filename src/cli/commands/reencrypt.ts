@@ -6,13 +6,15 @@
  */
 import type { Command } from 'commander';
 import { withCancellation } from '../cancellation.js';
-import { CancelledError, InvalidArgumentError, NotImplementedError } from '../../errors.js';
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { CancelledError, InvalidArgumentError, LockedError, NotImplementedError } from '../../errors.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
 import { addKeyManagerOptions, KEY_MANAGER_HELP, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { DEFAULT_TRIES, type PassphraseInput } from '../passphrase-prompt.js';
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
 import { progressReporter } from './convert.js';
-import type { ReencryptReport } from '../../workflows/reencrypt.js';
+import type { ReencryptReport, ReencryptVolumeOptions } from '../../workflows/reencrypt.js';
 import type { Passphrase } from '../../secret.js';
 
 interface ReencryptCliOptions extends KeyManagerCliOptions {
@@ -52,6 +54,26 @@ interface ReencryptCliOptions extends KeyManagerCliOptions {
 async function keyInput(o: ReencryptCliOptions, volume: string): Promise<PassphraseInput> {
   const { oldKeyInput } = await import('./luks.js');
   return oldKeyInput(o, volume);
+}
+
+/**
+ * The volume's writer lock, or — when a live `attach` holds it and listens on VOLUME.ctl — the
+ * request to that process instead (`--header` must then be the one it serves; `--workers` is its own).
+ */
+async function acquireOrOnline(volume: string, o: ReencryptCliOptions): Promise<{ lock?: VolumeLock; online?: (v: string, options: ReencryptVolumeOptions) => Promise<ReencryptReport> }> {
+  try {
+    return { lock: await VolumeLock.acquire(volume) };
+  } catch (err) {
+    if (!(err instanceof LockedError)) throw err;
+    const { controlPathFor, requestOnlineReencrypt } = await import('../../workflows/reencrypt-online.js');
+    const ctl = controlPathFor(resolve(volume));
+    if (!existsSync(ctl)) throw err;
+    if (o.header !== undefined) throw new InvalidArgumentError(`${volume} is attached: it is re-keyed online with the header it is served with; leave out --header.`);
+    return {
+      online: (_v, { passphrases, header: _h, workers: _w, onProgress, signal, ...rest }) =>
+        requestOnlineReencrypt(ctl, passphrases[0]!, { ...rest, ...(onProgress ? { onProgress } : {}), ...(signal ? { signal } : {}) }),
+    };
+  }
 }
 
 function describe(volume: string, r: ReencryptReport): string {
@@ -138,14 +160,16 @@ ${KEY_MANAGER_HELP}`)
       const { reencryptVolume } = await import('../../workflows/reencrypt.js');
       const { WrongPassphraseError } = await import('../../errors.js');
       const progress = progressReporter(json, 'reencrypt');
-      const lock = await VolumeLock.acquire(volume);
+      // A volume served by `attach` is re-keyed by that process (docs/reencrypt.md, "Online").
+      const held = await acquireOrOnline(volume, o);
+      const lock = held.lock;
       let report: ReencryptReport | undefined;
       try {
         for (let attempt = 1; ; attempt++) {
           const passphrase: Passphrase = await input.read();
           try {
             report = await withCancellation((signal) =>
-              reencryptVolume(volume, {
+              (held.online ?? reencryptVolume)(volume, {
                 passphrases: [passphrase],
                 ...(o.header !== undefined ? { header: o.header } : {}),
                 ...(o.keySlot !== undefined ? { keyslot: parseInteger(o.keySlot, 'key-slot', 0, 31) } : {}),
@@ -184,7 +208,7 @@ ${KEY_MANAGER_HELP}`)
         throw err;
       } finally {
         progress.stop();
-        await lock.release();
+        await lock?.release();
       }
       const peakRssBytes = process.resourceUsage().maxRSS * 1024;
       if (json) process.stdout.write(JSON.stringify({ event: 'done', ...report, peakRssBytes }) + '\n');

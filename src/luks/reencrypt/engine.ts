@@ -147,6 +147,20 @@ export interface ReencryptOptions extends KdfOptions {
    * linear plaintext): `transform` only encrypts. Required to resume such a state.
    */
   plainZoneCipher?: (to: ZoneSide) => ZoneCipher;
+  /** Online reencryption: the served view is told about each zone (see `ZoneGate`). */
+  zoneGate?: ZoneGate;
+}
+
+/**
+ * Hooks for a reencryption of a volume that is served meanwhile (online): `begin` once the keys
+ * are known (the callee copies what it needs), `enter` before a zone's protection is taken (the
+ * callee holds back requests into it), `leave` after its last header commit or failure, saying
+ * where the zone's data now is — `new` (committed), `old` (nothing written), `unknown`.
+ */
+export interface ZoneGate {
+  begin(from: ZoneSide, to: ZoneSide, area: { dataOffset: number; dataSize: number }): Promise<void>;
+  enter(offset: number, length: number): Promise<void>;
+  leave(offset: number, length: number, outcome: 'new' | 'old' | 'unknown'): void;
 }
 
 export interface ReencryptReport {
@@ -366,6 +380,7 @@ export async function reencryptLuks2(device: BlockDevice, options: ReencryptOpti
       throw new InvalidArgumentError(`The data area (${dataSize} bytes) is not a multiple of the encryption sector size ${alignment}.`);
     }
     report.total = dataSize;
+    await options.zoneGate?.begin(sideOf(meta.segments[state.previousId]!, keys.old!), sideOf(fin, keys.new!), { dataOffset, dataSize });
     if (!options.initOnly) await runZones(header, device, st, state, zc, dataOffset, dataSize, options, report);
   } finally {
     await zc.close();
@@ -398,6 +413,7 @@ async function runZones(
   const meta = st.metadata;
   const ks = initial.keyslot;
   const resilience = ks.resilience as Resilience;
+  const gate = options.zoneGate;
   const alignment = resilience === 'checksum' ? ks.checksumBlock! : Math.max(meta.segments[initial.previousId]!.sector_size ?? 512, meta.segments[initial.finalId]!.sector_size!);
   let maxZone: number;
   if (resilience === 'checksum') {
@@ -494,17 +510,24 @@ async function runZones(
       const off = forwardOffset(meta, s);
       const len = u64(meta.segments[s.hotId]!.size, 'hot segment size');
       if (off + len > dataSize) throw new CorruptHeaderError(`The interrupted zone ${off}+${len} lies past the ${dataSize}-byte data area.`);
-      if (s.keyslot.resilience === 'journal') {
-        if (len > ks.areaSize) throw new CorruptHeaderError('The interrupted zone is larger than the journal.');
-        await rewrite(off, len, 'journal');
-      } else if (s.keyslot.resilience === 'checksum') {
-        await recoverChecksummed(header, data, s, zc, dataOffset, off, len, bufs[0]!);
-      } else {
-        throw new CorruptHeaderError(`An interrupted zone with resilience ${s.keyslot.resilience} cannot be recovered.`);
+      await gate?.enter(off, len);
+      let outcome: 'new' | 'unknown' = 'unknown';
+      try {
+        if (s.keyslot.resilience === 'journal') {
+          if (len > ks.areaSize) throw new CorruptHeaderError('The interrupted zone is larger than the journal.');
+          await rewrite(off, len, 'journal');
+        } else if (s.keyslot.resilience === 'checksum') {
+          await recoverChecksummed(header, data, s, zc, dataOffset, off, len, bufs[0]!);
+        } else {
+          throw new CorruptHeaderError(`An interrupted zone with resilience ${s.keyslot.resilience} cannot be recovered.`);
+        }
+        await data.flush();
+        report.recovered = true;
+        await commit(off + len >= dataSize ? 'final' : rolesForward(postSegmentsForward(layouts, off + len, dataSize)), s);
+        outcome = 'new';
+      } finally {
+        gate?.leave(off, len, outcome);
       }
-      await data.flush();
-      report.recovered = true;
-      await commit(off + len >= dataSize ? 'final' : rolesForward(postSegmentsForward(layouts, off + len, dataSize)), s);
       if (off + len >= dataSize) {
         options.onProgress?.({ done: dataSize, total: dataSize });
         return;
@@ -527,13 +550,22 @@ async function runZones(
     }
     if (options.signal?.aborted) throw new CancelledError('Reencryption stopped; resume it with `brickcrypt reencrypt --resume-only`.');
     const len = Math.min(zone, dataSize - off);
-    await protect(off, len);
-    if (resilience !== 'none') await commit(rolesForward(hotSegmentsForward(layouts, off, len, dataSize)), s);
-    await rewrite(off, len);
-    await data.flush();
-    report.bytes += len;
     const next = off + len;
-    await commit(next >= dataSize ? 'final' : rolesForward(postSegmentsForward(layouts, next, dataSize)), decodeReencryptState(meta)!);
+    await gate?.enter(off, len);
+    // The zone's data stays old until commit A (or, without it, the first data write) starts.
+    let outcome: 'new' | 'old' | 'unknown' = 'old';
+    try {
+      await protect(off, len);
+      outcome = 'unknown';
+      if (resilience !== 'none') await commit(rolesForward(hotSegmentsForward(layouts, off, len, dataSize)), s);
+      await rewrite(off, len);
+      await data.flush();
+      report.bytes += len;
+      await commit(next >= dataSize ? 'final' : rolesForward(postSegmentsForward(layouts, next, dataSize)), decodeReencryptState(meta)!);
+      outcome = 'new';
+    } finally {
+      gate?.leave(off, len, outcome);
+    }
     if (next >= dataSize) {
       options.onProgress?.({ done: dataSize, total: dataSize });
       return;

@@ -1,0 +1,358 @@
+/**
+ * Online re-key: the process that serves a LUKS2 volume (`brickcrypt attach`) runs the
+ * reencryption engine itself, on the same data device as its export, with the engine's zone gate
+ * wired to the `ReencryptingDevice` it serves — so clients keep reading and writing while the
+ * data is rewritten, and the header records progress exactly as an offline run does.
+ *
+ * Another process asks for it over a control socket next to the volume (`VOLUME.ctl`, mode 0600),
+ * one JSON object per line:
+ *   client → server  {"op":"reencrypt","passphrase":BASE64,"options":{...}}   then optionally {"op":"stop"}
+ *   server → client  {"event":"progress","done":N,"total":N}* then {"event":"done","report":{...}}
+ *                    or {"event":"error","code":...,"message":...,"exitCode":N}
+ * `stop` (the CLI got SIGINT/SIGTERM) ends the run at the next zone boundary. A client that
+ * disappears without `stop` (killed) does not stop the run: the server finishes it.
+ */
+import net from 'node:net';
+import { chmodSync, rmSync } from 'node:fs';
+import type { BlockDevice } from '../block-device.js';
+import { EncryptedDevice } from '../devices/encrypted-device.js';
+import type { ReencryptingDevice } from '../devices/reencrypting-device.js';
+import {
+  BrickcryptError,
+  CancelledError,
+  DeviceIoError,
+  InvalidArgumentError,
+  LockedError,
+  RemoteCommandError,
+  WrongPassphraseError,
+  exitCodeOf,
+} from '../errors.js';
+import { reencryptLuks2, type ReencryptOptions, type ReencryptReport, type ZoneGate } from '../luks/reencrypt/engine.js';
+import { Passphrase, VolumeKey } from '../secret.js';
+import { poolZoneCipher } from './reencrypt.js';
+import type { CryptoPool } from './worker-pool.js';
+
+/** Hot zone of an online run: small, since client requests into the zone wait for it (docs/reencrypt.md). */
+export const ONLINE_HOTZONE_BYTES = 16 * 1024 * 1024;
+
+/** The control socket of the process serving `volumePath` (an absolute path). */
+export function controlPathFor(volumePath: string): string {
+  return `${volumePath}.ctl`;
+}
+
+/** The engine options a control client may set (the rest — devices, ciphers, gate — are the server's). */
+export type OnlineReencryptOptions = Pick<
+  ReencryptOptions,
+  'keyslot' | 'cipher' | 'keySizeBits' | 'sectorSize' | 'resilience' | 'resilienceHash' | 'hotzoneSize' | 'resumeOnly' | 'initOnly' | 'pbkdf' | 'hash' | 'iterTimeMs' | 'iterations' | 'memoryKiB' | 'parallel'
+>;
+
+const NUMBER_KEYS = ['keyslot', 'keySizeBits', 'sectorSize', 'hotzoneSize', 'iterTimeMs', 'iterations', 'memoryKiB', 'parallel'] as const;
+const STRING_KEYS = ['cipher', 'resilience', 'resilienceHash', 'pbkdf', 'hash'] as const;
+const BOOLEAN_KEYS = ['resumeOnly', 'initOnly'] as const;
+
+/** Keeps the known option keys of the right types; anything else is an `InvalidArgumentError`. */
+export function parseOnlineOptions(raw: unknown): OnlineReencryptOptions {
+  if (raw === undefined) return {};
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new InvalidArgumentError('Online reencryption options must be an object.');
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(raw)) {
+    if (v === undefined) continue;
+    const ok =
+      ((NUMBER_KEYS as readonly string[]).includes(k) && typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) ||
+      ((STRING_KEYS as readonly string[]).includes(k) && typeof v === 'string') ||
+      ((BOOLEAN_KEYS as readonly string[]).includes(k) && typeof v === 'boolean');
+    if (!ok) throw new InvalidArgumentError(`Online reencryption option ${k} is unknown or has the wrong type.`);
+    out[k] = v;
+  }
+  if (out.resilience !== undefined && !['checksum', 'journal', 'none'].includes(out.resilience as string)) throw new InvalidArgumentError(`Unknown resilience ${String(out.resilience)}.`);
+  if (out.pbkdf !== undefined && !['pbkdf2', 'argon2i', 'argon2id'].includes(out.pbkdf as string)) throw new InvalidArgumentError(`Unknown PBKDF ${String(out.pbkdf)}.`);
+  return out as OnlineReencryptOptions;
+}
+
+export interface OnlineReencryptorOptions {
+  /** The data device the served view decrypts (the engine rewrites its ciphertext). */
+  data: BlockDevice;
+  /** Detached header, when the volume has one. */
+  header?: BlockDevice;
+  /** The served view. */
+  view: ReencryptingDevice;
+  /** Worker pool for the engine's zone ciphers and the new-key view's offload. */
+  pool: CryptoPool;
+  /** As the served view's (dm-crypt allow_discards). */
+  allowDiscards?: boolean;
+  /** The old view's geometry, checked against what the header says. */
+  old: { encryption: string; sectorSize: number; ivTweak: number; dataOffset: number };
+  log?: (message: string) => void;
+}
+
+/** Runs reencryptions of a served volume in the serving process, one at a time. */
+export class OnlineReencryptor {
+  #running: { promise: Promise<unknown>; abort: AbortController } | undefined;
+
+  constructor(readonly options: OnlineReencryptorOptions) {}
+
+  get running(): boolean {
+    return this.#running !== undefined;
+  }
+
+  /** The zone gate wired to the served view. */
+  gate(): ZoneGate {
+    const { view, data, pool, old } = this.options;
+    return {
+      begin: async (from, to, area) => {
+        if (from.encryption !== old.encryption || from.sectorSize !== old.sectorSize || from.ivTweak !== old.ivTweak || area.dataOffset !== old.dataOffset) {
+          throw new DeviceIoError('The header no longer describes the volume as it is served; detach and re-attach it.');
+        }
+        if (view.hasNewView) return;
+        const offload = pool.sectorCrypto({ encryption: to.encryption, keyBytes: to.keyBytes, sectorSize: to.sectorSize }, to.key);
+        const params = { encryption: to.encryption, keyBytes: to.keyBytes, sectorSize: to.sectorSize, ivTweak: to.ivTweak, dataOffset: area.dataOffset, payloadSize: area.dataSize };
+        let next: EncryptedDevice;
+        try {
+          next = EncryptedDevice.open(data, params, VolumeKey.copyOf(to.key), { allowDiscards: this.options.allowDiscards === true, cryptoOffload: offload });
+        } catch (err) {
+          await offload.close();
+          throw err;
+        }
+        try {
+          view.installNew(next);
+        } catch (err) {
+          await next.close();
+          throw err;
+        }
+      },
+      enter: (offset, length) => view.enterZone(offset, length),
+      leave: (offset, length, outcome) => view.leaveZone(offset, length, outcome),
+    };
+  }
+
+  /**
+   * Re-keys the served volume (or resumes). `passphrase` is kept by the caller. Refuses a second
+   * run while one is going with `LockedError`.
+   */
+  async run(passphrase: Passphrase, options: OnlineReencryptOptions & { signal?: AbortSignal; onProgress?: ReencryptOptions['onProgress'] }): Promise<ReencryptReport> {
+    if (this.#running) throw new LockedError(`A reencryption of this volume is already running in process ${process.pid}.`);
+    const abort = new AbortController();
+    const onAbort = () => abort.abort();
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    if (options.signal?.aborted) abort.abort();
+    const { signal: _s, ...rest } = options;
+    const promise = (async () => {
+      try {
+        const report = await reencryptLuks2(this.options.data, {
+          ...rest,
+          hotzoneSize: rest.hotzoneSize ?? ONLINE_HOTZONE_BYTES,
+          passphrases: [passphrase],
+          ...(this.options.header ? { headerDevice: this.options.header } : {}),
+          zoneCipher: poolZoneCipher(this.options.pool),
+          zoneGate: this.gate(),
+          signal: abort.signal,
+        });
+        if (report.finished) await this.options.view.retireOld();
+        return report;
+      } finally {
+        options.signal?.removeEventListener('abort', onAbort);
+      }
+    })();
+    this.#running = { promise, abort };
+    try {
+      return await promise;
+    } finally {
+      this.#running = undefined;
+    }
+  }
+
+  /** Asks a running reencryption to stop at its next zone boundary and waits for it. */
+  async stop(): Promise<void> {
+    const r = this.#running;
+    if (!r) return;
+    r.abort.abort();
+    await r.promise.catch(() => undefined);
+  }
+}
+
+/** A line-delimited JSON reader over a socket. */
+function onLines(socket: net.Socket, fn: (msg: unknown) => void, onBad: () => void): void {
+  let buf = '';
+  socket.setEncoding('utf8');
+  socket.on('data', (chunk: string) => {
+    buf += chunk;
+    if (buf.length > 1 << 20) {
+      onBad();
+      return;
+    }
+    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      if (line.trim() === '') continue;
+      let msg: unknown;
+      try {
+        msg = JSON.parse(line);
+      } catch {
+        onBad();
+        return;
+      }
+      fn(msg);
+    }
+  });
+}
+
+function send(socket: net.Socket, msg: object): void {
+  if (!socket.destroyed && socket.writable) socket.write(JSON.stringify(msg) + '\n');
+}
+
+function errorMessage(err: unknown): object {
+  if (err instanceof BrickcryptError) return { event: 'error', code: err.code, name: err.name, message: err.message, exitCode: err.exitCode };
+  return { event: 'error', code: 'INTERNAL', name: 'Error', message: String((err as Error)?.message ?? err), exitCode: exitCodeOf(err) };
+}
+
+/**
+ * Listens on `path` (a Unix socket, created with mode 0600: whoever may connect gets to send a
+ * passphrase and start a re-key) and hands each request to `reencryptor`. Removed by `close()`.
+ */
+export async function serveReencryptControl(path: string, reencryptor: OnlineReencryptor, log: (m: string) => void = () => undefined): Promise<{ close(): Promise<void> }> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    let started = false;
+    let stopRun: AbortController | undefined;
+    onLines(
+      socket,
+      (msg) => {
+        const m = msg as { op?: unknown; passphrase?: unknown; options?: unknown };
+        if (m.op === 'stop') {
+          stopRun?.abort();
+          return;
+        }
+        if (m.op !== 'reencrypt' || started) {
+          send(socket, errorMessage(new InvalidArgumentError(`Unexpected control request ${JSON.stringify(m.op)}.`)));
+          socket.end();
+          return;
+        }
+        started = true;
+        let options: OnlineReencryptOptions;
+        let passphrase: Passphrase;
+        try {
+          if (typeof m.passphrase !== 'string') throw new InvalidArgumentError('The control request carries no passphrase.');
+          options = parseOnlineOptions(m.options);
+          passphrase = new Passphrase(new Uint8Array(Buffer.from(m.passphrase, 'base64')));
+        } catch (err) {
+          send(socket, errorMessage(err));
+          socket.end();
+          return;
+        }
+        stopRun = new AbortController();
+        log(`online reencryption requested (${options.resumeOnly ? 'resume' : options.initOnly ? 'init only' : 're-key'})`);
+        let lastSent = 0;
+        reencryptor
+          .run(passphrase, {
+            ...options,
+            signal: stopRun.signal,
+            onProgress: ({ done, total }) => {
+              const now = performance.now();
+              if (done < total && now - lastSent < 100) return;
+              lastSent = now;
+              send(socket, { event: 'progress', done, total });
+            },
+          })
+          .then(
+            (report) => {
+              log(`online reencryption ${report.finished ? 'finished' : 'recorded'}: ${report.bytes} bytes rewritten in ${report.seconds.toFixed(1)} s`);
+              send(socket, { event: 'done', report });
+            },
+            (err: unknown) => {
+              log(`online reencryption stopped: ${(err as Error)?.message ?? String(err)}`);
+              send(socket, errorMessage(err));
+            },
+          )
+          .finally(() => {
+            passphrase.wipe();
+            socket.end();
+          });
+      },
+      () => socket.destroy(),
+    );
+  });
+  rmSync(path, { force: true });
+  // The socket is created by listen(); a restrictive umask closes the window before the chmod.
+  const mask = process.umask(0o177);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } finally {
+    process.umask(mask);
+  }
+  chmodSync(path, 0o600);
+  return {
+    close: async () => {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of sockets) s.destroy();
+      rmSync(path, { force: true });
+    },
+  };
+}
+
+/** Maps an error event back to the error class the CLI acts on (retry, exit 130) or keeps its code and exit code. */
+function remoteError(m: { code?: unknown; message?: unknown; exitCode?: unknown }): BrickcryptError {
+  const message = typeof m.message === 'string' ? m.message : 'The serving process reported an error.';
+  if (m.code === 'WRONG_PASSPHRASE') return new WrongPassphraseError(message);
+  if (m.code === 'CANCELLED') return new CancelledError(message);
+  return new RemoteCommandError(typeof m.code === 'string' ? m.code : 'INTERNAL', message, typeof m.exitCode === 'number' ? m.exitCode : 70);
+}
+
+/**
+ * Asks the process serving the volume (control socket `path`) to re-key it, reporting progress
+ * as it comes; `signal` sends `stop` (the server stops at the next zone boundary and reports
+ * `CancelledError`). Rejects with `DeviceIoError` when the socket does not answer.
+ */
+export async function requestOnlineReencrypt(
+  path: string,
+  passphrase: Passphrase,
+  options: OnlineReencryptOptions & { signal?: AbortSignal; onProgress?: ReencryptOptions['onProgress'] },
+): Promise<ReencryptReport> {
+  const { signal, onProgress, ...rest } = options;
+  const socket = await new Promise<net.Socket>((resolve, reject) => {
+    const s = net.connect(path, () => {
+      s.off('error', reject);
+      resolve(s);
+    });
+    s.once('error', (err) => reject(new DeviceIoError(`Cannot reach the serving process at ${path}: ${err.message}`, { cause: err })));
+  });
+  try {
+    return await new Promise<ReencryptReport>((resolve, reject) => {
+      let settled = false;
+      const finish = (fn: () => void) => {
+        if (settled) return;
+        settled = true;
+        signal?.removeEventListener('abort', onAbort);
+        fn();
+      };
+      const onAbort = () => send(socket, { op: 'stop' });
+      signal?.addEventListener('abort', onAbort, { once: true });
+      socket.on('error', (err) => finish(() => reject(new DeviceIoError(`The serving process at ${path} failed: ${err.message}`, { cause: err }))));
+      socket.on('close', () => finish(() => reject(new DeviceIoError(`The serving process at ${path} closed the control connection without a result (did it stop or crash? resume with \`brickcrypt reencrypt --resume-only\`).`))));
+      onLines(
+        socket,
+        (msg) => {
+          const m = msg as { event?: unknown; done?: unknown; total?: unknown; report?: unknown };
+          if (m.event === 'progress' && typeof m.done === 'number' && typeof m.total === 'number') onProgress?.({ done: m.done, total: m.total });
+          else if (m.event === 'done') finish(() => resolve(m.report as ReencryptReport));
+          else if (m.event === 'error') finish(() => reject(remoteError(m as Record<string, unknown>)));
+        },
+        () => finish(() => reject(new DeviceIoError(`The serving process at ${path} sent a malformed message.`))),
+      );
+      const pass = Buffer.from(passphrase.expose());
+      send(socket, { op: 'reencrypt', passphrase: pass.toString('base64'), options: rest });
+      pass.fill(0);
+      if (signal?.aborted) onAbort();
+    });
+  } finally {
+    socket.destroy();
+  }
+}
