@@ -246,6 +246,12 @@ async function crashAndResume(image: Uint8Array, cut: number, seed: number, sect
   const vol = await LuksVolume.open(after, { readOnly: true }).catch((err) => assert.fail(`crash after write ${cut}: no valid header: ${err}`));
   for (const s of slots) await vol.testPassphrase(Passphrase.fromString(passFor(s))).catch((err) => assert.fail(`crash after write ${cut}: keyslot ${s}'s passphrase does not open it: ${err}`));
   const phase = await phaseOf(after);
+  if (phase === 'luks1:up' || phase === 'luks1:down') {
+    // A resume with a wrong passphrase writes nothing.
+    const before = new Uint8Array(after.bytes);
+    await assert.rejects(reencryptLuks1(after, { ...opts(), passphrases: [Passphrase.fromString('wrong')] }), WrongPassphraseError);
+    assert.deepEqual(after.bytes, before, `cut ${cut}: a wrong passphrase changed the volume`);
+  }
   const resume = cut % 2 === 0 ? { resumeOnly: true } : extra;
   if (nested !== undefined && (await isLuks1Reencryption(after))) {
     const second = new FaultInjectingDevice(after.bytes, { cutAfterWrite: nested, seed: seed + 1000, sectorSize });
