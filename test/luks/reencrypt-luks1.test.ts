@@ -142,9 +142,9 @@ for (const [from, fromBits, to, toBits] of [
   });
 }
 
-test('LUKS1 re-key with three keyslots: each keeps its number and its passphrase', async () => {
+test('LUKS1 re-key with three keyslots (512-bit key, 2 MiB layout: the most that fit): each keeps its number and its passphrase', async () => {
   const slots = [0, 3, 6];
-  const { dev, plain, oldKey } = await luks1Volume(128 * 1024, { keySizeBits: 256, slots });
+  const { dev, plain, oldKey } = await luks1Volume(128 * 1024, { slots });
   const report = await reencryptLuks1(dev, opts({}, slots));
   assert.deepEqual(report.keyslots, slots);
   await assertFinishedLuks1(dev, 'three keyslots');
@@ -246,6 +246,12 @@ async function crashAndResume(image: Uint8Array, cut: number, seed: number, sect
   const vol = await LuksVolume.open(after, { readOnly: true }).catch((err) => assert.fail(`crash after write ${cut}: no valid header: ${err}`));
   for (const s of slots) await vol.testPassphrase(Passphrase.fromString(passFor(s))).catch((err) => assert.fail(`crash after write ${cut}: keyslot ${s}'s passphrase does not open it: ${err}`));
   const phase = await phaseOf(after);
+  if (phase === 'luks1:up' || phase === 'luks1:down') {
+    // A resume with a wrong passphrase writes nothing.
+    const before = new Uint8Array(after.bytes);
+    await assert.rejects(reencryptLuks1(after, { ...opts(), passphrases: [Passphrase.fromString('wrong')] }), WrongPassphraseError);
+    assert.deepEqual(after.bytes, before, `cut ${cut}: a wrong passphrase changed the volume`);
+  }
   const resume = cut % 2 === 0 ? { resumeOnly: true } : extra;
   if (nested !== undefined && (await isLuks1Reencryption(after))) {
     const second = new FaultInjectingDevice(after.bytes, { cutAfterWrite: nested, seed: seed + 1000, sectorSize });
@@ -482,6 +488,44 @@ test('fixture: cryptsetup\'s compatimage (payload right after the keyslots) is r
       (err: unknown) => err instanceof Luks1ReencryptRefusedError && err.reason === 'no-space',
     );
     assert.deepEqual(readFileSync(img), before);
+  } finally {
+    cleanup();
+  }
+});
+
+test('fixture: cryptsetup\'s luks1-images (aes, sha1 and sha256) are re-keyed; same plaintext, cryptsetup agrees when present', { skip: needFixtures() }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    extractFixture('luks1-images.tar.xz', dir);
+    const base = join(dir, 'luks1-images');
+    const keyFile = join(base, 'keyfile1');
+    const pass = new Uint8Array(readFileSync(keyFile));
+    for (const f of ['luks1_aes-cbc-essiv-sha256-sha1.img', 'luks1_aes-xts-plain64-sha1.img', 'luks1_aes-xts-plain64-sha256.img']) {
+      const img = join(base, f);
+      const read = () =>
+        onFile(img, async (dev) => {
+          const vol = await LuksVolume.open(dev, { readOnly: true });
+          const { key } = await vol.unlock(Passphrase.copyOf(pass));
+          const k = Buffer.from(key.expose()).toString('hex');
+          const view = EncryptedDevice.open(dev, vol, key, { readOnly: true });
+          const plain = new Uint8Array(view.size);
+          await view.read(plain, 0);
+          await view.close();
+          return { key: k, plain, version: vol.version };
+        });
+      const before = await read();
+      const report = await onFile(img, (dev) => reencryptLuks1(dev, { passphrases: [Passphrase.copyOf(pass)], ...FAST, hotzoneSize: MIB }));
+      assert.equal(report.finished, true, f);
+      const after = await read();
+      assert.equal(after.version, 1, f);
+      assert.notEqual(after.key, before.key, f);
+      equalPlain(after.plain, before.plain, f);
+      await assertFinishedLuks1(new MemoryDevice(new Uint8Array(readFileSync(img))), f);
+      if (!skipCs) {
+        cs(['open', '--test-passphrase', '--key-file', keyFile, img]);
+        assert.equal(csKey(img, keyFile), after.key, f);
+      }
+    }
   } finally {
     cleanup();
   }

@@ -23,6 +23,7 @@ import { createHash } from 'node:crypto';
 import type { BlockDevice } from '../../block-device.js';
 import {
   ConversionRefusedError,
+  CorruptHeaderError,
   InvalidArgumentError,
   KeyslotUnavailableError,
   Luks1ReencryptRefusedError,
@@ -39,6 +40,7 @@ import { checkLuks2ToLuks1, convertLuksHeader, finishLuks1KeyslotMoves, previewL
 import { allocateLuks2Area, openLuks1Keyslot } from '../keyslot-store.js';
 import { defaultKeyBytes, luks2KeyslotAreaBytes } from '../layout.js';
 import { readLuks2Headers, writeLuks2Headers } from '../luks2-io.js';
+import { openKeys } from './keys.js';
 import { largestFreeArea, reencryptLuks2, type ReencryptOptions, type ReencryptReport, type Resilience } from './engine.js';
 
 /** Type of the LUKS2 token that records a LUKS1 re-key in its LUKS2 phase. */
@@ -223,11 +225,14 @@ async function dryRun(device: BlockDevice, hdr: Luks1Header, req: Requested, tok
   }
 }
 
-/** Opens the LUKS1 keyslots to keep with the passphrases (before anything is written). */
-async function checkPassphrases(device: BlockDevice, hdr: Luks1Header, options: ReencryptOptions): Promise<number[]> {
+/**
+ * Opens the LUKS1 keyslots to keep (`only`, else --key-slot, else all) with the passphrases,
+ * before anything is written; with `any`, one opened keyslot is enough.
+ */
+async function checkPassphrases(device: BlockDevice, hdr: Luks1Header, options: ReencryptOptions, only?: number[], any = false): Promise<number[]> {
   const active = hdr.keyslots.flatMap((k, i) => (k.state === LUKS1_KEY_ENABLED ? [i] : []));
-  let wanted = active;
-  if (options.keyslot !== undefined) {
+  let wanted = only?.filter((s) => active.includes(s)) ?? active;
+  if (only === undefined && options.keyslot !== undefined) {
     if (!active.includes(options.keyslot)) throw new InvalidArgumentError(`Keyslot ${options.keyslot} does not hold the volume key.`);
     wanted = [options.keyslot];
   }
@@ -241,6 +246,7 @@ async function checkPassphrases(device: BlockDevice, hdr: Luks1Header, options: 
       opened.push(slot);
       break;
     }
+    if (any && opened.length > 0) return opened;
   }
   if (opened.length === 0) throw new WrongPassphraseError();
   const missing = wanted.filter((s) => !opened.includes(s));
@@ -335,7 +341,9 @@ export async function reencryptLuks1(device: BlockDevice, options: ReencryptOpti
       await device.read(head, 0);
       const hdr = readLuks1(head, device);
       const marker = await readLuks1Marker(device);
-      if (marker && marker.uuid !== hdr.uuid) throw new InvalidArgumentError('The LUKS1 reencryption marker belongs to another volume (UUID differs).');
+      if (marker && marker.uuid !== hdr.uuid) throw new CorruptHeaderError('The LUKS1 reencryption marker belongs to another volume (UUID differs).');
+      // A resume writes nothing for a passphrase that opens no keyslot.
+      if (marker && !started) await checkPassphrases(device, hdr, options, marker.phase === 'up' ? marker.requested.keyslots : undefined, true);
       if (!marker) {
         if (engine) throw new UnknownFormatError('The LUKS1 header lost its reencryption marker.');
         if (options.resumeOnly) throw new InvalidArgumentError('No reencryption is recorded on this volume: nothing to resume.');
@@ -388,6 +396,12 @@ export async function reencryptLuks1(device: BlockDevice, options: ReencryptOpti
       });
       if (!engine.finished) return { ...engine, started: started || engine.started };
       continue;
+    }
+    if (!engine && !started) {
+      const { keys } = await openKeys(device, meta, options.passphrases, { stopWhen: (k) => k.size > 0 });
+      const none = keys.size === 0;
+      for (const k of keys.values()) k.wipe();
+      if (none) throw new WrongPassphraseError();
     }
     await renumber(device, req.keyslots);
     try {
