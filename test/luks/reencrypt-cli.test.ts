@@ -50,7 +50,8 @@ test('reencrypt re-keys a cryptsetup volume; refusals exit with their codes and 
     r = runCli(['reencrypt', img, '--key-file', keyFile, '--resume-only']);
     assert.equal(r.status, EXIT_CODES.usage, r.stderr);
     r = runCli(['reencrypt', img, '--key-file', keyFile, '--encrypt', '--type', 'luks2']);
-    assert.equal(r.status, EXIT_CODES.device, r.stderr);
+    assert.equal(r.status, EXIT_CODES.usage, r.stderr);
+    assert.match(r.stderr, /already holds a LUKS2 volume/);
     r = runCli(['reencrypt', img, '--key-file', keyFile, '--resilience', 'mirror']);
     assert.equal(r.status, EXIT_CODES.usage, r.stderr);
     const lock = await VolumeLock.acquire(img);
