@@ -263,6 +263,58 @@ test('a start interrupted while the header is written to the head is finished fr
   }
 });
 
+/** Header [0, 1 MiB) and data after it, both slices of one fault-injecting device. */
+function detachedPair(backing: BlockDevice, dataSize: number): { header: SliceDevice; data: SliceDevice } {
+  return { header: new SliceDevice(backing, 0, 1 * MIB), data: new SliceDevice(backing, 1 * MIB, dataSize) };
+}
+
+async function detachedPlaintext(header: BlockDevice, data: BlockDevice): Promise<Uint8Array> {
+  const vol = await LuksVolume.open(data, { headerDevice: header, readOnly: true });
+  const { key } = await vol.unlock(Passphrase.fromString(PASS));
+  const view = EncryptedDevice.open(data, vol, key, { readOnly: true });
+  const out = new Uint8Array(view.size);
+  await view.read(out, 0);
+  await view.close();
+  return out;
+}
+
+for (const [resilience, torn] of [['checksum', 4096], ['journal', 512]] as Array<['checksum' | 'journal', number]>) {
+  test(`detached header (${resilience}): power cut after EVERY write, writes torn at ${torn} bytes; resume gives the plaintext, the data does not move`, async () => {
+    const P = 512 * KIB;
+    const plain = new Uint8Array(randomBytes(P));
+    const image = new Uint8Array(1 * MIB + P);
+    image.set(plain, 1 * MIB);
+    let cut = 1;
+    let resumed = 0;
+    for (; ; cut++) {
+      const dev = new FaultInjectingDevice(image, { cutAfterWrite: cut, seed: cut * 3 + 1, sectorSize: torn });
+      const { header, data } = detachedPair(dev, P);
+      let cutHappened = false;
+      try {
+        await encryptLuks2(data, opts({ headerSize: 1 * MIB, headerDevice: header, resilience, hotzoneSize: 64 * KIB }));
+      } catch (err) {
+        if (!(err instanceof PowerCutError)) throw err;
+        cutHappened = true;
+      }
+      const after = new MemoryDevice(cutHappened ? dev.crashImage() : new Uint8Array(dev.bytes));
+      const pair = detachedPair(after, P);
+      const head = await readLuks2Headers(pair.header, P).catch(() => undefined);
+      if (!head) {
+        // The header was not recorded yet: the data must be untouched.
+        equalPlain(after.bytes.subarray(1 * MIB), plain, `cut ${cut} before the header`);
+        continue;
+      }
+      if (decodeReencryptState(head.state.metadata) !== undefined) {
+        await encryptLuks2(pair.data, opts({ headerDevice: pair.header, resumeOnly: true }));
+        resumed++;
+      }
+      equalPlain(await detachedPlaintext(pair.header, pair.data), plain, `cut after write ${cut}`);
+      if (!cutHappened) break;
+    }
+    assert.ok(cut > 40 && resumed > 30, `${cut} write boundaries, ${resumed} resumed`);
+  });
+}
+
 // --- interop with cryptsetup 2.6 on image files ---
 
 const skip = needTools('cryptsetup');
@@ -426,6 +478,45 @@ test('a file brickcrypt encrypted opens in cryptsetup, with the volume key brick
     });
     assert.equal(ours, csKey);
     assert.match(run('cryptsetup', ['luksDump', img]), /sector: 512 \[bytes\]/);
+  } finally {
+    cleanup();
+  }
+});
+
+test('detached header: brickcrypt --init-only -> cryptsetup finishes; cryptsetup --init-only -> brickcrypt finishes', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    for (const who of ['brickcrypt', 'cryptsetup']) {
+      const img = join(dir, `${who}.img`);
+      const hdr = join(dir, `${who}.hdr`);
+      const plain = plainFile(img, 24 * MIB);
+      if (who === 'brickcrypt') {
+        const header = await FileDevice.open(hdr, { create: true });
+        try {
+          await onFile(img, (dev) => encryptLuks2(dev, csOpts({ headerDevice: header, resilience: 'journal', initOnly: true })));
+        } finally {
+          await header.close();
+        }
+        run('cryptsetup', ['reencrypt', '--resume-only', ...CS_OFFLINE, '--header', hdr, '--key-file', keyFile, img]);
+      } else {
+        run('cryptsetup', ['reencrypt', '--encrypt', '--type', 'luks2', '--header', hdr, '--init-only', ...CS_OFFLINE, ...CS_FAST, '--key-file', keyFile, img]);
+        const r = await reencryptVolume(img, { header: hdr, passphrases: [Passphrase.fromString(PASS)], resumeOnly: true, workers: 1 });
+        assert.equal(r.finished, true);
+      }
+      assert.equal(statSync(img).size, 24 * MIB);
+      run('cryptsetup', ['open', '--test-passphrase', '--disable-locks', '--header', hdr, '--key-file', keyFile, img]);
+      const got = await onFile(img, async (data) => {
+        const header = await FileDevice.open(hdr, { readOnly: true });
+        try {
+          return await detachedPlaintext(header, data);
+        } finally {
+          await header.close();
+        }
+      });
+      equalPlain(got, plain, `${who} started, the other finished`);
+    }
   } finally {
     cleanup();
   }

@@ -118,7 +118,7 @@ export interface EncryptOptions extends KdfOptions {
    * block device; without it a regular file grows instead.
    */
   reduceDeviceSize?: number;
-  /** Header size (the data offset and the data shift) when growing a file; default 16 MiB. */
+  /** Header size (the data offset and the data shift) when growing a file, or of a new detached header; default 16 MiB. */
   headerSize?: number;
   /** Largest hot zone (at most the data shift, which is the default). */
   hotzoneSize?: number;
@@ -717,7 +717,8 @@ async function encryptDetached(device: BlockDevice, header: BlockDevice, options
 
 async function initDetached(device: BlockDevice, header: BlockDevice, options: EncryptOptions): Promise<void> {
   const hdrSize = LUKS2_DEFAULTS.hdrSize;
-  const metaEnd = LUKS2_DEFAULTS.dataOffset;
+  const metaEnd = options.headerSize ?? LUKS2_DEFAULTS.dataOffset;
+  if (!Number.isInteger(metaEnd) || metaEnd % 4096 !== 0 || metaEnd < 2 * hdrSize + luks2KeyslotAreaBytes(64) + 4096) throw new InvalidArgumentError(`Header size ${metaEnd} is not a multiple of 4096 bytes large enough for a keyslot.`);
   if (header.size < metaEnd) {
     if (!growable(header)) throw new InsufficientSpaceError(`The header device needs ${metaEnd} bytes.`);
     await header.resize(metaEnd);
