@@ -85,9 +85,9 @@ export function register(program: Command): void {
     .option('--cipher <spec>', 'new cipher, e.g. aes-xts-plain64 (default: the current one)')
     .option('--key-size <bits>', 'new volume key size in bits (default: the current one)')
     .option('--sector-size <bytes>', 'new encryption sector size: 512, 1024, 2048 or 4096 (default: the current one)')
-    .option('--header <file>', 'detached LUKS2 header')
+    .option('--header <file>', 'detached LUKS2 header; with --decrypt of an attached header: where it is exported')
     .option('--encrypt', 'encrypt a plain device in place (not built yet)')
-    .option('--decrypt', 'decrypt a LUKS device in place (not built yet)')
+    .option('--decrypt', 'decrypt a LUKS2 device in place (header kept in --header FILE, default VOLUME.decrypt-header)')
     .option('--type <type>', 'with --encrypt: luks2 or luks1 (not built yet)')
     .option('--reduce-device-size <size>', 'with --encrypt: room for the header taken from the device end (not built yet)')
     .option('--hash <name>', 'PBKDF2 hash of the new keyslots')
@@ -107,6 +107,8 @@ Examples:
   brickcrypt reencrypt vol.img --key-file pass.txt --resilience journal --hotzone-size 16M
   brickcrypt reencrypt vol.img --key-id ID --key-manager barbican+https://kms:9311 --key-slot 0
   brickcrypt reencrypt --resume-only vol.img --key-file pass.txt        (after a crash, kill or Ctrl-C)
+  brickcrypt reencrypt --decrypt vol.img --key-file pass.txt            (to plain data; the header waits in vol.img.decrypt-header)
+  brickcrypt reencrypt --decrypt vol.img --header vol.hdr --key-file pass.txt   (detached header, or where to export it)
 
 The state on disk is cryptsetup 2.6's own (online-reencrypt-v2): a reencryption either tool started
 can be finished by the other ("cryptsetup reencrypt --resume-only"; after a crash inside a hot zone
@@ -118,6 +120,8 @@ Resilience: checksum and journal survive a crash at any instant; none is safe on
 Ctrl-C/SIGTERM (it stops at a zone boundary). See docs/reencrypt.md.
 ${KEY_MANAGER_HELP}`)
     .action(async (volume: string, o: ReencryptCliOptions) => {
+      const decrypt = await import('./reencrypt-decrypt.js');
+      if (await decrypt.isDecryption(volume, o)) return decrypt.decryptAction(volume, o);
       if (o.encrypt || o.decrypt || o.type !== undefined || o.reduceDeviceSize !== undefined) {
         throw new NotImplementedError('In-place --encrypt/--decrypt (and --type, --reduce-device-size) are not built yet; re-key of LUKS2 volumes is.');
       }
