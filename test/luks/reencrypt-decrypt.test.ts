@@ -22,11 +22,12 @@ import { LuksVolume } from '../../src/luks/index.js';
 import { decryptLuks2, luks2HeaderArea, type DecryptOptions } from '../../src/luks/reencrypt/decrypt.js';
 import type { Resilience } from '../../src/luks/reencrypt/engine.js';
 import { Passphrase, VolumeKey } from '../../src/secret.js';
-import { CancelledError, CorruptHeaderError, InvalidArgumentError, WrongPassphraseError } from '../../src/errors.js';
+import { CancelledError, CorruptHeaderError, EXIT_CODES, InvalidArgumentError, WrongPassphraseError } from '../../src/errors.js';
 import { readLuks2Headers, writeLuks2Headers } from '../../src/luks/luks2-io.js';
 import { decodeReencryptState } from '../../src/formats/luks2/reencrypt-state.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
-import { needTools, run, tempDir } from '../helpers/tools.js';
+import { cliPath, needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
+import { VolumeLock } from '../../src/devices/volume-lock.js';
 import { CS_FAST, CS_OFFLINE, cryptsetupMetadata } from '../helpers/reencrypt-states.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
@@ -413,3 +414,121 @@ for (const detached of [true, false]) {
     }
   });
 }
+
+// --- the CLI: `brickcrypt reencrypt --decrypt` ---
+
+function runAndSignal(args: string[], ms: number, signal: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [cliPath, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill(signal), ms);
+    child.on('exit', (code, sig) => {
+      clearTimeout(timer);
+      resolve({ code, signal: sig, stderr });
+    });
+  });
+}
+
+const CLI_FAST = ['--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000'];
+
+test('CLI: reencrypt --decrypt of an attached volume: plain file of the payload size, temporary header gone, LUKS commands refuse', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const v = await csVolume(dir, false);
+    const wrong = join(dir, 'wrong');
+    writeFileSync(wrong, 'nope');
+    const before = readFileSync(v.vol);
+    let r = runCli(['reencrypt', '--decrypt', v.vol, '--key-file', wrong, ...CLI_FAST]);
+    assert.equal(r.status, EXIT_CODES.permission, r.stderr);
+    assert.equal(existsSync(`${v.vol}.decrypt-header`), false, 'the export of a refused run is removed');
+    r = runCli(['reencrypt', '--decrypt', v.vol, '--key-file', v.keyFile, '--resume-only']);
+    assert.equal(r.status, EXIT_CODES.usage, r.stderr);
+    r = runCli(['reencrypt', '--decrypt', v.vol, '--key-file', v.keyFile, '--resilience', 'none']);
+    assert.equal(r.status, EXIT_CODES.usage, r.stderr);
+    const lock = await VolumeLock.acquire(v.vol);
+    try {
+      r = runCli(['reencrypt', '--decrypt', v.vol, '--key-file', v.keyFile, ...CLI_FAST]);
+      assert.equal(r.status, EXIT_CODES.busy, r.stderr);
+    } finally {
+      await lock.release();
+    }
+    assert.deepEqual(readFileSync(v.vol), before);
+    r = runCli(['reencrypt', '--decrypt', v.vol, '--key-file', v.keyFile, ...CLI_FAST, '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    const done = JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+    assert.equal(done.finished, true);
+    assert.equal(done.headerRemoved, true);
+    assert.equal(done.truncated, true);
+    equalPlain(readFileSync(v.vol), v.plain, 'CLI decrypt');
+    assert.equal(existsSync(`${v.vol}.decrypt-header`), false);
+    assert.notEqual(runCli(['dump', v.vol]).status, 0);
+    assert.notEqual(runCli(['reencrypt', v.vol, '--key-file', v.keyFile]).status, 0);
+    assert.notEqual(runStatus('cryptsetup', ['isLuks', v.vol]).status, 0);
+  } finally {
+    cleanup();
+  }
+});
+
+test('CLI: reencrypt --decrypt --header FILE (attached: exported there; detached: used in place); the header is kept in cryptsetup\'s finished state', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    for (const detached of [false, true]) {
+      const v = await csVolume(dir, detached);
+      const r = runCli(['reencrypt', '--decrypt', v.vol, '--header', v.hdr, '--key-file', v.keyFile, ...CLI_FAST, '--hotzone-size', '1M']);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, /decryption finished/);
+      equalPlain(readFileSync(v.vol), v.plain, detached ? 'detached' : 'exported');
+      cryptsetupSeesPlain(v.hdr);
+    }
+  } finally {
+    cleanup();
+  }
+});
+
+test('CLI: SIGINT stops --decrypt at a resumable point (exit 130); kill -9 at random instants, finished by brickcrypt and by cryptsetup', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const v = await csVolume(dir, false, 160 << 20);
+    const hdr = `${v.vol}.decrypt-header`;
+    const args = ['reencrypt', '--decrypt', v.vol, '--key-file', v.keyFile, ...CLI_FAST, '--workers', '1'];
+    let stopped = false;
+    for (const ms of [1400, 1700, 2200]) {
+      const r = await runAndSignal(args, ms, 'SIGINT');
+      if (r.code === 0) break;
+      if (!existsSync(hdr) || cryptsetupMetadata(hdr).config.requirements === undefined) continue;
+      assert.equal(r.code, 130, r.stderr);
+      assert.match(r.stderr, /resume with `brickcrypt reencrypt --resume-only/);
+      stopped = true;
+      break;
+    }
+    assert.ok(stopped, 'decrypt was never stopped mid-run');
+    let kills = 0;
+    const vcopy = join(dir, 'copy.img');
+    const hcopy = join(dir, 'copy.hdr');
+    for (let i = 0; i < 5 && existsSync(hdr); i++) {
+      const r = await runAndSignal(['reencrypt', '--resume-only', v.vol, '--key-file', v.keyFile, '--workers', '1'], 700 + Math.floor(Math.random() * 1200), 'SIGKILL');
+      if (r.signal !== 'SIGKILL') break;
+      kills++;
+      // Every killed state is also finished by cryptsetup, on a copy.
+      writeFileSync(vcopy, readFileSync(v.vol));
+      writeFileSync(hcopy, readFileSync(hdr));
+      const m = cryptsetupMetadata(hcopy);
+      if (m.config.requirements !== undefined) {
+        if (Object.values(m.segments).some((s: any) => s.flags?.includes('in-reencryption'))) run('cryptsetup', ['repair', '--batch-mode', '--disable-locks', '--key-file', v.keyFile, '--header', hcopy, vcopy]);
+        csDecrypt(vcopy, hcopy, v.keyFile, ['--resume-only']);
+        plainOf(vcopy, v.plain, `cryptsetup after kill ${kills}`);
+      }
+    }
+    assert.ok(kills >= 1, 'no kill landed');
+    // A plain `reencrypt` (no --decrypt) finds the recorded decryption by its header file.
+    if (existsSync(hdr)) {
+      const r = runCli(['reencrypt', v.vol, '--key-file', v.keyFile]);
+      assert.equal(r.status, 0, r.stderr);
+    }
+    assert.equal(existsSync(hdr), false);
+    equalPlain(readFileSync(v.vol), v.plain, 'final');
+  } finally {
+    cleanup();
+  }
+});
