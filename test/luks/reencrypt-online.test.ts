@@ -19,6 +19,14 @@ import { CryptoPool } from '../../src/workflows/worker-pool.js';
 import { Passphrase, VolumeKey } from '../../src/secret.js';
 import { DeviceIoError, InvalidArgumentError, LockedError } from '../../src/errors.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { encodeRequest } from '../../src/nbd/protocol/codec.js';
+import { NBD_CMD } from '../../src/nbd/protocol/constants.js';
+import { RawClient } from '../nbd/raw-client.js';
+import { cliPath, needTools, run, runCli, tempDir } from '../helpers/tools.js';
+import { cryptsetupMetadata, cryptsetupVolumeWithData, readPlaintext } from '../helpers/reencrypt-states.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
 const PASS = 'online pass';
@@ -323,4 +331,216 @@ test('OnlineReencryptor: one run at a time; control options are checked', async 
   assert.throws(() => parseOnlineOptions({ headerDevice: 1 }), InvalidArgumentError);
   assert.throws(() => parseOnlineOptions({ hotzoneSize: 'big' }), InvalidArgumentError);
   assert.throws(() => parseOnlineOptions({ resilience: 'datashift' }), InvalidArgumentError);
+});
+
+// ---- CLI: `attach` serving over NBD while `brickcrypt reencrypt` (another process) re-keys it ----
+
+function same(a: Uint8Array, b: Uint8Array, label: string): void {
+  const d = firstDiff(a, b);
+  if (d >= 0) assert.fail(`${label}: plaintext differs at byte ${d}`);
+}
+
+const CLI_FAST = ['--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000'];
+
+/** A minimal NBD client (simple replies, one request at a time) over test/nbd/raw-client.ts. */
+class NbdTestClient {
+  #cookie = 1n;
+  private constructor(readonly raw: RawClient) {}
+  static async connect(sock: string): Promise<NbdTestClient> {
+    const raw = await RawClient.connect(sock);
+    await raw.go('', false);
+    return new NbdTestClient(raw);
+  }
+  async #request(type: number, offset: number, length: number, data?: Uint8Array): Promise<void> {
+    const cookie = this.#cookie++;
+    this.raw.write(encodeRequest({ flags: 0, type, cookie, offset: BigInt(offset), length }, data));
+    const r = await this.raw.simpleReply();
+    assert.equal(r.cookie, cookie);
+    if (r.error !== 0) throw new Error(`NBD error ${r.error} for command ${type} at ${offset}+${length}`);
+  }
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const cookie = this.#cookie++;
+    this.raw.write(encodeRequest({ flags: 0, type: NBD_CMD.READ, cookie, offset: BigInt(offset), length }));
+    const r = await this.raw.simpleReply();
+    if (r.error !== 0) throw new Error(`NBD read error ${r.error} at ${offset}+${length}`);
+    return this.raw.read(length, 60_000);
+  }
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.#request(NBD_CMD.WRITE, offset, data.length, data);
+  }
+  flush(): Promise<void> {
+    return this.#request(NBD_CMD.FLUSH, 0, 0);
+  }
+  close(): void {
+    this.raw.close();
+  }
+}
+
+function startAttach(img: string, keyFile: string, sock: string): Promise<{ child: ChildProcess; exited: Promise<number | null>; stderr: () => string }> {
+  const child = spawn(process.execPath, [cliPath, 'attach', img, '--key-file', keyFile, '--socket', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+  return new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve({ child, exited, stderr: () => err });
+    });
+    void exited.then((code) => reject(new Error(`attach exited ${code}: ${err}`)));
+  });
+}
+
+/** `brickcrypt reencrypt` as a child; `onEvent` gets its --json lines. */
+function runReencrypt(args: string[], onEvent: (e: Record<string, unknown>) => void = () => undefined): { child: ChildProcess; done: Promise<{ code: number | null; stderr: string; events: Array<Record<string, unknown>> }> } {
+  const child = spawn(process.execPath, [cliPath, 'reencrypt', ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  const events: Array<Record<string, unknown>> = [];
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d.toString();
+    for (let i = out.indexOf('\n'); i >= 0; i = out.indexOf('\n')) {
+      const line = out.slice(0, i);
+      out = out.slice(i + 1);
+      const e = JSON.parse(line) as Record<string, unknown>;
+      events.push(e);
+      onEvent(e);
+    }
+  });
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  return { child, done: new Promise((res) => child.once('exit', (code) => res({ code, stderr: err, events }))) };
+}
+
+/** Random writes (each flushed: acknowledged = durable) and read-backs checked against `model`, until `until()`. */
+async function nbdLoad(client: NbdTestClient, model: Uint8Array, until: () => boolean, inflight: { w?: { off: number; data: Uint8Array } }, seed: number, limit = model.length): Promise<number> {
+  const r = rng(seed);
+  let ops = 0;
+  while (!until()) {
+    const off = r(limit - 70_000);
+    const len = 1 + r(65_536);
+    if (r(2) === 0) {
+      const data = new Uint8Array(randomBytes(len));
+      inflight.w = { off, data };
+      await client.write(off, data);
+      await client.flush();
+      model.set(data, off);
+      inflight.w = undefined;
+    } else {
+      const got = await client.read(off, len);
+      const d = firstDiff(got, model.subarray(off, off + len));
+      if (d >= 0) assert.fail(`NBD read ${off}+${len} differs at byte ${off + d}`);
+    }
+    ops++;
+  }
+  return ops;
+}
+
+const cliSkip = needTools('cryptsetup');
+
+test('CLI: reencrypt of an attached volume is done by the attach process while an NBD client reads and writes; cryptsetup opens the result', { skip: cliSkip }, async () => {
+  const { dir, cleanup } = tempDir('brickcrypt-online-');
+  try {
+    const img = join(dir, 'vol.img');
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const model = await cryptsetupVolumeWithData(img, 48 << 20, keyFile);
+    const sock = join(dir, 'vol.sock');
+    const att = await startAttach(img, keyFile, sock);
+    const ctl = `${img}.ctl`;
+    try {
+      assert.ok(existsSync(ctl), 'control socket next to the volume');
+      assert.equal(statSync(ctl).mode & 0o777, 0o600);
+      const client = await NbdTestClient.connect(sock);
+      const reader = await NbdTestClient.connect(sock);
+      let finished = false;
+      const progress: number[] = [];
+      const re = runReencrypt([img, '--key-file', keyFile, '--hotzone-size', '1M', ...CLI_FAST], (e) => {
+        if (e.event === 'progress') progress.push(e.bytes as number);
+      });
+      void re.done.then(() => (finished = true));
+      const half = model.length / 2;
+      const [ops, reads] = await Promise.all([
+        // The writer works in the first half, a second connection reads the second half.
+        nbdLoad(client, model, () => finished, {}, 7, half),
+        (async () => {
+          let n = 0;
+          while (!finished) {
+            const off = half + ((n * 997 * 1024 + n * 513) % (half - 70_000));
+            const len = 1 + ((n * 7919) % 65_536);
+            const got = await reader.read(off, len);
+            n++;
+            const d = firstDiff(got, model.subarray(off, off + len));
+            if (d >= 0) assert.fail(`reader: ${off}+${len} differs at byte ${off + d}`);
+          }
+          return n;
+        })(),
+      ]);
+      const r = await re.done;
+      assert.equal(r.code, 0, r.stderr);
+      const done = r.events.find((e) => e.event === 'done')!;
+      assert.equal(done.finished, true);
+      assert.equal(done.total, model.length);
+      assert.ok(progress.length >= 1, 'progress lines streamed back');
+      assert.ok(ops > 10 && reads > 10, `clients kept going (${ops} writes/reads, ${reads} reads)`);
+      assert.match(att.stderr(), /online reencryption finished/);
+      // Served on after the finish, now under the new key only.
+      await nbdLoad(client, model, (() => { let k = 0; return () => k++ >= 20; })(), {}, 8);
+      client.close();
+      reader.close();
+    } finally {
+      att.child.kill('SIGTERM');
+      assert.equal(await att.exited, 0, att.stderr());
+    }
+    assert.equal(existsSync(ctl), false, 'control socket removed at exit');
+    same(await readPlaintext(img, PASS), model, 'plaintext after detach');
+    run('cryptsetup', ['open', '--test-passphrase', '--key-file', keyFile, img]);
+    const meta = cryptsetupMetadata(img);
+    assert.equal(meta.config.requirements, undefined);
+    assert.equal(Object.keys(meta.segments).length, 1);
+  } finally {
+    cleanup();
+  }
+});
+
+test('CLI: kill -9 of the serving process mid-way; offline --resume-only finishes with every acknowledged write', { skip: cliSkip }, async () => {
+  const { dir, cleanup } = tempDir('brickcrypt-online-');
+  try {
+    const img = join(dir, 'vol.img');
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const model = await cryptsetupVolumeWithData(img, 96 << 20, keyFile);
+    const sock = join(dir, 'vol.sock');
+    const att = await startAttach(img, keyFile, sock);
+    const client = await NbdTestClient.connect(sock);
+    let killed = false;
+    const re = runReencrypt([img, '--key-file', keyFile, '--hotzone-size', '1M', ...CLI_FAST], (e) => {
+      // The second progress line comes a second in: the run is under way.
+      if (e.event === 'progress' && (e.bytes as number) > 0 && !killed) {
+        killed = true;
+        att.child.kill('SIGKILL');
+      }
+    });
+    const inflight: { w?: { off: number; data: Uint8Array } } = {};
+    await nbdLoad(client, model, () => killed, inflight, 11).catch((err: Error) => assert.ok(killed, String(err)));
+    const r = await re.done;
+    await att.exited;
+    client.close();
+    assert.ok(killed, 'the server was killed during the run');
+    assert.notEqual(r.code, 0, 'the CLI reports that the server went away');
+    assert.match(r.stderr, /resume-only/);
+    const mid = cryptsetupMetadata(img);
+    assert.ok(mid.config.requirements?.mandatory?.some((x: string) => x.startsWith('online-reencrypt')), 'stopped mid-way');
+    const resumed = runCli(['reencrypt', '--resume-only', img, '--key-file', keyFile]);
+    assert.equal(resumed.status, 0, resumed.stderr);
+    const got = await readPlaintext(img, PASS);
+    for (let i = 0; i < got.length; i++) {
+      if (got[i] === model[i]) continue;
+      const w = inflight.w;
+      if (w && i >= w.off && i < w.off + w.data.length && w.data[i - w.off] === got[i]) continue;
+      assert.fail(`byte ${i} is neither the acknowledged nor the in-flight write`);
+    }
+    run('cryptsetup', ['open', '--test-passphrase', '--key-file', keyFile, img]);
+  } finally {
+    cleanup();
+  }
 });
