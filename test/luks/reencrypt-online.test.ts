@@ -1,0 +1,546 @@
+/**
+ * Online re-key, in process: a `ReencryptingDevice` served while the engine rewrites the volume
+ * under it (through `OnlineReencryptor`, as `attach` runs it). Clients read and write at random
+ * unaligned offsets throughout; every read must return what the model says, and the volume must
+ * end up holding the model's bytes under the new key. A power cut in the middle (with clients
+ * writing and flushing) is finished offline and still gives every acknowledged write.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import type { BlockDevice } from '../../src/block-device.js';
+import { MemoryDevice } from '../../src/devices/memory-device.js';
+import { EncryptedDevice } from '../../src/devices/encrypted-device.js';
+import { ReencryptingDevice, SharedRangeLock } from '../../src/devices/reencrypting-device.js';
+import { LuksVolume } from '../../src/luks/index.js';
+import { reencryptLuks2, type Resilience } from '../../src/luks/reencrypt/engine.js';
+import { OnlineReencryptor, parseOnlineOptions } from '../../src/workflows/reencrypt-online.js';
+import { CryptoPool } from '../../src/workflows/worker-pool.js';
+import { Passphrase, VolumeKey } from '../../src/secret.js';
+import { DeviceIoError, InvalidArgumentError, LockedError } from '../../src/errors.js';
+import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { encodeRequest } from '../../src/nbd/protocol/codec.js';
+import { NBD_CMD } from '../../src/nbd/protocol/constants.js';
+import { RawClient } from '../nbd/raw-client.js';
+import { cliPath, needTools, run, runCli, tempDir } from '../helpers/tools.js';
+import { cryptsetupMetadata, cryptsetupVolumeWithData, readPlaintext } from '../helpers/reencrypt-states.js';
+
+const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
+const PASS = 'online pass';
+
+async function smallVolume(dev: MemoryDevice, payload: number, sectorSize: 512 | 4096): Promise<Uint8Array> {
+  const dataOffset = 2 * 1024 * 1024;
+  const { volume, key } = await LuksVolume.format(dev, { type: 'luks2', passphrase: Passphrase.fromString(PASS), dataOffset, keyslotsSize: dataOffset - 2 * 16384, sectorSize, ...FAST });
+  const plain = new Uint8Array(randomBytes(payload));
+  const view = EncryptedDevice.open(dev, volume, key);
+  await view.write(plain, 0);
+  await view.close();
+  return plain;
+}
+
+/** The served stack as attach builds it: old-key view, reencrypting view, reencryptor on a pool. */
+async function served(dev: BlockDevice): Promise<{ view: ReencryptingDevice; reencryptor: OnlineReencryptor; pool: CryptoPool }> {
+  const vol = await LuksVolume.open(dev);
+  const { key } = await vol.unlock(Passphrase.fromString(PASS), { forWrite: true });
+  const view = new ReencryptingDevice(EncryptedDevice.open(dev, vol, key));
+  const pool = CryptoPool.create(0);
+  const reencryptor = new OnlineReencryptor({
+    data: dev,
+    view,
+    pool,
+    old: { encryption: vol.encryption, sectorSize: vol.sectorSize, ivTweak: vol.ivTweak, dataOffset: vol.dataOffset },
+  });
+  return { view, reencryptor, pool };
+}
+
+async function plaintextOf(dev: BlockDevice): Promise<Uint8Array> {
+  const vol = await LuksVolume.open(dev, { readOnly: true });
+  const { key } = await vol.unlock(Passphrase.fromString(PASS));
+  const view = EncryptedDevice.open(dev, vol, key, { readOnly: true });
+  const out = new Uint8Array(view.size);
+  await view.read(out, 0);
+  await view.close();
+  return out;
+}
+
+function firstDiff(a: Uint8Array, b: Uint8Array): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return a.length === b.length ? -1 : n;
+}
+
+/** xorshift32, seeded, so a failing run can be replayed. */
+function rng(seed: number): (n: number) => number {
+  let x = seed >>> 0 || 1;
+  return (n) => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return Math.floor((x / 0x100000000) * n);
+  };
+}
+
+/** `dev` with every read and write completing on a later turn of the event loop, as a file's do. */
+function yielding<D extends BlockDevice>(dev: D): D {
+  const later = () => new Promise((res) => setImmediate(res));
+  return new Proxy(dev, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop, target) as unknown;
+      if ((prop === 'read' || prop === 'write') && typeof v === 'function') {
+        return async (...args: unknown[]) => {
+          await later();
+          return (v as (...a: unknown[]) => Promise<void>).apply(target, args);
+        };
+      }
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+}
+
+const STRIPE = 40 * 1024; // not a multiple of the zone: requests cross the boundary
+
+/**
+ * `clients` loops, each owning the stripes i ≡ c (mod clients), doing random unaligned writes and
+ * read-backs (checked against the model) until `until()` — plus a final round. Returns counts.
+ */
+async function clientLoad(view: BlockDevice, model: Uint8Array, seed: number, until: () => boolean, opts: { clients?: number; flush?: boolean; onAck?: (c: number) => void; inflight?: Array<{ off: number; data: Uint8Array } | undefined> } = {}): Promise<{ ops: number; crossing: number; midRun: number }> {
+  const clients = opts.clients ?? 4;
+  const stripes = Math.floor(model.length / STRIPE);
+  const stats = { ops: 0, crossing: 0, midRun: 0 };
+  const one = async (c: number): Promise<void> => {
+    const r = rng(seed * 31 + c + 1);
+    const own = Array.from({ length: stripes }, (_, i) => i).filter((i) => i % clients === c);
+    for (let round = 0; !until() || round === 0; round++) {
+      // Half of the requests go to the client's stripe nearest the hot zone, where the races are.
+      const near = own.reduce((best, i) => (Math.abs(i * STRIPE - (view as ReencryptingDevice).boundary) < Math.abs(best * STRIPE - (view as ReencryptingDevice).boundary) ? i : best), own[0]!);
+      const s = (r(2) === 0 ? near : own[r(own.length)]!) * STRIPE;
+      const off = s + r(STRIPE - 1);
+      const len = 1 + r(Math.min(STRIPE - (off - s), 3 * 4096 + 777));
+      const b = (view as ReencryptingDevice).boundary;
+      if (b > 0 && b < view.size) stats.midRun++;
+      if (off < b + 64 * 1024 && off + len > b) stats.crossing++;
+      if (r(3) > 0) {
+        const data = new Uint8Array(randomBytes(len));
+        if (opts.inflight) opts.inflight[c] = { off, data };
+        await view.write(data, off);
+        if (opts.flush) await view.flush();
+        model.set(data, off);
+        if (opts.inflight) opts.inflight[c] = undefined;
+        opts.onAck?.(c);
+      } else {
+        const got = new Uint8Array(len);
+        await view.read(got, off);
+        const d = firstDiff(got, model.subarray(off, off + len));
+        if (d >= 0) assert.fail(`client ${c}: read ${off}+${len} differs at byte ${off + d} (boundary ${(view as ReencryptingDevice).boundary})`);
+      }
+      stats.ops++;
+      if (r(4) === 0) await new Promise((res) => setImmediate(res));
+    }
+  };
+  await Promise.all(Array.from({ length: clients }, (_, c) => one(c)));
+  return stats;
+}
+
+for (const { resilience, from, to, cipher } of [
+  { resilience: 'checksum' as Resilience, from: 4096 as const, to: 4096, cipher: undefined },
+  { resilience: 'journal' as Resilience, from: 512 as const, to: 4096, cipher: 'aes-xts-plain64' },
+  { resilience: 'none' as Resilience, from: 4096 as const, to: 512, cipher: undefined },
+]) {
+  test(`online re-key (${resilience}, sectors ${from} -> ${to}): concurrent random reads and writes see the model throughout; the result is the model under the new key`, async () => {
+    const payload = 2 * 1024 * 1024;
+    const mem = new MemoryDevice(2 * 1024 * 1024 + payload);
+    const model = await smallVolume(mem, payload, from);
+    const dev = yielding(mem);
+    const { view, reencryptor, pool } = await served(dev);
+    let done = false;
+    const zones: number[] = [];
+    const run = reencryptor
+      .run(Passphrase.fromString(PASS), { resilience, sectorSize: to, ...(cipher ? { cipher, keySizeBits: 256 } : {}), hotzoneSize: 64 * 1024, ...FAST, onProgress: ({ done: d }) => zones.push(d) })
+      .finally(() => (done = true));
+    const stats = await clientLoad(view, model, resilience.length * 7 + to, () => done);
+    const report = await run;
+    process.stderr.write(`# ${resilience}: ${JSON.stringify(stats)}\n`);
+    assert.equal(report.finished, true);
+    assert.equal(view.boundary, payload);
+    assert.ok(zones.length >= payload / (64 * 1024), `progress reported per zone (${zones.length})`);
+    // The load really ran against a half re-keyed volume, across the boundary.
+    assert.ok(stats.midRun > 20, `requests while the boundary moved: ${stats.midRun}`);
+    assert.ok(stats.crossing > 0, 'some requests straddle the boundary or the hot zone');
+    // Served after the finish (old view retired) and read back cold under the new key.
+    const after = new Uint8Array(payload);
+    await view.read(after, 0);
+    assert.equal(firstDiff(after, model), -1, 'served view after the finish');
+    await view.close();
+    await pool.close();
+    const vol = await LuksVolume.open(mem);
+    assert.equal(vol.payloadFence, undefined);
+    assert.equal(vol.sectorSize, to);
+    assert.equal(firstDiff(await plaintextOf(mem), model), -1, 'volume opened afresh');
+  });
+}
+
+test('online: power cut mid-run with clients writing and flushing; offline resume keeps every acknowledged write', async () => {
+  const payload = 1024 * 1024;
+  const base = new MemoryDevice(2 * 1024 * 1024 + payload);
+  const original = await smallVolume(base, payload, 4096);
+  const image = new Uint8Array(base.bytes);
+  for (let seed = 1; seed <= 12; seed++) {
+    const resilience: Resilience = seed % 2 === 0 ? 'checksum' : 'journal';
+    // The cut: inside zone k, after its h-th header write (checksums or journal, commit A, commit
+    // B) and j more writes of anyone's — so it falls in every phase of a zone, clients writing.
+    const k = 1 + (seed % 13);
+    const h = 1 + (seed % 9);
+    const j = seed % 4;
+    const fault: { cutAfterWrite?: number; seed: number; sectorSize: number } = { seed, sectorSize: 4096 };
+    const dev = new FaultInjectingDevice(image, fault);
+    let armed = false;
+    let headerWrites = 0;
+    const watched = new Proxy(dev, {
+      get(target, prop) {
+        const v = Reflect.get(target, prop, target) as unknown;
+        if (prop === 'write') {
+          return async (buf: Uint8Array, offset: number) => {
+            if (armed && offset < 2 * 1024 * 1024 && ++headerWrites === h && fault.cutAfterWrite === undefined) fault.cutAfterWrite = dev.writes + 1 + j;
+            return target.write(buf, offset);
+          };
+        }
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    const { view, reencryptor, pool } = await served(yielding(watched));
+    const onProgress = ({ done }: { done: number }) => {
+      if (done >= k * 64 * 1024) armed = true;
+    };
+    const acked = new Uint8Array(original);
+    const inflight: Array<{ off: number; data: Uint8Array } | undefined> = [];
+    let stop = false;
+    const run = reencryptor.run(Passphrase.fromString(PASS), { resilience, hotzoneSize: 64 * 1024, ...FAST, onProgress }).catch((err) => {
+      if (!(err instanceof PowerCutError)) throw err;
+    });
+    // After the cut, requests fail: with the power cut, or as fenced (the zone in flight).
+    const load = clientLoad(view, acked, seed, () => stop || dev.powerCut, { clients: 3, flush: true, inflight }).catch((err) => {
+      if (!(err instanceof PowerCutError) && !(err instanceof DeviceIoError && dev.powerCut)) throw err;
+    });
+    await run;
+    stop = true;
+    await load;
+    assert.ok(dev.powerCut, `seed ${seed}: the power was cut`);
+    await pool.close();
+    const after = new MemoryDevice(dev.crashImage());
+    if ((await LuksVolume.open(after)).payloadFence !== undefined) await reencryptLuks2(after, { passphrases: [Passphrase.fromString(PASS)], resumeOnly: true, ...FAST });
+    const got = await plaintextOf(after);
+    for (let i = 0; i < got.length; i++) {
+      if (got[i] === acked[i]) continue;
+      const w = inflight.find((x) => x && i >= x.off && i < x.off + x.data.length);
+      if (w && w.data[i - w.off] === got[i]) continue;
+      assert.fail(`${resilience} seed ${seed}: byte ${i} is neither the acknowledged nor the in-flight write`);
+    }
+  }
+});
+
+test('ReencryptingDevice: requests into the hot zone wait; the boundary moves; a failed zone is fenced until recovered', async () => {
+  const dev = new MemoryDevice(2 * 1024 * 1024 + 256 * 1024);
+  const model = await smallVolume(dev, 256 * 1024, 4096);
+  const vol = await LuksVolume.open(dev);
+  const { key } = await vol.unlock(Passphrase.fromString(PASS));
+  const oldView = EncryptedDevice.open(dev, vol, VolumeKey.copyOf(key.expose()));
+  const view = new ReencryptingDevice(oldView);
+  await assert.rejects(view.enterZone(0, 4096), DeviceIoError, 'no new view yet');
+  // A stand-in "new" view: the same key, so the bytes stay readable either way; what is
+  // checked here is the routing and the waiting.
+  view.installNew(EncryptedDevice.open(dev, vol, key));
+  assert.throws(() => view.installNew(oldView), InvalidArgumentError);
+  await assert.rejects(view.enterZone(4096, 4096), DeviceIoError, 'a zone must start at the boundary');
+  await view.enterZone(0, 65536);
+  let wrote = false;
+  const w = view.write(new Uint8Array([1, 2, 3]), 65534).then(() => (wrote = true)); // straddles the zone end
+  let readOutside = false;
+  const r = view.read(new Uint8Array(10), 70000).then(() => (readOutside = true));
+  for (let i = 0; i < 20; i++) await new Promise((res) => setImmediate(res));
+  assert.equal(wrote, false, 'the write into the hot zone waits');
+  assert.equal(readOutside, true, 'a read outside the zone goes on');
+  view.leaveZone(0, 65536, 'new');
+  await w;
+  await r;
+  assert.equal(view.boundary, 65536);
+  model.set([1, 2, 3], 65534);
+  const got = new Uint8Array(model.length);
+  await view.read(got, 0);
+  assert.equal(firstDiff(got, model), -1);
+  // A zone left half rewritten: requests into it fail, others go on; recovering it unfences.
+  await view.enterZone(65536, 65536);
+  view.leaveZone(65536, 65536, 'unknown');
+  await assert.rejects(view.read(new Uint8Array(8), 65536 + 100), DeviceIoError);
+  await assert.rejects(view.write(new Uint8Array(8), 65530), DeviceIoError, 'a request touching the fenced zone fails whole');
+  await view.read(new Uint8Array(8), 0);
+  await view.read(new Uint8Array(8), 200 * 1024);
+  await view.enterZone(65536, 65536);
+  view.leaveZone(65536, 65536, 'new');
+  await view.read(new Uint8Array(8), 65536 + 100);
+  assert.throws(() => view.leaveZone(0, 4096, 'new'), DeviceIoError, 'no zone held');
+  await view.close();
+});
+
+test('SharedRangeLock: shared holders overlap, an exclusive waiter is not starved by later readers', async () => {
+  const lock = new SharedRangeLock();
+  const order: string[] = [];
+  const a = await lock.acquire(0, 100, false);
+  const b = await lock.acquire(50, 150, false); // shared with a: granted at once
+  const x = lock.acquire(60, 70, true).then((rel) => (order.push('x'), rel));
+  const c = lock.acquire(65, 66, false).then((rel) => (order.push('c'), rel)); // after x: waits for it
+  const d = await lock.acquire(200, 300, false); // no conflict
+  order.push('d');
+  await new Promise((res) => setImmediate(res));
+  assert.deepEqual(order, ['d']);
+  a();
+  await new Promise((res) => setImmediate(res));
+  assert.deepEqual(order, ['d'], 'x still waits for b');
+  b();
+  const rx = await x;
+  await new Promise((res) => setImmediate(res));
+  assert.deepEqual(order, ['d', 'x']);
+  rx();
+  (await c)();
+  d();
+  assert.deepEqual(order, ['d', 'x', 'c']);
+  assert.equal(lock.size, 0);
+});
+
+test('OnlineReencryptor: one run at a time; control options are checked', async () => {
+  const dev = new MemoryDevice(2 * 1024 * 1024 + 512 * 1024);
+  await smallVolume(dev, 512 * 1024, 4096);
+  const { view, reencryptor, pool } = await served(dev);
+  const first = reencryptor.run(Passphrase.fromString(PASS), { hotzoneSize: 64 * 1024, ...FAST });
+  await assert.rejects(reencryptor.run(Passphrase.fromString(PASS), FAST), LockedError);
+  await reencryptor.stop();
+  await assert.rejects(first, (err: Error) => err.name === 'CancelledError');
+  assert.ok(view.boundary < view.size, 'stopped before the end');
+  assert.equal((await LuksVolume.open(dev)).payloadFence?.name, 'ReencryptionInProgressError');
+  // Resumed in the same process, the served view picks up where it stopped.
+  const report = await reencryptor.run(Passphrase.fromString(PASS), { resumeOnly: true, ...FAST });
+  assert.equal(report.finished, true);
+  assert.equal(view.boundary, view.size);
+  await view.close();
+  await pool.close();
+  assert.deepEqual(parseOnlineOptions({ resumeOnly: true, hotzoneSize: 65536, cipher: 'aes-xts-plain64' }), { resumeOnly: true, hotzoneSize: 65536, cipher: 'aes-xts-plain64' });
+  assert.throws(() => parseOnlineOptions({ headerDevice: 1 }), InvalidArgumentError);
+  assert.throws(() => parseOnlineOptions({ hotzoneSize: 'big' }), InvalidArgumentError);
+  assert.throws(() => parseOnlineOptions({ resilience: 'datashift' }), InvalidArgumentError);
+});
+
+// ---- CLI: `attach` serving over NBD while `brickcrypt reencrypt` (another process) re-keys it ----
+
+function same(a: Uint8Array, b: Uint8Array, label: string): void {
+  const d = firstDiff(a, b);
+  if (d >= 0) assert.fail(`${label}: plaintext differs at byte ${d}`);
+}
+
+const CLI_FAST = ['--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000'];
+
+/** A minimal NBD client (simple replies, one request at a time) over test/nbd/raw-client.ts. */
+class NbdTestClient {
+  #cookie = 1n;
+  private constructor(readonly raw: RawClient) {}
+  static async connect(sock: string): Promise<NbdTestClient> {
+    const raw = await RawClient.connect(sock);
+    await raw.go('', false);
+    return new NbdTestClient(raw);
+  }
+  async #request(type: number, offset: number, length: number, data?: Uint8Array): Promise<void> {
+    const cookie = this.#cookie++;
+    this.raw.write(encodeRequest({ flags: 0, type, cookie, offset: BigInt(offset), length }, data));
+    const r = await this.raw.simpleReply();
+    assert.equal(r.cookie, cookie);
+    if (r.error !== 0) throw new Error(`NBD error ${r.error} for command ${type} at ${offset}+${length}`);
+  }
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const cookie = this.#cookie++;
+    this.raw.write(encodeRequest({ flags: 0, type: NBD_CMD.READ, cookie, offset: BigInt(offset), length }));
+    const r = await this.raw.simpleReply();
+    if (r.error !== 0) throw new Error(`NBD read error ${r.error} at ${offset}+${length}`);
+    return this.raw.read(length, 60_000);
+  }
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.#request(NBD_CMD.WRITE, offset, data.length, data);
+  }
+  flush(): Promise<void> {
+    return this.#request(NBD_CMD.FLUSH, 0, 0);
+  }
+  close(): void {
+    this.raw.close();
+  }
+}
+
+function startAttach(img: string, keyFile: string, sock: string): Promise<{ child: ChildProcess; exited: Promise<number | null>; stderr: () => string }> {
+  const child = spawn(process.execPath, [cliPath, 'attach', img, '--key-file', keyFile, '--socket', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+  return new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) resolve({ child, exited, stderr: () => err });
+    });
+    void exited.then((code) => reject(new Error(`attach exited ${code}: ${err}`)));
+  });
+}
+
+/** `brickcrypt reencrypt` as a child; `onEvent` gets its --json lines. */
+function runReencrypt(args: string[], onEvent: (e: Record<string, unknown>) => void = () => undefined): { child: ChildProcess; done: Promise<{ code: number | null; stderr: string; events: Array<Record<string, unknown>> }> } {
+  const child = spawn(process.execPath, [cliPath, 'reencrypt', ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  const events: Array<Record<string, unknown>> = [];
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d.toString();
+    for (let i = out.indexOf('\n'); i >= 0; i = out.indexOf('\n')) {
+      const line = out.slice(0, i);
+      out = out.slice(i + 1);
+      const e = JSON.parse(line) as Record<string, unknown>;
+      events.push(e);
+      onEvent(e);
+    }
+  });
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  return { child, done: new Promise((res) => child.once('exit', (code) => res({ code, stderr: err, events }))) };
+}
+
+/** Random writes (each flushed: acknowledged = durable) and read-backs checked against `model`, until `until()`. */
+async function nbdLoad(client: NbdTestClient, model: Uint8Array, until: () => boolean, inflight: { w?: { off: number; data: Uint8Array } }, seed: number, limit = model.length): Promise<number> {
+  const r = rng(seed);
+  let ops = 0;
+  while (!until()) {
+    const off = r(limit - 70_000);
+    const len = 1 + r(65_536);
+    if (r(2) === 0) {
+      const data = new Uint8Array(randomBytes(len));
+      inflight.w = { off, data };
+      await client.write(off, data);
+      await client.flush();
+      model.set(data, off);
+      inflight.w = undefined;
+    } else {
+      const got = await client.read(off, len);
+      const d = firstDiff(got, model.subarray(off, off + len));
+      if (d >= 0) assert.fail(`NBD read ${off}+${len} differs at byte ${off + d}`);
+    }
+    ops++;
+  }
+  return ops;
+}
+
+const cliSkip = needTools('cryptsetup');
+
+test('CLI: reencrypt of an attached volume is done by the attach process while an NBD client reads and writes; cryptsetup opens the result', { skip: cliSkip }, async () => {
+  const { dir, cleanup } = tempDir('brickcrypt-online-');
+  try {
+    const img = join(dir, 'vol.img');
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const model = await cryptsetupVolumeWithData(img, 48 << 20, keyFile);
+    const sock = join(dir, 'vol.sock');
+    const att = await startAttach(img, keyFile, sock);
+    const ctl = `${img}.ctl`;
+    try {
+      assert.ok(existsSync(ctl), 'control socket next to the volume');
+      assert.equal(statSync(ctl).mode & 0o777, 0o600);
+      const client = await NbdTestClient.connect(sock);
+      const reader = await NbdTestClient.connect(sock);
+      let finished = false;
+      const progress: number[] = [];
+      const re = runReencrypt([img, '--key-file', keyFile, '--hotzone-size', '1M', ...CLI_FAST], (e) => {
+        if (e.event === 'progress') progress.push(e.bytes as number);
+      });
+      void re.done.then(() => (finished = true));
+      const half = model.length / 2;
+      const [ops, reads] = await Promise.all([
+        // The writer works in the first half, a second connection reads the second half.
+        nbdLoad(client, model, () => finished, {}, 7, half),
+        (async () => {
+          let n = 0;
+          while (!finished) {
+            const off = half + ((n * 997 * 1024 + n * 513) % (half - 70_000));
+            const len = 1 + ((n * 7919) % 65_536);
+            const got = await reader.read(off, len);
+            n++;
+            const d = firstDiff(got, model.subarray(off, off + len));
+            if (d >= 0) assert.fail(`reader: ${off}+${len} differs at byte ${off + d}`);
+          }
+          return n;
+        })(),
+      ]);
+      const r = await re.done;
+      assert.equal(r.code, 0, r.stderr);
+      const done = r.events.find((e) => e.event === 'done')!;
+      assert.equal(done.finished, true);
+      assert.equal(done.total, model.length);
+      assert.ok(progress.length >= 1, 'progress lines streamed back');
+      assert.ok(ops > 10 && reads > 10, `clients kept going (${ops} writes/reads, ${reads} reads)`);
+      assert.match(att.stderr(), /online reencryption finished/);
+      // Served on after the finish, now under the new key only.
+      await nbdLoad(client, model, (() => { let k = 0; return () => k++ >= 20; })(), {}, 8);
+      client.close();
+      reader.close();
+    } finally {
+      att.child.kill('SIGTERM');
+      assert.equal(await att.exited, 0, att.stderr());
+    }
+    assert.equal(existsSync(ctl), false, 'control socket removed at exit');
+    same(await readPlaintext(img, PASS), model, 'plaintext after detach');
+    run('cryptsetup', ['open', '--test-passphrase', '--key-file', keyFile, img]);
+    const meta = cryptsetupMetadata(img);
+    assert.equal(meta.config.requirements, undefined);
+    assert.equal(Object.keys(meta.segments).length, 1);
+  } finally {
+    cleanup();
+  }
+});
+
+test('CLI: kill -9 of the serving process mid-way; offline --resume-only finishes with every acknowledged write', { skip: cliSkip }, async () => {
+  const { dir, cleanup } = tempDir('brickcrypt-online-');
+  try {
+    const img = join(dir, 'vol.img');
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const model = await cryptsetupVolumeWithData(img, 96 << 20, keyFile);
+    const sock = join(dir, 'vol.sock');
+    const att = await startAttach(img, keyFile, sock);
+    const client = await NbdTestClient.connect(sock);
+    let killed = false;
+    const re = runReencrypt([img, '--key-file', keyFile, '--hotzone-size', '1M', ...CLI_FAST], (e) => {
+      // The second progress line comes a second in: the run is under way.
+      if (e.event === 'progress' && (e.bytes as number) > 0 && !killed) {
+        killed = true;
+        att.child.kill('SIGKILL');
+      }
+    });
+    const inflight: { w?: { off: number; data: Uint8Array } } = {};
+    await nbdLoad(client, model, () => killed, inflight, 11).catch((err: Error) => assert.ok(killed, String(err)));
+    const r = await re.done;
+    await att.exited;
+    client.close();
+    assert.ok(killed, 'the server was killed during the run');
+    assert.notEqual(r.code, 0, 'the CLI reports that the server went away');
+    assert.match(r.stderr, /resume-only/);
+    const mid = cryptsetupMetadata(img);
+    assert.ok(mid.config.requirements?.mandatory?.some((x: string) => x.startsWith('online-reencrypt')), 'stopped mid-way');
+    const resumed = runCli(['reencrypt', '--resume-only', img, '--key-file', keyFile]);
+    assert.equal(resumed.status, 0, resumed.stderr);
+    const got = await readPlaintext(img, PASS);
+    for (let i = 0; i < got.length; i++) {
+      if (got[i] === model[i]) continue;
+      const w = inflight.w;
+      if (w && i >= w.off && i < w.off + w.data.length && w.data[i - w.off] === got[i]) continue;
+      assert.fail(`byte ${i} is neither the acknowledged nor the in-flight write`);
+    }
+    run('cryptsetup', ['open', '--test-passphrase', '--key-file', keyFile, img]);
+  } finally {
+    cleanup();
+  }
+});
