@@ -12,8 +12,16 @@ import { parseChoice, parseInteger, parseSize } from '../parse.js';
 import { progressReporter } from './convert.js';
 import type { EncryptReport } from '../../workflows/encrypt.js';
 import type { PassphraseInput } from '../passphrase-prompt.js';
+import type { EncryptPlainOptions } from '../../workflows/plain-to-luks2.js';
+import type { VolumeKey } from '../../secret.js';
+import { plainSourceFrom } from '../plain-options.js';
+import { passphraseFromKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
 
-export interface EncryptCliOptions {
+export interface EncryptCliOptions extends KeyManagerCliOptions {
+  /** `plain`: the device is a plain dm-crypt volume (see the --src-* options). */
+  srcFormat?: string;
+  srcKeyFile?: string;
+  srcKeyId?: string;
   type?: string;
   reduceDeviceSize?: string;
   header?: string;
@@ -53,6 +61,30 @@ function describe(volume: string, r: EncryptReport): string {
   return lines.join('\n') + '\n';
 }
 
+/**
+ * With `--src-format plain`: the plain dm-crypt volume's parameters and key (read once, before
+ * the LUKS passphrase), and the conversion that decrypts it in memory (src/workflows/plain-to-luks2.ts).
+ */
+async function plainSourceOf(volume: string, o: EncryptCliOptions): Promise<{ key: VolumeKey; run: (options: Omit<EncryptPlainOptions, 'plain' | 'plainKey'>) => Promise<EncryptReport> } | undefined> {
+  const given = Object.keys(o).filter((k) => /^src[A-Z]/.test(k) && k !== 'srcFormat' && (o as Record<string, unknown>)[k] !== undefined);
+  if (o.srcFormat === undefined) {
+    if (given.length > 0) throw new InvalidArgumentError('--src-cipher, --src-key-file etc. describe a plain dm-crypt volume: they need --src-format plain.');
+    return undefined;
+  }
+  if (o.srcFormat !== 'plain') throw new InvalidArgumentError(`--src-format: in-place encryption converts plaintext (no option) or a plain dm-crypt volume (plain), not ${o.srcFormat}.`);
+  if (o.header !== undefined || o.reduceDeviceSize !== undefined) throw new InvalidArgumentError('Converting a plain dm-crypt volume in place grows the file for the header: --header and --reduce-device-size are not supported with --src-format plain.');
+  if (o.srcKeyFile !== undefined && o.srcKeyId !== undefined) throw new InvalidArgumentError('Give one of --src-key-file or --src-key-id.');
+  const srcKeyId = o.srcKeyId;
+  const source = plainSourceFrom(o as Record<string, unknown>, 'src-', {
+    ...(o.srcKeyFile !== undefined ? { keyFile: o.srcKeyFile } : {}),
+    ...(srcKeyId !== undefined ? { managed: () => passphraseFromKeyManager(o, srcKeyId) } : {}),
+    prompt: `Enter passphrase of the plain volume ${volume}: `,
+  });
+  const key = await source.key();
+  const { encryptPlainVolume } = await import('../../workflows/plain-to-luks2.js');
+  return { key, run: (options) => encryptPlainVolume(volume, { ...options, plain: source.params, plainKey: key }) };
+}
+
 /** Runs the encryption for the `reencrypt` command's action. */
 export async function runEncrypt(volume: string, o: EncryptCliOptions, input: PassphraseInput, tries: number): Promise<void> {
   if (o.type !== undefined && o.type !== 'luks2') {
@@ -71,6 +103,7 @@ export async function runEncrypt(volume: string, o: EncryptCliOptions, input: Pa
   if (o.resumeOnly && o.initOnly) throw new InvalidArgumentError('Give --resume-only or --init-only, not both.');
   const json = o.json === true;
   const { encryptVolume } = await import('../../workflows/encrypt.js');
+  const plain = await plainSourceOf(volume, o);
   const progress = progressReporter(json, 'encrypt');
   const lock = await VolumeLock.acquire(volume);
   let report: EncryptReport | undefined;
@@ -78,8 +111,8 @@ export async function runEncrypt(volume: string, o: EncryptCliOptions, input: Pa
     for (let attempt = 1; ; attempt++) {
       const passphrase = await input.read();
       try {
-        report = await withCancellation((signal) =>
-          encryptVolume(volume, {
+        report = await withCancellation((signal) => {
+          const options = {
             passphrases: [passphrase],
             ...(o.header !== undefined ? { header: o.header } : {}),
             ...(o.keySlot !== undefined ? { keyslot: parseInteger(o.keySlot, 'key-slot', 0, 31) } : {}),
@@ -100,9 +133,10 @@ export async function runEncrypt(volume: string, o: EncryptCliOptions, input: Pa
             ...(o.pbkdfParallel !== undefined ? { parallel: parseInteger(o.pbkdfParallel, 'pbkdf-parallel', 1, 16) } : {}),
             ...(o.workers !== undefined ? { workers: parseInteger(o.workers, 'workers', 0, 64) } : {}),
             signal,
-            onProgress: ({ done, total }) => progress.update({ bytes: done, total }),
-          }),
-        );
+            onProgress: ({ done, total }: { done: number; total: number }) => progress.update({ bytes: done, total }),
+          };
+          return plain ? plain.run(options) : encryptVolume(volume, options);
+        });
         break;
       } catch (err) {
         if (!(err instanceof WrongPassphraseError) || attempt >= tries) throw err;
@@ -119,6 +153,7 @@ export async function runEncrypt(volume: string, o: EncryptCliOptions, input: Pa
     throw err;
   } finally {
     progress.stop();
+    plain?.key.wipe();
     await lock.release();
   }
   const peakRssBytes = process.resourceUsage().maxRSS * 1024;

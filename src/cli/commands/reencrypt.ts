@@ -11,6 +11,7 @@ import { resolve } from 'node:path';
 import { CancelledError, InvalidArgumentError, LockedError } from '../../errors.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
 import { addKeyManagerOptions, KEY_MANAGER_HELP, type KeyManagerCliOptions } from '../key-manager-options.js';
+import { addKeyfileRangeOptions, addPlainOptions } from '../plain-options.js';
 import { DEFAULT_TRIES, type PassphraseInput } from '../passphrase-prompt.js';
 import { parseChoice, parseInteger, parseSize } from '../parse.js';
 import { progressReporter } from './convert.js';
@@ -112,6 +113,9 @@ export function register(program: Command): void {
     .option('--decrypt', 'decrypt a LUKS2 device in place (header kept in --header FILE, default VOLUME.decrypt-header)')
     .option('--type <type>', 'with --encrypt: luks2 (luks1 is not built)')
     .option('--reduce-device-size <size>', 'with --encrypt: room for the header taken from the device end (needed on a block device; half of it becomes the header)')
+    .option('--src-format <format>', 'with --encrypt: plain when the device is a plain dm-crypt volume (converted to LUKS2 without writing plaintext; see --src-cipher)')
+    .option('--src-key-file <file>', 'with --src-format plain: the plain volume\'s key file, or - (hashed with --src-hash)')
+    .option('--src-key-id <id>', 'with --src-format plain: managed key whose hex passphrase is the plain volume\'s key input (os-brick)')
     .option('--hash <name>', 'PBKDF2 hash of the new keyslots')
     .option('--pbkdf <type>', 'KDF of the new keyslots: pbkdf2, argon2i or argon2id')
     .option('--iter-time <ms>', 'keyslot unlock time target in milliseconds')
@@ -120,6 +124,8 @@ export function register(program: Command): void {
     .option('--pbkdf-parallel <n>', 'Argon2 lanes')
     .option('--workers <n>', 'crypto worker threads (default: one per core)')
     .option('--json', 'JSON progress lines and a JSON summary on stdout');
+  addPlainOptions(cmd, 'src-', 'with --src-format plain, the plain volume');
+  addKeyfileRangeOptions(cmd, 'src-');
   addKeyManagerOptions(cmd, { help: false });
   cmd
     .addHelpText('after', `
@@ -145,7 +151,7 @@ sectors, pbkdf2 keyslots keeping their numbers); a crash in any phase is resumed
 ${KEY_MANAGER_HELP}`)
     .action(async (volume: string, o: ReencryptCliOptions) => {
       if (o.encrypt && o.decrypt) throw new InvalidArgumentError('Give --encrypt or --decrypt, not both.');
-      if (o.encrypt) {
+      if (o.encrypt || (o as { srcFormat?: string }).srcFormat !== undefined) {
         const input = await keyInput(o, volume);
         const tries = input.interactive ? (o.tries === undefined ? DEFAULT_TRIES : parseInteger(o.tries, 'tries', 1, 1000)) : 1;
         const { runEncrypt } = await import('./reencrypt-encrypt.js');

@@ -69,6 +69,22 @@ import { hashInfo } from '../../crypto/hash.js';
 /** Token that marks a reencryption which grew a regular file: the file is cut back at the end. */
 export const GROWN_TOKEN_TYPE = 'brickcrypt-encrypt-grown';
 
+/**
+ * Mandatory requirement and token of an encryption whose source is not plaintext but another
+ * scheme's ciphertext (a plain dm-crypt volume): while it runs, cryptsetup (which refuses unknown
+ * mandatory requirements) and a resume without that source cannot read the old data as plaintext.
+ */
+export const ENCRYPT_SOURCE_REQUIREMENT = 'brickcrypt-encrypt-source';
+export const ENCRYPT_SOURCE_TOKEN_TYPE = 'brickcrypt-encrypt-source';
+
+/** What an encryption from a non-plaintext source records, and how a resume checks it. */
+export interface EncryptSource {
+  /** The token describing the source (type ENCRYPT_SOURCE_TOKEN_TYPE), written at the start. */
+  token: Luks2Metadata['tokens'][string];
+  /** Throws (e.g. WrongPassphraseError) when the recorded token is not this source. */
+  check(recorded: Luks2Metadata['tokens'][string]): void;
+}
+
 /** Encrypts whole sectors of plaintext in place; `pos` is the byte position in the new payload. */
 export interface EncryptCipher {
   encrypt(data: Uint8Array, pos: number): Promise<void>;
@@ -131,6 +147,11 @@ export interface EncryptOptions extends KdfOptions {
   signal?: AbortSignal;
   onProgress?: (progress: { done: number; total: number }) => void;
   cipherFactory?: EncryptCipherFactory;
+  /**
+   * The device holds another scheme's ciphertext, which `cipherFactory` turns into plaintext
+   * before encrypting (no plaintext is ever written). Attached header only.
+   */
+  source?: EncryptSource;
 }
 
 export interface EncryptReport {
@@ -166,7 +187,10 @@ export async function encryptLuks2(device: BlockDevice, options: EncryptOptions)
   const t0 = performance.now();
   if (device.readOnly) throw new ReadOnlyDeviceError('Encryption needs the device open for writing.');
   if (options.passphrases.length === 0) throw new InvalidArgumentError('Encryption needs a passphrase.');
-  if (options.headerDevice !== undefined) return encryptDetached(device, options.headerDevice, options, t0);
+  if (options.headerDevice !== undefined) {
+    if (options.source !== undefined) throw new InvalidArgumentError('Encryption from a plain dm-crypt source needs the header on the device (no --header).');
+    return encryptDetached(device, options.headerDevice, options, t0);
+  }
   const report: EncryptReport = {
     started: false,
     recovered: false,
@@ -201,9 +225,23 @@ export async function encryptLuks2(device: BlockDevice, options: EncryptOptions)
   if (st) {
     const state = decodeReencryptState(st.metadata);
     if (!state) throw new InvalidArgumentError('The device already holds a LUKS2 volume: nothing to encrypt.');
-    const unknown = (st.metadata.config.requirements?.mandatory ?? []).filter((r) => onlineReencryptVersion(r) === undefined);
+    const mandatory = st.metadata.config.requirements?.mandatory ?? [];
+    const fromSource = mandatory.includes(ENCRYPT_SOURCE_REQUIREMENT);
+    if (fromSource !== (options.source !== undefined)) {
+      throw new InvalidArgumentError(
+        fromSource
+          ? 'This encryption converts a plain dm-crypt volume: resume it with the same --src-format plain options and key.'
+          : 'The recorded encryption is of plaintext, not of a plain dm-crypt volume: resume it without --src-format plain.',
+      );
+    }
+    const unknown = mandatory.filter((r) => onlineReencryptVersion(r) === undefined && r !== ENCRYPT_SOURCE_REQUIREMENT);
     if (unknown.length > 0) throw new UnsupportedError(`The volume has unknown requirements: ${unknown.join(', ')}.`);
     checkEncryptState(st.metadata, state);
+    if (options.source) {
+      const token = Object.values(st.metadata.tokens).find((t) => t.type === ENCRYPT_SOURCE_TOKEN_TYPE);
+      if (!token) throw new CorruptHeaderError(`The header requires ${ENCRYPT_SOURCE_REQUIREMENT} but has no ${ENCRYPT_SOURCE_TOKEN_TYPE} token.`);
+      options.source.check(token);
+    }
     if (options.cipher !== undefined || options.keySizeBits !== undefined || options.sectorSize !== undefined || options.reduceDeviceSize !== undefined) {
       throw new InvalidArgumentError('An encryption is already recorded: resume it without --cipher, --key-size, --sector-size or --reduce-device-size.');
     }
@@ -303,10 +341,10 @@ function finalMeta(meta: Luks2Metadata, s: ReencryptState): void {
   delete meta.keyslots[s.keyslotId];
   if (s.verificationDigestId !== undefined) delete meta.digests[s.verificationDigestId];
   meta.digests[s.newDigestId!]!.segments = ['0'];
-  for (const [id, t] of Object.entries(meta.tokens)) if (t.type === GROWN_TOKEN_TYPE) delete meta.tokens[id];
+  for (const [id, t] of Object.entries(meta.tokens)) if (t.type === GROWN_TOKEN_TYPE || t.type === ENCRYPT_SOURCE_TOKEN_TYPE) delete meta.tokens[id];
   const req = meta.config.requirements;
   if (req && Array.isArray(req.mandatory)) {
-    req.mandatory = req.mandatory.filter((r) => onlineReencryptVersion(r) === undefined);
+    req.mandatory = req.mandatory.filter((r) => onlineReencryptVersion(r) === undefined && r !== ENCRYPT_SOURCE_REQUIREMENT);
     if (req.mandatory.length === 0) delete req.mandatory;
     if (Object.keys(req).length === 0) delete meta.config.requirements;
   }
@@ -533,6 +571,10 @@ async function initEncrypt(device: BlockDevice, options: EncryptOptions, report:
     meta.keyslots[reencId] = encodeReencryptKeyslot({ mode: 'encrypt', direction: 'backward', resilience: 'datashift', areaOffset: rarea.offset, areaSize: rarea.size, shiftSize: shift });
     if (plan.grow) meta.tokens['0'] = { type: GROWN_TOKEN_TYPE, keyslots: [] } as Luks2Metadata['tokens'][string];
     meta.config.requirements = { mandatory: [reencryptRequirementString(REENCRYPT_REQ_VERSION)] };
+    if (options.source) {
+      meta.tokens[String(Object.keys(meta.tokens).length)] = options.source.token;
+      meta.config.requirements.mandatory!.push(ENCRYPT_SOURCE_REQUIREMENT);
+    }
     meta.digests['1'] = { type: 'pbkdf2', keyslots: [reencId], segments: [] };
     const draft = decodeReencryptState(meta)!;
     const vdata = reencryptVerificationData(meta, draft, { new: key.expose() });
