@@ -528,15 +528,23 @@ test('detached header: brickcrypt --init-only -> cryptsetup finishes; cryptsetup
 
 const CLI_FAST = ['--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000'];
 
-/** Starts the CLI and sends `signal` after `ms`; resolves with the exit code, signal and output. */
-function runAndSignal(args: string[], ms: number, signal: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+/**
+ * Starts the CLI (with --json) and sends `signal` `ms` after its first progress line (the start
+ * is recorded then, zones begin), or `ms` after the spawn when `fromSpawn`; resolves with the
+ * exit code, signal and output. Timing from the first progress keeps the kills inside the run
+ * however fast the machine is.
+ */
+function runAndSignal(args: string[], ms: number, signal: NodeJS.Signals, fromSpawn = false): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cliPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [cliPath, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
+    let timer: NodeJS.Timeout | undefined = fromSpawn ? setTimeout(() => child.kill(signal), ms) : undefined;
+    child.stdout.on('data', (d) => {
+      stdout += d;
+      if (timer === undefined && stdout.includes('"progress"')) timer = setTimeout(() => child.kill(signal), ms);
+    });
     child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill(signal), ms);
     child.on('exit', (code, sig) => {
       clearTimeout(timer);
       resolve({ code, signal: sig, stdout, stderr });
@@ -588,8 +596,9 @@ test('CLI: kill -9 of --encrypt at random instants: brickcrypt and cryptsetup ea
     let byCryptsetup = 0;
     const finished = () => runStatus('cryptsetup', ['isLuks', img]).status === 0 && cryptsetupMetadata(img).config.requirements === undefined;
     for (let i = 0; i < 8 && !finished(); i++) {
-      const ms = 900 + Math.floor(Math.random() * 1200);
-      const r = await runAndSignal(['reencrypt', '--encrypt', '--type', 'luks2', img, '--key-file', keyFile, ...CLI_FAST, '--hotzone-size', '2M', '--workers', '1'], ms, 'SIGKILL');
+      // The first kill lands anywhere from the spawn on (possibly inside the start); the others within the zones.
+      const ms = i === 0 ? 300 + Math.floor(Math.random() * 1500) : Math.floor(Math.random() * 600);
+      const r = await runAndSignal(['reencrypt', '--encrypt', '--type', 'luks2', img, '--key-file', keyFile, ...CLI_FAST, '--hotzone-size', '2M', '--workers', '1'], ms, 'SIGKILL', i === 0);
       if (r.signal !== 'SIGKILL') {
         assert.equal(r.code, 0, r.stderr);
         break;
@@ -635,6 +644,29 @@ test('CLI: kill -9 of --encrypt at random instants: brickcrypt and cryptsetup ea
     cryptsetupAccepts(img, keyFile);
     equalPlain(await readPlaintext(img, PASS), plain, 'final');
     assert.ok(byCryptsetup >= 1, 'no killed state was finished by cryptsetup');
+  } finally {
+    cleanup();
+  }
+});
+
+test('CLI: SIGINT stops --encrypt at a resumable point (exit 130); --resume-only finishes it', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const img = join(dir, 'vol.img');
+    const plain = plainFile(img, 64 * MIB);
+    const r = await runAndSignal(['reencrypt', '--encrypt', img, '--key-file', keyFile, ...CLI_FAST, '--hotzone-size', '1M', '--workers', '1'], 0, 'SIGINT');
+    assert.equal(r.code, 130, r.stderr);
+    assert.match(r.stderr, /resume with `brickcrypt reencrypt --resume-only/);
+    const m = cryptsetupMetadata(img);
+    assert.deepEqual(m.config.requirements.mandatory, ['online-reencrypt-v2']);
+    assert.ok(!Object.values(m.segments).some((seg: any) => seg.flags?.includes('in-reencryption')), 'stopped inside a hot zone');
+    const res = runCli(['reencrypt', '--resume-only', img, '--key-file', keyFile]);
+    assert.equal(res.status, 0, res.stderr);
+    assert.match(res.stdout, /encryption finished/);
+    cryptsetupAccepts(img, keyFile);
+    equalPlain(await readPlaintext(img, PASS), plain, 'resumed after SIGINT');
   } finally {
     cleanup();
   }
