@@ -23,7 +23,9 @@ import { CancelledError, CorruptHeaderError, InsufficientSpaceError, InvalidArgu
 import { readLuks2Headers, writeLuks2Headers } from '../../src/luks/luks2-io.js';
 import { decodeReencryptState } from '../../src/formats/luks2/reencrypt-state.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
-import { needTools, run, runStatus, tempDir } from '../helpers/tools.js';
+import { cliPath, needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
+import { spawn } from 'node:child_process';
+import { EXIT_CODES } from '../../src/errors.js';
 import { CS_FAST, CS_OFFLINE, cryptsetupMetadata, readPlaintext } from '../helpers/reencrypt-states.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
@@ -517,6 +519,154 @@ test('detached header: brickcrypt --init-only -> cryptsetup finishes; cryptsetup
       });
       equalPlain(got, plain, `${who} started, the other finished`);
     }
+  } finally {
+    cleanup();
+  }
+});
+
+// --- the CLI ---
+
+const CLI_FAST = ['--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000'];
+
+/**
+ * Starts the CLI (with --json) and sends `signal` `ms` after its first progress line (the start
+ * is recorded then, zones begin), or `ms` after the spawn when `fromSpawn`; resolves with the
+ * exit code, signal and output. Timing from the first progress keeps the kills inside the run
+ * however fast the machine is.
+ */
+function runAndSignal(args: string[], ms: number, signal: NodeJS.Signals, fromSpawn = false): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [cliPath, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let timer: NodeJS.Timeout | undefined = fromSpawn ? setTimeout(() => child.kill(signal), ms) : undefined;
+    child.stdout.on('data', (d) => {
+      stdout += d;
+      if (timer === undefined && stdout.includes('"progress"')) timer = setTimeout(() => child.kill(signal), ms);
+    });
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('exit', (code, sig) => {
+      clearTimeout(timer);
+      resolve({ code, signal: sig, stdout, stderr });
+    });
+  });
+}
+
+test('CLI: --encrypt grows a file and says so; --reduce-device-size says what is given up; --type luks1 and datashift with --header are refused', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const img = join(dir, 'a.img');
+    const plain = plainFile(img, 8 * MIB);
+    let r = runCli(['reencrypt', '--encrypt', '--type', 'luks1', img, '--key-file', keyFile, ...CLI_FAST]);
+    assert.equal(r.status, EXIT_CODES.device, r.stderr);
+    r = runCli(['reencrypt', '--encrypt', img, '--header', join(dir, 'h'), '--resilience', 'datashift', '--key-file', keyFile, ...CLI_FAST]);
+    assert.equal(r.status, EXIT_CODES.usage, r.stderr);
+    equalPlain(new Uint8Array(readFileSync(img)), plain, 'refusals wrote nothing');
+    r = runCli(['reencrypt', '--encrypt', '--type', 'luks2', img, '--key-file', keyFile, ...CLI_FAST]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /encryption finished/);
+    assert.match(r.stdout, /grew by 32\.0 MiB/);
+    assert.equal(statSync(img).size, 8 * MIB + 16 * MIB);
+    cryptsetupAccepts(img, keyFile);
+    equalPlain(await readPlaintext(img, PASS), plain, 'CLI grown');
+    const img2 = join(dir, 'b.img');
+    const plain2 = plainFile(img2, 8 * MIB);
+    r = runCli(['reencrypt', '--encrypt', '--type', 'luks2', '--reduce-device-size', '4M', img2, '--key-file', keyFile, ...CLI_FAST]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /last 4\.0 MiB of the device were given up/);
+    assert.equal(statSync(img2).size, 8 * MIB);
+    equalPlain((await readPlaintext(img2, PASS)).subarray(0, 4 * MIB), plain2.subarray(0, 4 * MIB), 'CLI reduced');
+  } finally {
+    cleanup();
+  }
+});
+
+test('CLI: kill -9 of --encrypt at random instants: brickcrypt and cryptsetup each finish it with the original plaintext', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const img = join(dir, 'vol.img');
+    const size = 192 * MIB;
+    const plain = plainFile(img, size);
+    const copy = join(dir, 'copy.img');
+    let kills = 0;
+    let byCryptsetup = 0;
+    const finished = () => runStatus('cryptsetup', ['isLuks', img]).status === 0 && cryptsetupMetadata(img).config.requirements === undefined;
+    for (let i = 0; i < 8 && !finished(); i++) {
+      // The first kill lands anywhere from the spawn on (possibly inside the start); the others within the zones.
+      const ms = i === 0 ? 300 + Math.floor(Math.random() * 1500) : Math.floor(Math.random() * 600);
+      const r = await runAndSignal(['reencrypt', '--encrypt', '--type', 'luks2', img, '--key-file', keyFile, ...CLI_FAST, '--hotzone-size', '2M', '--workers', '1'], ms, 'SIGKILL', i === 0);
+      if (r.signal !== 'SIGKILL') {
+        assert.equal(r.code, 0, r.stderr);
+        break;
+      }
+      kills++;
+      let recorded = runStatus('cryptsetup', ['isLuks', img]).status === 0;
+      if (!recorded) {
+        // Killed while the header was written to the head: brickcrypt finds its copy in the gap
+        // and writes it again (then nothing is encrypted yet: --init-only); or nothing was recorded.
+        recorded = await onFile(img, (dev) => encryptLuks2(dev, csOpts({ resumeOnly: true, initOnly: true }))).then(
+          (rep) => (assert.equal(rep.recovered, true), true),
+          (err) => (assert.ok(err instanceof InvalidArgumentError && /nothing to resume/.test(err.message), String(err)), false),
+        );
+      }
+      if (recorded) {
+        // cryptsetup finishes a copy (after `repair` when the kill hit a hot zone).
+        writeFileSync(copy, readFileSync(img));
+        const m = cryptsetupMetadata(copy);
+        if (m.config.requirements !== undefined) {
+          const res = runStatus('cryptsetup', ['reencrypt', '--resume-only', ...CS_OFFLINE, '--key-file', keyFile, copy]);
+          if (res.status !== 0) {
+            run('cryptsetup', ['repair', '--batch-mode', '--disable-locks', '--key-file', keyFile, copy]);
+            run('cryptsetup', ['reencrypt', '--resume-only', ...CS_OFFLINE, '--key-file', keyFile, copy]);
+          }
+          byCryptsetup++;
+        }
+        equalPlain((await readPlaintext(copy, PASS)).subarray(0, size), plain, `cryptsetup after kill ${kills} at ${ms} ms`);
+      } else {
+        // Killed before the header reached the head: the plaintext is untouched (the file may have grown).
+        equalPlain(new Uint8Array(readFileSync(img)).subarray(0, size), plain, `kill ${kills} before the header`);
+        if (statSync(img).size !== size) writeFileSync(img, plain);
+      }
+      // The next round resumes the original automatically (or starts it afresh).
+    }
+    assert.ok(kills >= 2, `only ${kills} kills landed`);
+    if (runStatus('cryptsetup', ['isLuks', img]).status === 0 && cryptsetupMetadata(img).config.requirements !== undefined) {
+      const res = runCli(['reencrypt', '--resume-only', img, '--key-file', keyFile]);
+      assert.equal(res.status, 0, res.stderr);
+    } else if (runStatus('cryptsetup', ['isLuks', img]).status !== 0) {
+      assert.equal(runCli(['reencrypt', '--encrypt', img, '--key-file', keyFile, ...CLI_FAST]).status, 0);
+    }
+    assert.equal(statSync(img).size, size + 16 * MIB);
+    cryptsetupAccepts(img, keyFile);
+    equalPlain(await readPlaintext(img, PASS), plain, 'final');
+    assert.ok(byCryptsetup >= 1, 'no killed state was finished by cryptsetup');
+  } finally {
+    cleanup();
+  }
+});
+
+test('CLI: SIGINT stops --encrypt at a resumable point (exit 130); --resume-only finishes it', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const img = join(dir, 'vol.img');
+    const plain = plainFile(img, 64 * MIB);
+    const r = await runAndSignal(['reencrypt', '--encrypt', img, '--key-file', keyFile, ...CLI_FAST, '--hotzone-size', '1M', '--workers', '1'], 0, 'SIGINT');
+    assert.equal(r.code, 130, r.stderr);
+    assert.match(r.stderr, /resume with `brickcrypt reencrypt --resume-only/);
+    const m = cryptsetupMetadata(img);
+    assert.deepEqual(m.config.requirements.mandatory, ['online-reencrypt-v2']);
+    assert.ok(!Object.values(m.segments).some((seg: any) => seg.flags?.includes('in-reencryption')), 'stopped inside a hot zone');
+    const res = runCli(['reencrypt', '--resume-only', img, '--key-file', keyFile]);
+    assert.equal(res.status, 0, res.stderr);
+    assert.match(res.stdout, /encryption finished/);
+    cryptsetupAccepts(img, keyFile);
+    equalPlain(await readPlaintext(img, PASS), plain, 'resumed after SIGINT');
   } finally {
     cleanup();
   }
