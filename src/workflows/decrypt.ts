@@ -14,7 +14,7 @@
  * @example
  * const report = await decryptVolume('vol.img', { passphrases: [pass] });
  */
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { FileDevice, removeFile, renameDurably, syncDirectory } from '../devices/file-device.js';
 import { detectFormat } from '../images/detect.js';
 import { CorruptHeaderError, InvalidArgumentError, UnknownFormatError, UnsupportedError } from '../errors.js';
@@ -136,7 +136,10 @@ export async function decryptVolume(path: string, options: DecryptVolumeOptions)
   const headerPath = options.header ?? defaultDecryptHeaderPath(path);
   const temporary = options.header === undefined;
   let exported = false;
-  if (!existsSync(headerPath)) {
+  if (existsSync(headerPath)) {
+    const [a, b] = [statSync(path), statSync(headerPath)];
+    if (a.dev === b.dev && a.ino === b.ino) throw new InvalidArgumentError(`--header ${headerPath} is the volume itself: give a separate file (it receives the header before the data moves over it).`);
+  } else {
     if (options.resumeOnly) throw new InvalidArgumentError(`No decryption is recorded for ${path} (${headerPath} does not exist): nothing to resume.`);
     await exportHeader(path, headerPath);
     exported = true;

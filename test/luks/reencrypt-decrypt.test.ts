@@ -174,6 +174,30 @@ test('init-only, refusals that write nothing, then resume', async () => {
   equalPlain(d.bytes, plain, 'resumed');
 });
 
+test('a state whose keyslots are gone and whose data is all plaintext (cryptsetup stopped between its two final writes) is finished without a key', async () => {
+  const { header, data, plain } = await detachedVolume(256 * 1024);
+  const h = new MemoryDevice(header);
+  const d = new MemoryDevice(data);
+  await decryptLuks2(d, opts(h, { initOnly: true }));
+  // The layout cryptsetup leaves there: one linear segment, the old keyslot destroyed, the state still recorded.
+  const { state } = await readLuks2Headers(h);
+  const m = state.metadata;
+  const s = decodeReencryptState(m)!;
+  const prev = m.segments[s.previousId]!;
+  const fin = m.segments[s.finalId]!;
+  m.segments = { '0': { type: 'linear', offset: '0', size: 'dynamic' }, '1': prev, '2': fin };
+  m.digests[s.oldDigestId!]!.segments = ['1'];
+  for (const id of m.digests[s.oldDigestId!]!.keyslots) delete m.keyslots[id];
+  m.digests[s.oldDigestId!]!.keyslots = [];
+  await writeLuks2Headers(h, state);
+  d.bytes.set(plain, 0);
+  const r = await decryptLuks2(d, opts(h, { passphrases: [Passphrase.fromString('any')] }));
+  assert.equal(r.finished, true);
+  assert.equal(r.bytes, 0);
+  equalPlain(d.bytes, plain, 'untouched');
+  await assertFinished(h);
+});
+
 for (const shifted of [false, true]) {
   test(`decryption (${shifted ? 'data shift' : 'detached'}) stopped by a signal at every zone boundary resumes to the same plaintext`, async () => {
     const v = shifted ? await attachedVolume(2560 * 1024) : await detachedVolume(512 * 1024);
@@ -445,6 +469,8 @@ test('CLI: reencrypt --decrypt of an attached volume: plain file of the payload 
     r = runCli(['reencrypt', '--decrypt', v.vol, '--key-file', v.keyFile, '--resume-only']);
     assert.equal(r.status, EXIT_CODES.usage, r.stderr);
     r = runCli(['reencrypt', '--decrypt', v.vol, '--key-file', v.keyFile, '--resilience', 'none']);
+    assert.equal(r.status, EXIT_CODES.usage, r.stderr);
+    r = runCli(['reencrypt', '--decrypt', v.vol, '--key-file', v.keyFile, '--header', v.vol]);
     assert.equal(r.status, EXIT_CODES.usage, r.stderr);
     const lock = await VolumeLock.acquire(v.vol);
     try {
