@@ -596,3 +596,44 @@ for (const detached of [true, false]) {
     }
   });
 }
+
+test('LUKS1: the header is exported as its LUKS2 conversion and decrypted with the data shift; cryptsetup resumes brickcrypt --init-only of it', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    for (const cs of [false, true]) {
+      const vol = join(dir, 'v1.img');
+      const keyFile = join(dir, 'key');
+      writeFileSync(keyFile, PASS);
+      rmSync(vol, { force: true });
+      rmSync(`${vol}.decrypt-header`, { force: true });
+      writeFileSync(vol, '');
+      run('truncate', ['-s', String(12 << 20), vol]);
+      run('cryptsetup', ['luksFormat', '--type', 'luks1', '--batch-mode', '--pbkdf-force-iterations', '1000', '--key-file', keyFile, vol]);
+      const file = await FileDevice.open(vol);
+      let plain: Uint8Array;
+      try {
+        const volume = await LuksVolume.open(file);
+        plain = await fill(file, volume, (await volume.unlock(Passphrase.fromString(PASS))).key);
+      } finally {
+        await file.close();
+      }
+      const before = readFileSync(vol);
+      const r = runCli(['reencrypt', '--decrypt', vol, '--key-file', keyFile, ...CLI_FAST, ...(cs ? ['--init-only'] : [])]);
+      assert.equal(r.status, 0, r.stderr);
+      if (cs) {
+        // Only the old header area (where the moved segment went) changed.
+        const shift = Number(cryptsetupMetadata(`${vol}.decrypt-header`).keyslots['1']?.area?.shift_size ?? 0);
+        assert.ok(shift > 0);
+        assert.deepEqual(readFileSync(vol).subarray(shift), before.subarray(shift));
+        csDecrypt(vol, `${vol}.decrypt-header`, keyFile, ['--resume-only']);
+      }
+      equalPlain(readFileSync(vol).subarray(0, plain.length), plain, cs ? 'cryptsetup finished' : 'brickcrypt');
+      if (!cs) {
+        assert.equal(statSync(vol).size, plain.length);
+        assert.equal(existsSync(`${vol}.decrypt-header`), false);
+      }
+    }
+  } finally {
+    cleanup();
+  }
+});
