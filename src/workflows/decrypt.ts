@@ -173,6 +173,7 @@ export async function decryptVolume(path: string, options: DecryptVolumeOptions)
   let headerRemoved = false;
   if (report.finished && temporary) {
     await removeFile(headerPath);
+    await removeFile(`${headerPath}.partial`);
     await syncDirectory(dirname(headerPath));
     headerRemoved = true;
   }

@@ -637,3 +637,20 @@ test('LUKS1: the header is exported as its LUKS2 conversion and decrypted with t
     cleanup();
   }
 });
+
+test('CLI: a run that stopped after the export (plain header file, volume untouched, a stale .partial) is started again from the header file', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const v = await csVolume(dir, false);
+    const hdr = `${v.vol}.decrypt-header`;
+    await exportHeader(v.vol, hdr);
+    writeFileSync(`${hdr}.partial`, 'torn');
+    const r = runCli(['reencrypt', '--decrypt', v.vol, '--key-file', v.keyFile, ...CLI_FAST]);
+    assert.equal(r.status, 0, r.stderr);
+    equalPlain(readFileSync(v.vol), v.plain, 'restarted from the export');
+    assert.equal(existsSync(hdr), false);
+    assert.equal(existsSync(`${hdr}.partial`), false);
+  } finally {
+    cleanup();
+  }
+});
