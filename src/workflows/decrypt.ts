@@ -14,13 +14,14 @@
  * @example
  * const report = await decryptVolume('vol.img', { passphrases: [pass] });
  */
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { FileDevice, removeFile, renameDurably, syncDirectory } from '../devices/file-device.js';
 import { detectFormat } from '../images/detect.js';
-import { CorruptHeaderError, InvalidArgumentError, UnknownFormatError, UnsupportedError } from '../errors.js';
+import { CorruptHeaderError, InvalidArgumentError, UnknownFormatError } from '../errors.js';
 import { readLuks2Headers } from '../luks/luks2-io.js';
+import { LuksVolume } from '../luks/volume.js';
 import { decodeReencryptState } from '../formats/luks2/reencrypt-state.js';
-import { decryptLuks2, luks2HeaderArea, type DecryptCipherFactory, type DecryptOptions, type DecryptReport } from '../luks/reencrypt/decrypt.js';
+import { decryptLuks2, luks2HeaderArea, luks2HeaderAreaFromLuks1, type DecryptCipherFactory, type DecryptOptions, type DecryptReport } from '../luks/reencrypt/decrypt.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
 import { dirname } from 'node:path';
 
@@ -100,9 +101,9 @@ async function exportHeader(volume: string, path: string): Promise<void> {
   let area: Awaited<ReturnType<typeof luks2HeaderArea>>;
   try {
     const format = await detectFormat(file);
-    if (format === 'luks1') throw new UnsupportedError('In-place decryption of LUKS1 volumes is not supported (convert it with `brickcrypt convert --dst-format luks2` first).');
-    if (format !== 'luks2') throw format === 'raw' ? new InvalidArgumentError(`${volume} is not a LUKS volume (and ${path} does not exist).`) : new UnknownFormatError(`${volume} holds ${format} data, not a LUKS2 volume.`);
-    area = await luks2HeaderArea(file);
+    if (format !== 'luks2' && format !== 'luks1') throw format === 'raw' ? new InvalidArgumentError(`${volume} is not a LUKS volume (and ${path} does not exist).`) : new UnknownFormatError(`${volume} holds ${format} data, not a LUKS volume.`);
+    // LUKS1: the exported header is its LUKS2 conversion (the volume itself is not converted).
+    area = format === 'luks1' ? await luks2HeaderAreaFromLuks1(file) : await luks2HeaderArea(file);
   } finally {
     await file.close();
   }
@@ -122,6 +123,7 @@ async function exportHeader(volume: string, path: string): Promise<void> {
 async function attachedHeaderIntact(volume: string, uuid: string): Promise<boolean> {
   const file = await FileDevice.open(volume, { readOnly: true });
   try {
+    if ((await detectFormat(file)) === 'luks1') return (await LuksVolume.open(file, { readOnly: true })).uuid === uuid;
     const { state } = await readLuks2Headers(file, file.size);
     return state.bin.uuid === uuid && decodeReencryptState(state.metadata) === undefined;
   } catch {
@@ -136,7 +138,10 @@ export async function decryptVolume(path: string, options: DecryptVolumeOptions)
   const headerPath = options.header ?? defaultDecryptHeaderPath(path);
   const temporary = options.header === undefined;
   let exported = false;
-  if (!existsSync(headerPath)) {
+  if (existsSync(headerPath)) {
+    const [a, b] = [statSync(path), statSync(headerPath)];
+    if (a.dev === b.dev && a.ino === b.ino) throw new InvalidArgumentError(`--header ${headerPath} is the volume itself: give a separate file (it receives the header before the data moves over it).`);
+  } else {
     if (options.resumeOnly) throw new InvalidArgumentError(`No decryption is recorded for ${path} (${headerPath} does not exist): nothing to resume.`);
     await exportHeader(path, headerPath);
     exported = true;
@@ -168,6 +173,7 @@ export async function decryptVolume(path: string, options: DecryptVolumeOptions)
   let headerRemoved = false;
   if (report.finished && temporary) {
     await removeFile(headerPath);
+    await removeFile(`${headerPath}.partial`);
     await syncDirectory(dirname(headerPath));
     headerRemoved = true;
   }

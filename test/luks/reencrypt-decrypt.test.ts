@@ -174,6 +174,30 @@ test('init-only, refusals that write nothing, then resume', async () => {
   equalPlain(d.bytes, plain, 'resumed');
 });
 
+test('a state whose keyslots are gone and whose data is all plaintext (cryptsetup stopped between its two final writes) is finished without a key', async () => {
+  const { header, data, plain } = await detachedVolume(256 * 1024);
+  const h = new MemoryDevice(header);
+  const d = new MemoryDevice(data);
+  await decryptLuks2(d, opts(h, { initOnly: true }));
+  // The layout cryptsetup leaves there: one linear segment, the old keyslot destroyed, the state still recorded.
+  const { state } = await readLuks2Headers(h);
+  const m = state.metadata;
+  const s = decodeReencryptState(m)!;
+  const prev = m.segments[s.previousId]!;
+  const fin = m.segments[s.finalId]!;
+  m.segments = { '0': { type: 'linear', offset: '0', size: 'dynamic' }, '1': prev, '2': fin };
+  m.digests[s.oldDigestId!]!.segments = ['1'];
+  for (const id of m.digests[s.oldDigestId!]!.keyslots) delete m.keyslots[id];
+  m.digests[s.oldDigestId!]!.keyslots = [];
+  await writeLuks2Headers(h, state);
+  d.bytes.set(plain, 0);
+  const r = await decryptLuks2(d, opts(h, { passphrases: [Passphrase.fromString('any')] }));
+  assert.equal(r.finished, true);
+  assert.equal(r.bytes, 0);
+  equalPlain(d.bytes, plain, 'untouched');
+  await assertFinished(h);
+});
+
 for (const shifted of [false, true]) {
   test(`decryption (${shifted ? 'data shift' : 'detached'}) stopped by a signal at every zone boundary resumes to the same plaintext`, async () => {
     const v = shifted ? await attachedVolume(2560 * 1024) : await detachedVolume(512 * 1024);
@@ -446,6 +470,8 @@ test('CLI: reencrypt --decrypt of an attached volume: plain file of the payload 
     assert.equal(r.status, EXIT_CODES.usage, r.stderr);
     r = runCli(['reencrypt', '--decrypt', v.vol, '--key-file', v.keyFile, '--resilience', 'none']);
     assert.equal(r.status, EXIT_CODES.usage, r.stderr);
+    r = runCli(['reencrypt', '--decrypt', v.vol, '--key-file', v.keyFile, '--header', v.vol]);
+    assert.equal(r.status, EXIT_CODES.usage, r.stderr);
     const lock = await VolumeLock.acquire(v.vol);
     try {
       r = runCli(['reencrypt', '--decrypt', v.vol, '--key-file', v.keyFile, ...CLI_FAST]);
@@ -528,6 +554,102 @@ test('CLI: SIGINT stops --decrypt at a resumable point (exit 130); kill -9 at ra
     }
     assert.equal(existsSync(hdr), false);
     equalPlain(readFileSync(v.vol), v.plain, 'final');
+  } finally {
+    cleanup();
+  }
+});
+
+for (const detached of [true, false]) {
+  test(`interop (${detached ? 'detached header' : 'exported header, data shift'}): brickcrypt loses power inside a hot zone -> cryptsetup repair + reencrypt --resume-only finish it`, { skip }, async () => {
+    const { dir, cleanup } = tempDir();
+    try {
+      const v = await csVolume(dir, detached);
+      if (!detached) await exportHeader(v.vol, v.hdr);
+      const hdrBytes = new Uint8Array(readFileSync(v.hdr));
+      const image = joined(hdrBytes, new Uint8Array(readFileSync(v.vol)));
+      const extra: Partial<DecryptOptions> = { hotzoneSize: 1 << 20 };
+      // Find a cut that leaves an in-reencryption segment (the data write of a zone under way).
+      let found = false;
+      for (let cut = 6; cut < 120 && !found; cut += 2) {
+        const dev = new FaultInjectingDevice(image, { cutAfterWrite: cut, seed: cut, sectorSize: 4096 });
+        const parts = split(dev, hdrBytes.length);
+        try {
+          await decryptLuks2(parts.data, opts(parts.header, extra));
+          break;
+        } catch (err) {
+          assert.ok(err instanceof PowerCutError, String(err));
+        }
+        const crashed = dev.crashImage();
+        const { state } = await readLuks2Headers(new MemoryDevice(crashed.subarray(0, hdrBytes.length)));
+        if (!Object.values(state.metadata.segments).some((s) => s.flags?.includes('in-reencryption'))) continue;
+        found = true;
+        writeFileSync(v.hdr, crashed.subarray(0, hdrBytes.length));
+        writeFileSync(v.vol, crashed.subarray(hdrBytes.length));
+      }
+      assert.ok(found, 'no crash inside a hot zone found');
+      run('cryptsetup', ['repair', '--batch-mode', '--disable-locks', '--key-file', v.keyFile, '--header', v.hdr, v.vol]);
+      csDecrypt(v.vol, v.hdr, v.keyFile, ['--resume-only']);
+      plainOf(v.vol, v.plain, 'cryptsetup recovered brickcrypt');
+      cryptsetupSeesPlain(v.hdr);
+    } finally {
+      cleanup();
+    }
+  });
+}
+
+test('LUKS1: the header is exported as its LUKS2 conversion and decrypted with the data shift; cryptsetup resumes brickcrypt --init-only of it', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    for (const cs of [false, true]) {
+      const vol = join(dir, 'v1.img');
+      const keyFile = join(dir, 'key');
+      writeFileSync(keyFile, PASS);
+      rmSync(vol, { force: true });
+      rmSync(`${vol}.decrypt-header`, { force: true });
+      writeFileSync(vol, '');
+      run('truncate', ['-s', String(12 << 20), vol]);
+      run('cryptsetup', ['luksFormat', '--type', 'luks1', '--batch-mode', '--pbkdf-force-iterations', '1000', '--key-file', keyFile, vol]);
+      const file = await FileDevice.open(vol);
+      let plain: Uint8Array;
+      try {
+        const volume = await LuksVolume.open(file);
+        plain = await fill(file, volume, (await volume.unlock(Passphrase.fromString(PASS))).key);
+      } finally {
+        await file.close();
+      }
+      const before = readFileSync(vol);
+      const r = runCli(['reencrypt', '--decrypt', vol, '--key-file', keyFile, ...CLI_FAST, ...(cs ? ['--init-only'] : [])]);
+      assert.equal(r.status, 0, r.stderr);
+      if (cs) {
+        // Only the old header area (where the moved segment went) changed.
+        const shift = Number(cryptsetupMetadata(`${vol}.decrypt-header`).keyslots['1']?.area?.shift_size ?? 0);
+        assert.ok(shift > 0);
+        assert.deepEqual(readFileSync(vol).subarray(shift), before.subarray(shift));
+        csDecrypt(vol, `${vol}.decrypt-header`, keyFile, ['--resume-only']);
+      }
+      equalPlain(readFileSync(vol).subarray(0, plain.length), plain, cs ? 'cryptsetup finished' : 'brickcrypt');
+      if (!cs) {
+        assert.equal(statSync(vol).size, plain.length);
+        assert.equal(existsSync(`${vol}.decrypt-header`), false);
+      }
+    }
+  } finally {
+    cleanup();
+  }
+});
+
+test('CLI: a run that stopped after the export (plain header file, volume untouched, a stale .partial) is started again from the header file', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const v = await csVolume(dir, false);
+    const hdr = `${v.vol}.decrypt-header`;
+    await exportHeader(v.vol, hdr);
+    writeFileSync(`${hdr}.partial`, 'torn');
+    const r = runCli(['reencrypt', '--decrypt', v.vol, '--key-file', v.keyFile, ...CLI_FAST]);
+    assert.equal(r.status, 0, r.stderr);
+    equalPlain(readFileSync(v.vol), v.plain, 'restarted from the export');
+    assert.equal(existsSync(hdr), false);
+    assert.equal(existsSync(`${hdr}.partial`), false);
   } finally {
     cleanup();
   }

@@ -45,6 +45,9 @@ import {
 } from '../../formats/luks2/reencrypt-state.js';
 import type { Passphrase, VolumeKey } from '../../secret.js';
 import { readLuks2Headers, writeLuks2Headers, type Luks2HeaderState } from '../luks2-io.js';
+import { convertLuksHeader } from '../convert-header.js';
+import { decodeLuks1Header, LUKS1_HEADER_SIZE } from '../../formats/luks1/header.js';
+import { MemoryDevice } from '../../devices/memory-device.js';
 import type { KdfOptions } from '../options.js';
 import { onlineReencryptVersion } from '../requirements.js';
 import { DEFAULT_HOTZONE_BYTES, largestFreeArea, type Resilience, type ZoneChecksums, type ZoneSide } from './engine.js';
@@ -679,4 +682,24 @@ export async function luks2HeaderArea(device: BlockDevice): Promise<{ bytes: Uin
   const bytes = new Uint8Array(end);
   await device.read(bytes, 0);
   return { bytes, uuid: state.bin.uuid, dataOffset };
+}
+
+/**
+ * The header to export for the decryption of an attached LUKS1 volume: its header area
+ * converted to LUKS2 in memory (as `cryptsetup convert` would, src/luks/convert-header.ts), so
+ * the LUKS2 data-shift decryption (and cryptsetup) can work from it. The volume is not written.
+ */
+export async function luks2HeaderAreaFromLuks1(device: BlockDevice): Promise<{ bytes: Uint8Array; uuid: string; dataOffset: number }> {
+  const head = new Uint8Array(LUKS1_HEADER_SIZE);
+  await device.read(head, 0);
+  const hdr = decodeLuks1Header(head);
+  const dataOffset = hdr.payloadOffset * 512;
+  if (dataOffset === 0 || dataOffset >= device.size) throw new UnsupportedError('A LUKS1 volume without payload after its header cannot be decrypted in place.');
+  // The header area and one sector of payload, so the copy opens as an attached volume.
+  const copy = new MemoryDevice(dataOffset + 4096);
+  await device.read(copy.bytes.subarray(0, dataOffset), 0);
+  await convertLuksHeader(copy, { type: 'luks2' });
+  const out = await luks2HeaderArea(copy);
+  copy.bytes.fill(0);
+  return out;
 }
