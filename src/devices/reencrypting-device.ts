@@ -162,6 +162,18 @@ export class ReencryptingDevice implements BlockDevice {
     }
   }
 
+  /**
+   * After a finished reencryption (everything new, old view retired), makes the new-key view the
+   * old one for the next reencryption: same mapping, so requests in flight are unaffected.
+   */
+  async restart(): Promise<void> {
+    if (this.#boundary !== this.size || !this.#new) throw new DeviceIoError('Only a finished reencryption can be followed by another one.');
+    await this.retireOld();
+    this.#old = this.#new;
+    this.#new = undefined;
+    this.#boundary = 0;
+  }
+
   #any(): BlockDevice {
     return (this.#old ?? this.#new)!;
   }

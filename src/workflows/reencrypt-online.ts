@@ -88,8 +88,12 @@ export interface OnlineReencryptorOptions {
 /** Runs reencryptions of a served volume in the serving process, one at a time. */
 export class OnlineReencryptor {
   #running: { promise: Promise<unknown>; abort: AbortController } | undefined;
+  /** The served (old-key) view's parameters; the new ones after a finished run. */
+  #old: OnlineReencryptorOptions['old'];
 
-  constructor(readonly options: OnlineReencryptorOptions) {}
+  constructor(readonly options: OnlineReencryptorOptions) {
+    this.#old = options.old;
+  }
 
   get running(): boolean {
     return this.#running !== undefined;
@@ -97,12 +101,14 @@ export class OnlineReencryptor {
 
   /** The zone gate wired to the served view. */
   gate(): ZoneGate {
-    const { view, data, pool, old } = this.options;
+    const { view, data, pool } = this.options;
     return {
       begin: async (from, to, area) => {
+        const old = this.#old;
         if (from.encryption !== old.encryption || from.sectorSize !== old.sectorSize || from.ivTweak !== old.ivTweak || area.dataOffset !== old.dataOffset) {
           throw new DeviceIoError('The header no longer describes the volume as it is served; detach and re-attach it.');
         }
+        if (view.hasNewView && view.boundary === view.size) await view.restart(); // a second re-key of the same volume
         if (view.hasNewView) return;
         const offload = pool.sectorCrypto({ encryption: to.encryption, keyBytes: to.keyBytes, sectorSize: to.sectorSize }, to.key);
         const params = { encryption: to.encryption, keyBytes: to.keyBytes, sectorSize: to.sectorSize, ivTweak: to.ivTweak, dataOffset: area.dataOffset, payloadSize: area.dataSize };
@@ -147,7 +153,10 @@ export class OnlineReencryptor {
           zoneGate: this.gate(),
           signal: abort.signal,
         });
-        if (report.finished) await this.options.view.retireOld();
+        if (report.finished) {
+          await this.options.view.retireOld();
+          this.#old = { encryption: report.encryption, sectorSize: report.sectorSize, ivTweak: this.#old.ivTweak, dataOffset: this.#old.dataOffset };
+        }
         return report;
       } finally {
         options.signal?.removeEventListener('abort', onAbort);
@@ -211,6 +220,7 @@ function errorMessage(err: unknown): object {
  */
 export async function serveReencryptControl(path: string, reencryptor: OnlineReencryptor, log: (m: string) => void = () => undefined): Promise<{ close(): Promise<void> }> {
   const sockets = new Set<net.Socket>();
+  const handlers = new Set<Promise<void>>();
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
@@ -245,7 +255,7 @@ export async function serveReencryptControl(path: string, reencryptor: OnlineRee
         stopRun = new AbortController();
         log(`online reencryption requested (${options.resumeOnly ? 'resume' : options.initOnly ? 'init only' : 're-key'})`);
         let lastSent = 0;
-        reencryptor
+        const handled = reencryptor
           .run(passphrase, {
             ...options,
             signal: stopRun.signal,
@@ -269,7 +279,9 @@ export async function serveReencryptControl(path: string, reencryptor: OnlineRee
           .finally(() => {
             passphrase.wipe();
             socket.end();
+            handlers.delete(handled);
           });
+        handlers.add(handled);
       },
       () => socket.destroy(),
     );
@@ -291,8 +303,14 @@ export async function serveReencryptControl(path: string, reencryptor: OnlineRee
   chmodSync(path, 0o600);
   return {
     close: async () => {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      // A run still going reports to its client first (the caller stops the reencryptor before).
+      await Promise.all([...handlers]);
+      const closing = new Promise<void>((resolve) => server.close(() => resolve()));
+      // Ended sockets get a moment to deliver their last message, then go.
+      const grace = new Promise<void>((resolve) => setTimeout(resolve, 1000).unref());
+      await Promise.race([Promise.all([...sockets].map((s) => new Promise<void>((r) => (s.closed ? r() : s.once('close', () => r()))))), grace]);
       for (const s of sockets) s.destroy();
+      await closing;
       rmSync(path, { force: true });
     },
   };

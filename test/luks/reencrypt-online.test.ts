@@ -325,6 +325,16 @@ test('OnlineReencryptor: one run at a time; control options are checked', async 
   const report = await reencryptor.run(Passphrase.fromString(PASS), { resumeOnly: true, ...FAST });
   assert.equal(report.finished, true);
   assert.equal(view.boundary, view.size);
+  // A second re-key of the same served volume (new sector size), with a client write between.
+  const mark = new Uint8Array(randomBytes(5000));
+  await view.write(mark, 12345);
+  const second = await reencryptor.run(Passphrase.fromString(PASS), { sectorSize: 512, hotzoneSize: 128 * 1024, ...FAST });
+  assert.equal(second.finished, true);
+  assert.equal(second.sectorSize, 512);
+  const got = new Uint8Array(5000);
+  await view.read(got, 12345);
+  assert.equal(firstDiff(got, mark), -1);
+  assert.equal(firstDiff((await plaintextOf(dev)).subarray(12345, 17345), mark), -1);
   await view.close();
   await pool.close();
   assert.deepEqual(parseOnlineOptions({ resumeOnly: true, hotzoneSize: 65536, cipher: 'aes-xts-plain64' }), { resumeOnly: true, hotzoneSize: 65536, cipher: 'aes-xts-plain64' });
@@ -508,20 +518,22 @@ test('CLI: kill -9 of the serving process mid-way; offline --resume-only finishe
     const img = join(dir, 'vol.img');
     const keyFile = join(dir, 'key');
     writeFileSync(keyFile, PASS);
-    const model = await cryptsetupVolumeWithData(img, 96 << 20, keyFile);
+    const model = await cryptsetupVolumeWithData(img, 128 << 20, keyFile);
     const sock = join(dir, 'vol.sock');
     const att = await startAttach(img, keyFile, sock);
     const client = await NbdTestClient.connect(sock);
     let killed = false;
     const re = runReencrypt([img, '--key-file', keyFile, '--hotzone-size', '1M', ...CLI_FAST], (e) => {
-      // The second progress line comes a second in: the run is under way.
-      if (e.event === 'progress' && (e.bytes as number) > 0 && !killed) {
+      // The first progress line comes once the keys are open and the zones begin.
+      if (e.event === 'progress' && !killed) {
         killed = true;
-        att.child.kill('SIGKILL');
+        setTimeout(() => att.child.kill('SIGKILL'), 400);
       }
     });
     const inflight: { w?: { off: number; data: Uint8Array } } = {};
-    await nbdLoad(client, model, () => killed, inflight, 11).catch((err: Error) => assert.ok(killed, String(err)));
+    let gone = false;
+    void att.exited.then(() => (gone = true));
+    await nbdLoad(client, model, () => gone, inflight, 11).catch((err: Error) => assert.ok(killed, String(err)));
     const r = await re.done;
     await att.exited;
     client.close();
@@ -540,6 +552,76 @@ test('CLI: kill -9 of the serving process mid-way; offline --resume-only finishe
       assert.fail(`byte ${i} is neither the acknowledged nor the in-flight write`);
     }
     run('cryptsetup', ['open', '--test-passphrase', '--key-file', keyFile, img]);
+  } finally {
+    cleanup();
+  }
+});
+
+test('CLI online: wrong passphrase exits 2; Ctrl-C of the CLI stops the server at a zone boundary (130), an online --resume-only finishes; detach mid-run stops cleanly, attach then refuses, offline resume finishes', { skip: cliSkip }, async () => {
+  const { dir, cleanup } = tempDir('brickcrypt-online-');
+  try {
+    const img = join(dir, 'vol.img');
+    const keyFile = join(dir, 'key');
+    const wrong = join(dir, 'wrong');
+    writeFileSync(keyFile, PASS);
+    writeFileSync(wrong, 'not it');
+    const model = await cryptsetupVolumeWithData(img, 128 << 20, keyFile);
+    const sock = join(dir, 'vol.sock');
+    let att = await startAttach(img, keyFile, sock);
+    let client = await NbdTestClient.connect(sock);
+    try {
+      let r = await runReencrypt([img, '--key-file', wrong, ...CLI_FAST]).done;
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /WRONG_PASSPHRASE/);
+      r = await runReencrypt([img, '--key-file', keyFile, '--header', join(dir, 'hdr')]).done;
+      assert.equal(r.code, 1, r.stderr);
+      // SIGINT to the CLI: the server stops at the next zone boundary and says so.
+      let sent = false;
+      const first = runReencrypt([img, '--key-file', keyFile, '--hotzone-size', '1M', ...CLI_FAST], (e) => {
+        if (e.event === 'progress' && !sent) {
+          sent = true;
+          first.child.kill('SIGINT');
+        }
+      });
+      r = await first.done;
+      assert.ok(sent, 'interrupted during the run');
+      assert.equal(r.code, 130, r.stderr);
+      assert.match(r.stderr, /consistent point/);
+      assert.ok(cryptsetupMetadata(img).config.requirements?.mandatory?.length > 0, 'recorded, not finished');
+      await nbdLoad(client, model, (() => { let k = 0; return () => k++ >= 30; })(), {}, 3);
+      r = await runReencrypt(['--resume-only', img, '--key-file', keyFile]).done;
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.events.find((e) => e.event === 'done')!.finished, true);
+      // A second re-key, stopped by detaching the server mid-run.
+      let stopped = false;
+      const second = runReencrypt([img, '--key-file', keyFile, '--hotzone-size', '1M', '--resilience', 'journal', ...CLI_FAST], (e) => {
+        if (e.event === 'progress' && !stopped) {
+          stopped = true;
+          att.child.kill('SIGTERM');
+        }
+      });
+      r = await second.done;
+      assert.ok(stopped);
+      assert.equal(r.code, 130, r.stderr);
+      assert.equal(await att.exited, 0, att.stderr());
+    } finally {
+      client.close();
+      att.child.kill('SIGTERM');
+      await att.exited;
+    }
+    const again = runCli(['attach', img, '--key-file', keyFile, '--socket', sock]);
+    assert.equal(again.status, 5, again.stderr);
+    assert.match(again.stderr, /REENCRYPTION_IN_PROGRESS/);
+    const resumed = runCli(['reencrypt', '--resume-only', img, '--key-file', keyFile]);
+    assert.equal(resumed.status, 0, resumed.stderr);
+    same(await readPlaintext(img, PASS), model, 'plaintext after both runs');
+    // Serve it again once more: the client's data is there.
+    att = await startAttach(img, keyFile, sock);
+    client = await NbdTestClient.connect(sock);
+    same(await client.read(0, 1 << 20), model.subarray(0, 1 << 20), 'served after the offline finish');
+    client.close();
+    att.child.kill('SIGTERM');
+    assert.equal(await att.exited, 0);
   } finally {
     cleanup();
   }
