@@ -626,3 +626,49 @@ test('CLI online: wrong passphrase exits 2; Ctrl-C of the CLI stops the server a
     cleanup();
   }
 });
+
+test('online: an I/O error inside a zone fences it (clients get errors there only); an online --resume-only recovers it', async () => {
+  const payload = 1024 * 1024;
+  const mem = new MemoryDevice(2 * 1024 * 1024 + payload);
+  const model = await smallVolume(mem, payload, 4096);
+  // The engine's first full-zone data write fails once (a transient device error).
+  let failNext = true;
+  const flaky = new Proxy(mem, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop, target) as unknown;
+      if (prop === 'write') {
+        return async (buf: Uint8Array, offset: number) => {
+          if (failNext && offset >= 2 * 1024 * 1024 + 3 * 65536 && buf.length === 65536) {
+            failNext = false;
+            await target.write(buf.subarray(0, 8192), offset); // torn: part of the zone is rewritten
+            throw new DeviceIoError('injected write error');
+          }
+          return target.write(buf, offset);
+        };
+      }
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  const { view, reencryptor, pool } = await served(yielding(flaky));
+  await assert.rejects(reencryptor.run(Passphrase.fromString(PASS), { hotzoneSize: 64 * 1024, ...FAST }), /injected write error/);
+  const zoneStart = view.boundary;
+  assert.ok(zoneStart >= 3 * 65536 && zoneStart < payload);
+  await assert.rejects(view.read(new Uint8Array(100), zoneStart + 10), DeviceIoError);
+  // Outside the fenced zone the volume is served on, both sides of it.
+  const before = new Uint8Array(1000);
+  await view.read(before, zoneStart - 1000);
+  assert.equal(firstDiff(before, model.subarray(zoneStart - 1000, zoneStart)), -1);
+  const w = new Uint8Array(randomBytes(3000));
+  await view.write(w, zoneStart + 65536 + 5);
+  model.set(w, zoneStart + 65536 + 5);
+  // The header names the hot zone; the resume recovers it in the serving process.
+  const report = await reencryptor.run(Passphrase.fromString(PASS), { resumeOnly: true, ...FAST });
+  assert.equal(report.recovered, true);
+  assert.equal(report.finished, true);
+  const all = new Uint8Array(payload);
+  await view.read(all, 0);
+  assert.equal(firstDiff(all, model), -1, 'served view after recovery');
+  await view.close();
+  await pool.close();
+  assert.equal(firstDiff(await plaintextOf(mem), model), -1, 'volume opened afresh');
+});
