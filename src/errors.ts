@@ -416,6 +416,22 @@ export class MalformedTokenError extends BrickcryptError {
   }
 }
 
+// --- LUKS1 re-key ---
+/** Why an in-place LUKS1 re-key is refused (stable, for scripts). */
+export type Luks1ReencryptRefusal = 'no-space' | 'layout' | 'options' | 'detached-header';
+
+/**
+ * An in-place LUKS1 re-key is refused before anything is written: it runs through a temporary
+ * LUKS2 header (docs/reencrypt.md "LUKS1 volumes"), and `reason` names what does not fit.
+ */
+export class Luks1ReencryptRefusedError extends BrickcryptError {
+  readonly reason: Luks1ReencryptRefusal;
+  constructor(reason: Luks1ReencryptRefusal, message: string, options?: { cause?: unknown }) {
+    super('LUKS1_REENCRYPT_REFUSED', message, USAGE, options);
+    this.reason = reason;
+  }
+}
+
 // --- online reencryption ---
 /**
  * An error another brickcrypt process reported over a control channel (e.g. the `attach` server

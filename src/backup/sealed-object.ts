@@ -137,17 +137,25 @@ export function sealObjectInto(kind: ObjectKind, name: string, plain: Uint8Array
  * its length. Throws IntegrityError as `openObject` does.
  */
 export function openObjectInto(kind: ObjectKind, name: string, bytes: Uint8Array, key: SecretBytes, out: Uint8Array): number {
+  const plain = authenticateAndOpen(kind, name, bytes, key, out.length);
+  copyBytes(out, 0, plain);
+  return plain.length;
+}
+
+/** The plaintext of sealed object `name` (at most `room` bytes), or an IntegrityError. */
+function authenticateAndOpen(kind: ObjectKind, name: string, bytes: Uint8Array, key: SecretBytes, room = Infinity): Uint8Array {
   const what = `${kind} ${name}`;
   const h = decodeSealedHeader(bytes, what);
   if (h.kind !== OBJECT_KIND[kind]) throw new IntegrityError(`${what}: object kind ${h.kind} is not a ${kind}.`);
   if (h.compression !== COMPRESSION.none && h.compression !== COMPRESSION.zstd) throw new IntegrityError(`${what}: unknown compression ${h.compression}.`);
-  if (h.plainLength > out.length) throw new IntegrityError(`${what}: ${h.plainLength} bytes do not fit a chunk.`);
+  if (h.plainLength > room) throw new IntegrityError(`${what}: ${h.plainLength} bytes do not fit a chunk.`);
   const tagAt = bytes.length - SEALED_TAG_BYTES;
   const decipher = createDecipheriv('aes-256-gcm', key.expose(), bytes.subarray(12, 24));
   decipher.setAAD(Buffer.concat([bytes.subarray(0, SEALED_HEADER_BYTES), Buffer.from(name, 'utf8')]));
   decipher.setAuthTag(bytes.subarray(tagAt));
   let body: Buffer;
   try {
+    // AES-GCM's final() returns no bytes: the whole plaintext comes from update().
     body = decipher.update(bytes.subarray(SEALED_HEADER_BYTES, tagAt));
     decipher.final();
   } catch {
@@ -162,8 +170,7 @@ export function openObjectInto(kind: ObjectKind, name: string, bytes: Uint8Array
     }
   }
   if (plain.length !== h.plainLength) throw new IntegrityError(`${what}: ${plain.length} bytes where the header says ${h.plainLength}.`);
-  copyBytes(out, 0, plain);
-  return plain.length;
+  return plain;
 }
 
 /** The header fields of a sealed object (no authentication yet: `openObject` authenticates). */
@@ -185,31 +192,7 @@ export function decodeSealedHeader(bytes: Uint8Array, what: string): SealedHeade
  * or kind, or a key that did not seal it.
  */
 export function openObject(kind: ObjectKind, name: string, bytes: Uint8Array, key: SecretBytes): Uint8Array {
-  const what = `${kind} ${name}`;
-  const h = decodeSealedHeader(bytes, what);
-  if (h.kind !== OBJECT_KIND[kind]) throw new IntegrityError(`${what}: object kind ${h.kind} is not a ${kind}.`);
-  if (h.compression !== COMPRESSION.none && h.compression !== COMPRESSION.zstd) throw new IntegrityError(`${what}: unknown compression ${h.compression}.`);
-  const head = bytes.subarray(0, SEALED_HEADER_BYTES);
-  const tagAt = bytes.length - SEALED_TAG_BYTES;
-  const decipher = createDecipheriv('aes-256-gcm', key.expose(), bytes.subarray(12, 24));
-  decipher.setAAD(Buffer.concat([head, Buffer.from(name, 'utf8')]));
-  decipher.setAuthTag(bytes.subarray(tagAt));
-  let body: Buffer;
-  try {
-    body = Buffer.concat([decipher.update(bytes.subarray(SEALED_HEADER_BYTES, tagAt)), decipher.final()]);
-  } catch {
-    throw new IntegrityError(`${what}: authentication failed (the object was changed, or sealed under another key).`);
-  }
-  let plain: Uint8Array = body;
-  if (h.compression === COMPRESSION.zstd) {
-    try {
-      plain = zstdDecompress(body);
-    } catch {
-      throw new IntegrityError(`${what}: the zstd frame does not decompress.`);
-    }
-  }
-  if (plain.length !== h.plainLength) throw new IntegrityError(`${what}: ${plain.length} bytes where the header says ${h.plainLength}.`);
-  return plain;
+  return authenticateAndOpen(kind, name, bytes, key);
 }
 
 /**

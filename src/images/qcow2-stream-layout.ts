@@ -20,13 +20,12 @@
  * compressed clusters in it), and clusters that do not shrink are stored whole and aligned.
  */
 import { InvalidArgumentError } from '../errors.js';
-import { QCOW2_MAGIC, encodeQcow2Header, type Qcow2Header } from '../formats/qcow2/header.js';
+import { QCOW2_WRITE_REFCOUNT_ORDER, encodeQcow2Header, newQcow2Header } from '../formats/qcow2/header.js';
 import { encodeL1Entry, encodeL2Compressed, encodeL2Normal } from '../formats/qcow2/l2-entry.js';
 import { refcountBlockEntries, setRefcount } from '../formats/qcow2/refcount.js';
 
-const REFCOUNT_ORDER = 4; // 16-bit refcounts, QEMU's default
+const REFCOUNT_ORDER = QCOW2_WRITE_REFCOUNT_ORDER;
 const MAX_REFCOUNT = 2 ** 16 - 1;
-const HEADER_LENGTH = 112; // v3 header with the compression type byte, padded to 8 bytes
 
 export interface Qcow2StreamPlan {
   clusterSize: number;
@@ -149,30 +148,7 @@ export function planQcow2Stream(size: number, allocated: Uint8Array, clusterBits
     if (refs > MAX_REFCOUNT) throw new InvalidArgumentError(`qcow2 plan: host cluster ${c} would hold ${refs} compressed clusters.`);
     setRefcount(metadata.subarray(blocksOffset + Math.floor(c / perBlock) * cs), c % perBlock, refs, REFCOUNT_ORDER);
   }
-  const header: Qcow2Header = {
-    magic: QCOW2_MAGIC,
-    version: 3,
-    backingFileOffset: 0,
-    backingFileSize: 0,
-    clusterBits,
-    size,
-    cryptMethod: 0,
-    l1Size,
-    l1TableOffset: l1Offset,
-    refcountTableOffset: tableOffset,
-    refcountTableClusters: tableClusters,
-    nbSnapshots: 0,
-    snapshotsOffset: 0,
-    incompatibleFeatures: 0n,
-    compatibleFeatures: 0n,
-    autoclearFeatures: 0n,
-    refcountOrder: REFCOUNT_ORDER,
-    headerLength: HEADER_LENGTH,
-    compressionType: 0,
-    extraHeader: new Uint8Array(HEADER_LENGTH - 105),
-    extensions: [],
-    endMarkerLength: 0,
-  };
+  const header = newQcow2Header({ clusterBits, size, l1Size, l1TableOffset: l1Offset, refcountTableOffset: tableOffset, refcountTableClusters: tableClusters });
   metadata.set(encodeQcow2Header(header), 0);
   return { clusterSize: cs, size, metadata, dataClusters, hostOffsets, ...(storedLengths ? { storedLengths } : {}), fileSize: totalClusters * cs };
 }

@@ -16,7 +16,7 @@
  */
 import { type BlockDevice, type DeviceCapabilities, type Extent, rangeInside } from '../block-device.js';
 import { DeviceIoError, InsufficientSpaceError, InvalidArgumentError, OutOfRangeError } from '../errors.js';
-import { QCOW2_MAGIC, type Qcow2Header, encodeQcow2Header } from '../formats/qcow2/header.js';
+import { QCOW2_WRITE_REFCOUNT_ORDER, encodeQcow2Header, newQcow2Header } from '../formats/qcow2/header.js';
 import { decodeL2Entry, encodeL1Entry, encodeL2Compressed, encodeL2Normal } from '../formats/qcow2/l2-entry.js';
 import { refcountBlockEntries, setRefcount } from '../formats/qcow2/refcount.js';
 import { compressClusterDeflate, decompressCluster } from '../formats/qcow2/compression.js';
@@ -36,9 +36,8 @@ export interface Qcow2WriterOptions {
 /** A device the writer can grow (`FileDevice` has `resize`). */
 type GrowableDevice = BlockDevice & { resize?: (size: number) => Promise<void> };
 
-const REFCOUNT_ORDER = 4; // 16-bit refcounts, QEMU's default
+const REFCOUNT_ORDER = QCOW2_WRITE_REFCOUNT_ORDER;
 const MAX_REFCOUNT = 0xffff;
-const HEADER_LENGTH = 112; // v3 header with the compression_type byte, padded to 8
 const GROW_STEP = 64 * 1024 * 1024;
 
 export class Qcow2Writer implements BlockDevice {
@@ -473,30 +472,7 @@ export class Qcow2Writer implements BlockDevice {
     if (this.#file.size > end && typeof this.#file.resize === 'function' && this.#file.capabilities.resize) await this.#file.resize(end);
     await this.#file.flush();
 
-    const header: Qcow2Header = {
-      magic: QCOW2_MAGIC,
-      version: 3,
-      backingFileOffset: 0,
-      backingFileSize: 0,
-      clusterBits: this.#clusterBits,
-      size: this.size,
-      cryptMethod: 0,
-      l1Size: this.#l1Size,
-      l1TableOffset: l1Offset,
-      refcountTableOffset: tableOffset,
-      refcountTableClusters: tableClusters,
-      nbSnapshots: 0,
-      snapshotsOffset: 0,
-      incompatibleFeatures: 0n,
-      compatibleFeatures: 0n,
-      autoclearFeatures: 0n,
-      refcountOrder: REFCOUNT_ORDER,
-      headerLength: HEADER_LENGTH,
-      compressionType: 0,
-      extraHeader: new Uint8Array(HEADER_LENGTH - 105),
-      extensions: [],
-      endMarkerLength: 0,
-    };
+    const header = newQcow2Header({ clusterBits: this.#clusterBits, size: this.size, l1Size: this.#l1Size, l1TableOffset: l1Offset, refcountTableOffset: tableOffset, refcountTableClusters: tableClusters });
     await this.#file.write(encodeQcow2Header(header), 0);
     await this.#file.flush();
   }

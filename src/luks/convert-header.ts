@@ -41,7 +41,7 @@ import {
   type Luks1Header,
 } from '../formats/luks1/header.js';
 import { LUKS2_BINARY_HEADER_SIZE } from '../formats/luks2/binary-header.js';
-import { base64, u64, validateLuks2Metadata, type Luks2Keyslot, type Luks2Metadata } from '../formats/luks2/metadata.js';
+import { base64, u64, validateLuks2Metadata, type Luks2Keyslot, type Luks2Metadata, type Luks2Token } from '../formats/luks2/metadata.js';
 import { buildLuks2Copy, readLuks2Headers, type Luks2HeaderState } from './luks2-io.js';
 import { LuksVolume } from './volume.js';
 
@@ -63,6 +63,17 @@ export interface ConvertHeaderOptions {
   type: 'luks1' | 'luks2';
   /** Detached header (cryptsetup --header). */
   headerDevice?: BlockDevice;
+  /** LUKS1 -> LUKS2: tokens of the new header. */
+  tokens?: Record<string, Luks2Token>;
+  /**
+   * LUKS1 -> LUKS2 taken up again after a crash: the offsets (sectors) of the 8 keyslots before it
+   * began. The keyslots move from where the header has them now to these plus the shift.
+   */
+  originalOffsets?: number[];
+  /** LUKS2 -> LUKS1: tokens of this type are dropped instead of refused. */
+  dropTokenType?: string;
+  /** LUKS2 -> LUKS1: bytes for the unused rest of the LUKS1 header page, written with its first write. */
+  luks1Page?: (final: Luks1Header) => { offset: number; bytes: Uint8Array };
 }
 
 export interface ConvertHeaderResult {
@@ -321,10 +332,14 @@ function luks2MetadataOf(hdr: Luks1Header, keyslotsSize: number, length: number)
   } as Luks2Metadata;
 }
 
-async function planLuks1ToLuks2(header: BlockDevice, data: BlockDevice, detached: boolean): Promise<Luks1ToLuks2Plan> {
+async function planLuks1ToLuks2(header: BlockDevice, data: BlockDevice, detached: boolean, extras: Pick<ConvertHeaderOptions, 'tokens' | 'originalOffsets'> = {}): Promise<Luks1ToLuks2Plan> {
   const bytes = new Uint8Array(LUKS1_HEADER_SIZE);
   await header.read(bytes, 0);
-  const hdr = decodeLuks1Header(bytes);
+  const current = decodeLuks1Header(bytes);
+  const resumed = extras.originalOffsets !== undefined;
+  if (resumed && extras.originalOffsets!.length !== LUKS1_NUM_KEYSLOTS) throw new RangeError('originalOffsets needs the 8 keyslot offsets.');
+  // Resumed: the checks, the metadata and the targets are those of the header before any move.
+  const hdr: Luks1Header = resumed ? { ...current, keyslots: current.keyslots.map((k, i) => ({ ...k, keyMaterialOffset: extras.originalOffsets![i]! })) } : current;
   const length = luks1KeyslotSectors(hdr.keyBytes);
   const offsets = hdr.keyslots.map((k) => k.keyMaterialOffset);
   if (Math.min(...offsets) !== LUKS1_KEYSLOTS_AT / SECTOR) {
@@ -336,7 +351,7 @@ async function planLuks1ToLuks2(header: BlockDevice, data: BlockDevice, detached
     refuse('cipher', `the cipher ${hdr.cipherName}-${hdr.cipherMode} cannot be used for LUKS2 (${(err as Error).message}).`);
   }
   const luks1Size = roundUp((Math.max(...offsets) + length) * SECTOR, 4096);
-  if (luks1Size + 8 <= header.size) {
+  if (!resumed && luks1Size + 8 <= header.size) {
     const magic = new Uint8Array(8);
     await header.read(magic, luks1Size);
     if (Buffer.from(magic).toString('latin1') === 'LUKSMETA') refuse('luksmeta', 'the header is followed by LUKSMETA metadata (luksmeta package).');
@@ -350,6 +365,7 @@ async function planLuks1ToLuks2(header: BlockDevice, data: BlockDevice, detached
   const keyslotsSize = Math.floor((maxSize - 2 * HDR_SIZE) / 4096) * 4096;
   if (luks1Size - LUKS1_KEYSLOTS_AT > keyslotsSize) refuse('no-space', 'the LUKS2 keyslots area would be smaller than the LUKS1 one.');
   const metadata = luks2MetadataOf(hdr, keyslotsSize, length);
+  if (extras.tokens) metadata.tokens = structuredClone(extras.tokens);
   try {
     validateLuks2Metadata(metadata, { hdrSize: HDR_SIZE, ...(detached ? {} : { dataDeviceSize: data.size }) });
   } catch (err) {
@@ -361,7 +377,7 @@ async function planLuks1ToLuks2(header: BlockDevice, data: BlockDevice, detached
     length,
     limit,
     active: new Set(active),
-    start: offsets,
+    start: current.keyslots.map((k) => k.keyMaterialOffset),
     target: new Map(active.map((s) => [s, offsets[s]! + SHIFT / SECTOR])),
   });
   if (!moves) {
@@ -388,7 +404,15 @@ async function planLuks1ToLuks2(header: BlockDevice, data: BlockDevice, detached
     escapeSlashes: false,
     salts: [new Uint8Array(randomBytes(64)), new Uint8Array(randomBytes(64))],
   };
-  return { hdr, moves, state, active, length };
+  return { hdr: current, moves, state, active, length };
+}
+
+/**
+ * The LUKS2 metadata a LUKS1 -> LUKS2 conversion of `data` would write (nothing is written).
+ * @throws ConversionRefusedError when the conversion is refused
+ */
+export async function previewLuks1ToLuks2(data: BlockDevice, extras: Pick<ConvertHeaderOptions, 'tokens' | 'originalOffsets'> = {}): Promise<Luks2Metadata> {
+  return structuredClone((await planLuks1ToLuks2(data, data, false, extras)).state.metadata);
 }
 
 // --- LUKS2 -> LUKS1 ---------------------------------------------------------------------------
@@ -422,7 +446,7 @@ function findAreaGap(used: Array<[number, number]>, areaBytes: number, start: nu
   return offset + areaBytes > end ? undefined : offset;
 }
 
-function planLuks2ToLuks1(volume: LuksVolume, state: Luks2HeaderState, header: BlockDevice, detached: boolean): Luks2ToLuks1Plan {
+function planLuks2ToLuks1(volume: Pick<LuksVolume, 'readOnlyReason'>, state: Luks2HeaderState, header: Pick<BlockDevice, 'size'>, detached: boolean, dropTokenType?: string): Luks2ToLuks1Plan {
   const meta = state.metadata;
   if (volume.readOnlyReason !== undefined) refuse('requirements', volume.readOnlyReason);
   const digestIds = Object.keys(meta.digests);
@@ -444,7 +468,7 @@ function planLuks2ToLuks1(volume: LuksVolume, state: Luks2HeaderState, header: B
     refuse('cipher', `the cipher ${encryption} cannot be used (${(err as Error).message}).`);
   }
   if (Object.keys(meta.segments).length !== 1) refuse('segments', 'the volume has more than one segment.');
-  const tokens = Object.keys(meta.tokens).length;
+  const tokens = Object.values(meta.tokens).filter((t) => dropTokenType === undefined || t.type !== dropTokenType).length;
   if (tokens > 0) refuse('tokens', `the LUKS2 header contains ${tokens} token(s).`);
   const firstSlot = digest.keyslots.map((k) => meta.keyslots[k]).find((k) => k !== undefined);
   if (!firstSlot) refuse('digest', 'no keyslot holds the volume key, its size is unknown.');
@@ -530,6 +554,16 @@ function planLuks2ToLuks1(volume: LuksVolume, state: Luks2HeaderState, header: B
   return { first, moves, final, active, length, keyslotsEnd };
 }
 
+/**
+ * Checks that LUKS2 `metadata` (hdr_size `hdrSize`, on a device of `deviceSize` bytes) would
+ * convert to LUKS1 with every step crash-safe; returns the LUKS1 header it would end with.
+ * @throws ConversionRefusedError when the conversion would be refused
+ */
+export function checkLuks2ToLuks1(metadata: Luks2Metadata, hdrSize: number, deviceSize: number, dropTokenType?: string): Luks1Header {
+  const state = { bin: { hdrSize, uuid: '' }, metadata } as unknown as Luks2HeaderState;
+  return planLuks2ToLuks1({ readOnlyReason: undefined }, state, { size: deviceSize }, false, dropTokenType).final;
+}
+
 // --- execution --------------------------------------------------------------------------------
 
 async function writeFlushed(dev: BlockDevice, bytes: Uint8Array, offset: number): Promise<void> {
@@ -584,6 +618,7 @@ function highestEnd(moves: MoveStep[], offsets: number[], length: number): numbe
  * @throws ConversionRefusedError (nothing written) for every case cryptsetup refuses
  */
 export async function convertLuksHeader(data: BlockDevice, options: ConvertHeaderOptions): Promise<ConvertHeaderResult> {
+  if (options.originalOffsets !== undefined && options.type !== 'luks2') throw new RangeError('originalOffsets is for LUKS1 -> LUKS2.');
   const header = options.headerDevice ?? data;
   const detached = header !== data;
   if (header.readOnly) throw new ReadOnlyDeviceError('Cannot convert a header opened read-only.');
@@ -593,7 +628,7 @@ export async function convertLuksHeader(data: BlockDevice, options: ConvertHeade
   if (volume.version === to) refuse('same-type', `the device is already ${options.type}.`);
 
   if (volume.version === 1) {
-    const plan = await planLuks1ToLuks2(header, data, detached);
+    const plan = await planLuks1ToLuks2(header, data, detached, options);
     const start = encodeLuks1Header(plan.hdr);
     await runMoves(header, plan.hdr, start, plan.moves, plan.length);
     const primary = buildLuks2Copy(plan.state, 'primary');
@@ -613,12 +648,17 @@ export async function convertLuksHeader(data: BlockDevice, options: ConvertHeade
   }
 
   const { state } = await readLuks2Headers(header, detached ? undefined : data.size);
-  const plan = planLuks2ToLuks1(volume, state, header, detached);
+  const plan = planLuks2ToLuks1(volume, state, header, detached, options.dropTokenType);
   const first = encodeLuks1Header(plan.first);
   // The rest of the header page (zeros and the header's second sector) first: only the LUKS2
   // primary's checksum breaks, the secondary still opens. Then the sector with the LUKS1 magic.
   const page = new Uint8Array(LUKS1_KEYSLOTS_AT - SECTOR);
   page.set(first.subarray(SECTOR));
+  if (options.luks1Page) {
+    const extra = options.luks1Page(plan.final);
+    if (extra.offset < LUKS1_HEADER_SIZE || extra.offset + extra.bytes.length > LUKS1_KEYSLOTS_AT) throw new RangeError('luks1Page data must lie between the LUKS1 header and its keyslots.');
+    page.set(extra.bytes, extra.offset - SECTOR);
+  }
   await writeFlushed(header, page, SECTOR);
   await writeFlushed(header, first.subarray(0, SECTOR), 0);
   await runMoves(header, plan.final, first, plan.moves, plan.length);
@@ -626,4 +666,35 @@ export async function convertLuksHeader(data: BlockDevice, options: ConvertHeade
   const end = Math.max(plan.keyslotsEnd, highestEnd(plan.moves, plan.first.keyslots.map((k) => k.keyMaterialOffset), plan.length));
   await wipeExcept(header, LUKS1_KEYSLOTS_AT, Math.min(end, header.size, plan.final.payloadOffset > 0 ? plan.final.payloadOffset * SECTOR : header.size), keep);
   return { from: 2, to: 1, keyslots: plan.active, steps: plan.moves.length + 2 };
+}
+
+/**
+ * Finishes a LUKS2 -> LUKS1 conversion a crash interrupted after the LUKS1 magic was written:
+ * moves the active keyslots from where the LUKS1 header has them now to `finalOffsets` (sectors,
+ * all 8) with the same crash-safe steps, then wipes everything between the header page and the
+ * data (or the device end) but the active keyslot areas.
+ */
+export async function finishLuks1KeyslotMoves(header: BlockDevice, finalOffsets: number[]): Promise<{ keyslots: number[]; steps: number }> {
+  if (header.readOnly) throw new ReadOnlyDeviceError('Cannot convert a header opened read-only.');
+  const bytes = new Uint8Array(LUKS1_HEADER_SIZE);
+  await header.read(bytes, 0);
+  const hdr = decodeLuks1Header(bytes);
+  validateLuks1Header(hdr, { headerDeviceSize: header.size });
+  const length = luks1KeyslotSectors(hdr.keyBytes);
+  const end = Math.min(header.size, hdr.payloadOffset > 0 ? hdr.payloadOffset * SECTOR : header.size);
+  const limit = Math.floor(end / SECTOR);
+  const active = hdr.keyslots.flatMap((k, i) => (k.state === LUKS1_KEY_ENABLED ? [i] : []));
+  const moves = planKeyslotMoves({
+    length,
+    limit,
+    active: new Set(active),
+    start: hdr.keyslots.map((k) => k.keyMaterialOffset),
+    target: new Map(active.map((s) => [s, finalOffsets[s]!])),
+    final: finalOffsets,
+  });
+  if (!moves) refuse('no-room-for-safe-move', 'there is no free place to move the keyslots through without risking them on a crash.');
+  await runMoves(header, hdr, bytes, moves, length);
+  const keep = active.map((s): [number, number] => [finalOffsets[s]! * SECTOR, (finalOffsets[s]! + length) * SECTOR]);
+  await wipeExcept(header, LUKS1_KEYSLOTS_AT, end, keep);
+  return { keyslots: active, steps: moves.length };
 }

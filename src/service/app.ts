@@ -276,7 +276,7 @@ export async function createService(o: ServiceOptions): Promise<Service> {
     await volumes.delete(c, (req.params as { id: string }).id);
     return reply.code(204).send();
   });
-  route('POST', '/v1/volumes/:id/actions', 'Start an action job: change_key, migrate, attach, detach, upload_to_image, backup (reencrypt, resize: 501)', { params: idParams, body: actionBody, response: { 202: { type: 'object', properties: { volume: volumeSchema, job: jobSchema } }, '4xx': errorSchema, '5xx': errorSchema } }, true, async (req, reply) => {
+  route('POST', '/v1/volumes/:id/actions', 'Start an action job: change_key, migrate, attach, detach, upload_to_image, backup, resize, reencrypt', { params: idParams, body: actionBody, response: { 202: { type: 'object', properties: { volume: volumeSchema, job: jobSchema } }, '4xx': errorSchema, '5xx': errorSchema } }, true, async (req, reply) => {
     const c = writer(req);
     return idempotent(req, reply, c, async () => {
       const r = await volumes.action(c, (req.params as { id: string }).id, req.body as VolumeAction);
@@ -334,6 +334,8 @@ export async function createService(o: ServiceOptions): Promise<Service> {
       started = true;
       if (db.kind === 'sqlite') await volumes.restoreAttachments();
       await runner.start();
+      // On PostgreSQL a worker's owner id exists once its dispatch has started.
+      if (db.kind !== 'sqlite' && role !== 'api') await volumes.restoreAttachments();
     },
     async close() {
       if (started) await runner.stop();

@@ -32,6 +32,11 @@ export interface JobHandler {
   run(ctx: JobContext): Promise<Record<string, unknown> | null>;
   /** Puts things right after a failure or cancellation (e.g. the volume's status). */
   cleanup?(job: JobRow, outcome: 'failed' | 'cancelled', error: BrickcryptError): Promise<void>;
+  /**
+   * The owner (`JobDispatch.owner`) that must run this job, e.g. the worker whose process serves
+   * the attachment a `detach` closes; undefined: any worker. Asked before each take.
+   */
+  placement?(job: JobRow): Promise<string | undefined>;
 }
 
 export interface JobRunnerOptions {
@@ -67,6 +72,8 @@ export interface JobDispatch {
   stop(): Promise<void>;
   /** Job rows changed elsewhere (other processes): the runner re-reads and emits them. */
   watch?(onChange: (jobId: string) => void): Promise<void>;
+  /** Whether the process that owns `owner`'s jobs is alive (its heartbeat is fresh). */
+  ownerAlive?(owner: string): Promise<boolean>;
 }
 
 /** Why a running job's signal was aborted: the caller cancelled, or the service is stopping. */
@@ -187,6 +194,11 @@ export class JobRunner extends EventEmitter {
 
   get stopping(): boolean {
     return this.#stopping;
+  }
+
+  /** The owner that must run `job` (its handler's `placement`), or undefined for any. */
+  async placement(job: JobRow): Promise<string | undefined> {
+    return this.#handlers[job.type]?.placement?.(job);
   }
 
   get concurrency(): number {

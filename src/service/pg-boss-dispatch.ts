@@ -141,6 +141,10 @@ export class PgBossDispatch implements JobDispatch {
     const job = await this.store.job(jobId);
     if (!job || job.state !== 'queued') return; // done, or running elsewhere: a duplicate entry
     if (runner.stopping) throw new RetryLater('stopping');
+    // A job bound to another live worker (a detach of the attachment it serves) waits for it;
+    // pg-boss hands the retried entry to any worker, so it reaches the owner within a few tries.
+    const want = await runner.placement(job);
+    if (want !== undefined && want !== this.#owner && (await this.ownerAlive(want))) throw new RetryLater(`job ${jobId} runs on worker ${want}`);
     const lock = await this.store.tryLockVolume(job.volume_id ?? job.id);
     if (!lock) throw new RetryLater(`volume ${job.volume_id} is busy in another session`);
     // Without its session the volume is no longer this worker's: stop writing at once.
@@ -159,6 +163,10 @@ export class PgBossDispatch implements JobDispatch {
     } finally {
       await lock.release();
     }
+  }
+
+  async ownerAlive(owner: string): Promise<boolean> {
+    return this.store.workerAlive(owner, this.options.heartbeatTimeoutSeconds);
   }
 
   kick(): void {

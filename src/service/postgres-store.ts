@@ -329,6 +329,12 @@ export class PostgresStateStore implements StateStore {
     );
   }
 
+  /** Whether `worker` is registered with a heartbeat newer than `timeoutSeconds`. */
+  async workerAlive(worker: string, timeoutSeconds: number): Promise<boolean> {
+    const rows = await this.#query('SELECT 1 FROM brickcrypt.workers WHERE id = $1 AND heartbeat_at >= now() - make_interval(secs => $2)', [worker, timeoutSeconds]);
+    return rows.length > 0;
+  }
+
   async removeWorker(worker: string): Promise<void> {
     await this.#query('DELETE FROM brickcrypt.workers WHERE id = $1', [worker]);
   }

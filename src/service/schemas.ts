@@ -113,9 +113,10 @@ export const actionBody = {
       type: 'object',
       additionalProperties: false,
       description:
-        'in-place LUKS2 re-encryption under a new volume key and a new managed key (resumable; cryptsetup online-reencrypt-v2 on disk); modes encrypt and decrypt answer 501 (not built)',
+        'in place, resumable, in cryptsetup 2.6 on-disk state: mode reencrypt (default) re-keys a LUKS2 or LUKS1 volume under a new volume key and managed key; encrypt makes a raw volume LUKS2 under a new managed key; decrypt makes a LUKS2 volume raw',
       properties: {
-        mode: { type: 'string', enum: ['reencrypt', 'encrypt', 'decrypt'], description: 'default reencrypt; encrypt and decrypt are not built (501)' },
+        mode: { type: 'string', enum: ['reencrypt', 'encrypt', 'decrypt'], description: 'reencrypt (default): new volume key; encrypt: raw -> LUKS2 (the file grows by the header, the usable size stays); decrypt: LUKS2 -> raw (no key options)' },
+        resume: { type: 'boolean', description: 'true: continue the reencryption a failed or cancelled job left on this volume (status error); no other field' },
         cipher: { type: 'string', minLength: 1, description: 'new dm-crypt cipher (default: the current one)' },
         key_size: { type: 'integer', enum: [128, 256, 512], description: 'new volume key size in bits (default: the current one)' },
         sector_size: { type: 'integer', enum: [512, 1024, 2048, 4096], description: 'new encryption sector size (default: the current one)' },

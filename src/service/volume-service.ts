@@ -233,9 +233,6 @@ export class VolumeService {
     const needs = (ok: boolean, what: string) => {
       if (!ok) throw new LockedError(`Volume ${v.id} is ${v.status}; ${name} needs it ${what}.`);
     };
-    if ((name === 'attach' || name === 'detach') && this.#db.kind !== 'sqlite') {
-      throw new NotImplementedError('attach and detach need the embedded state (one process serves the NBD export); they are not built for --database.');
-    }
     switch (name) {
       case 'change_key':
         if (v.format === 'raw') throw new InvalidArgumentError('change_key applies to LUKS volumes only.');
@@ -305,7 +302,8 @@ export class VolumeService {
       change_key: { run: (ctx) => this.#runChangeKey(ctx) },
       migrate: { run: (ctx) => this.#runMigrate(ctx), cleanup: async (job, outcome, err) => this.#cleanupMigrate(job, outcome, err) },
       attach: { run: (ctx) => this.#runAttach(ctx), cleanup: toStatus('available') },
-      detach: { run: (ctx) => this.#runDetach(ctx) },
+      // The NBD export lives in the process that ran the attach: its detach runs there too.
+      detach: { run: (ctx) => this.#runDetach(ctx), placement: async (job) => this.#attachmentOf(await this.#db.volume(job.volume_id!))?.owner },
     };
   }
 
@@ -611,7 +609,8 @@ export class VolumeService {
     const file = join(dir, `${vol.id}.psk`);
     await fsp.writeFile(file, `${identity}:${key}\n`, { mode: 0o600 });
     const { uri, port } = await this.#serve(vol, job.caller, { identity, file }, 0);
-    await this.#db.updateVolume(vol.id, { status: 'in-use', attachment: { uri, tls_psk_identity: identity, port, caller: job.caller, attached_at: new Date().toISOString() } });
+    const attachment: AttachmentRecord = { uri, tls_psk_identity: identity, port, caller: job.caller, owner: this.runner.dispatch.owner, attached_at: new Date().toISOString() };
+    await this.#db.updateVolume(vol.id, { status: 'in-use', attachment: { ...attachment } });
     return { uri, tls_psk_identity: identity, tls_psk_key: key };
   }
 
@@ -632,14 +631,25 @@ export class VolumeService {
     await a.lock.release();
   }
 
-  /** After a restart: serves every volume that was attached again, on its port, with its PSK. */
+  #attachmentOf(v: VolumeRow | undefined): AttachmentRecord | undefined {
+    return (v?.attachment ?? undefined) as AttachmentRecord | undefined;
+  }
+
+  /**
+   * After a restart: serves every volume that was attached again, on its port, with its PSK.
+   * With several workers (PostgreSQL), only attachments whose owner is gone (stopped, or no
+   * heartbeat) are taken over, and the record then names this worker as their owner.
+   */
   async restoreAttachments(): Promise<void> {
+    const dispatch = this.runner.dispatch;
     for (const v of (await this.#db.volumes())) {
-      if (v.status !== 'in-use' || !v.attachment || this.#attachments.has(v.id)) continue;
-      const a = v.attachment as { tls_psk_identity: string; port: number; caller: CallerIdentity };
+      const a = this.#attachmentOf(v);
+      if (v.status !== 'in-use' || !a || this.#attachments.has(v.id)) continue;
+      if (a.owner !== undefined && a.owner !== dispatch.owner && dispatch.ownerAlive && (await dispatch.ownerAlive(a.owner))) continue;
       try {
-        await this.#serve(v, a.caller, { identity: a.tls_psk_identity, file: join(this.#o.stateDir, 'attachments', `${v.id}.psk`) }, a.port);
-        this.#o.log?.(`volume ${v.id} served again at port ${a.port}`);
+        const served = await this.#serve(v, a.caller, { identity: a.tls_psk_identity, file: join(this.#o.stateDir, 'attachments', `${v.id}.psk`) }, a.port);
+        if (dispatch.owner !== a.owner) await this.#db.updateVolume(v.id, { attachment: { ...a, uri: served.uri, port: served.port, owner: dispatch.owner } });
+        this.#o.log?.(`volume ${v.id} served again at port ${served.port}`);
       } catch (err) {
         this.#o.log?.(`volume ${v.id} could not be served again: ${(err as Error).message}`);
         await this.#db.updateVolume(v.id, { status: 'error' });
@@ -651,6 +661,17 @@ export class VolumeService {
     for (const id of [...this.#attachments.keys()]) await this.#closeAttachment(id);
     await this.#pool.close();
   }
+}
+
+/** The `attachment` of an in-use volume's record. */
+interface AttachmentRecord {
+  uri: string;
+  tls_psk_identity: string;
+  port: number;
+  caller: CallerIdentity;
+  /** The `JobDispatch.owner` whose process serves the export (absent in records of older versions). */
+  owner?: string;
+  attached_at: string;
 }
 
 /** Size of an image file's guest bytes (raw or qcow2); LUKS images are refused (their key is not the service's). */

@@ -10,6 +10,7 @@
 import { FileDevice } from '../devices/file-device.js';
 import { detectFormat } from '../images/detect.js';
 import { InvalidArgumentError, UnknownFormatError, UnsupportedError } from '../errors.js';
+import { isLuks1Reencryption, reencryptLuks1 } from '../luks/reencrypt/luks1.js';
 import { reencryptLuks2, type ReencryptOptions, type ReencryptReport, type ZoneCipherFactory } from '../luks/reencrypt/engine.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
 
@@ -66,13 +67,23 @@ export interface ReencryptVolumeOptions extends Omit<ReencryptOptions, 'headerDe
 
 /** Re-encrypts (or resumes re-encrypting) the LUKS2 volume at `path` in place. */
 export async function reencryptVolume(path: string, options: ReencryptVolumeOptions): Promise<ReencryptReport> {
+  // A recorded in-place encryption (cryptsetup's or ours) is resumed by the encrypt engine.
+  const { encryptionRecorded, encryptVolume } = await import('./encrypt.js');
+  if (await encryptionRecorded(path, options.resumeOnly === true && options.header === undefined, options.header)) {
+    const { keyslot: _k, cipher: _c, keySizeBits: _ks, sectorSize: _s, ...rest } = options;
+    return encryptVolume(path, rest);
+  }
   const file = await FileDevice.open(path);
   let header: FileDevice | undefined;
   const pool = CryptoPool.create(options.workers ?? defaultWorkerCount());
   try {
     if (options.header !== undefined) header = await FileDevice.open(options.header);
     const format = await detectFormat(header ?? file);
-    if (format === 'luks1') throw new UnsupportedError('In-place reencryption of LUKS1 volumes is not supported yet (convert it with `brickcrypt convert --dst-format luks2`, or use cryptsetup convert first).');
+    // LUKS1 (or one left in its temporary LUKS2 phase): converted to LUKS2, re-keyed, converted back.
+    if (format === 'luks1' || (format === 'luks2' && header === undefined && (await isLuks1Reencryption(file)))) {
+      const { header: _h, workers: _w, ...luks1Options } = options;
+      return await reencryptLuks1(file, { ...luks1Options, ...(header ? { headerDevice: header } : {}), zoneCipher: poolZoneCipher(pool) });
+    }
     if (format !== 'luks2') {
       if (format === 'raw') throw new InvalidArgumentError(`${path} is not a LUKS volume (in-place encryption, --encrypt, is not built yet).`);
       throw new UnknownFormatError(`${path} holds ${format} data, not a LUKS2 volume.`);

@@ -49,8 +49,10 @@ test('reencrypt re-keys a cryptsetup volume; refusals exit with their codes and 
     assert.equal(r.status, EXIT_CODES.permission, r.stderr);
     r = runCli(['reencrypt', img, '--key-file', keyFile, '--resume-only']);
     assert.equal(r.status, EXIT_CODES.usage, r.stderr);
+    // --encrypt of a device that is already LUKS2 is a usage error (nothing to encrypt).
     r = runCli(['reencrypt', img, '--key-file', keyFile, '--encrypt', '--type', 'luks2']);
-    assert.equal(r.status, EXIT_CODES.device, r.stderr);
+    assert.equal(r.status, EXIT_CODES.usage, r.stderr);
+    assert.match(r.stderr, /already holds a LUKS2 volume/);
     r = runCli(['reencrypt', img, '--key-file', keyFile, '--resilience', 'mirror']);
     assert.equal(r.status, EXIT_CODES.usage, r.stderr);
     const lock = await VolumeLock.acquire(img);

@@ -159,23 +159,98 @@ test('reencrypt onto an existing key {id}: the record names it, it stays the cal
   assert.equal((await service.keys.get(ADMIN, id)).id, id);
 });
 
-test('reencrypt refusals: modes encrypt/decrypt 501, LUKS1 422, raw 400, unknown fields 400; nothing is changed', async () => {
+test('reencrypt refusals: encrypt of a LUKS volume and decrypt of a raw one 400, decrypt of LUKS1 422, decrypt with key options 400, unknown fields 400; nothing is changed', async () => {
   const raw = await volumeWith('re-raw', 'raw', randomBytes(4096));
   const luks1 = await volumeWith('re-l1', 'luks1', randomBytes(1 << 20));
   const luks2 = await volumeWith('re-l2', 'luks2', randomBytes(1 << 20));
   const before = sha(luks2.path);
-  for (const [vol, mode] of [[raw, 'encrypt'], [luks2, 'decrypt'], [luks2, 'encrypt']] as const) {
-    const r = await action(vol.id, { reencrypt: { mode } });
-    assert.equal(r.status, 501, r.text);
-    assert.equal(r.json.error.code, 'NOT_IMPLEMENTED');
-    assert.match(r.json.error.message, /not built/);
+  const rawBefore = sha(raw.path);
+  for (const [vol, body, status] of [
+    [luks2, { mode: 'encrypt' }, 400],
+    [raw, { mode: 'decrypt' }, 400],
+    [raw, {}, 400],
+    [luks1, { mode: 'decrypt' }, 422],
+    [luks2, { mode: 'decrypt', cipher: 'aes-xts-plain64' }, 400],
+    [luks2, { mode: 'shuffle' }, 400],
+    [luks2, { hotzone: 1 }, 400],
+    [luks2, { resilience: 'datashift' }, 400],
+  ] as const) {
+    const r = await action(vol.id, { reencrypt: body });
+    assert.equal(r.status, status, `${JSON.stringify(body)}: ${r.text}`);
   }
-  assert.equal((await action(luks1.id, { reencrypt: {} })).status, 422);
-  assert.equal((await action(raw.id, { reencrypt: {} })).status, 400);
-  assert.equal((await action(luks2.id, { reencrypt: { hotzone: 1 } })).status, 400);
-  assert.equal((await action(luks2.id, { reencrypt: { resilience: 'datashift' } })).status, 400);
   assert.equal(sha(luks2.path), before);
+  assert.equal(sha(raw.path), rawBefore);
   assert.equal(service.db.volume(luks2.id)!.status, 'available');
+  assert.equal(service.db.volume(raw.id)!.status, 'available');
+});
+
+test('reencrypt mode encrypt: a raw volume becomes LUKS2 in place under a new managed key, same plaintext and usable size; cryptsetup opens it', async () => {
+  const bytes = randomBytes(8 << 20);
+  const v = await volumeWith('enc-in-place', 'raw', bytes);
+  const job = await runAction(v.id, { reencrypt: { mode: 'encrypt', luks: FAST_LUKS } });
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  const after = service.db.volume(v.id)!;
+  assert.equal(after.format, 'luks2');
+  assert.equal(after.status, 'available');
+  assert.equal(after.size, bytes.length);
+  assert.equal(after.encryption_key_id, job.result.new_key_id);
+  assert.equal(after.key_owned, true);
+  assert.equal(after.cipher, 'aes-xts-plain64');
+  assert.ok((await plaintext(v.id)).equals(bytes), 'the plaintext is the raw volume\'s');
+  assert.ok(!readFileSync(v.path).includes(bytes.subarray(0, 4096)), 'no plaintext block is left in the file');
+  const cryptsetup = whichTool('cryptsetup');
+  if (cryptsetup) {
+    const pass = await passphraseOfKey(service.keys, ADMIN, after.encryption_key_id!);
+    const passFile = join(env.dir, 'enc-in-place.pass');
+    writeFileSync(passFile, Buffer.from(pass.expose()));
+    pass.wipe();
+    await execFileP(cryptsetup, ['open', '--test-passphrase', '--disable-locks', '--key-file', passFile, v.path]);
+  }
+});
+
+test('reencrypt mode decrypt: a LUKS2 volume becomes raw in place, the file holds exactly the plaintext, the key the service made is deleted', async () => {
+  const bytes = randomBytes(8 << 20);
+  const v = await volumeWith('dec-in-place', 'luks2', bytes);
+  const job = await runAction(v.id, { reencrypt: { mode: 'decrypt' } });
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  const after = service.db.volume(v.id)!;
+  assert.deepEqual({ format: after.format, key: after.encryption_key_id, cipher: after.cipher, status: after.status, size: after.size }, { format: 'raw', key: null, cipher: null, status: 'available', size: bytes.length });
+  assert.ok(readFileSync(v.path).equals(bytes), 'the file is exactly the plaintext');
+  assert.ok(!(await service.keys.list(ADMIN)).some((k) => k.id === v.encryption_key_id), 'the old key is deleted');
+});
+
+test('reencrypt of a LUKS1 volume: re-keyed in place, still LUKS1, same plaintext, the record names the new key', async () => {
+  const bytes = randomBytes(4 << 20);
+  const v = await volumeWith('l1-rekey', 'luks1', bytes);
+  const job = await runAction(v.id, { reencrypt: { luks: FAST_LUKS } });
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  const after = service.db.volume(v.id)!;
+  assert.equal(after.format, 'luks1');
+  assert.notEqual(after.encryption_key_id, v.encryption_key_id);
+  assert.equal(readFileSync(v.path).subarray(0, 6).toString('latin1'), 'LUKS\xba\xbe');
+  assert.equal(readFileSync(v.path).readUInt16BE(6), 1, 'LUKS version 1');
+  assert.ok((await plaintext(v.id)).equals(bytes));
+});
+
+test('reencrypt mode encrypt cancelled mid-way: the volume is in error, {resume: true} finishes it with the same key and plaintext', async () => {
+  const bytes = randomBytes(48 << 20);
+  const v = await volumeWith('enc-cancel', 'raw', bytes);
+  const r = await action(v.id, { reencrypt: { mode: 'encrypt', luks: FAST_LUKS } });
+  assert.equal(r.status, 202, r.text);
+  await waitFor(call, r.json.job.id, (j) => j.state === 'running' && j.progress.bytes_done > 0);
+  assert.ok((await call('POST', `/v1/jobs/${r.json.job.id}/cancel`, { who: 'admin' })).status < 300);
+  const cancelled = await waitJob(call, r.json.job.id);
+  assert.equal(cancelled.state, 'cancelled', JSON.stringify(cancelled));
+  assert.equal(service.db.volume(v.id)!.status, 'error');
+  assert.equal(service.db.volume(v.id)!.format, 'raw', 'the record changes only when the encryption is done');
+  const job = await runAction(v.id, { reencrypt: { resume: true } });
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.equal(job.result.mode, 'encrypt');
+  assert.equal(job.result.resumed, true);
+  const after = service.db.volume(v.id)!;
+  assert.equal(after.format, 'luks2');
+  assert.equal(after.status, 'available');
+  assert.ok((await plaintext(v.id)).equals(bytes));
 });
 
 test('reencrypt by a creator (may create keys, not read them) fails FORBIDDEN; the volume and its key are as before, the new key is gone', async () => {
@@ -224,12 +299,47 @@ test('a reencrypt cancelled mid-way leaves the volume in error with a resumable,
   assert.ok((await plaintext(v.id)).equals(bytes));
 });
 
+test('a reencrypt cancelled mid-way is resumed by {resume: true}: the job continues the recorded state, the record names the new key, the old key is deleted', async () => {
+  const bytes = randomBytes(48 << 20);
+  const v = await volumeWith('resume', 'luks2', bytes);
+  // Refusals before there is anything to resume: resume needs status error; other fields are not taken with it.
+  assert.equal((await action(v.id, { reencrypt: { resume: true } })).status, 409);
+  const r = await action(v.id, { reencrypt: { resilience: 'journal', luks: FAST_LUKS } });
+  assert.equal(r.status, 202, r.text);
+  await waitFor(call, r.json.job.id, (j) => j.state === 'running' && j.progress.bytes_done > 0);
+  assert.ok((await call('POST', `/v1/jobs/${r.json.job.id}/cancel`, { who: 'admin' })).status < 300);
+  assert.equal((await waitJob(call, r.json.job.id)).state, 'cancelled');
+  assert.equal(service.db.volume(v.id)!.status, 'error');
+  const keysBefore = new Set((await service.keys.list(ADMIN)).map((k) => k.id));
+  // A plain reencrypt request on the volume in error is refused and points at resume.
+  const plain = await action(v.id, { reencrypt: {} });
+  assert.equal(plain.status, 409, plain.text);
+  assert.match(plain.json.error.message, /resume/);
+  assert.equal((await action(v.id, { reencrypt: { resume: true, cipher: 'aes-xts-plain64' } })).status, 400);
+  const job = await runAction(v.id, { reencrypt: { resume: true } });
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.equal(job.result.resumed, true);
+  assert.equal(job.result.old_key_id, v.encryption_key_id);
+  const after = service.db.volume(v.id)!;
+  assert.equal(after.status, 'available');
+  assert.equal(after.encryption_key_id, job.result.new_key_id);
+  assert.ok(keysBefore.has(after.encryption_key_id!), 'the new key is the one the cancelled job made');
+  assert.ok(!(await service.keys.list(ADMIN)).some((k) => k.id === v.encryption_key_id), 'the old key the service made is deleted');
+  assert.ok((await plaintext(v.id)).equals(bytes));
+  const file = await FileDevice.open(v.path, { readOnly: true });
+  const fence = (await LuksVolume.open(file, { readOnly: true })).payloadFence;
+  await file.close();
+  assert.equal(fence, undefined, 'no reencryption is recorded any more');
+  // Nothing is left to resume.
+  assert.equal((await action(v.id, { reencrypt: { resume: true } })).status, 409);
+});
+
 test('openapi.json describes the resize and reencrypt bodies', async () => {
   const doc = (await call('GET', '/openapi.json')).json;
   const actions = doc.paths['/v1/volumes/{id}/actions'].post.requestBody.content['application/json'].schema.properties;
   assert.deepEqual(Object.keys(actions.resize.properties).sort(), ['allow_truncate', 'size']);
   assert.deepEqual(actions.resize.required, ['size']);
-  assert.deepEqual(Object.keys(actions.reencrypt.properties).sort(), ['cipher', 'key', 'key_size', 'luks', 'mode', 'resilience', 'sector_size']);
+  assert.deepEqual(Object.keys(actions.reencrypt.properties).sort(), ['cipher', 'key', 'key_size', 'luks', 'mode', 'resilience', 'resume', 'sector_size']);
   assert.deepEqual(actions.reencrypt.properties.mode.enum, ['reencrypt', 'encrypt', 'decrypt']);
 });
 

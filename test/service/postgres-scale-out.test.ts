@@ -10,9 +10,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { freshDatabase, postgresServer } from '../helpers/postgres-server.js';
+import { needTools, whichTool } from '../helpers/tools.js';
 import { openKeyManager } from '../../src/keys/open-key-manager.js';
 import { PostgresStateStore } from '../../src/service/postgres-store.js';
 import { FAST_LUKS, initRepository, setupState, startServeProcess, stopProcess, volumePlaintext, waitFor, waitJob, type ServeProcess } from './service-helpers.js';
@@ -36,6 +39,7 @@ async function startServe(name: string, role: 'api' | 'worker', extra: string[] 
 }
 
 const kill = stopProcess;
+const execFileP = promisify(execFile);
 
 async function plaintextOf(id: string): Promise<Buffer> {
   const km = await openKeyManager(`local:${join(env.state, 'keystore.db')}`);
@@ -75,6 +79,8 @@ after(async () => {
   env.cleanup();
 });
 
+/** The processes (alive or not) that took job `jobId` of `type`. */
+const takenBy = (jobId: string, type: string) => procs.filter((p) => p.stderr().includes(`job ${jobId} (${type}) taken by worker`));
 const skip = () => (server && 'skip' in server ? server.skip : false);
 const runsOn = (jobId: string) => [workerA, workerB].filter((w) => w.stderr().includes(`job ${jobId} (`) && w.stderr().includes('taken by worker'));
 
@@ -264,9 +270,59 @@ test('an Idempotency-Key is honoured by every process (the reply is in PostgreSQ
   assert.ok(succeeded >= 5, metrics.text.slice(0, 400));
 });
 
-test('attach is refused on PostgreSQL (501: one process must serve the NBD export)', { skip: skip() }, async () => {
-  const created = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'att', format: 'raw', size: '1M' } });
+test('attach on PostgreSQL: a worker serves the export, the detach runs on that worker; after it is killed, a new worker serves the volume again', { skip: skip() || needTools('nbdinfo', 'nbdcopy') }, async () => {
+  const image = join(env.dir, 'att.raw');
+  const bytes = randomBytes(4 << 20);
+  writeFileSync(image, bytes);
+  const created = await api.call('POST', '/v1/volumes', { who: 'admin', body: { name: 'att', format: 'luks2', source: { image_file: image }, luks: FAST_LUKS } });
   assert.equal((await waitJob(api.call, created.json.job.id)).state, 'succeeded');
-  const r = await api.call('POST', `/v1/volumes/${created.json.volume.id}/actions`, { who: 'admin', body: { attach: {} } });
-  assert.equal(r.status, 501, r.text);
+  const id = created.json.volume.id as string;
+  const act = async (body: unknown) => {
+    const r = await api.call('POST', `/v1/volumes/${id}/actions`, { who: 'admin', body });
+    assert.equal(r.status, 202, r.text);
+    return waitJob(api.call, r.json.job.id, 'admin', 60_000);
+  };
+  const nbdUriOf = (job: any, uri: string) => {
+    const psk = join(env.dir, `${job.id}.psk`);
+    writeFileSync(psk, `${job.result.tls_psk_identity}:${job.result.tls_psk_key}\n`, { mode: 0o600 });
+    const u = new URL(uri);
+    return `nbds://${job.result.tls_psk_identity}@${u.host}${u.pathname}?tls-psk-file=${psk}`;
+  };
+  const nbdSize = async (uri: string) => Number((await execFileP(whichTool('nbdinfo')!, ['--size', uri], { encoding: 'utf8', timeout: 30_000 })).stdout.trim());
+
+  const att = await act({ attach: {} });
+  assert.equal(att.state, 'succeeded', JSON.stringify(att));
+  const [server] = takenBy(att.id, 'attach');
+  assert.ok(server, 'a worker ran the attach');
+  const uri = nbdUriOf(att, att.result.uri);
+  const dump = join(env.dir, 'att-dump.raw');
+  await execFileP(whichTool('nbdcopy')!, [uri, dump]);
+  assert.ok(readFileSync(dump).equals(bytes), 'the export serves the plaintext');
+  // Both workers take jobs; the detach waits for the one whose process serves the export.
+  const det = await act({ detach: {} });
+  assert.equal(det.state, 'succeeded', JSON.stringify(det));
+  assert.deepEqual(takenBy(det.id, 'detach'), [server], 'the detach ran on the serving worker');
+  await assert.rejects(nbdSize(uri), 'the export is closed');
+  assert.equal((await store!.volume(id))!.status, 'available');
+
+  // Attached again, its worker is killed: a worker started later serves it again (same port, same PSK).
+  const att2 = await act({ attach: {} });
+  assert.equal(att2.state, 'succeeded', JSON.stringify(att2));
+  const [victim] = takenBy(att2.id, 'attach');
+  assert.ok(victim);
+  const uri2 = nbdUriOf(att2, att2.result.uri);
+  assert.equal(await nbdSize(uri2), bytes.length);
+  await kill(victim.child, 'SIGKILL');
+  await new Promise((r) => setTimeout(r, 4000)); // past the 3 s heartbeat timeout
+  const fresh = await startServe(`worker-${victim.name}-next`, 'worker', WORKER);
+  if (victim === workerA) workerA = fresh;
+  else workerB = fresh;
+  const rec = (await store!.volume(id))!;
+  assert.equal(rec.status, 'in-use');
+  assert.match(fresh.stderr(), new RegExp(`volume ${id} served again`));
+  assert.equal(await nbdSize(nbdUriOf(att2, (rec.attachment as { uri: string }).uri)), bytes.length);
+  const det2 = await act({ detach: {} });
+  assert.equal(det2.state, 'succeeded', JSON.stringify(det2));
+  assert.deepEqual(takenBy(det2.id, 'detach'), [fresh], 'the detach ran on the worker that took the export over');
+  assert.equal((await store!.volume(id))!.status, 'available');
 });

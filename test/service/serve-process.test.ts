@@ -45,18 +45,17 @@ test('kill -9 mid-copy, restart: the job resumes from its last checkpoint and th
   // 8 MiB/s and a checkpoint every MiB: the copy takes ~3 s, long enough to be killed half-way.
   const limits = ['--copy-bps-limit', '8M', '--checkpoint-every', '1M'];
   let s = await startServe(limits);
+  // A second service on the same state directory is refused: it would run the same jobs.
+  // (Checked before the copy starts, so the copy cannot finish while this process starts.)
+  const second = runCli(['serve', '--listen', `127.0.0.1:${await freePort()}`, '--state', env.state, '--tokens', env.tokensFile], { timeout: 30_000 });
+  assert.equal(second.status, 5, second.stderr);
+  assert.match(second.stderr, /LOCKED/);
   const call = client(s.base);
   const r = await call('POST', '/v1/volumes', { who: 'admin', body: { name: 'resume', format: 'luks2', source: { image_file: image }, luks: FAST_LUKS } });
   assert.equal(r.status, 202, r.text);
   const jobId = r.json.job.id;
   const volId = r.json.volume.id;
   await waitFor(call, jobId, (j) => j.state === 'running' && j.progress.bytes_done >= 6 << 20);
-
-  // A second service on the same state directory is refused: it would run the same jobs.
-  const second = runCli(['serve', '--listen', `127.0.0.1:${await freePort()}`, '--state', env.state, '--tokens', env.tokensFile], { timeout: 30_000 });
-  assert.equal(second.status, 5, second.stderr);
-  assert.match(second.stderr, /LOCKED/);
-
   await stop(s.child, 'SIGKILL');
   const db = new StateDb(join(env.state, 'state.db'));
   const killed = db.job(jobId)!;

@@ -8,7 +8,7 @@ import type { Command } from 'commander';
 import { withCancellation } from '../cancellation.js';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { CancelledError, InvalidArgumentError, LockedError, NotImplementedError } from '../../errors.js';
+import { CancelledError, InvalidArgumentError, LockedError } from '../../errors.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
 import { addKeyManagerOptions, KEY_MANAGER_HELP, type KeyManagerCliOptions } from '../key-manager-options.js';
 import { DEFAULT_TRIES, type PassphraseInput } from '../passphrase-prompt.js';
@@ -107,11 +107,11 @@ export function register(program: Command): void {
     .option('--cipher <spec>', 'new cipher, e.g. aes-xts-plain64 (default: the current one)')
     .option('--key-size <bits>', 'new volume key size in bits (default: the current one)')
     .option('--sector-size <bytes>', 'new encryption sector size: 512, 1024, 2048 or 4096 (default: the current one)')
-    .option('--header <file>', 'detached LUKS2 header')
-    .option('--encrypt', 'encrypt a plain device in place (not built yet)')
-    .option('--decrypt', 'decrypt a LUKS device in place (not built yet)')
-    .option('--type <type>', 'with --encrypt: luks2 or luks1 (not built yet)')
-    .option('--reduce-device-size <size>', 'with --encrypt: room for the header taken from the device end (not built yet)')
+    .option('--header <file>', 'detached LUKS2 header; with --decrypt of an attached header: where it is exported')
+    .option('--encrypt', 'encrypt a plain file or device in place into LUKS2 (a file grows by the header size)')
+    .option('--decrypt', 'decrypt a LUKS2 device in place (header kept in --header FILE, default VOLUME.decrypt-header)')
+    .option('--type <type>', 'with --encrypt: luks2 (luks1 is not built)')
+    .option('--reduce-device-size <size>', 'with --encrypt: room for the header taken from the device end (needed on a block device; half of it becomes the header)')
     .option('--hash <name>', 'PBKDF2 hash of the new keyslots')
     .option('--pbkdf <type>', 'KDF of the new keyslots: pbkdf2, argon2i or argon2id')
     .option('--iter-time <ms>', 'keyslot unlock time target in milliseconds')
@@ -129,6 +129,8 @@ Examples:
   brickcrypt reencrypt vol.img --key-file pass.txt --resilience journal --hotzone-size 16M
   brickcrypt reencrypt vol.img --key-id ID --key-manager barbican+https://kms:9311 --key-slot 0
   brickcrypt reencrypt --resume-only vol.img --key-file pass.txt        (after a crash, kill or Ctrl-C)
+  brickcrypt reencrypt --decrypt vol.img --key-file pass.txt            (to plain data; the header waits in vol.img.decrypt-header)
+  brickcrypt reencrypt --decrypt vol.img --header vol.hdr --key-file pass.txt   (detached header, or where to export it)
 
 The state on disk is cryptsetup 2.6's own (online-reencrypt-v2): a reencryption either tool started
 can be finished by the other ("cryptsetup reencrypt --resume-only"; after a crash inside a hot zone
@@ -140,13 +142,24 @@ Resilience: checksum and journal survive a crash at any instant; none is safe on
 Ctrl-C/SIGTERM (it stops at a zone boundary). A volume served by "brickcrypt attach" is re-keyed
 online by the attach process (clients keep reading and writing; default hot zone 16 MiB); if
 this command is killed the server goes on, Ctrl-C stops it at a zone boundary. See docs/reencrypt.md.
+A LUKS1 volume is converted in place to LUKS2, re-keyed and converted back to LUKS1 (512-byte
+sectors, pbkdf2 keyslots keeping their numbers); a crash in any phase is resumed by the next run.
 ${KEY_MANAGER_HELP}`)
     .action(async (volume: string, o: ReencryptCliOptions) => {
-      if (o.encrypt || o.decrypt || o.type !== undefined || o.reduceDeviceSize !== undefined) {
-        throw new NotImplementedError('In-place --encrypt/--decrypt (and --type, --reduce-device-size) are not built yet; re-key of LUKS2 volumes is.');
+      if (o.encrypt && o.decrypt) throw new InvalidArgumentError('Give --encrypt or --decrypt, not both.');
+      if (o.encrypt) {
+        const input = await keyInput(o, volume);
+        const tries = input.interactive ? (o.tries === undefined ? DEFAULT_TRIES : parseInteger(o.tries, 'tries', 1, 1000)) : 1;
+        const { runEncrypt } = await import('./reencrypt-encrypt.js');
+        return runEncrypt(volume, o, input, tries);
+      }
+      const decrypt = await import('./reencrypt-decrypt.js');
+      if (await decrypt.isDecryption(volume, o)) return decrypt.decryptAction(volume, o);
+      if (o.type !== undefined || o.reduceDeviceSize !== undefined) {
+        throw new InvalidArgumentError('--type and --reduce-device-size go with --encrypt.');
       }
       const resilience = o.resilience === undefined ? undefined : parseChoice(o.resilience, 'resilience', ['checksum', 'journal', 'none', 'datashift'] as const);
-      if (resilience === 'datashift') throw new NotImplementedError('Resilience datashift is used by --encrypt/--decrypt, which are not built yet.');
+      if (resilience === 'datashift') throw new InvalidArgumentError('Resilience datashift moves data: it goes with --encrypt or --decrypt, not with a re-key.');
       if (o.resumeOnly && o.initOnly) throw new InvalidArgumentError('Give --resume-only or --init-only, not both.');
       const json = o.json === true;
       const input = await keyInput(o, volume);

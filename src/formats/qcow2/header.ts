@@ -208,6 +208,40 @@ export function decodeQcow2Header(bytes: Uint8Array): Qcow2Header {
   return h;
 }
 
+/** Refcount width brickcrypt writes: 16-bit refcounts (refcount_order 4), QEMU's default. */
+export const QCOW2_WRITE_REFCOUNT_ORDER = 4;
+/** Header length brickcrypt writes: the v3 header with the compression_type byte, padded to 8. */
+export const QCOW2_WRITE_HEADER_LENGTH = 112;
+
+/**
+ * The header of a new standalone v3 image (no backing file, no encryption, no snapshots, no
+ * feature bits, zlib compression type) with the given geometry.
+ *
+ * @example
+ *   await file.write(encodeQcow2Header(newQcow2Header({ clusterBits: 16, size, l1Size, l1TableOffset, refcountTableOffset, refcountTableClusters })), 0);
+ */
+export function newQcow2Header(g: Pick<Qcow2Header, 'clusterBits' | 'size' | 'l1Size' | 'l1TableOffset' | 'refcountTableOffset' | 'refcountTableClusters'>): Qcow2Header {
+  return {
+    magic: QCOW2_MAGIC,
+    version: 3,
+    backingFileOffset: 0,
+    backingFileSize: 0,
+    ...g,
+    cryptMethod: 0,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
+    incompatibleFeatures: 0n,
+    compatibleFeatures: 0n,
+    autoclearFeatures: 0n,
+    refcountOrder: QCOW2_WRITE_REFCOUNT_ORDER,
+    headerLength: QCOW2_WRITE_HEADER_LENGTH,
+    compressionType: 0,
+    extraHeader: new Uint8Array(QCOW2_WRITE_HEADER_LENGTH - 105),
+    extensions: [],
+    endMarkerLength: 0,
+  };
+}
+
 /** Byte length `encodeQcow2Header` produces: header, extensions, end marker and backing name. */
 export function qcow2HeaderEncodedLength(h: Qcow2Header): number {
   let end = h.headerLength;

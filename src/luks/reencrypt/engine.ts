@@ -142,6 +142,11 @@ export interface ReencryptOptions extends KdfOptions {
   signal?: AbortSignal;
   onProgress?: (progress: { done: number; total: number }) => void;
   zoneCipher?: ZoneCipherFactory;
+  /**
+   * Zone cipher of an encryption (mode encrypt, forward, detached header: the old segment is
+   * linear plaintext): `transform` only encrypts. Required to resume such a state.
+   */
+  plainZoneCipher?: (to: ZoneSide) => ZoneCipher;
   /** Online reencryption: the served view is told about each zone (see `ZoneGate`). */
   zoneGate?: ZoneGate;
 }
@@ -320,7 +325,8 @@ export async function reencryptLuks2(device: BlockDevice, options: ReencryptOpti
   let keys: { old?: VolumeKey; new?: VolumeKey };
   if (state) {
     validateReencryptState(meta, state);
-    if (state.keyslot.mode !== 'reencrypt' || state.keyslot.direction !== 'forward' || state.movedId !== undefined) {
+    const plainEncrypt = state.keyslot.mode === 'encrypt' && options.plainZoneCipher !== undefined && meta.segments[state.previousId]!.type === 'linear';
+    if ((state.keyslot.mode !== 'reencrypt' && !plainEncrypt) || state.keyslot.direction !== 'forward' || state.movedId !== undefined) {
       throw new UnsupportedError(`Resuming a ${state.keyslot.mode} reencryption (${state.keyslot.direction}, resilience ${state.keyslot.resilience}) is not supported yet.`);
     }
     if (options.cipher !== undefined || options.keySizeBits !== undefined || options.sectorSize !== undefined) {
@@ -358,14 +364,17 @@ export async function reencryptLuks2(device: BlockDevice, options: ReencryptOpti
     sectorSize: 0,
     seconds: 0,
   };
-  const zc = (options.zoneCipher ?? localZoneCipher)(sideOf(meta.segments[state.previousId]!, keys.old!), sideOf(meta.segments[state.finalId]!, keys.new!));
+  const zc =
+    meta.segments[state.previousId]!.type === 'linear'
+      ? options.plainZoneCipher!(sideOf(meta.segments[state.finalId]!, keys.new!))
+      : (options.zoneCipher ?? localZoneCipher)(sideOf(meta.segments[state.previousId]!, keys.old!), sideOf(meta.segments[state.finalId]!, keys.new!));
   try {
     const fin = meta.segments[state.finalId]!;
     report.encryption = fin.encryption!;
     report.sectorSize = fin.sector_size!;
     const dataOffset = u64(fin.offset, 'segment offset');
     if (u64(meta.segments[state.previousId]!.offset, 'segment offset') !== dataOffset) throw new UnsupportedError('Reencryption with a data shift is not supported.');
-    const alignment = Math.max(meta.segments[state.previousId]!.sector_size!, fin.sector_size!);
+    const alignment = Math.max(meta.segments[state.previousId]!.sector_size ?? 512, fin.sector_size!);
     const dataSize = device.size - dataOffset;
     if (dataSize <= 0 || dataSize % alignment !== 0) {
       throw new InvalidArgumentError(`The data area (${dataSize} bytes) is not a multiple of the encryption sector size ${alignment}.`);
@@ -405,7 +414,7 @@ async function runZones(
   const ks = initial.keyslot;
   const resilience = ks.resilience as Resilience;
   const gate = options.zoneGate;
-  const alignment = resilience === 'checksum' ? ks.checksumBlock! : Math.max(meta.segments[initial.previousId]!.sector_size!, meta.segments[initial.finalId]!.sector_size!);
+  const alignment = resilience === 'checksum' ? ks.checksumBlock! : Math.max(meta.segments[initial.previousId]!.sector_size ?? 512, meta.segments[initial.finalId]!.sector_size!);
   let maxZone: number;
   if (resilience === 'checksum') {
     if (dataSize % alignment !== 0) throw new InvalidArgumentError(`Checksum resilience needs a data area that is a multiple of ${alignment} bytes; use --resilience journal.`);

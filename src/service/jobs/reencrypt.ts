@@ -23,10 +23,13 @@
  * digests of `start` means it had not begun (it starts); other digests mean the killed run had
  * finished it. `rekey` checks whether the new passphrase opens the volume before changing it.
  */
-import { NotImplementedError, InvalidArgumentError, ReencryptionInProgressError, UnsupportedError } from '../../errors.js';
+import { InvalidArgumentError, LockedError, ReencryptionInProgressError, UnsupportedError } from '../../errors.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
 import { FileDevice } from '../../devices/file-device.js';
 import { LuksVolume } from '../../luks/index.js';
+import { isLuks1Reencryption } from '../../luks/reencrypt/luks1.js';
+import { kdfOf, type ReencryptParams } from './reencrypt-params.js';
+import { cleanupDecryptInPlace, cleanupEncryptInPlace, runDecryptInPlace, runEncryptInPlace } from './in-place-modes.js';
 import { reencryptVolume, type ReencryptReport } from '../../workflows/reencrypt.js';
 import type { Luks2Metadata } from '../../formats/luks2/metadata.js';
 import type { Passphrase } from '../../secret.js';
@@ -35,16 +38,6 @@ import type { JobRow } from '../state-db.js';
 import { formatOptionsOf, newKeyPassphrase, passphraseOfKey, type LuksRequestOptions } from '../volume-files.js';
 import { needStatus, onlyKeys, volumeConsumer, type ActionJob, type ServiceJobDeps } from './service-job.js';
 
-interface ReencryptParams {
-  mode?: 'reencrypt' | 'encrypt' | 'decrypt';
-  cipher?: string;
-  key_size?: number;
-  sector_size?: number;
-  resilience?: 'checksum' | 'journal' | 'none';
-  key?: { create: true } | { id: string };
-  /** KDF of the new keyslot (pbkdf, pbkdf_iterations, ...), as change_key takes it. */
-  luks?: LuksRequestOptions;
-}
 
 interface Checkpoint {
   phase: 'reencrypt' | 'rekey' | 'swap';
@@ -57,17 +50,8 @@ interface Checkpoint {
   runs: number;
 }
 
-const PARAMS = ['mode', 'cipher', 'key_size', 'sector_size', 'resilience', 'key', 'luks'] as const;
+const PARAMS = ['mode', 'resume', 'cipher', 'key_size', 'sector_size', 'resilience', 'key', 'luks'] as const;
 
-/** KDF options of the new keyslot: only the keyslot fields of a `luks` object mean anything here. */
-function kdfOf(p: ReencryptParams): ReturnType<typeof formatOptionsOf> {
-  if (!p.luks) return { type: 'luks2' };
-  const { cipher: _c, key_size: _k, sector_size: _s, ...kdf } = p.luks;
-  if (_c !== undefined || _k !== undefined || _s !== undefined) throw new InvalidArgumentError('reencrypt: give cipher, key_size and sector_size at the top level, not in luks.');
-  const f = formatOptionsOf('luks2', kdf);
-  delete f.sectorSize;
-  return f;
-}
 
 export function reencryptJob(deps: ServiceJobDeps): ActionJob {
   return {
@@ -75,17 +59,26 @@ export function reencryptJob(deps: ServiceJobDeps): ActionJob {
     validate(_d, _caller, volume, params) {
       onlyKeys(params, PARAMS, 'reencrypt');
       const p = params as ReencryptParams;
-      const mode = p.mode ?? 'reencrypt';
-      if (mode === 'encrypt' || mode === 'decrypt') {
-        throw new NotImplementedError(
-          `In-place ${mode === 'encrypt' ? 'encryption of a raw volume' : 'decryption of a LUKS volume'} is not built; reencrypt (re-key of a LUKS2 volume) is. The migrate action converts by copying.`,
-        );
+      if (p.resume === true) {
+        onlyKeys(params, ['resume'], 'reencrypt with resume');
+        needStatus(volume, 'reencrypt resume', 'error');
+        return;
       }
-      if (mode !== 'reencrypt') throw new InvalidArgumentError(`reencrypt: unknown mode ${String(mode)}.`);
-      if (volume.format === 'raw') throw new InvalidArgumentError('reencrypt (mode reencrypt) applies to LUKS2 volumes; in-place encryption of a raw volume (mode encrypt) is not built.');
-      if (volume.format === 'luks1') throw new UnsupportedError('In-place reencryption of LUKS1 volumes is not supported; migrate the volume to luks2 first.');
+      const mode = p.mode ?? 'reencrypt';
+      if (mode !== 'reencrypt' && mode !== 'encrypt' && mode !== 'decrypt') throw new InvalidArgumentError(`reencrypt: unknown mode ${String(mode)}.`);
+      if (mode === 'encrypt') {
+        if (volume.format !== 'raw') throw new InvalidArgumentError(`reencrypt mode encrypt applies to raw volumes; volume ${volume.id} is ${volume.format} already.`);
+      } else if (mode === 'decrypt') {
+        if (volume.format === 'raw') throw new InvalidArgumentError(`reencrypt mode decrypt applies to LUKS volumes; volume ${volume.id} is raw.`);
+        if (volume.format === 'luks1') throw new UnsupportedError('In-place decryption of LUKS1 volumes is not supported; migrate the volume to luks2 or raw instead.');
+        for (const k of ['cipher', 'key_size', 'sector_size', 'key', 'luks'] as const) if (p[k] !== undefined) throw new InvalidArgumentError(`reencrypt mode decrypt takes no ${k}.`);
+      } else {
+        if (volume.format === 'raw') throw new InvalidArgumentError('reencrypt (mode reencrypt) applies to LUKS volumes; encrypt a raw volume in place with mode encrypt.');
+        if (volume.format === 'luks1' && p.sector_size !== undefined && p.sector_size !== 512) throw new InvalidArgumentError('LUKS1 supports only 512-byte sectors.');
+      }
       if (p.key && 'id' in p.key && p.key.id === volume.encryption_key_id) throw new InvalidArgumentError('reencrypt: the new key must differ from the volume\'s key.');
-      kdfOf(p);
+      kdfOf(p, volume.format === 'luks1' ? 'luks1' : 'luks2');
+      if (volume.status === 'error') throw new LockedError(`Volume ${volume.id} is error; continue an interrupted reencryption with {"reencrypt": {"resume": true}}.`);
       needStatus(volume, 'reencrypt', 'available');
     },
     handler: {
@@ -95,33 +88,63 @@ export function reencryptJob(deps: ServiceJobDeps): ActionJob {
   };
 }
 
-/** The digest salts of a LUKS2 header, and whether it records an unfinished reencryption. */
+/**
+ * The digest salts of a LUKS header (LUKS1: the volume-key digest salt), and whether it records
+ * an unfinished reencryption (a LUKS2 reencryption state, or a LUKS1 re-key's marker or token).
+ */
 async function headerState(path: string): Promise<{ digests: string; inProgress: boolean }> {
   const file = await FileDevice.open(path, { readOnly: true });
   try {
+    const luks1Rekey = await isLuks1Reencryption(file);
     const luks = await LuksVolume.open(file, { readOnly: true });
-    const meta = (luks.dumpJson() as { metadata: Luks2Metadata }).metadata;
-    const digests = Object.values(meta.digests)
-      .map((d) => (d as { salt: string }).salt)
-      .sort()
-      .join(',');
-    return { digests, inProgress: luks.payloadFence instanceof ReencryptionInProgressError };
+    const dump = luks.dumpJson() as { version: number; mkDigestSalt?: string; metadata?: Luks2Metadata };
+    const digests =
+      dump.version === 1
+        ? String(dump.mkDigestSalt)
+        : Object.values(dump.metadata!.digests)
+            .map((d) => (d as { salt: string }).salt)
+            .sort()
+            .join(',');
+    return { digests, inProgress: luks1Rekey || luks.payloadFence instanceof ReencryptionInProgressError };
   } finally {
     await file.close();
   }
+}
+
+/**
+ * The job a `resume` request continues: the latest failed or cancelled reencrypt job of the
+ * volume that got as far as a checkpoint (its new key and phase), with its parameters.
+ */
+async function interruptedRun(deps: ServiceJobDeps, volumeId: string): Promise<{ params: ReencryptParams; checkpoint: Checkpoint }> {
+  const runs = (await deps.db.jobs({ volumeId, states: ['failed', 'cancelled'] }))
+    .filter((j) => j.type === 'reencrypt' && j.checkpoint !== null)
+    .sort((a, b) => (b.finished_at ?? b.created_at).localeCompare(a.finished_at ?? a.created_at));
+  const last = runs[0];
+  if (!last) throw new InvalidArgumentError(`Volume ${volumeId} has no interrupted reencryption to resume.`);
+  const { resume: _r, ...params } = last.params as ReencryptParams;
+  return { params, checkpoint: last.checkpoint as unknown as Checkpoint };
 }
 
 async function runReencrypt(deps: ServiceJobDeps, ctx: JobContext): Promise<Record<string, unknown>> {
   const job = ctx.job;
   const km = deps.keys;
   const vol = (await deps.db.volume(job.volume_id!))!;
-  const p = job.params as ReencryptParams;
-  const kdf = kdfOf(p);
+  let p = job.params as ReencryptParams;
+  let cp = job.checkpoint as Checkpoint | null;
+  if (p.resume === true) {
+    // A resume job adopts the interrupted run's parameters (KDF of the rekey phase) and, on its
+    // first run, its checkpoint; later runs of this job have their own checkpoint.
+    const prev = await interruptedRun(deps, vol.id);
+    p = prev.params;
+    cp ??= prev.checkpoint;
+  }
+  if (p.mode === 'encrypt') return runEncryptInPlace(deps, ctx, p, cp as never);
+  if (p.mode === 'decrypt') return runDecryptInPlace(deps, ctx, p, cp as never);
+  const kdf = kdfOf(p, vol.format === 'luks1' ? 'luks1' : 'luks2');
   const lock = await VolumeLock.acquire(vol.path);
   let oldPass: Passphrase | undefined;
   let newPass: Passphrase | undefined;
   try {
-    let cp = job.checkpoint as Checkpoint | null;
     if (!cp) {
       const { digests } = await headerState(vol.path);
       let new_key_id: string;
@@ -227,6 +250,11 @@ async function cleanupReencrypt(deps: ServiceJobDeps, job: JobRow): Promise<void
   const v = job.volume_id ? await deps.db.volume(job.volume_id) : undefined;
   if (!v) return;
   const cp = job.checkpoint as Checkpoint | null;
+  // A resume job that failed before adopting a run changed nothing: the volume stays in error.
+  if (!cp && (job.params as ReencryptParams).resume === true) return void (await deps.db.updateVolume(v.id, { status: 'error' }));
+  const mode = (job.checkpoint as { mode?: string } | null)?.mode ?? (job.params as ReencryptParams).mode;
+  if (mode === 'encrypt') return cleanupEncryptInPlace(deps, job, v);
+  if (mode === 'decrypt') return cleanupDecryptInPlace(deps, job, v);
   const state = await headerState(v.path).catch(() => undefined);
   let opensWithOldKey = !cp || (state !== undefined && !state.inProgress && (cp.phase === 'reencrypt' || cp.phase === 'rekey'));
   // In `rekey` the keyslot may have the new passphrase already (a stop between the write and the checkpoint).

@@ -1,0 +1,523 @@
+/**
+ * In-place encryption of plain data into LUKS2 (datashift, moved segment): the plaintext
+ * survives byte for byte, a grown file ends with the usable size it had, and a power cut after
+ * ANY write (start, zones, finish) is finished by a resume that gives exactly the original
+ * plaintext — or, when the cut came before anything of the plaintext was changed, leaves it
+ * untouched. Interop: cryptsetup 2.6 finishes brickcrypt's state and the other way round.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { BlockDevice } from '../../src/block-device.js';
+import { MemoryDevice } from '../../src/devices/memory-device.js';
+import { SliceDevice } from '../../src/devices/slice-device.js';
+import { FileDevice } from '../../src/devices/file-device.js';
+import { EncryptedDevice } from '../../src/devices/encrypted-device.js';
+import { LuksVolume } from '../../src/luks/index.js';
+import { encryptLuks2, type EncryptOptions } from '../../src/luks/reencrypt/encrypt.js';
+import { reencryptVolume } from '../../src/workflows/reencrypt.js';
+import { Passphrase } from '../../src/secret.js';
+import { CancelledError, CorruptHeaderError, InsufficientSpaceError, InvalidArgumentError, ReencryptionInProgressError, WrongPassphraseError } from '../../src/errors.js';
+import { readLuks2Headers, writeLuks2Headers } from '../../src/luks/luks2-io.js';
+import { decodeReencryptState } from '../../src/formats/luks2/reencrypt-state.js';
+import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
+import { needTools, run, runStatus, tempDir } from '../helpers/tools.js';
+import { CS_FAST, CS_OFFLINE, cryptsetupMetadata, readPlaintext } from '../helpers/reencrypt-states.js';
+
+const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
+const PASS = 'encrypt me';
+const KIB = 1024;
+const MIB = 1024 * KIB;
+
+function opts(extra: Partial<EncryptOptions> = {}): EncryptOptions {
+  return { passphrases: [Passphrase.fromString(PASS)], ...FAST, headerSize: 512 * KIB, hotzoneSize: 128 * KIB, ...extra };
+}
+
+async function plaintextOf(dev: BlockDevice, pass = PASS): Promise<Uint8Array> {
+  const vol = await LuksVolume.open(dev, { readOnly: true });
+  const { key } = await vol.unlock(Passphrase.fromString(pass));
+  const view = EncryptedDevice.open(dev, vol, key, { readOnly: true });
+  const out = new Uint8Array(view.size);
+  await view.read(out, 0);
+  await view.close();
+  return out;
+}
+
+function equalPlain(actual: Uint8Array, expected: Uint8Array, label: string): void {
+  if (Buffer.compare(actual, expected) === 0) return;
+  let i = 0;
+  while (i < actual.length && actual[i] === expected[i]) i++;
+  assert.fail(`${label}: plaintext differs at byte ${i} (lengths ${actual.length}/${expected.length})`);
+}
+
+function contains(hay: Uint8Array, needle: Uint8Array): boolean {
+  return Buffer.from(hay).indexOf(Buffer.from(needle)) >= 0;
+}
+
+test('encrypt a growable device: same plaintext, usable size unchanged, no state or plaintext left', async () => {
+  const P = 1536 * KIB;
+  const plain = new Uint8Array(randomBytes(P));
+  const dev = new MemoryDevice(new Uint8Array(plain));
+  const zones: number[] = [];
+  const r = await encryptLuks2(dev, opts({ onProgress: ({ done }) => zones.push(done) }));
+  assert.equal(r.finished, true);
+  assert.equal(r.started, true);
+  assert.equal(r.bytes, P);
+  assert.equal(r.total, P);
+  assert.equal(r.grownBytes, 1024 * KIB);
+  assert.equal(r.lostBytes, 0);
+  assert.equal(r.volumeSize, P);
+  assert.deepEqual(r.keyslots, [0]);
+  assert.equal(dev.size, P + 512 * KIB);
+  assert.ok(zones.length >= 9, `${zones.length} progress reports`);
+  const vol = await LuksVolume.open(dev);
+  assert.equal(vol.payloadFence, undefined);
+  assert.equal(vol.sectorSize, 4096);
+  equalPlain(await plaintextOf(dev), plain, 'grown');
+  const { state } = await readLuks2Headers(dev, dev.size);
+  assert.equal(decodeReencryptState(state.metadata), undefined);
+  assert.deepEqual(Object.keys(state.metadata.segments), ['0']);
+  assert.deepEqual(Object.keys(state.metadata.keyslots), ['0']);
+  assert.deepEqual(Object.keys(state.metadata.tokens), []);
+  // No 4 KiB run of the plaintext is left anywhere on the device.
+  for (let off = 0; off < P; off += 256 * KIB) assert.ok(!contains(dev.bytes, plain.subarray(off, off + 4096)), `plaintext at ${off} still on disk`);
+});
+
+test('--reduce-device-size: the device keeps its size, the data before the given-up end survives, the moved copy is wiped', async () => {
+  const N = 2 * MIB;
+  const R = 1 * MIB;
+  const plain = new Uint8Array(randomBytes(N));
+  const dev = new MemoryDevice(new Uint8Array(plain));
+  const r = await encryptLuks2(dev, opts({ headerSize: undefined, reduceDeviceSize: R }));
+  assert.equal(r.finished, true);
+  assert.equal(r.lostBytes, R);
+  assert.equal(r.total, N - R);
+  assert.equal(r.volumeSize, N - R / 2);
+  assert.equal(dev.size, N);
+  const got = await plaintextOf(dev);
+  assert.equal(got.length, N - R / 2);
+  equalPlain(got.subarray(0, N - R), plain.subarray(0, N - R), 'kept part');
+  assert.ok(!contains(dev.bytes, plain.subarray(0, 4096)), 'the moved copy of the first block is still on disk');
+});
+
+test('a device that cannot grow is refused without --reduce-device-size, and nothing is written', async () => {
+  const backing = new MemoryDevice(new Uint8Array(randomBytes(1 * MIB)));
+  const fixed = new SliceDevice(backing, 0, backing.size);
+  const before = new Uint8Array(backing.bytes);
+  await assert.rejects(encryptLuks2(fixed, opts()), (err: unknown) => err instanceof InsufficientSpaceError && /--reduce-device-size/.test(err.message));
+  assert.deepEqual(backing.bytes, before);
+  await assert.rejects(encryptLuks2(fixed, opts({ headerSize: undefined, reduceDeviceSize: 3 * MIB })), InsufficientSpaceError);
+  await assert.rejects(encryptLuks2(fixed, opts({ headerSize: undefined, reduceDeviceSize: 1000 })), InvalidArgumentError);
+  assert.deepEqual(backing.bytes, before);
+});
+
+test('init-only then resume; fenced in between; refusals (wrong passphrase, changed options, tampered state, LUKS2 already) write nothing', async () => {
+  const P = 1 * MIB;
+  const plain = new Uint8Array(randomBytes(P));
+  const dev = new MemoryDevice(new Uint8Array(plain));
+  const r1 = await encryptLuks2(dev, opts({ initOnly: true }));
+  assert.equal(r1.finished, false);
+  assert.equal(r1.bytes, 0);
+  const vol = await LuksVolume.open(dev);
+  assert.ok(vol.payloadFence instanceof ReencryptionInProgressError);
+  const snapshot = new Uint8Array(dev.bytes);
+  await assert.rejects(encryptLuks2(dev, opts({ passphrases: [Passphrase.fromString('wrong')] })), WrongPassphraseError);
+  await assert.rejects(encryptLuks2(dev, opts({ cipher: 'aes-cbc-essiv:sha256' })), InvalidArgumentError);
+  assert.deepEqual(dev.bytes, snapshot);
+  // The recorded shift changed (and the header rewritten with a valid checksum): the digest catches it.
+  const copy = new MemoryDevice(new Uint8Array(snapshot));
+  const { state } = await readLuks2Headers(copy, copy.size);
+  const moved = Object.values(state.metadata.segments).find((s) => s.flags?.includes('backup-moved-segment'))!;
+  moved.offset = String(Number(moved.offset) - 4096);
+  await writeLuks2Headers(copy, state);
+  const tampered = new Uint8Array(copy.bytes);
+  await assert.rejects(encryptLuks2(copy, opts()), CorruptHeaderError);
+  assert.deepEqual(copy.bytes, tampered);
+  const r2 = await encryptLuks2(dev, opts({ resumeOnly: true }));
+  assert.equal(r2.started, false);
+  assert.equal(r2.finished, true);
+  equalPlain(await plaintextOf(dev), plain, 'resumed');
+  const done = new Uint8Array(dev.bytes);
+  await assert.rejects(encryptLuks2(dev, opts()), InvalidArgumentError);
+  await assert.rejects(encryptLuks2(dev, opts({ resumeOnly: true })), InvalidArgumentError);
+  assert.deepEqual(dev.bytes, done);
+  // A plain device with nothing recorded: --resume-only refuses it.
+  const raw = new MemoryDevice(new Uint8Array(plain));
+  await assert.rejects(encryptLuks2(raw, opts({ resumeOnly: true })), InvalidArgumentError);
+  equalPlain(raw.bytes, plain, 'untouched');
+});
+
+test('stopped by a signal at every zone boundary, then resumed, gives the same plaintext', async () => {
+  const P = 1 * MIB;
+  const plain = new Uint8Array(randomBytes(P));
+  const dev = new MemoryDevice(new Uint8Array(plain));
+  let stops = 0;
+  for (;;) {
+    const ac = new AbortController();
+    let zones = 0;
+    try {
+      await encryptLuks2(dev, opts({ signal: ac.signal, onProgress: () => (++zones === 2 ? ac.abort() : undefined) }));
+      break;
+    } catch (err) {
+      assert.ok(err instanceof CancelledError, String(err));
+      stops++;
+      assert.ok((await LuksVolume.open(dev)).payloadFence instanceof ReencryptionInProgressError);
+    }
+  }
+  assert.ok(stops >= 4, `stopped ${stops} times`);
+  equalPlain(await plaintextOf(dev), plain, 'signals');
+});
+
+/**
+ * Encrypts `plain` under a FaultInjectingDevice that cuts the power after write `cut`, then
+ * resumes on the crash image. Returns what happened: 'done' (no cut), 'resumed' (the resume
+ * finished and the plaintext is compared by the caller), or 'untouched' (nothing recorded: the
+ * cut came before the header copy was durable, and the plaintext must be intact).
+ */
+async function crashAndResume(plain: Uint8Array, cut: number, seed: number, extra: Partial<EncryptOptions> = {}, nestedCut?: number): Promise<{ outcome: 'done' | 'resumed' | 'untouched'; dev: MemoryDevice }> {
+  const dev = new FaultInjectingDevice(plain, { cutAfterWrite: cut, seed, sectorSize: 512 });
+  try {
+    await encryptLuks2(dev, opts(extra));
+    return { outcome: 'done', dev: new MemoryDevice(new Uint8Array(dev.bytes)) };
+  } catch (err) {
+    if (!(err instanceof PowerCutError)) throw err;
+  }
+  let image = dev.crashImage();
+  if (nestedCut !== undefined) {
+    const second = new FaultInjectingDevice(image, { cutAfterWrite: nestedCut, seed: seed + 1000, sectorSize: 512 });
+    await encryptLuks2(second, opts({ ...extra, resumeOnly: true })).catch((err) => assert.ok(err instanceof PowerCutError || err instanceof InvalidArgumentError, String(err)));
+    image = second.powerCut ? second.crashImage() : new Uint8Array(second.bytes);
+  }
+  const after = new MemoryDevice(image);
+  const head = await readLuks2Headers(after, after.size).catch(() => undefined);
+  if (head && decodeReencryptState(head.state.metadata) === undefined) return { outcome: 'resumed', dev: after };
+  try {
+    await encryptLuks2(after, opts({ ...extra, resumeOnly: true }));
+  } catch (err) {
+    if (!(err instanceof InvalidArgumentError && /nothing to resume/.test(err.message))) throw err;
+    equalPlain(after.bytes.subarray(0, plain.length), plain, `cut after write ${cut}: nothing recorded but the plaintext changed`);
+    return { outcome: 'untouched', dev: after };
+  }
+  return { outcome: 'resumed', dev: after };
+}
+
+for (const [label, extra] of [
+  ['zones of 128 KiB, one piece each', {}],
+  ['zones of 256 KiB in 64 KiB pieces', { hotzoneSize: 256 * KIB, pieceBytes: 64 * KIB }],
+] as Array<[string, Partial<EncryptOptions>]>) {
+  test(`power cut after EVERY write of an encryption (${label}, writes torn at 512 bytes): resume gives the original plaintext`, async () => {
+    const P = 1 * MIB;
+    const plain = new Uint8Array(randomBytes(P));
+    const seen = { untouched: 0, resumed: 0 };
+    let cut = 1;
+    for (; ; cut++) {
+      const { outcome, dev } = await crashAndResume(plain, cut, cut * 7 + 1, extra);
+      if (outcome === 'untouched') {
+        seen.untouched++;
+        continue;
+      }
+      equalPlain(await plaintextOf(dev), plain, `power cut after write ${cut}`);
+      assert.equal(dev.size, P + 512 * KIB, `size after cut ${cut}`);
+      if (outcome === 'done') break;
+      seen.resumed++;
+    }
+    assert.ok(cut > 40, `only ${cut} write boundaries`);
+    assert.ok(seen.resumed > 30, `only ${seen.resumed} cuts resumed`);
+    // Only the cuts before the header copy in the gap is durable leave nothing recorded.
+    assert.ok(seen.untouched <= 4, `${seen.untouched} cuts left nothing recorded`);
+  });
+}
+
+test('power cuts at random writes of a larger encryption (several seeds), with a second cut during the resume', async () => {
+  const P = 4 * MIB;
+  const plain = new Uint8Array(randomBytes(P));
+  const extra = { headerSize: 1 * MIB, hotzoneSize: 256 * KIB, pieceBytes: 64 * KIB };
+  const probe = new FaultInjectingDevice(plain);
+  await encryptLuks2(probe, opts(extra));
+  const total = probe.writes;
+  assert.ok(total > 100, `${total} writes`);
+  for (let seed = 1; seed <= 8; seed++) {
+    const cut = 1 + ((seed * 2654435761) % total);
+    const { outcome, dev } = await crashAndResume(plain, cut, seed, extra, 1 + (seed % 11));
+    if (outcome === 'untouched') continue;
+    equalPlain(await plaintextOf(dev), plain, `seed ${seed} cut ${cut}`);
+  }
+});
+
+test('a start interrupted while the header is written to the head is finished from the copy in the gap', async () => {
+  const P = 1 * MIB;
+  const plain = new Uint8Array(randomBytes(P));
+  // Count the writes of an init: the head's header image is written last.
+  const probe = new FaultInjectingDevice(plain);
+  await encryptLuks2(probe, opts({ initOnly: true }));
+  const initWrites = probe.writes;
+  for (let back = 0; back < 4; back++) {
+    const dev = new FaultInjectingDevice(plain, { cutAfterWrite: initWrites - back, seed: back + 5, sectorSize: 512 });
+    await assert.rejects(encryptLuks2(dev, opts()), PowerCutError);
+    const after = new MemoryDevice(dev.crashImage());
+    const r = await encryptLuks2(after, opts({ resumeOnly: true }));
+    assert.equal(r.finished, true);
+    equalPlain(await plaintextOf(after), plain, `cut ${back} writes before the end of the start`);
+  }
+});
+
+/** Header [0, 1 MiB) and data after it, both slices of one fault-injecting device. */
+function detachedPair(backing: BlockDevice, dataSize: number): { header: SliceDevice; data: SliceDevice } {
+  return { header: new SliceDevice(backing, 0, 1 * MIB), data: new SliceDevice(backing, 1 * MIB, dataSize) };
+}
+
+async function detachedPlaintext(header: BlockDevice, data: BlockDevice): Promise<Uint8Array> {
+  const vol = await LuksVolume.open(data, { headerDevice: header, readOnly: true });
+  const { key } = await vol.unlock(Passphrase.fromString(PASS));
+  const view = EncryptedDevice.open(data, vol, key, { readOnly: true });
+  const out = new Uint8Array(view.size);
+  await view.read(out, 0);
+  await view.close();
+  return out;
+}
+
+for (const [resilience, torn] of [['checksum', 4096], ['journal', 512]] as Array<['checksum' | 'journal', number]>) {
+  test(`detached header (${resilience}): power cut after EVERY write, writes torn at ${torn} bytes; resume gives the plaintext, the data does not move`, async () => {
+    const P = 512 * KIB;
+    const plain = new Uint8Array(randomBytes(P));
+    const image = new Uint8Array(1 * MIB + P);
+    image.set(plain, 1 * MIB);
+    let cut = 1;
+    let resumed = 0;
+    for (; ; cut++) {
+      const dev = new FaultInjectingDevice(image, { cutAfterWrite: cut, seed: cut * 3 + 1, sectorSize: torn });
+      const { header, data } = detachedPair(dev, P);
+      let cutHappened = false;
+      try {
+        await encryptLuks2(data, opts({ headerSize: 1 * MIB, headerDevice: header, resilience, hotzoneSize: 64 * KIB }));
+      } catch (err) {
+        if (!(err instanceof PowerCutError)) throw err;
+        cutHappened = true;
+      }
+      const after = new MemoryDevice(cutHappened ? dev.crashImage() : new Uint8Array(dev.bytes));
+      const pair = detachedPair(after, P);
+      const head = await readLuks2Headers(pair.header, P).catch(() => undefined);
+      if (!head) {
+        // The header was not recorded yet: the data must be untouched.
+        equalPlain(after.bytes.subarray(1 * MIB), plain, `cut ${cut} before the header`);
+        continue;
+      }
+      if (decodeReencryptState(head.state.metadata) !== undefined) {
+        await encryptLuks2(pair.data, opts({ headerDevice: pair.header, resumeOnly: true }));
+        resumed++;
+      }
+      equalPlain(await detachedPlaintext(pair.header, pair.data), plain, `cut after write ${cut}`);
+      if (!cutHappened) break;
+    }
+    assert.ok(cut > 40 && resumed > 30, `${cut} write boundaries, ${resumed} resumed`);
+  });
+}
+
+// --- interop with cryptsetup 2.6 on image files ---
+
+const skip = needTools('cryptsetup');
+const SIZE = 48 * MIB;
+
+function plainFile(path: string, size: number): Uint8Array {
+  const data = new Uint8Array(randomBytes(size));
+  writeFileSync(path, data);
+  return data;
+}
+
+async function onFile<T>(path: string, fn: (dev: FileDevice) => Promise<T>): Promise<T> {
+  const dev = await FileDevice.open(path);
+  try {
+    return await fn(dev);
+  } finally {
+    await dev.close();
+  }
+}
+
+/** cryptsetup accepts the finished volume: no requirement, one segment, the passphrase opens it. */
+function cryptsetupAccepts(img: string, keyFile: string): void {
+  const m = cryptsetupMetadata(img);
+  assert.equal(m.config.requirements, undefined);
+  assert.deepEqual(Object.keys(m.segments), ['0']);
+  run('cryptsetup', ['open', '--test-passphrase', '--disable-locks', '--key-file', keyFile, img]);
+}
+
+function csOpts(extra: Partial<EncryptOptions> = {}): EncryptOptions {
+  return { passphrases: [Passphrase.fromString(PASS)], ...FAST, ...extra };
+}
+
+test('brickcrypt --init-only, and brickcrypt stopped after some zones -> cryptsetup reencrypt --resume-only finishes', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const img = join(dir, 'plain.img');
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const plain = plainFile(img, SIZE);
+    await onFile(img, (dev) => encryptLuks2(dev, csOpts({ initOnly: true })));
+    const copy = join(dir, 'copy.img');
+    writeFileSync(copy, readFileSync(img));
+    run('cryptsetup', ['reencrypt', '--resume-only', ...CS_OFFLINE, '--key-file', keyFile, copy]);
+    cryptsetupAccepts(copy, keyFile);
+    equalPlain((await readPlaintext(copy, PASS)).subarray(0, SIZE), plain, 'cryptsetup finished brickcrypt --init-only');
+    // Stopped after a few 4 MiB zones (the init above is resumed).
+    const ac = new AbortController();
+    let zones = 0;
+    await assert.rejects(onFile(img, (dev) => encryptLuks2(dev, csOpts({ hotzoneSize: 4 * MIB, signal: ac.signal, onProgress: () => (++zones === 4 ? ac.abort() : undefined) }))), CancelledError);
+    assert.ok(Object.keys(cryptsetupMetadata(img).segments).length >= 5);
+    run('cryptsetup', ['reencrypt', '--resume-only', ...CS_OFFLINE, '--key-file', keyFile, img]);
+    cryptsetupAccepts(img, keyFile);
+    equalPlain((await readPlaintext(img, PASS)).subarray(0, SIZE), plain, 'cryptsetup finished brickcrypt stopped');
+  } finally {
+    cleanup();
+  }
+});
+
+test('brickcrypt loses power inside a hot zone -> cryptsetup (repair and) reencrypt --resume-only finish it', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const img = join(dir, 'plain.img');
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const plain = plainFile(img, 8 * MIB);
+    let found = false;
+    for (let cut = 14; cut < 80 && !found; cut++) {
+      const dev = new FaultInjectingDevice(plain, { cutAfterWrite: cut, seed: cut, sectorSize: 4096 });
+      await assert.rejects(encryptLuks2(dev, csOpts({ headerSize: 2 * MIB, hotzoneSize: 1 * MIB })), PowerCutError);
+      const crashed = dev.crashImage();
+      const meta = (await readLuks2Headers(new MemoryDevice(crashed), crashed.length).catch(() => undefined))?.state.metadata;
+      if (!meta || !Object.values(meta.segments).some((s) => s.flags?.includes('in-reencryption'))) continue;
+      found = true;
+      writeFileSync(img, crashed);
+    }
+    assert.ok(found, 'no crash inside a hot zone found');
+    const r = runStatus('cryptsetup', ['reencrypt', '--resume-only', ...CS_OFFLINE, '--key-file', keyFile, img]);
+    if (r.status !== 0) run('cryptsetup', ['repair', '--batch-mode', '--disable-locks', '--key-file', keyFile, img]);
+    if (r.status !== 0) run('cryptsetup', ['reencrypt', '--resume-only', ...CS_OFFLINE, '--key-file', keyFile, img]);
+    cryptsetupAccepts(img, keyFile);
+    equalPlain((await readPlaintext(img, PASS)).subarray(0, plain.length), plain, 'cryptsetup recovered brickcrypt');
+  } finally {
+    cleanup();
+  }
+});
+
+test('cryptsetup reencrypt --encrypt --init-only -> brickcrypt finishes; cryptsetup opens the result', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const img = join(dir, 'plain.img');
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const plain = plainFile(img, SIZE);
+    run('cryptsetup', ['reencrypt', '--encrypt', '--type', 'luks2', '--reduce-device-size', '16M', '--init-only', ...CS_OFFLINE, ...CS_FAST, '--key-file', keyFile, img]);
+    const r = await reencryptVolume(img, { passphrases: [Passphrase.fromString(PASS)], resumeOnly: true, workers: 1 });
+    assert.equal(r.finished, true);
+    assert.equal(statSync(img).size, SIZE);
+    cryptsetupAccepts(img, keyFile);
+    const got = await readPlaintext(img, PASS);
+    assert.equal(got.length, SIZE - 8 * MIB);
+    equalPlain(got.subarray(0, SIZE - 16 * MIB), plain.subarray(0, SIZE - 16 * MIB), 'brickcrypt finished cryptsetup --init-only');
+  } finally {
+    cleanup();
+  }
+});
+
+test('cryptsetup reencrypt --encrypt killed with SIGKILL mid-run -> brickcrypt finishes', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const size = 128 * MIB;
+    let done = 0;
+    for (const ms of [500, 300, 200, 120, 80]) {
+      if (done > 0) break;
+      const img = join(dir, `plain-${ms}.img`);
+      const plain = plainFile(img, size);
+      const { spawn } = await import('node:child_process');
+      const child = spawn('cryptsetup', ['reencrypt', '--encrypt', '--type', 'luks2', '--reduce-device-size', '4M', ...CS_OFFLINE, ...CS_FAST, '--key-file', keyFile, img], { stdio: 'ignore' });
+      const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+      const timer = setTimeout(() => child.kill('SIGKILL'), ms);
+      const code = await exited;
+      clearTimeout(timer);
+      if (code === 0) continue;
+      const fmt = runStatus('cryptsetup', ['isLuks', img]);
+      if (fmt.status !== 0) {
+        // Killed before cryptsetup wrote its header: the plaintext must be untouched.
+        equalPlain(new Uint8Array(readFileSync(img)).subarray(0, size - 4 * MIB), plain.subarray(0, size - 4 * MIB), 'killed before the header');
+        continue;
+      }
+      const r = await reencryptVolume(img, { passphrases: [Passphrase.fromString(PASS)], resumeOnly: true, workers: 1 });
+      assert.equal(r.finished, true);
+      cryptsetupAccepts(img, keyFile);
+      equalPlain((await readPlaintext(img, PASS)).subarray(0, size - 4 * MIB), plain.subarray(0, size - 4 * MIB), `killed after ${ms} ms`);
+      done++;
+    }
+    assert.ok(done >= 1, 'cryptsetup was never killed mid-run');
+  } finally {
+    cleanup();
+  }
+});
+
+test('a file brickcrypt encrypted opens in cryptsetup, with the volume key brickcrypt reads', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const img = join(dir, 'plain.img');
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const plain = plainFile(img, 20 * MIB);
+    await onFile(img, (dev) => encryptLuks2(dev, csOpts({ sectorSize: 512, keySizeBits: 256 })));
+    assert.equal(statSync(img).size, 36 * MIB);
+    cryptsetupAccepts(img, keyFile);
+    equalPlain(await readPlaintext(img, PASS), plain, 'brickcrypt');
+    const dump = run('cryptsetup', ['luksDump', '--dump-volume-key', '--batch-mode', '--key-file', keyFile, img]);
+    const csKey = /MK dump:\s*((?:[0-9a-f]{2}\s+)+)/.exec(dump)![1]!.replace(/\s+/g, '');
+    const ours = await onFile(img, async (dev) => {
+      const { key } = await (await LuksVolume.open(dev)).unlock(Passphrase.fromString(PASS));
+      const hex = Buffer.from(key.expose()).toString('hex');
+      key.wipe();
+      return hex;
+    });
+    assert.equal(ours, csKey);
+    assert.match(run('cryptsetup', ['luksDump', img]), /sector: 512 \[bytes\]/);
+  } finally {
+    cleanup();
+  }
+});
+
+test('detached header: brickcrypt --init-only -> cryptsetup finishes; cryptsetup --init-only -> brickcrypt finishes', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    for (const who of ['brickcrypt', 'cryptsetup']) {
+      const img = join(dir, `${who}.img`);
+      const hdr = join(dir, `${who}.hdr`);
+      const plain = plainFile(img, 24 * MIB);
+      if (who === 'brickcrypt') {
+        const header = await FileDevice.open(hdr, { create: true });
+        try {
+          await onFile(img, (dev) => encryptLuks2(dev, csOpts({ headerDevice: header, resilience: 'journal', initOnly: true })));
+        } finally {
+          await header.close();
+        }
+        run('cryptsetup', ['reencrypt', '--resume-only', ...CS_OFFLINE, '--header', hdr, '--key-file', keyFile, img]);
+      } else {
+        run('cryptsetup', ['reencrypt', '--encrypt', '--type', 'luks2', '--header', hdr, '--init-only', ...CS_OFFLINE, ...CS_FAST, '--key-file', keyFile, img]);
+        const r = await reencryptVolume(img, { header: hdr, passphrases: [Passphrase.fromString(PASS)], resumeOnly: true, workers: 1 });
+        assert.equal(r.finished, true);
+      }
+      assert.equal(statSync(img).size, 24 * MIB);
+      run('cryptsetup', ['open', '--test-passphrase', '--disable-locks', '--header', hdr, '--key-file', keyFile, img]);
+      const got = await onFile(img, async (data) => {
+        const header = await FileDevice.open(hdr, { readOnly: true });
+        try {
+          return await detachedPlaintext(header, data);
+        } finally {
+          await header.close();
+        }
+      });
+      equalPlain(got, plain, `${who} started, the other finished`);
+    }
+  } finally {
+    cleanup();
+  }
+});
