@@ -113,7 +113,7 @@ export class OnlineReencryptor {
     return {
       begin: async (from, to, area) => {
         const old = this.#old;
-        if (from.encryption !== old.encryption || from.sectorSize !== old.sectorSize || from.ivTweak !== old.ivTweak || area.dataOffset !== old.dataOffset) {
+        if (from.encryption !== old.encryption || from.sectorSize !== old.sectorSize || from.ivTweak !== old.ivTweak || area.dataOffset !== old.dataOffset || area.dataSize !== view.size) {
           throw new DeviceIoError('The header no longer describes the volume as it is served; detach and re-attach it.');
         }
         if (view.hasNewView) return;
