@@ -75,9 +75,10 @@ export class ReencryptingDevice implements BlockDevice {
 
   /**
    * `old`: the view under the old key (owned: closed by `close()`). `options.new` and
-   * `options.boundary` describe a reencryption already under way (`[0, boundary)` new).
+   * `options.boundary` describe a reencryption already under way (`[0, boundary)` new);
+   * `options.fenced`, an interrupted hot zone (at the boundary) that is not served until recovered.
    */
-  constructor(old: BlockDevice, options: { new?: BlockDevice; boundary?: number } = {}) {
+  constructor(old: BlockDevice, options: { new?: BlockDevice; boundary?: number; fenced?: { offset: number; length: number } } = {}) {
     this.size = old.size;
     this.readOnly = old.readOnly;
     this.capabilities = old.capabilities;
@@ -85,6 +86,7 @@ export class ReencryptingDevice implements BlockDevice {
     this.#old = old;
     this.#boundary = options.boundary ?? 0;
     if (options.new) this.installNew(options.new);
+    if (options.fenced) this.#fenced.push({ start: options.fenced.offset, end: options.fenced.offset + options.fenced.length });
     if (!rangeInside(0, this.#boundary, this.size) || (this.#boundary > 0 && !this.#new)) {
       throw new InvalidArgumentError(`Reencryption boundary ${this.#boundary} does not fit the ${this.size}-byte volume or has no new view.`);
     }
@@ -160,6 +162,18 @@ export class ReencryptingDevice implements BlockDevice {
     } finally {
       release();
     }
+  }
+
+  /**
+   * After a finished reencryption (everything new): closes the old view and makes the new-key
+   * view the old one for a next reencryption — the same mapping, so requests in flight are unaffected.
+   */
+  async restart(): Promise<void> {
+    if (this.#boundary !== this.size || !this.#new) throw new DeviceIoError('Only a finished reencryption can be followed by another one.');
+    await this.retireOld();
+    this.#old = this.#new;
+    this.#new = undefined;
+    this.#boundary = 0;
   }
 
   #any(): BlockDevice {

@@ -16,14 +16,22 @@ import net from 'node:net';
 import { chmodSync, rmSync } from 'node:fs';
 import type { BlockDevice } from '../block-device.js';
 import { EncryptedDevice } from '../devices/encrypted-device.js';
-import type { ReencryptingDevice } from '../devices/reencrypting-device.js';
+import { ReencryptingDevice } from '../devices/reencrypting-device.js';
+import { mandatoryRequirements, u64 } from '../formats/luks2/metadata.js';
+import { decodeReencryptState, forwardOffset, REENCRYPT_REQ_VERSION, validateReencryptState } from '../formats/luks2/reencrypt-state.js';
+import { readLuks2Headers } from '../luks/luks2-io.js';
+import { onlineReencryptVersion } from '../luks/requirements.js';
+import { openReencryptKeys, verifyReencryptDigest } from '../luks/reencrypt/keys.js';
 import {
   BrickcryptError,
   CancelledError,
+  CorruptHeaderError,
   DeviceIoError,
   InvalidArgumentError,
   LockedError,
   RemoteCommandError,
+  ReencryptionInProgressError,
+  UnsupportedError,
   WrongPassphraseError,
   exitCodeOf,
 } from '../errors.js';
@@ -88,8 +96,12 @@ export interface OnlineReencryptorOptions {
 /** Runs reencryptions of a served volume in the serving process, one at a time. */
 export class OnlineReencryptor {
   #running: { promise: Promise<unknown>; abort: AbortController } | undefined;
+  /** The served (old-key) view's parameters; the new ones after a finished run. */
+  #old: OnlineReencryptorOptions['old'];
 
-  constructor(readonly options: OnlineReencryptorOptions) {}
+  constructor(readonly options: OnlineReencryptorOptions) {
+    this.#old = options.old;
+  }
 
   get running(): boolean {
     return this.#running !== undefined;
@@ -97,10 +109,11 @@ export class OnlineReencryptor {
 
   /** The zone gate wired to the served view. */
   gate(): ZoneGate {
-    const { view, data, pool, old } = this.options;
+    const { view, data, pool } = this.options;
     return {
       begin: async (from, to, area) => {
-        if (from.encryption !== old.encryption || from.sectorSize !== old.sectorSize || from.ivTweak !== old.ivTweak || area.dataOffset !== old.dataOffset) {
+        const old = this.#old;
+        if (from.encryption !== old.encryption || from.sectorSize !== old.sectorSize || from.ivTweak !== old.ivTweak || area.dataOffset !== old.dataOffset || area.dataSize !== view.size) {
           throw new DeviceIoError('The header no longer describes the volume as it is served; detach and re-attach it.');
         }
         if (view.hasNewView) return;
@@ -147,7 +160,11 @@ export class OnlineReencryptor {
           zoneGate: this.gate(),
           signal: abort.signal,
         });
-        if (report.finished) await this.options.view.retireOld();
+        if (report.finished) {
+          // One key again: the new view serves everything and is the old one of a next re-key.
+          await this.options.view.restart();
+          this.#old = { encryption: report.encryption, sectorSize: report.sectorSize, ivTweak: this.#old.ivTweak, dataOffset: this.#old.dataOffset };
+        }
         return report;
       } finally {
         options.signal?.removeEventListener('abort', onAbort);
@@ -211,6 +228,7 @@ function errorMessage(err: unknown): object {
  */
 export async function serveReencryptControl(path: string, reencryptor: OnlineReencryptor, log: (m: string) => void = () => undefined): Promise<{ close(): Promise<void> }> {
   const sockets = new Set<net.Socket>();
+  const handlers = new Set<Promise<void>>();
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
@@ -245,7 +263,7 @@ export async function serveReencryptControl(path: string, reencryptor: OnlineRee
         stopRun = new AbortController();
         log(`online reencryption requested (${options.resumeOnly ? 'resume' : options.initOnly ? 'init only' : 're-key'})`);
         let lastSent = 0;
-        reencryptor
+        const handled = reencryptor
           .run(passphrase, {
             ...options,
             signal: stopRun.signal,
@@ -269,7 +287,9 @@ export async function serveReencryptControl(path: string, reencryptor: OnlineRee
           .finally(() => {
             passphrase.wipe();
             socket.end();
+            handlers.delete(handled);
           });
+        handlers.add(handled);
       },
       () => socket.destroy(),
     );
@@ -291,8 +311,14 @@ export async function serveReencryptControl(path: string, reencryptor: OnlineRee
   chmodSync(path, 0o600);
   return {
     close: async () => {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      // A run still going reports to its client first (the caller stops the reencryptor before).
+      await Promise.all([...handlers]);
+      const closing = new Promise<void>((resolve) => server.close(() => resolve()));
+      // Ended sockets get a moment to deliver their last message, then go.
+      const grace = new Promise<void>((resolve) => setTimeout(resolve, 1000).unref());
+      await Promise.race([Promise.all([...sockets].map((s) => new Promise<void>((r) => (s.closed ? r() : s.once('close', () => r()))))), grace]);
       for (const s of sockets) s.destroy();
+      await closing;
       rmSync(path, { force: true });
     },
   };
@@ -354,5 +380,78 @@ export async function requestOnlineReencrypt(
     });
   } finally {
     socket.destroy();
+  }
+}
+
+/**
+ * The served view of a volume whose re-key is recorded and unfinished (forward, cryptsetup's
+ * `reencrypt` mode): the passphrase must open the old and the new key (the state's digest is
+ * checked), `[0, done)` is served under the new key, the rest under the old; an interrupted hot
+ * zone is fenced (requests into it fail) until `brickcrypt reencrypt --resume-only` — which the
+ * returned reencryptor runs in this process — recovers it. Anything else recorded (encrypt,
+ * decrypt, backward, data shift) is a `ReencryptionInProgressError`.
+ */
+export async function openReencryptingView(
+  data: BlockDevice,
+  header: BlockDevice | undefined,
+  passphrase: Passphrase,
+  pool: CryptoPool,
+  options: { allowDiscards?: boolean } = {},
+): Promise<{ view: ReencryptingDevice; old: OnlineReencryptorOptions['old']; boundary: number; hot?: { offset: number; length: number } }> {
+  const hdr = header ?? data;
+  const { state: st } = await readLuks2Headers(hdr, header ? undefined : data.size);
+  const meta = st.metadata;
+  const state = decodeReencryptState(meta);
+  if (!state) throw new InvalidArgumentError('No reencryption is recorded on this volume.');
+  const unknown = mandatoryRequirements(meta).filter((r) => onlineReencryptVersion(r) === undefined);
+  if (unknown.length > 0 || state.version !== REENCRYPT_REQ_VERSION || state.keyslot.mode !== 'reencrypt' || state.keyslot.direction !== 'forward' || state.movedId !== undefined) {
+    throw new ReencryptionInProgressError(`The recorded reencryption (${state.keyslot.mode}, ${state.keyslot.direction}) cannot be served online; finish it with \`brickcrypt reencrypt --resume-only\` first.`);
+  }
+  validateReencryptState(meta, state);
+  const keys = await openReencryptKeys(hdr, meta, state, [passphrase]);
+  const opened: BlockDevice[] = [];
+  try {
+    await verifyReencryptDigest(meta, state, keys);
+    const prev = meta.segments[state.previousId]!;
+    const fin = meta.segments[state.finalId]!;
+    const dataOffset = u64(fin.offset, 'segment offset');
+    if (u64(prev.offset, 'segment offset') !== dataOffset) throw new UnsupportedError('Reencryption with a data shift is not supported.');
+    const dataSize = data.size - dataOffset;
+    let boundary: number;
+    let hot: { offset: number; length: number } | undefined;
+    const single = state.active.length === 1 ? state.active[0]! : undefined;
+    const allNew = single !== undefined && state.newDigestId !== undefined && meta.digests[state.newDigestId]!.segments.includes(single) && !(state.oldDigestId !== undefined && meta.digests[state.oldDigestId]!.segments.includes(single));
+    if (allNew) boundary = dataSize;
+    else {
+      boundary = forwardOffset(meta, state);
+      if (state.hotId !== undefined) hot = { offset: boundary, length: u64(meta.segments[state.hotId]!.size, 'hot segment size') };
+    }
+    if (boundary > dataSize || (hot && hot.offset + hot.length > dataSize)) throw new CorruptHeaderError(`The reencryption has ${boundary} bytes done but the data area is only ${dataSize} bytes.`);
+    const viewOf = (seg: typeof prev, key: VolumeKey): EncryptedDevice => {
+      const params = { encryption: seg.encryption!, keyBytes: key.length, sectorSize: seg.sector_size!, ivTweak: u64(seg.iv_tweak ?? '0', 'iv_tweak'), dataOffset, payloadSize: dataSize };
+      const offload = pool.sectorCrypto({ encryption: params.encryption, keyBytes: params.keyBytes, sectorSize: params.sectorSize }, key.expose());
+      try {
+        const v = EncryptedDevice.open(data, params, key, { allowDiscards: options.allowDiscards === true, cryptoOffload: offload });
+        opened.push(v);
+        return v;
+      } catch (err) {
+        void offload.close();
+        throw err;
+      }
+    };
+    const oldView = viewOf(prev, keys.old!);
+    const newView = viewOf(fin, keys.new!);
+    const view = new ReencryptingDevice(oldView, { new: newView, boundary, ...(hot ? { fenced: hot } : {}) });
+    return {
+      view,
+      old: { encryption: prev.encryption!, sectorSize: prev.sector_size!, ivTweak: u64(prev.iv_tweak ?? '0', 'iv_tweak'), dataOffset },
+      boundary,
+      ...(hot ? { hot } : {}),
+    };
+  } catch (err) {
+    for (const v of opened) await v.close(); // wipes their keys
+    if (opened.length < 1) keys.old?.wipe();
+    if (opened.length < 2) keys.new?.wipe();
+    throw err;
   }
 }

@@ -14,10 +14,10 @@ import { EncryptedDevice } from '../../src/devices/encrypted-device.js';
 import { ReencryptingDevice, SharedRangeLock } from '../../src/devices/reencrypting-device.js';
 import { LuksVolume } from '../../src/luks/index.js';
 import { reencryptLuks2, type Resilience } from '../../src/luks/reencrypt/engine.js';
-import { OnlineReencryptor, parseOnlineOptions } from '../../src/workflows/reencrypt-online.js';
+import { OnlineReencryptor, openReencryptingView, parseOnlineOptions } from '../../src/workflows/reencrypt-online.js';
 import { CryptoPool } from '../../src/workflows/worker-pool.js';
 import { Passphrase, VolumeKey } from '../../src/secret.js';
-import { DeviceIoError, InvalidArgumentError, LockedError } from '../../src/errors.js';
+import { DeviceIoError, InvalidArgumentError, LockedError, WrongPassphraseError } from '../../src/errors.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, statSync, writeFileSync } from 'node:fs';
@@ -166,7 +166,8 @@ for (const { resilience, from, to, cipher } of [
     const report = await run;
     process.stderr.write(`# ${resilience}: ${JSON.stringify(stats)}\n`);
     assert.equal(report.finished, true);
-    assert.equal(view.boundary, payload);
+    assert.equal(view.boundary, 0, 'one key again: the new view is now the only one');
+    assert.equal(view.hasNewView, false);
     assert.ok(zones.length >= payload / (64 * 1024), `progress reported per zone (${zones.length})`);
     // The load really ran against a half re-keyed volume, across the boundary.
     assert.ok(stats.midRun > 20, `requests while the boundary moved: ${stats.midRun}`);
@@ -324,7 +325,17 @@ test('OnlineReencryptor: one run at a time; control options are checked', async 
   // Resumed in the same process, the served view picks up where it stopped.
   const report = await reencryptor.run(Passphrase.fromString(PASS), { resumeOnly: true, ...FAST });
   assert.equal(report.finished, true);
-  assert.equal(view.boundary, view.size);
+  assert.equal(view.hasNewView, false);
+  // A second re-key of the same served volume (new sector size), with a client write between.
+  const mark = new Uint8Array(randomBytes(5000));
+  await view.write(mark, 12345);
+  const second = await reencryptor.run(Passphrase.fromString(PASS), { sectorSize: 512, hotzoneSize: 128 * 1024, ...FAST });
+  assert.equal(second.finished, true);
+  assert.equal(second.sectorSize, 512);
+  const got = new Uint8Array(5000);
+  await view.read(got, 12345);
+  assert.equal(firstDiff(got, mark), -1);
+  assert.equal(firstDiff((await plaintextOf(dev)).subarray(12345, 17345), mark), -1);
   await view.close();
   await pool.close();
   assert.deepEqual(parseOnlineOptions({ resumeOnly: true, hotzoneSize: 65536, cipher: 'aes-xts-plain64' }), { resumeOnly: true, hotzoneSize: 65536, cipher: 'aes-xts-plain64' });
@@ -376,8 +387,8 @@ class NbdTestClient {
   }
 }
 
-function startAttach(img: string, keyFile: string, sock: string): Promise<{ child: ChildProcess; exited: Promise<number | null>; stderr: () => string }> {
-  const child = spawn(process.execPath, [cliPath, 'attach', img, '--key-file', keyFile, '--socket', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
+function startAttach(img: string, keyFile: string, sock: string, extra: string[] = []): Promise<{ child: ChildProcess; exited: Promise<number | null>; stderr: () => string }> {
+  const child = spawn(process.execPath, [cliPath, 'attach', img, '--key-file', keyFile, '--socket', sock, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
@@ -502,26 +513,29 @@ test('CLI: reencrypt of an attached volume is done by the attach process while a
   }
 });
 
-test('CLI: kill -9 of the serving process mid-way; offline --resume-only finishes with every acknowledged write', { skip: cliSkip }, async () => {
+for (const after of ['offline', 'online'] as const) {
+test(`CLI: kill -9 of the serving process mid-way; ${after === 'offline' ? 'offline --resume-only finishes' : 'attach --serve-reencrypting serves it (hot zone fenced) and an online --resume-only finishes'} with every acknowledged write`, { skip: cliSkip }, async () => {
   const { dir, cleanup } = tempDir('brickcrypt-online-');
   try {
     const img = join(dir, 'vol.img');
     const keyFile = join(dir, 'key');
     writeFileSync(keyFile, PASS);
-    const model = await cryptsetupVolumeWithData(img, 96 << 20, keyFile);
+    const model = await cryptsetupVolumeWithData(img, 128 << 20, keyFile);
     const sock = join(dir, 'vol.sock');
     const att = await startAttach(img, keyFile, sock);
     const client = await NbdTestClient.connect(sock);
     let killed = false;
     const re = runReencrypt([img, '--key-file', keyFile, '--hotzone-size', '1M', ...CLI_FAST], (e) => {
-      // The second progress line comes a second in: the run is under way.
-      if (e.event === 'progress' && (e.bytes as number) > 0 && !killed) {
+      // The first progress line comes once the keys are open and the zones begin.
+      if (e.event === 'progress' && !killed) {
         killed = true;
-        att.child.kill('SIGKILL');
+        setTimeout(() => att.child.kill('SIGKILL'), 400);
       }
     });
     const inflight: { w?: { off: number; data: Uint8Array } } = {};
-    await nbdLoad(client, model, () => killed, inflight, 11).catch((err: Error) => assert.ok(killed, String(err)));
+    let gone = false;
+    void att.exited.then(() => (gone = true));
+    await nbdLoad(client, model, () => gone, inflight, 11).catch((err: Error) => assert.ok(killed, String(err)));
     const r = await re.done;
     await att.exited;
     client.close();
@@ -530,8 +544,51 @@ test('CLI: kill -9 of the serving process mid-way; offline --resume-only finishe
     assert.match(r.stderr, /resume-only/);
     const mid = cryptsetupMetadata(img);
     assert.ok(mid.config.requirements?.mandatory?.some((x: string) => x.startsWith('online-reencrypt')), 'stopped mid-way');
-    const resumed = runCli(['reencrypt', '--resume-only', img, '--key-file', keyFile]);
-    assert.equal(resumed.status, 0, resumed.stderr);
+    const w0 = inflight.w;
+    const clear = (off: number, len: number) => !w0 || off + len <= w0.off || off >= w0.off + w0.data.length;
+    if (after === 'offline') {
+      const resumed = runCli(['reencrypt', '--resume-only', img, '--key-file', keyFile]);
+      assert.equal(resumed.status, 0, resumed.stderr);
+    } else {
+      const refused = runCli(['attach', img, '--key-file', keyFile, '--socket', sock]);
+      assert.equal(refused.status, 5, refused.stderr);
+      assert.match(refused.stderr, /--serve-reencrypting/);
+      const again = await startAttach(img, keyFile, sock, ['--serve-reencrypting']);
+      try {
+        assert.match(again.stderr(), /reencryption recorded, \d+ of \d+ bytes under the new key/);
+        const hot = /bytes (\d+)\+(\d+) \(the interrupted hot zone\)/.exec(again.stderr());
+        process.stderr.write(`# re-attached after kill -9: hot zone ${hot ? `${hot[1]}+${hot[2]}` : 'none'}\n`);
+        const inHot = (off: number, len: number) => hot !== null && off < Number(hot[1]) + Number(hot[2]) && Number(hot[1]) < off + len;
+        const c2 = await NbdTestClient.connect(sock);
+        // Reads outside the hot zone (and the write that was in flight) give the model; writes there stick.
+        const r2 = rng(5);
+        let checked = 0;
+        for (let k = 0; k < 200; k++) {
+          const off = r2(model.length - 70_000);
+          const len = 1 + r2(65_536);
+          if (inHot(off, len) || !clear(off, len)) continue;
+          if (k % 2 === 0) {
+            const data = new Uint8Array(randomBytes(len));
+            await c2.write(off, data);
+            model.set(data, off);
+          } else {
+            same(await c2.read(off, len), model.subarray(off, off + len), `re-attached read ${off}+${len}`);
+          }
+          checked++;
+        }
+        assert.ok(checked > 100);
+        if (hot) await assert.rejects(c2.read(Number(hot[1]), 4096), /NBD read error 5/, 'the hot zone is fenced');
+        await c2.flush();
+        const online = await runReencrypt(['--resume-only', img, '--key-file', keyFile]).done;
+        assert.equal(online.code, 0, online.stderr);
+        assert.equal(online.events.find((e) => e.event === 'done')!.recovered, hot !== null);
+        if (hot) same(await c2.read(Number(hot[1]), 4096), model.subarray(Number(hot[1]), Number(hot[1]) + 4096), 'hot zone after recovery');
+        c2.close();
+      } finally {
+        again.child.kill('SIGTERM');
+        assert.equal(await again.exited, 0, again.stderr());
+      }
+    }
     const got = await readPlaintext(img, PASS);
     for (let i = 0; i < got.length; i++) {
       if (got[i] === model[i]) continue;
@@ -543,4 +600,153 @@ test('CLI: kill -9 of the serving process mid-way; offline --resume-only finishe
   } finally {
     cleanup();
   }
+});
+}
+
+test('CLI online: wrong passphrase exits 2; Ctrl-C of the CLI stops the server at a zone boundary (130), an online --resume-only finishes; detach mid-run stops cleanly, attach then refuses, offline resume finishes', { skip: cliSkip }, async () => {
+  const { dir, cleanup } = tempDir('brickcrypt-online-');
+  try {
+    const img = join(dir, 'vol.img');
+    const keyFile = join(dir, 'key');
+    const wrong = join(dir, 'wrong');
+    writeFileSync(keyFile, PASS);
+    writeFileSync(wrong, 'not it');
+    const model = await cryptsetupVolumeWithData(img, 128 << 20, keyFile);
+    const sock = join(dir, 'vol.sock');
+    let att = await startAttach(img, keyFile, sock);
+    let client = await NbdTestClient.connect(sock);
+    try {
+      let r = await runReencrypt([img, '--key-file', wrong, ...CLI_FAST]).done;
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /WRONG_PASSPHRASE/);
+      r = await runReencrypt([img, '--key-file', keyFile, '--header', join(dir, 'hdr')]).done;
+      assert.equal(r.code, 1, r.stderr);
+      // SIGINT to the CLI: the server stops at the next zone boundary and says so.
+      let sent = false;
+      const first = runReencrypt([img, '--key-file', keyFile, '--hotzone-size', '1M', ...CLI_FAST], (e) => {
+        if (e.event === 'progress' && !sent) {
+          sent = true;
+          first.child.kill('SIGINT');
+        }
+      });
+      r = await first.done;
+      assert.ok(sent, 'interrupted during the run');
+      assert.equal(r.code, 130, r.stderr);
+      assert.match(r.stderr, /consistent point/);
+      assert.ok(cryptsetupMetadata(img).config.requirements?.mandatory?.length > 0, 'recorded, not finished');
+      await nbdLoad(client, model, (() => { let k = 0; return () => k++ >= 30; })(), {}, 3);
+      r = await runReencrypt(['--resume-only', img, '--key-file', keyFile]).done;
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.events.find((e) => e.event === 'done')!.finished, true);
+      // A second re-key, stopped by detaching the server mid-run.
+      let stopped = false;
+      const second = runReencrypt([img, '--key-file', keyFile, '--hotzone-size', '1M', '--resilience', 'journal', ...CLI_FAST], (e) => {
+        if (e.event === 'progress' && !stopped) {
+          stopped = true;
+          att.child.kill('SIGTERM');
+        }
+      });
+      r = await second.done;
+      assert.ok(stopped);
+      assert.equal(r.code, 130, r.stderr);
+      assert.equal(await att.exited, 0, att.stderr());
+    } finally {
+      client.close();
+      att.child.kill('SIGTERM');
+      await att.exited;
+    }
+    const again = runCli(['attach', img, '--key-file', keyFile, '--socket', sock]);
+    assert.equal(again.status, 5, again.stderr);
+    assert.match(again.stderr, /REENCRYPTION_IN_PROGRESS/);
+    const resumed = runCli(['reencrypt', '--resume-only', img, '--key-file', keyFile]);
+    assert.equal(resumed.status, 0, resumed.stderr);
+    same(await readPlaintext(img, PASS), model, 'plaintext after both runs');
+    // Serve it again once more: the client's data is there.
+    att = await startAttach(img, keyFile, sock);
+    client = await NbdTestClient.connect(sock);
+    same(await client.read(0, 1 << 20), model.subarray(0, 1 << 20), 'served after the offline finish');
+    client.close();
+    att.child.kill('SIGTERM');
+    assert.equal(await att.exited, 0);
+  } finally {
+    cleanup();
+  }
+});
+
+test('online: an I/O error inside a zone fences it (clients get errors there only); an online --resume-only recovers it', async () => {
+  const payload = 1024 * 1024;
+  const mem = new MemoryDevice(2 * 1024 * 1024 + payload);
+  const model = await smallVolume(mem, payload, 4096);
+  // The engine's first full-zone data write fails once (a transient device error).
+  let failNext = true;
+  const flaky = new Proxy(mem, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop, target) as unknown;
+      if (prop === 'write') {
+        return async (buf: Uint8Array, offset: number) => {
+          if (failNext && offset >= 2 * 1024 * 1024 + 3 * 65536 && buf.length === 65536) {
+            failNext = false;
+            await target.write(buf.subarray(0, 8192), offset); // torn: part of the zone is rewritten
+            throw new DeviceIoError('injected write error');
+          }
+          return target.write(buf, offset);
+        };
+      }
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  const { view, reencryptor, pool } = await served(yielding(flaky));
+  await assert.rejects(reencryptor.run(Passphrase.fromString(PASS), { hotzoneSize: 64 * 1024, ...FAST }), /injected write error/);
+  const zoneStart = view.boundary;
+  assert.ok(zoneStart >= 3 * 65536 && zoneStart < payload);
+  await assert.rejects(view.read(new Uint8Array(100), zoneStart + 10), DeviceIoError);
+  // Outside the fenced zone the volume is served on, both sides of it.
+  const before = new Uint8Array(1000);
+  await view.read(before, zoneStart - 1000);
+  assert.equal(firstDiff(before, model.subarray(zoneStart - 1000, zoneStart)), -1);
+  const w = new Uint8Array(randomBytes(3000));
+  await view.write(w, zoneStart + 65536 + 5);
+  model.set(w, zoneStart + 65536 + 5);
+  // The header names the hot zone; the resume recovers it in the serving process.
+  const report = await reencryptor.run(Passphrase.fromString(PASS), { resumeOnly: true, ...FAST });
+  assert.equal(report.recovered, true);
+  assert.equal(report.finished, true);
+  const all = new Uint8Array(payload);
+  await view.read(all, 0);
+  assert.equal(firstDiff(all, model), -1, 'served view after recovery');
+  await view.close();
+  await pool.close();
+  assert.equal(firstDiff(await plaintextOf(mem), model), -1, 'volume opened afresh');
+});
+
+test('openReencryptingView: a re-key stopped offline at a zone boundary is served through both keys and finished online', async () => {
+  const payload = 1024 * 1024;
+  const mem = new MemoryDevice(2 * 1024 * 1024 + payload);
+  const model = await smallVolume(mem, payload, 4096);
+  const ac = new AbortController();
+  await assert.rejects(
+    reencryptLuks2(mem, { passphrases: [Passphrase.fromString(PASS)], hotzoneSize: 64 * 1024, sectorSize: 512, ...FAST, signal: ac.signal, onProgress: ({ done }) => done >= 5 * 65536 && ac.abort() }),
+    (err: Error) => err.name === 'CancelledError',
+  );
+  const pool = CryptoPool.create(0);
+  await assert.rejects(openReencryptingView(mem, undefined, Passphrase.fromString('wrong'), pool), WrongPassphraseError);
+  const r = await openReencryptingView(mem, undefined, Passphrase.fromString(PASS), pool);
+  assert.equal(r.boundary, 5 * 65536);
+  assert.equal(r.hot, undefined);
+  assert.equal(r.old.sectorSize, 4096);
+  const all = new Uint8Array(payload);
+  await r.view.read(all, 0);
+  assert.equal(firstDiff(all, model), -1, 'both halves decrypt');
+  const w = new Uint8Array(randomBytes(70_000));
+  await r.view.write(w, 5 * 65536 - 30_000); // across the boundary
+  model.set(w, 5 * 65536 - 30_000);
+  const reencryptor = new OnlineReencryptor({ data: mem, view: r.view, pool, old: r.old });
+  const report = await reencryptor.run(Passphrase.fromString(PASS), { resumeOnly: true, hotzoneSize: 64 * 1024, ...FAST });
+  assert.equal(report.finished, true);
+  assert.equal(report.sectorSize, 512);
+  await r.view.read(all, 0);
+  assert.equal(firstDiff(all, model), -1);
+  await r.view.close();
+  await pool.close();
+  assert.equal(firstDiff(await plaintextOf(mem), model), -1);
 });

@@ -13,12 +13,12 @@ import { spawn } from 'node:child_process';
 import { promises as fsp, writeFileSync, rmSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { BlockDevice } from '../../block-device.js';
-import { BrickcryptError, InvalidArgumentError, NotFoundError, exitCodeOf, DeviceIoError } from '../../errors.js';
+import { BrickcryptError, InvalidArgumentError, NotFoundError, exitCodeOf, DeviceIoError, ReencryptionInProgressError } from '../../errors.js';
 import { FileDevice } from '../../devices/file-device.js';
 import { DirtyTracker } from '../../backup/dirty-tracking.js';
 import { EncryptedDevice, type SectorCryptoOffload } from '../../devices/encrypted-device.js';
 import { ReencryptingDevice } from '../../devices/reencrypting-device.js';
-import { OnlineReencryptor, controlPathFor, serveReencryptControl } from '../../workflows/reencrypt-online.js';
+import { OnlineReencryptor, controlPathFor, openReencryptingView, serveReencryptControl } from '../../workflows/reencrypt-online.js';
 import { VolumeLock, processAlive } from '../../devices/volume-lock.js';
 import { detectFormat } from '../../images/detect.js';
 import { openImage } from '../../images/open-image.js';
@@ -58,6 +58,7 @@ interface AttachOptions extends KeyManagerCliOptions {
   print?: string;
   qemuSyntax?: string;
   secretFile?: string;
+  serveReencrypting?: boolean;
 }
 
 /** Env var marking the detached child of `attach --daemon`. */
@@ -200,6 +201,39 @@ async function openPlainVolumeFor(path: string, o: AttachOptions): Promise<Opene
   }
 }
 
+/**
+ * `--serve-reencrypting`: a LUKS2 volume with a recorded, unfinished re-key, served through both
+ * keys (an interrupted hot zone is not served until an online `reencrypt --resume-only` recovers it).
+ */
+async function openReencrypting(path: string, file: FileDevice, header: FileDevice | undefined, input: PassphraseInput, o: AttachOptions): Promise<Opened> {
+  const log = (m: string): void => void process.stderr.write(`brickcrypt attach: ${m}\n`);
+  const pool = CryptoPool.create(serverWorkerCount());
+  try {
+    const tracker = await startTracking(path, false);
+    const data = tracker ? tracker.wrap(file) : file;
+    const r = await withPassphraseTries(input, (pass) => openReencryptingView(data, header, pass, pool, { allowDiscards: o.allowDiscards === true }), { tries: triesOf(o) });
+    log(`${path}: reencryption recorded, ${r.boundary} of ${r.view.size} bytes under the new key; finish it with \`brickcrypt reencrypt --resume-only ${path}\``);
+    if (r.hot) log(`bytes ${r.hot.offset}+${r.hot.length} (the interrupted hot zone) are not served until that resume recovers them`);
+    const reencryptor = new OnlineReencryptor({ data, ...(header ? { header } : {}), view: r.view, pool, allowDiscards: o.allowDiscards === true, old: r.old, log });
+    return {
+      device: r.view,
+      format: 'luks2',
+      readOnly: false,
+      reencryptor,
+      close: async () => {
+        await r.view.close(); // wipes both keys, also in the workers
+        await pool.close();
+        await finishTracking(file, tracker);
+        await file.close();
+        await header?.close();
+      },
+    };
+  } catch (err) {
+    await pool.close();
+    throw err;
+  }
+}
+
 async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
   const type = o.type === undefined ? undefined : parseChoice(o.type, 'type', ['plain', 'luks', 'luks1', 'luks2', 'raw', 'qcow2'] as const);
   if (type === 'plain') return openPlainVolumeFor(path, o);
@@ -247,7 +281,12 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
   try {
     if (o.header) header = await FileDevice.open(o.header, { readOnly: wantReadOnly });
     // A fenced payload (reencryption in progress, unknown requirement) is refused before any passphrase is asked.
-    (await openLuks(file, { readOnly: true, ...(header ? { headerDevice: header } : {}) })).assertPayloadAccess();
+    const probed = await openLuks(file, { readOnly: true, ...(header ? { headerDevice: header } : {}) });
+    if (probed.payloadFence instanceof ReencryptionInProgressError && format === 'luks2' && !wantReadOnly) {
+      if (o.serveReencrypting) return await openReencrypting(path, file, header, input, o);
+      throw new ReencryptionInProgressError(`${probed.payloadFence.message} Or serve it meanwhile with \`brickcrypt attach --serve-reencrypting\` and finish it online.`);
+    }
+    probed.assertPayloadAccess();
     const { volume, key } = await withPassphraseTries(
       input,
       (passphrase) => unlockLuks(file, passphrase, { readOnly: wantReadOnly, forWrite: !wantReadOnly, ...(header ? { headerDevice: header } : {}) }),
@@ -447,6 +486,7 @@ export function register(program: Command): void {
     .option('--print <what>', 'instead of serving, print configuration for QEMU\'s own LUKS driver: qemu or libvirt (docs/native-qemu.md)')
     .option('--qemu-syntax <form>', 'with --print qemu: blockdev, blockdev-json or drive')
     .option('--secret-file <path>', 'with --print: where to write the passphrase file (0600)')
+    .option('--serve-reencrypting', 'serve a LUKS2 volume whose re-key is recorded and unfinished, through both keys; finish it online with `brickcrypt reencrypt --resume-only VOLUME`')
     .addHelpText('after', `
 Examples:
   brickcrypt attach vol.luks --key-file pass --socket /run/vol.sock --daemon --pid-file /run/vol.pid

@@ -145,7 +145,9 @@ commands that read the data (convert, verify, attach) refuse the volume. The pas
 every keyslot of the volume key, or name the one to keep with --key-slot; each gets a new keyslot
 (new number) for the new key, and the old keyslots and key are removed at the end.
 Resilience: checksum and journal survive a crash at any instant; none is safe only against
-Ctrl-C/SIGTERM (it stops at a zone boundary). See docs/reencrypt.md.
+Ctrl-C/SIGTERM (it stops at a zone boundary). A volume served by "brickcrypt attach" is re-keyed
+online by the attach process (clients keep reading and writing; default hot zone 16 MiB); if
+this command is killed the server goes on, Ctrl-C stops it at a zone boundary. See docs/reencrypt.md.
 A LUKS1 volume is converted in place to LUKS2, re-keyed and converted back to LUKS1 (512-byte
 sectors, pbkdf2 keyslots keeping their numbers); a crash in any phase is resumed by the next run.
 ${KEY_MANAGER_HELP}`)
