@@ -1,7 +1,7 @@
 /**
  * The in-place modes of the `reencrypt` action: `encrypt` (a raw volume becomes LUKS2 where it
  * lies, src/workflows/encrypt.ts: the file grows by the header, the usable size stays) and
- * `decrypt` (a LUKS2 volume becomes raw, src/workflows/decrypt.ts: the header is exported next to
+ * `decrypt` (a LUKS2 or LUKS1 volume becomes raw, src/workflows/decrypt.ts: the header is exported next to
  * the volume, the plaintext shifted to offset 0 and the file cut). Both record their progress in
  * cryptsetup 2.6's on-disk state, so a crash or kill -9 of the service resumes from the volume
  * itself, and cryptsetup could finish either.
@@ -17,6 +17,7 @@ import { FileDevice } from '../../devices/file-device.js';
 import { ReencryptionInProgressError } from '../../errors.js';
 import { detectFormat } from '../../images/detect.js';
 import { LuksVolume } from '../../luks/index.js';
+import { isLuks1Reencryption } from '../../luks/reencrypt/luks1.js';
 import { encryptVolume, type EncryptReport } from '../../workflows/encrypt.js';
 import { decryptVolume, defaultDecryptHeaderPath, type DecryptVolumeReport } from '../../workflows/decrypt.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
@@ -25,7 +26,7 @@ import type { JobContext } from '../job-runner.js';
 import type { JobRow, VolumeRow } from '../state-db.js';
 import { newKeyPassphrase, passphraseOfKey } from '../volume-files.js';
 import { volumeConsumer, type ServiceJobDeps } from './service-job.js';
-import { kdfOf, type ReencryptParams } from './reencrypt-params.js';
+import { hotzoneOf, kdfOf, type ReencryptParams } from './reencrypt-params.js';
 
 export interface EncryptCheckpoint {
   mode: 'encrypt';
@@ -41,14 +42,15 @@ export interface DecryptCheckpoint {
   runs: number;
 }
 
-/** What the volume file holds now: plain data, a LUKS2 volume (finished), or one with a recorded operation. */
-async function fileState(path: string): Promise<'plain' | 'luks2' | 'in-progress'> {
+/** What the volume file holds now: plain data, a LUKS volume (finished), or one with a recorded operation. */
+async function fileState(path: string): Promise<'plain' | 'luks' | 'in-progress'> {
   const file = await FileDevice.open(path, { readOnly: true });
   try {
     const format = await detectFormat(file);
-    if (format !== 'luks2') return 'plain';
+    if (format !== 'luks2' && format !== 'luks1') return 'plain';
+    if (await isLuks1Reencryption(file)) return 'in-progress';
     const luks = await LuksVolume.open(file, { readOnly: true });
-    return luks.payloadFence instanceof ReencryptionInProgressError ? 'in-progress' : 'luks2';
+    return luks.payloadFence instanceof ReencryptionInProgressError ? 'in-progress' : 'luks';
   } catch {
     // A head that is neither plain nor a readable header: an encryption cut while it wrote the header.
     return 'in-progress';
@@ -90,7 +92,7 @@ export async function runEncryptInPlace(deps: ServiceJobDeps, ctx: JobContext, p
     pass ??= await passphraseOfKey(km, job.caller, cp.new_key_id);
     let report: EncryptReport | undefined;
     // A run killed after the engine's last header write left a finished LUKS2 volume.
-    if ((await fileState(vol.path)) !== 'luks2') {
+    if ((await fileState(vol.path)) !== 'luks') {
       const { type: _t, sectorSize: _s, ...kdf } = kdfOf(p);
       report = await encryptVolume(vol.path, {
         passphrases: [pass],
@@ -98,6 +100,7 @@ export async function runEncryptInPlace(deps: ServiceJobDeps, ctx: JobContext, p
         ...(p.cipher !== undefined ? { cipher: p.cipher } : {}),
         ...(p.key_size !== undefined ? { keySizeBits: p.key_size } : {}),
         ...(p.sector_size !== undefined ? { sectorSize: p.sector_size } : {}),
+        ...hotzoneOf(p),
         signal: ctx.signal,
         onProgress: ({ done, total }) => ctx.progress(done, total),
       });
@@ -122,7 +125,7 @@ export async function runEncryptInPlace(deps: ServiceJobDeps, ctx: JobContext, p
   }
 }
 
-/** `decrypt`: a LUKS2 volume becomes a raw one with the same plaintext, in place. */
+/** `decrypt`: a LUKS volume becomes a raw one with the same plaintext, in place. */
 export async function runDecryptInPlace(deps: ServiceJobDeps, ctx: JobContext, p: ReencryptParams, checkpoint: DecryptCheckpoint | null): Promise<Record<string, unknown>> {
   const job = ctx.job;
   const km = deps.keys;
@@ -141,6 +144,7 @@ export async function runDecryptInPlace(deps: ServiceJobDeps, ctx: JobContext, p
       report = await decryptVolume(vol.path, {
         passphrases: [pass],
         ...(p.resilience !== undefined ? { resilience: p.resilience } : {}),
+        ...hotzoneOf(p),
         signal: ctx.signal,
         onProgress: ({ done, total }) => ctx.progress(done, total),
       });
@@ -181,7 +185,7 @@ export async function cleanupEncryptInPlace(deps: ServiceJobDeps, job: JobRow, v
  * operation and no header copy waits next to it, it is `available` as before; else `error`.
  */
 export async function cleanupDecryptInPlace(deps: ServiceJobDeps, _job: JobRow, v: VolumeRow): Promise<void> {
-  const untouched = !existsSync(defaultDecryptHeaderPath(v.path)) && (await fileState(v.path).catch(() => 'in-progress' as const)) === 'luks2';
+  const untouched = !existsSync(defaultDecryptHeaderPath(v.path)) && (await fileState(v.path).catch(() => 'in-progress' as const)) === 'luks';
   await deps.db.updateVolume(v.id, { status: untouched ? 'available' : 'error' });
 }
 

@@ -1,6 +1,6 @@
 /** The body of the `reencrypt` action, shared by its re-key and in-place modes. */
 import { InvalidArgumentError } from '../../errors.js';
-import { formatOptionsOf, type LuksRequestOptions } from '../volume-files.js';
+import { formatOptionsOf, parseVolumeSize, type LuksRequestOptions } from '../volume-files.js';
 
 export interface ReencryptParams {
   mode?: 'reencrypt' | 'encrypt' | 'decrypt';
@@ -10,6 +10,8 @@ export interface ReencryptParams {
   key_size?: number;
   sector_size?: number;
   resilience?: 'checksum' | 'journal' | 'none';
+  /** Largest hot zone (bytes or "16M"): a stop request waits at most one zone (cryptsetup --hotzone-size). */
+  hotzone_size?: number | string;
   key?: { create: true } | { id: string };
   /** KDF of the new keyslot (pbkdf, pbkdf_iterations, ...), as change_key takes it. */
   luks?: LuksRequestOptions;
@@ -23,4 +25,9 @@ export function kdfOf(p: ReencryptParams, type: 'luks1' | 'luks2' = 'luks2'): Re
   const f = formatOptionsOf(type, kdf);
   delete f.sectorSize;
   return f;
+}
+
+/** The engines' `hotzoneSize` option for the request's `hotzone_size`, if any. */
+export function hotzoneOf(p: ReencryptParams): { hotzoneSize?: number } {
+  return p.hotzone_size === undefined ? {} : { hotzoneSize: parseVolumeSize(p.hotzone_size) };
 }

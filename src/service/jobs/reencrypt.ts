@@ -23,12 +23,12 @@
  * digests of `start` means it had not begun (it starts); other digests mean the killed run had
  * finished it. `rekey` checks whether the new passphrase opens the volume before changing it.
  */
-import { InvalidArgumentError, LockedError, ReencryptionInProgressError, UnsupportedError } from '../../errors.js';
+import { InvalidArgumentError, LockedError, ReencryptionInProgressError } from '../../errors.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
 import { FileDevice } from '../../devices/file-device.js';
 import { LuksVolume } from '../../luks/index.js';
 import { isLuks1Reencryption } from '../../luks/reencrypt/luks1.js';
-import { kdfOf, type ReencryptParams } from './reencrypt-params.js';
+import { hotzoneOf, kdfOf, type ReencryptParams } from './reencrypt-params.js';
 import { cleanupDecryptInPlace, cleanupEncryptInPlace, runDecryptInPlace, runEncryptInPlace } from './in-place-modes.js';
 import { reencryptVolume, type ReencryptReport } from '../../workflows/reencrypt.js';
 import type { Luks2Metadata } from '../../formats/luks2/metadata.js';
@@ -50,7 +50,7 @@ interface Checkpoint {
   runs: number;
 }
 
-const PARAMS = ['mode', 'resume', 'cipher', 'key_size', 'sector_size', 'resilience', 'key', 'luks'] as const;
+const PARAMS = ['mode', 'resume', 'hotzone_size', 'cipher', 'key_size', 'sector_size', 'resilience', 'key', 'luks'] as const;
 
 
 export function reencryptJob(deps: ServiceJobDeps): ActionJob {
@@ -70,7 +70,6 @@ export function reencryptJob(deps: ServiceJobDeps): ActionJob {
         if (volume.format !== 'raw') throw new InvalidArgumentError(`reencrypt mode encrypt applies to raw volumes; volume ${volume.id} is ${volume.format} already.`);
       } else if (mode === 'decrypt') {
         if (volume.format === 'raw') throw new InvalidArgumentError(`reencrypt mode decrypt applies to LUKS volumes; volume ${volume.id} is raw.`);
-        if (volume.format === 'luks1') throw new UnsupportedError('In-place decryption of LUKS1 volumes is not supported; migrate the volume to luks2 or raw instead.');
         for (const k of ['cipher', 'key_size', 'sector_size', 'key', 'luks'] as const) if (p[k] !== undefined) throw new InvalidArgumentError(`reencrypt mode decrypt takes no ${k}.`);
       } else {
         if (volume.format === 'raw') throw new InvalidArgumentError('reencrypt (mode reencrypt) applies to LUKS volumes; encrypt a raw volume in place with mode encrypt.');
@@ -78,6 +77,7 @@ export function reencryptJob(deps: ServiceJobDeps): ActionJob {
       }
       if (p.key && 'id' in p.key && p.key.id === volume.encryption_key_id) throw new InvalidArgumentError('reencrypt: the new key must differ from the volume\'s key.');
       kdfOf(p, volume.format === 'luks1' ? 'luks1' : 'luks2');
+      hotzoneOf(p);
       if (volume.status === 'error') throw new LockedError(`Volume ${volume.id} is error; continue an interrupted reencryption with {"reencrypt": {"resume": true}}.`);
       needStatus(volume, 'reencrypt', 'available');
     },
@@ -178,6 +178,7 @@ async function runReencrypt(deps: ServiceJobDeps, ctx: JobContext): Promise<Reco
           ...(p.key_size !== undefined ? { keySizeBits: p.key_size } : {}),
           ...(p.sector_size !== undefined ? { sectorSize: p.sector_size } : {}),
           ...(p.resilience !== undefined ? { resilience: p.resilience } : {}),
+          ...hotzoneOf(p),
           signal: ctx.signal,
           onProgress: ({ done, total }) => ctx.progress(done, total),
         });
