@@ -379,6 +379,12 @@ class NbdTestClient {
   write(offset: number, data: Uint8Array): Promise<void> {
     return this.#request(NBD_CMD.WRITE, offset, data.length, data);
   }
+  /** A large range in 1 MiB reads (the raw client's buffer grows by concatenation). */
+  async readAll(offset: number, length: number): Promise<Uint8Array> {
+    const out = new Uint8Array(length);
+    for (let p = 0; p < length; p += 1 << 20) out.set(await this.read(offset + p, Math.min(1 << 20, length - p)), p);
+    return out;
+  }
   flush(): Promise<void> {
     return this.#request(NBD_CMD.FLUSH, 0, 0);
   }
@@ -749,4 +755,44 @@ test('openReencryptingView: a re-key stopped offline at a zone boundary is serve
   await r.view.close();
   await pool.close();
   assert.equal(firstDiff(await plaintextOf(mem), model), -1);
+});
+
+test('CLI online with a detached header (attach --header): re-keyed while a client writes; cryptsetup opens it with the header', { skip: cliSkip }, async () => {
+  const { dir, cleanup } = tempDir('brickcrypt-online-');
+  try {
+    const img = join(dir, 'data.img');
+    const hdr = join(dir, 'hdr.img');
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    writeFileSync(img, '');
+    run('truncate', ['-s', String(32 << 20), img]);
+    run('cryptsetup', ['luksFormat', '--type', 'luks2', '--batch-mode', ...CLI_FAST, '--key-file', keyFile, '--header', hdr, img]);
+    const sock = join(dir, 'vol.sock');
+    const att = await startAttach(img, keyFile, sock, ['--header', hdr]);
+    const client = await NbdTestClient.connect(sock);
+    const model = new Uint8Array(32 << 20);
+    for (let p = 0; p < model.length; p += 4 << 20) await client.write(p, model.subarray(p, p + (4 << 20))); // a known start: zeros
+    await client.flush();
+    let finished = false;
+    const re = runReencrypt([img, '--key-file', keyFile, '--hotzone-size', '1M', '--resilience', 'journal', ...CLI_FAST]);
+    void re.done.then(() => (finished = true));
+    const ops = await nbdLoad(client, model, () => finished, {}, 21);
+    const r = await re.done;
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(ops > 0);
+    same(await client.readAll(0, model.length), model, 'served after the re-key');
+    client.close();
+    att.child.kill('SIGTERM');
+    assert.equal(await att.exited, 0, att.stderr());
+    run('cryptsetup', ['open', '--test-passphrase', '--key-file', keyFile, '--header', hdr, img]);
+    assert.equal(cryptsetupMetadata(hdr).config.requirements, undefined);
+    const again = await startAttach(img, keyFile, sock, ['--header', hdr, '--read-only']);
+    const c2 = await NbdTestClient.connect(sock);
+    same(await c2.readAll(0, model.length), model, 're-attached read-only');
+    c2.close();
+    again.child.kill('SIGTERM');
+    assert.equal(await again.exited, 0);
+  } finally {
+    cleanup();
+  }
 });

@@ -239,7 +239,8 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
   if (type === 'plain') return openPlainVolumeFor(path, o);
   const stray = PLAIN_OPTION_KEYS.filter((k) => (o as unknown as Record<string, unknown>)[k] !== undefined);
   if (stray.length > 0) throw new InvalidArgumentError('--cipher, --key-size, --hash, --offset, --skip, --size and --sector-size describe a plain volume: they need --type plain.');
-  const probe = await FileDevice.open(path, { readOnly: true });
+  // With a detached header the format is the header's (the data device holds only ciphertext).
+  const probe = await FileDevice.open(o.header ?? path, { readOnly: true });
   let format: string;
   try {
     format = await detectFormat(probe);
