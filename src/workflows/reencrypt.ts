@@ -80,7 +80,7 @@ export async function reencryptVolume(path: string, options: ReencryptVolumeOpti
     const format = await detectFormat(header ?? file);
     if (format === 'luks1') throw new UnsupportedError('In-place reencryption of LUKS1 volumes is not supported yet (convert it with `brickcrypt convert --dst-format luks2`, or use cryptsetup convert first).');
     if (format !== 'luks2') {
-      if (format === 'raw') throw new InvalidArgumentError(`${path} is not a LUKS volume (in-place encryption, --encrypt, is not built yet).`);
+      if (format === 'raw') throw new InvalidArgumentError(`${path} is not a LUKS volume (encrypt it in place with: brickcrypt reencrypt --encrypt --type luks2).`);
       throw new UnknownFormatError(`${path} holds ${format} data, not a LUKS2 volume.`);
     }
     const { header: _h, workers: _w, ...rest } = options;
