@@ -107,6 +107,8 @@ Examples:
   brickcrypt reencrypt vol.img --key-file pass.txt --resilience journal --hotzone-size 16M
   brickcrypt reencrypt vol.img --key-id ID --key-manager barbican+https://kms:9311 --key-slot 0
   brickcrypt reencrypt --resume-only vol.img --key-file pass.txt        (after a crash, kill or Ctrl-C)
+  brickcrypt reencrypt --encrypt --type luks2 disk.img --key-file pass.txt   (encrypt a plain file in place; it grows by 16 MiB)
+  brickcrypt reencrypt --encrypt --type luks2 --reduce-device-size 32M /dev/sdX1 --key-file pass.txt
 
 The state on disk is cryptsetup 2.6's own (online-reencrypt-v2): a reencryption either tool started
 can be finished by the other ("cryptsetup reencrypt --resume-only"; after a crash inside a hot zone
