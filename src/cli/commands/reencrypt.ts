@@ -79,7 +79,7 @@ export function register(program: Command): void {
     .option('--tries <n>', 'how often a passphrase typed at the terminal may be retried (default 3)')
     .option('--resume-only', 'only continue a recorded (interrupted) reencryption')
     .option('--init-only', 'only record the reencryption (new keyslots and state); rewrite no data')
-    .option('--resilience <mode>', 'hot zone protection: checksum (default), journal, none; datashift (with --encrypt/--decrypt, not built)')
+    .option('--resilience <mode>', 'hot zone protection: checksum (default), journal, none; datashift (--encrypt without --header, the default there)')
     .option('--resilience-hash <hash>', 'checksum resilience hash (default sha256)')
     .option('--hotzone-size <size>', 'largest hot zone, e.g. 64M (default 48 MiB, within what the resilience area holds)')
     .option('--cipher <spec>', 'new cipher, e.g. aes-xts-plain64 (default: the current one)')
