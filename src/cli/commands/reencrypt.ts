@@ -130,7 +130,7 @@ ${KEY_MANAGER_HELP}`)
         throw new NotImplementedError('In-place --decrypt (and --type, --reduce-device-size without --encrypt) are not built yet; re-key of LUKS2 volumes and --encrypt are.');
       }
       const resilience = o.resilience === undefined ? undefined : parseChoice(o.resilience, 'resilience', ['checksum', 'journal', 'none', 'datashift'] as const);
-      if (resilience === 'datashift') throw new NotImplementedError('Resilience datashift is used by --encrypt/--decrypt, which are not built yet.');
+      if (resilience === 'datashift') throw new NotImplementedError('A re-key with resilience datashift (moving the data) is not built; --encrypt uses datashift by itself.');
       if (o.resumeOnly && o.initOnly) throw new InvalidArgumentError('Give --resume-only or --init-only, not both.');
       const json = o.json === true;
       const input = await keyInput(o, volume);
