@@ -85,7 +85,7 @@ export async function reencryptVolume(path: string, options: ReencryptVolumeOpti
       return await reencryptLuks1(file, { ...luks1Options, ...(header ? { headerDevice: header } : {}), zoneCipher: poolZoneCipher(pool) });
     }
     if (format !== 'luks2') {
-      if (format === 'raw') throw new InvalidArgumentError(`${path} is not a LUKS volume (in-place encryption, --encrypt, is not built yet).`);
+      if (format === 'raw') throw new InvalidArgumentError(`${path} is not a LUKS volume (encrypt it in place with: brickcrypt reencrypt --encrypt --type luks2).`);
       throw new UnknownFormatError(`${path} holds ${format} data, not a LUKS2 volume.`);
     }
     const { header: _h, workers: _w, ...rest } = options;

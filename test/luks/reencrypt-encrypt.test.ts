@@ -23,7 +23,7 @@ import { CancelledError, CorruptHeaderError, InsufficientSpaceError, InvalidArgu
 import { readLuks2Headers, writeLuks2Headers } from '../../src/luks/luks2-io.js';
 import { decodeReencryptState } from '../../src/formats/luks2/reencrypt-state.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
-import { cliPath, needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
+import { cliPath, needRoot, needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
 import { spawn } from 'node:child_process';
 import { EXIT_CODES } from '../../src/errors.js';
 import { CS_FAST, CS_OFFLINE, cryptsetupMetadata, readPlaintext } from '../helpers/reencrypt-states.js';
@@ -668,6 +668,31 @@ test('CLI: SIGINT stops --encrypt at a resumable point (exit 130); --resume-only
     cryptsetupAccepts(img, keyFile);
     equalPlain(await readPlaintext(img, PASS), plain, 'resumed after SIGINT');
   } finally {
+    cleanup();
+  }
+});
+
+test('CLI on a loop block device: refused without --reduce-device-size (exit 4, nothing written); with it the data before the given-up end survives', { skip: skip || needTools('losetup') || needRoot('loop devices') }, async () => {
+  const { dir, cleanup } = tempDir();
+  const backing = join(dir, 'loop.img');
+  const plain = plainFile(backing, 32 * MIB);
+  const loop = run('losetup', ['-f', '--show', backing]).trim();
+  try {
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    let r = runCli(['reencrypt', '--encrypt', '--type', 'luks2', loop, '--key-file', keyFile, ...CLI_FAST]);
+    assert.equal(r.status, EXIT_CODES.device, r.stderr);
+    assert.match(r.stderr, /--reduce-device-size/);
+    equalPlain(new Uint8Array(readFileSync(loop)), plain, 'refused');
+    r = runCli(['reencrypt', '--encrypt', '--type', 'luks2', '--reduce-device-size', '8M', loop, '--key-file', keyFile, ...CLI_FAST]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /last 8\.0 MiB of the device were given up/);
+    run('cryptsetup', ['open', '--test-passphrase', '--disable-locks', '--key-file', keyFile, loop]);
+    const got = await readPlaintext(loop, PASS);
+    assert.equal(got.length, 28 * MIB);
+    equalPlain(got.subarray(0, 24 * MIB), plain.subarray(0, 24 * MIB), 'loop device');
+  } finally {
+    run('losetup', ['-d', loop]);
     cleanup();
   }
 });

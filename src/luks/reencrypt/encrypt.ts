@@ -24,7 +24,7 @@
  * in the gap: a resume finds it there (it checks H's keyslot opens with the passphrase), writes
  * it to the head again and goes on. Before H is in the gap nothing of the plaintext is changed.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { BlockDevice } from '../../block-device.js';
 import {
   CancelledError,
@@ -38,6 +38,7 @@ import {
   WrongPassphraseError,
 } from '../../errors.js';
 import { parseEncryption, validateKeyBytes, cipherSpecStrings } from '../../crypto/cipher-spec.js';
+import { hashInfo } from '../../crypto/hash.js';
 import { createSectorCipher } from '../../crypto/sector-cipher.js';
 import { u64, validateLuks2Metadata, type Luks2Metadata, type Luks2Segment } from '../../formats/luks2/metadata.js';
 import {
@@ -63,8 +64,6 @@ import type { KdfOptions } from '../options.js';
 import { onlineReencryptVersion } from '../requirements.js';
 import { createDigest, openReencryptKeys, verifyReencryptDigest } from './keys.js';
 import { largestFreeArea, reencryptLuks2, type Resilience, type ZoneCipher, type ZoneSide } from './engine.js';
-import { createHash } from 'node:crypto';
-import { hashInfo } from '../../crypto/hash.js';
 
 /** Token that marks a reencryption which grew a regular file: the file is cut back at the end. */
 export const GROWN_TOKEN_TYPE = 'brickcrypt-encrypt-grown';
