@@ -102,7 +102,7 @@ export function register(program: Command): void {
     .option('--tries <n>', 'how often a passphrase typed at the terminal may be retried (default 3)')
     .option('--resume-only', 'only continue a recorded (interrupted) reencryption')
     .option('--init-only', 'only record the reencryption (new keyslots and state); rewrite no data')
-    .option('--resilience <mode>', 'hot zone protection: checksum (default), journal, none; datashift (--encrypt without --header, the default there)')
+    .option('--resilience <mode>', 'hot zone protection: checksum (default), journal, none; datashift (--encrypt/--decrypt without a detached header, the default there)')
     .option('--resilience-hash <hash>', 'checksum resilience hash (default sha256)')
     .option('--hotzone-size <size>', 'largest hot zone, e.g. 64M (default 48 MiB, within what the resilience area holds)')
     .option('--cipher <spec>', 'new cipher, e.g. aes-xts-plain64 (default: the current one)')
@@ -137,6 +137,9 @@ Examples:
   brickcrypt reencrypt --resume-only vol.img --key-file pass.txt        (after a crash, kill or Ctrl-C)
   brickcrypt reencrypt --encrypt --type luks2 disk.img --key-file pass.txt   (encrypt a plain file in place; it grows by 16 MiB)
   brickcrypt reencrypt --encrypt --type luks2 --reduce-device-size 32M /dev/sdX1 --key-file pass.txt
+  brickcrypt reencrypt --decrypt vol.img --key-file pass.txt            (to plain data; the header waits in vol.img.decrypt-header)
+  brickcrypt reencrypt --decrypt vol.img --header vol.hdr --key-file pass.txt   (detached header, or where to export it)
+  brickcrypt reencrypt --encrypt disk.plain --key-file pass.txt --src-format plain --src-key-size 512 --src-key-file plain.key
 
 The state on disk is cryptsetup 2.6's own (online-reencrypt-v2): a reencryption either tool started
 can be finished by the other ("cryptsetup reencrypt --resume-only"; after a crash inside a hot zone
@@ -165,11 +168,7 @@ ${KEY_MANAGER_HELP}`)
         throw new InvalidArgumentError('--type and --reduce-device-size go with --encrypt.');
       }
       const resilience = o.resilience === undefined ? undefined : parseChoice(o.resilience, 'resilience', ['checksum', 'journal', 'none', 'datashift'] as const);
-<<<<<<< HEAD
-      if (resilience === 'datashift') throw new InvalidArgumentError('Resilience datashift moves data: it goes with --encrypt or --decrypt, not with a re-key.');
-=======
       if (resilience === 'datashift') throw new NotImplementedError('A re-key with resilience datashift (moving the data) is not built; --encrypt uses datashift by itself.');
->>>>>>> reencrypt-encrypt
       if (o.resumeOnly && o.initOnly) throw new InvalidArgumentError('Give --resume-only or --init-only, not both.');
       const json = o.json === true;
       const input = await keyInput(o, volume);
