@@ -435,7 +435,8 @@ test('cryptsetup reencrypt --encrypt killed with SIGKILL mid-run -> brickcrypt f
       const img = join(dir, `plain-${ms}.img`);
       const plain = plainFile(img, size);
       const { spawn } = await import('node:child_process');
-      const child = spawn('cryptsetup', ['reencrypt', '--encrypt', '--type', 'luks2', '--reduce-device-size', '4M', ...CS_OFFLINE, ...CS_FAST, '--key-file', keyFile, img], { stdio: 'ignore' });
+      // cwd: cryptsetup keeps its temporary header (LUKS2-temp-UUID.new) there while it starts.
+      const child = spawn('cryptsetup', ['reencrypt', '--encrypt', '--type', 'luks2', '--reduce-device-size', '4M', ...CS_OFFLINE, ...CS_FAST, '--key-file', keyFile, img], { stdio: 'ignore', cwd: dir });
       const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
       const timer = setTimeout(() => child.kill('SIGKILL'), ms);
       const code = await exited;
@@ -618,12 +619,22 @@ test('CLI: kill -9 of --encrypt at random instants: brickcrypt and cryptsetup ea
         writeFileSync(copy, readFileSync(img));
         const m = cryptsetupMetadata(copy);
         if (m.config.requirements !== undefined) {
-          const res = runStatus('cryptsetup', ['reencrypt', '--resume-only', ...CS_OFFLINE, '--key-file', keyFile, copy]);
-          if (res.status !== 0) {
+          const resume = () => runStatus('cryptsetup', ['reencrypt', '--resume-only', ...CS_OFFLINE, '--key-file', keyFile, copy]).status === 0;
+          let ok = resume();
+          if (!ok) {
+            // A hot zone wants `repair` first.
             run('cryptsetup', ['repair', '--batch-mode', '--disable-locks', '--key-file', keyFile, copy]);
-            run('cryptsetup', ['reencrypt', '--resume-only', ...CS_OFFLINE, '--key-file', keyFile, copy]);
+            ok = cryptsetupMetadata(copy).config.requirements === undefined || resume();
           }
-          byCryptsetup++;
+          if (ok) byCryptsetup++;
+          else {
+            // Killed after the last zone, before the final header: the state has one crypt
+            // segment left, which cryptsetup 2.6 cannot finish ("Failed to set device segments");
+            // brickcrypt does.
+            const active = Object.values(cryptsetupMetadata(copy).segments).filter((seg: any) => !seg.flags?.some((f: string) => f.startsWith('backup-')));
+            assert.deepEqual(active.map((seg: any) => seg.type), ['crypt'], 'cryptsetup could not finish a state with data left');
+            assert.equal(runCli(['reencrypt', '--resume-only', copy, '--key-file', keyFile]).status, 0);
+          }
         }
         equalPlain((await readPlaintext(copy, PASS)).subarray(0, size), plain, `cryptsetup after kill ${kills} at ${ms} ms`);
       } else {
