@@ -17,6 +17,7 @@ import { Passphrase, VolumeKey } from '../../src/secret.js';
 import { CancelledError, CorruptHeaderError, InvalidArgumentError, ReencryptionInProgressError, WrongPassphraseError } from '../../src/errors.js';
 import { readLuks2Headers, writeLuks2Headers } from '../../src/luks/luks2-io.js';
 import { decodeReencryptState } from '../../src/formats/luks2/reencrypt-state.js';
+import { openKeys } from '../../src/luks/reencrypt/keys.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
@@ -269,6 +270,43 @@ test('bad input writes nothing: a corrupted reencrypt keyslot or digest, a devic
   const before = new Uint8Array(small.bytes);
   await assert.rejects(reencryptLuks2(small, opts()), CorruptHeaderError);
   assert.deepEqual(small.bytes, before);
+});
+
+test('killed inside cryptsetup\'s teardown (all data under the new key, old keyslots destroyed, reencryption still recorded): finished with the new key alone, only the header written', async () => {
+  const { dev, plain } = await smallVolume(256 * 1024);
+  await reencryptLuks2(dev, opts({ initOnly: true }));
+  const { state: st } = await readLuks2Headers(dev, dev.size);
+  const meta = st.metadata;
+  const s = decodeReencryptState(meta)!;
+  // The data rewritten under the new key, as the last zone of a run leaves it.
+  const { keys } = await openKeys(dev, meta, [Passphrase.fromString(PASS)]);
+  const fin = meta.segments[s.finalId]!;
+  const dataOffset = Number(fin.offset);
+  const params = { encryption: fin.encryption!, keyBytes: keys.get(s.newDigestId!)!.length, sectorSize: fin.sector_size!, ivTweak: 0, dataOffset, payloadSize: dev.size - dataOffset };
+  const view = EncryptedDevice.open(dev, params, keys.get(s.newDigestId!)!);
+  await view.write(plain, 0);
+  await view.close();
+  // cryptsetup's last data commit (one segment under the new key, old key on backup-previous
+  // only), then its teardown's first steps: the old keyslots destroyed, one header write each.
+  const { flags: _f, ...segment } = fin;
+  meta.segments['0'] = { ...segment };
+  meta.digests[s.oldDigestId!]!.segments = [s.previousId];
+  meta.digests[s.newDigestId!]!.segments = ['0', s.finalId];
+  for (const k of meta.digests[s.oldDigestId!]!.keyslots) delete meta.keyslots[k];
+  meta.digests[s.oldDigestId!]!.keyslots = [];
+  await writeLuks2Headers(dev, st);
+  keys.get(s.oldDigestId!)?.wipe();
+  const dataBefore = Buffer.from(dev.bytes.subarray(dataOffset));
+  await assert.rejects(reencryptLuks2(dev, opts({ resumeOnly: true, passphrases: [Passphrase.fromString('not it')] })), WrongPassphraseError);
+  const report = await reencryptLuks2(dev, opts({ resumeOnly: true }));
+  assert.equal(report.finished, true);
+  assert.equal(report.bytes, 0, 'nothing rewritten');
+  assert.ok(Buffer.from(dev.bytes.subarray(dataOffset)).equals(dataBefore), 'the data area is untouched');
+  const after = (await readLuks2Headers(dev, dev.size)).state.metadata;
+  assert.equal(decodeReencryptState(after), undefined);
+  assert.equal(after.config.requirements, undefined);
+  assert.deepEqual(Object.keys(after.segments), ['0']);
+  equalPlain(await plaintextOf(dev), plain, 'after the keyless finish');
 });
 
 test('detached header: re-key with the header on its own device', async () => {

@@ -335,6 +335,9 @@ export async function reencryptLuks2(device: BlockDevice, options: ReencryptOpti
     if (options.resilience !== undefined && options.resilience !== state.keyslot.resilience) {
       throw new InvalidArgumentError(`The recorded reencryption uses resilience ${state.keyslot.resilience}; changing it on resume is not supported.`);
     }
+    if (dataAllUnderNewKey(meta, state) && state.oldDigestId !== undefined && state.oldDigestId !== state.newDigestId && meta.digests[state.oldDigestId]!.keyslots.length === 0) {
+      return finishWithoutOldKey(header, st, state, options, t0);
+    }
     keys = await openReencryptKeys(header, meta, state, options.passphrases);
     try {
       await verifyReencryptDigest(meta, state, keys);
@@ -391,6 +394,40 @@ export async function reencryptLuks2(device: BlockDevice, options: ReencryptOpti
   report.finished = after === undefined;
   const newDigest = Object.values(st.metadata.digests).find((d) => d.segments.includes(after ? after.finalId : '0'));
   report.keyslots = (newDigest?.keyslots ?? []).map(Number).sort((a, b) => a - b);
+  report.seconds = (performance.now() - t0) / 1000;
+  return report;
+}
+
+/** One active segment, belonging to the new key only: every zone is rewritten, only the final header is left. */
+function dataAllUnderNewKey(meta: Luks2Metadata, s: ReencryptState): boolean {
+  const single = s.active.length === 1 ? s.active[0]! : undefined;
+  return single !== undefined && s.hotId === undefined && s.newDigestId !== undefined && meta.digests[s.newDigestId]!.segments.includes(single) && !(s.oldDigestId !== undefined && meta.digests[s.oldDigestId]!.segments.includes(single));
+}
+
+/**
+ * cryptsetup's teardown of a finished re-key destroys the old keyslots one header write at a time
+ * before the reencrypt keyslot (luks2_reencrypt.c, reencrypt_teardown_ok): killed in between, the
+ * old key is gone while the reencryption is still recorded. All data is under the new key, so the
+ * passphrase only has to open the new keyslot, and the one thing written is the final header.
+ * The verification digest covers the old key and cannot be checked; nothing is decrypted or
+ * rewritten on the state's word, which is what that digest guards against (CVE-2021-4122).
+ */
+async function finishWithoutOldKey(header: BlockDevice, st: Luks2HeaderState, state: ReencryptState, options: ReencryptOptions, t0: number): Promise<ReencryptReport> {
+  const meta = st.metadata;
+  const newSlots = meta.digests[state.newDigestId!]!.keyslots;
+  const { keys } = await openKeys(header, meta, options.passphrases, { keyslotIds: newSlots, stopWhen: (k) => k.has(state.newDigestId!) });
+  const opened = keys.has(state.newDigestId!);
+  for (const k of keys.values()) k.wipe();
+  if (!opened) throw new WrongPassphraseError('The passphrase does not open the new volume key of the reencryption.');
+  const fin = meta.segments[state.finalId]!;
+  const report: ReencryptReport = { started: false, recovered: false, finished: false, bytes: 0, total: 0, resilience: state.keyslot.resilience, keyslots: [], encryption: fin.encryption!, sectorSize: fin.sector_size!, seconds: 0 };
+  if (!options.initOnly) {
+    const wipe = finalLayout(meta, state);
+    await writeLuks2Headers(header, st);
+    await wipeAreas(header)(wipe);
+    report.finished = true;
+  }
+  report.keyslots = newSlots.map(Number).sort((a, b) => a - b);
   report.seconds = (performance.now() - t0) / 1000;
   return report;
 }
