@@ -23,6 +23,7 @@ import { LuksVolume } from '../luks/volume.js';
 import { decodeReencryptState } from '../formats/luks2/reencrypt-state.js';
 import { decryptLuks2, luks2HeaderArea, luks2HeaderAreaFromLuks1, type DecryptCipherFactory, type DecryptOptions, type DecryptReport } from '../luks/reencrypt/decrypt.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
+import { poolChecksums, poolSide, poolTransform } from './pool-zone-ciphers.js';
 import { dirname } from 'node:path';
 
 /** Where the header of an attached volume goes while it is decrypted without `--header`. */
@@ -30,33 +31,11 @@ export function defaultDecryptHeaderPath(volume: string): string {
   return `${volume}.decrypt-header`;
 }
 
-const PIECE_BYTES = 2 * 1024 * 1024;
-
 /** The decryption on `pool`: each 2 MiB piece of a zone is one job. */
 export function poolDecryptCipher(pool: CryptoPool): DecryptCipherFactory {
-  return (from) => {
-    const a = pool.addCipher({ encryption: from.encryption, keyBytes: from.keyBytes, sectorSize: from.sectorSize }, from.key);
-    return {
-      decrypt: async (data, pos) => {
-        const jobs: Array<Promise<unknown>> = [];
-        for (let p = 0; p < data.length; p += PIECE_BYTES) {
-          const length = Math.min(PIECE_BYTES, data.length - p);
-          jobs.push(pool.runShared(data.subarray(p, p + length), { length, zeroBlock: 0, decrypt: { cipher: a, iv: (pos + p) / 512 + from.ivTweak, length } }));
-        }
-        await Promise.all(jobs);
-      },
-      digest: async (data, sums) => {
-        const jobs: Array<Promise<unknown>> = [];
-        const size = sums.out.length / (data.length / sums.block);
-        for (let p = 0; p < data.length; p += PIECE_BYTES) {
-          const length = Math.min(PIECE_BYTES, data.length - p);
-          const checksum = { algorithm: sums.hash, block: sums.block, shared: sums.out.buffer as SharedArrayBuffer, offset: sums.out.byteOffset + (p / sums.block) * size };
-          jobs.push(pool.runShared(data.subarray(p, p + length), { length, zeroBlock: 0, checksum }));
-        }
-        await Promise.all(jobs);
-      },
-      close: async () => pool.dropCipher(a),
-    };
+  return (side) => {
+    const from = poolSide(pool, side);
+    return { decrypt: poolTransform(pool, from, undefined), digest: poolChecksums(pool), close: async () => pool.dropCipher(from.cipher) };
   };
 }
 

@@ -13,27 +13,15 @@ import { readLuks2Headers } from '../luks/luks2-io.js';
 import { encryptLuks2, type EncryptCipherFactory, type EncryptOptions, type EncryptReport } from '../luks/reencrypt/encrypt.js';
 import type { ZoneCipher, ZoneSide } from '../luks/reencrypt/engine.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
+import { poolChecksums, poolSide, poolTransform } from './pool-zone-ciphers.js';
 
 export type { EncryptReport } from '../luks/reencrypt/encrypt.js';
-
-/** Piece handed to one worker (a multiple of every sector size). */
-const PIECE_BYTES = 2 * 1024 * 1024;
 
 /** Encryption on `pool`: each piece of a zone is one job. */
 export function poolEncryptCipher(pool: CryptoPool): EncryptCipherFactory {
   return (side) => {
-    const id = pool.addCipher({ encryption: side.encryption, keyBytes: side.keyBytes, sectorSize: side.sectorSize }, side.key);
-    return {
-      encrypt: async (data, pos) => {
-        const jobs: Array<Promise<unknown>> = [];
-        for (let p = 0; p < data.length; p += PIECE_BYTES) {
-          const length = Math.min(PIECE_BYTES, data.length - p);
-          jobs.push(pool.runShared(data.subarray(p, p + length), { length, zeroBlock: 0, encrypt: { cipher: id, iv: (pos + p) / 512 + side.ivTweak, length } }));
-        }
-        await Promise.all(jobs);
-      },
-      close: async () => pool.dropCipher(id),
-    };
+    const to = poolSide(pool, side);
+    return { encrypt: poolTransform(pool, undefined, to), close: async () => pool.dropCipher(to.cipher) };
   };
 }
 
@@ -41,20 +29,7 @@ export function poolEncryptCipher(pool: CryptoPool): EncryptCipherFactory {
 export function poolPlainZoneCipher(pool: CryptoPool): (to: ZoneSide) => ZoneCipher {
   return (to) => {
     const enc = poolEncryptCipher(pool)(to);
-    return {
-      transform: enc.encrypt,
-      digest: async (data, sums) => {
-        const jobs: Array<Promise<unknown>> = [];
-        const size = sums.out.length / (data.length / sums.block);
-        for (let p = 0; p < data.length; p += PIECE_BYTES) {
-          const length = Math.min(PIECE_BYTES, data.length - p);
-          const checksum = { algorithm: sums.hash, block: sums.block, shared: sums.out.buffer as SharedArrayBuffer, offset: sums.out.byteOffset + (p / sums.block) * size };
-          jobs.push(pool.runShared(data.subarray(p, p + length), { length, zeroBlock: 0, checksum }));
-        }
-        await Promise.all(jobs);
-      },
-      close: enc.close,
-    };
+    return { transform: enc.encrypt, digest: poolChecksums(pool), close: enc.close };
   };
 }
 

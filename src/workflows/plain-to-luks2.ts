@@ -24,9 +24,8 @@ import { plainGeometry, type PlainParams } from '../plain/plain-volume.js';
 import type { VolumeKey } from '../secret.js';
 import type { EncryptVolumeOptions } from './encrypt.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
+import { poolSide, poolTransform } from './pool-zone-ciphers.js';
 
-/** Piece handed to one worker (a multiple of every sector size). */
-const PIECE_BYTES = 2 * 1024 * 1024;
 /** The key check value: PBKDF2-SHA256 of the plain key (a full-entropy key needs no slow KDF). */
 const CHECK_ITERATIONS = 1000;
 
@@ -90,27 +89,13 @@ export function plainToLuksCipher(plain: PlainParams, plainKey: VolumeKey, pool:
         },
       };
     }
-    const from = pool.addCipher({ encryption: plain.encryption, keyBytes: plain.keyBytes, sectorSize: plain.sectorSize }, plainKey.expose());
-    const to = pool.addCipher({ encryption: side.encryption, keyBytes: side.keyBytes, sectorSize: side.sectorSize }, side.key);
+    const from = poolSide(pool, { ...plain, ivTweak: plain.skip, key: plainKey.expose() });
+    const to = poolSide(pool, side);
     return {
-      encrypt: async (data, pos) => {
-        const jobs: Array<Promise<unknown>> = [];
-        for (let p = 0; p < data.length; p += PIECE_BYTES) {
-          const length = Math.min(PIECE_BYTES, data.length - p);
-          jobs.push(
-            pool.runShared(data.subarray(p, p + length), {
-              length,
-              zeroBlock: 0,
-              decrypt: { cipher: from, iv: (pos + p) / 512 + plain.skip, length },
-              encrypt: { cipher: to, iv: (pos + p) / 512 + side.ivTweak, length },
-            }),
-          );
-        }
-        await Promise.all(jobs);
-      },
+      encrypt: poolTransform(pool, from, to),
       close: async () => {
-        pool.dropCipher(from);
-        pool.dropCipher(to);
+        pool.dropCipher(from.cipher);
+        pool.dropCipher(to.cipher);
       },
     };
   };

@@ -2,7 +2,7 @@
  * In-place reencryption of a volume file or block device: opens it (and a detached header)
  * for writing and runs the LUKS2 engine (src/luks/reencrypt/engine.ts) with the zone ciphers on
  * the worker pool, so decryption under the old key and encryption under the new one of each
- * hot zone are spread over the cores in 4 MiB pieces.
+ * hot zone are spread over the cores in 2 MiB pieces (src/workflows/pool-zone-ciphers.ts).
  *
  * @example
  * const report = await reencryptVolume('vol.img', { passphrases: [pass], resilience: 'checksum' });
@@ -13,46 +13,21 @@ import { InvalidArgumentError, UnknownFormatError, UnsupportedError } from '../e
 import { isLuks1Reencryption, reencryptLuks1 } from '../luks/reencrypt/luks1.js';
 import { reencryptLuks2, type ReencryptOptions, type ReencryptReport, type ZoneCipherFactory } from '../luks/reencrypt/engine.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
+import { poolChecksums, poolSide, poolTransform } from './pool-zone-ciphers.js';
 
 export type { ReencryptReport } from '../luks/reencrypt/engine.js';
-
-/** Piece of a hot zone handed to one worker (a multiple of every sector size). */
-const PIECE_BYTES = 2 * 1024 * 1024;
 
 /** Zone ciphers on `pool`: every piece of a zone is one job that decrypts and re-encrypts it in place. */
 export function poolZoneCipher(pool: CryptoPool): ZoneCipherFactory {
   return (from, to) => {
-    const a = pool.addCipher({ encryption: from.encryption, keyBytes: from.keyBytes, sectorSize: from.sectorSize }, from.key);
-    const b = pool.addCipher({ encryption: to.encryption, keyBytes: to.keyBytes, sectorSize: to.sectorSize }, to.key);
+    const a = poolSide(pool, from);
+    const b = poolSide(pool, to);
     return {
-      transform: async (data, pos) => {
-        const jobs: Array<Promise<unknown>> = [];
-        for (let p = 0; p < data.length; p += PIECE_BYTES) {
-          const length = Math.min(PIECE_BYTES, data.length - p);
-          jobs.push(
-            pool.runShared(data.subarray(p, p + length), {
-              length,
-              zeroBlock: 0,
-              decrypt: { cipher: a, iv: (pos + p) / 512 + from.ivTweak, length },
-              encrypt: { cipher: b, iv: (pos + p) / 512 + to.ivTweak, length },
-            }),
-          );
-        }
-        await Promise.all(jobs);
-      },
-      digest: async (data, sums) => {
-        const jobs: Array<Promise<unknown>> = [];
-        const size = sums.out.length / (data.length / sums.block);
-        for (let p = 0; p < data.length; p += PIECE_BYTES) {
-          const length = Math.min(PIECE_BYTES, data.length - p);
-          const checksum = { algorithm: sums.hash, block: sums.block, shared: sums.out.buffer as SharedArrayBuffer, offset: sums.out.byteOffset + (p / sums.block) * size };
-          jobs.push(pool.runShared(data.subarray(p, p + length), { length, zeroBlock: 0, checksum }));
-        }
-        await Promise.all(jobs);
-      },
+      transform: poolTransform(pool, a, b),
+      digest: poolChecksums(pool),
       close: async () => {
-        pool.dropCipher(a);
-        pool.dropCipher(b);
+        pool.dropCipher(a.cipher);
+        pool.dropCipher(b.cipher);
       },
     };
   };
