@@ -4,43 +4,13 @@
  * SIGINT/SIGTERM stop at a zone boundary and volume lock as the re-key.
  */
 import { existsSync } from 'node:fs';
-import { withCancellation } from '../cancellation.js';
-import { CancelledError, InvalidArgumentError, WrongPassphraseError } from '../../errors.js';
+import { InvalidArgumentError } from '../../errors.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
-import type { KeyManagerCliOptions } from '../key-manager-options.js';
-import { DEFAULT_TRIES } from '../passphrase-prompt.js';
-import { parseChoice, parseInteger, parseSize } from '../parse.js';
-import { progressReporter } from './convert.js';
+import { parseChoice } from '../parse.js';
 import type { DecryptVolumeReport } from '../../workflows/decrypt.js';
-import type { Passphrase } from '../../secret.js';
+import { commonEngineOptions, runMode, type ReencryptCliOptions } from './reencrypt-run.js';
 
-export interface DecryptCliOptions extends KeyManagerCliOptions {
-  keyFile?: string;
-  keyfileOffset?: string;
-  keyfileSize?: string;
-  keyId?: string;
-  keySlot?: string;
-  tries?: string;
-  resumeOnly?: boolean;
-  initOnly?: boolean;
-  resilience?: string;
-  resilienceHash?: string;
-  hotzoneSize?: string;
-  cipher?: string;
-  keySize?: string;
-  sectorSize?: string;
-  encrypt?: boolean;
-  decrypt?: boolean;
-  type?: string;
-  reduceDeviceSize?: string;
-  header?: string;
-  hash?: string;
-  pbkdf?: string;
-  iterTime?: string;
-  pbkdfForceIterations?: string;
-  workers?: string;
-  json?: boolean;
-}
+export type DecryptCliOptions = ReencryptCliOptions;
 
 /** True when `reencrypt` on this volume means a decryption: --decrypt, or one is recorded. */
 export async function isDecryption(volume: string, o: DecryptCliOptions): Promise<boolean> {
@@ -78,54 +48,23 @@ export async function decryptAction(volume: string, o: DecryptCliOptions): Promi
   const { oldKeyInput } = await import('./luks.js');
   // The passphrase (or token) comes from the header file once it exists, else from the volume.
   const input = await oldKeyInput(existsSync(headerPath) ? { ...o, header: headerPath } : { ...o, header: undefined }, volume);
-  const tries = input.interactive ? (o.tries === undefined ? DEFAULT_TRIES : parseInteger(o.tries, 'tries', 1, 1000)) : 1;
-  const json = o.json === true;
-  const progress = progressReporter(json, 'decrypt');
   const lock = await VolumeLock.acquire(volume);
-  let report: DecryptVolumeReport | undefined;
-  try {
-    for (let attempt = 1; ; attempt++) {
-      const passphrase: Passphrase = await input.read();
-      try {
-        report = await withCancellation((signal) =>
-          decryptVolume(volume, {
-            passphrases: [passphrase],
-            ...(o.header !== undefined ? { header: o.header } : {}),
-            ...(o.keySlot !== undefined ? { keyslot: parseInteger(o.keySlot, 'key-slot', 0, 31) } : {}),
-            ...(o.resumeOnly ? { resumeOnly: true } : {}),
-            ...(o.initOnly ? { initOnly: true } : {}),
-            ...(res !== undefined ? { resilience: res } : {}),
-            ...(o.resilienceHash !== undefined ? { resilienceHash: o.resilienceHash } : {}),
-            ...(o.hotzoneSize !== undefined ? { hotzoneSize: parseSize(o.hotzoneSize, 'hotzone-size') } : {}),
-            ...(o.hash !== undefined ? { hash: o.hash } : {}),
-            ...(o.pbkdf !== undefined ? { pbkdf: parseChoice(o.pbkdf, 'pbkdf', ['pbkdf2', 'argon2i', 'argon2id'] as const) } : {}),
-            ...(o.iterTime !== undefined ? { iterTimeMs: parseInteger(o.iterTime, 'iter-time', 1) } : {}),
-            ...(o.pbkdfForceIterations !== undefined ? { iterations: parseInteger(o.pbkdfForceIterations, 'pbkdf-force-iterations', 1, 0xffffffff) } : {}),
-            ...(o.workers !== undefined ? { workers: parseInteger(o.workers, 'workers', 0, 64) } : {}),
-            signal,
-            onProgress: ({ done, total }) => progress.update({ bytes: done, total }),
-          }),
-        );
-        break;
-      } catch (err) {
-        if (!(err instanceof WrongPassphraseError) || attempt >= tries) throw err;
-        process.stderr.write('No key available with this passphrase.\n');
-      } finally {
-        passphrase.wipe();
-      }
-    }
-  } catch (err) {
-    if (err instanceof CancelledError) {
-      progress.stop();
-      const hint = o.header !== undefined ? ` --header ${o.header}` : '';
-      process.stderr.write(`${volume}: decryption stopped at a consistent point; resume with \`brickcrypt reencrypt --resume-only ${volume}${hint}\`.\n`);
-    }
-    throw err;
-  } finally {
-    progress.stop();
-    await lock.release();
-  }
-  const peakRssBytes = process.resourceUsage().maxRSS * 1024;
-  if (json) process.stdout.write(JSON.stringify({ event: 'done', ...report, peakRssBytes }) + '\n');
-  else process.stdout.write(describe(volume, report!));
+  await runMode<DecryptVolumeReport>({
+    volume,
+    o,
+    input,
+    label: 'decrypt',
+    noun: 'decryption',
+    lock,
+    ...(o.header !== undefined ? { resumeHint: ` --header ${o.header}` } : {}),
+    run: (passphrase, signal, onProgress) =>
+      decryptVolume(volume, {
+        passphrases: [passphrase],
+        ...commonEngineOptions(o),
+        ...(res !== undefined ? { resilience: res } : {}),
+        signal,
+        onProgress,
+      }),
+    describe: (r) => describe(volume, r),
+  });
 }

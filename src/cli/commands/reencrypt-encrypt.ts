@@ -5,44 +5,18 @@
  * of the data, and the output says how much). Same key input, progress, signals and volume lock
  * as the re-key.
  */
-import { withCancellation } from '../cancellation.js';
-import { CancelledError, InvalidArgumentError, NotImplementedError, WrongPassphraseError } from '../../errors.js';
+import { InvalidArgumentError, NotImplementedError } from '../../errors.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
-import { parseChoice, parseInteger, parseSize } from '../parse.js';
-import { progressReporter } from './convert.js';
+import { parseChoice, parseSize } from '../parse.js';
+import { commonEngineOptions, newEncryptionOptions, runMode, type ReencryptCliOptions } from './reencrypt-run.js';
 import type { EncryptReport } from '../../workflows/encrypt.js';
 import type { PassphraseInput } from '../passphrase-prompt.js';
 import type { EncryptPlainOptions } from '../../workflows/plain-to-luks2.js';
 import type { VolumeKey } from '../../secret.js';
 import { plainSourceFrom } from '../plain-options.js';
-import { passphraseFromKeyManager, type KeyManagerCliOptions } from '../key-manager-options.js';
+import { passphraseFromKeyManager } from '../key-manager-options.js';
 
-export interface EncryptCliOptions extends KeyManagerCliOptions {
-  /** `plain`: the device is a plain dm-crypt volume (see the --src-* options). */
-  srcFormat?: string;
-  srcKeyFile?: string;
-  srcKeyId?: string;
-  type?: string;
-  reduceDeviceSize?: string;
-  header?: string;
-  keySlot?: string;
-  resumeOnly?: boolean;
-  initOnly?: boolean;
-  resilience?: string;
-  resilienceHash?: string;
-  hotzoneSize?: string;
-  cipher?: string;
-  keySize?: string;
-  sectorSize?: string;
-  hash?: string;
-  pbkdf?: string;
-  iterTime?: string;
-  pbkdfForceIterations?: string;
-  pbkdfMemory?: string;
-  pbkdfParallel?: string;
-  workers?: string;
-  json?: boolean;
-}
+export type EncryptCliOptions = ReencryptCliOptions;
 
 function mib(n: number): string {
   return (n / (1024 * 1024)).toFixed(1);
@@ -86,7 +60,7 @@ async function plainSourceOf(volume: string, o: EncryptCliOptions): Promise<{ ke
 }
 
 /** Runs the encryption for the `reencrypt` command's action. */
-export async function runEncrypt(volume: string, o: EncryptCliOptions, input: PassphraseInput, tries: number): Promise<void> {
+export async function runEncrypt(volume: string, o: EncryptCliOptions, input: PassphraseInput): Promise<void> {
   if (o.type !== undefined && o.type !== 'luks2') {
     if (o.type === 'luks1') throw new NotImplementedError('In-place encryption to LUKS1 is not built; use --type luks2.');
     throw new InvalidArgumentError(`--type must be luks2, not ${o.type}.`);
@@ -101,62 +75,32 @@ export async function runEncrypt(volume: string, o: EncryptCliOptions, input: Pa
     );
   }
   if (o.resumeOnly && o.initOnly) throw new InvalidArgumentError('Give --resume-only or --init-only, not both.');
-  const json = o.json === true;
   const { encryptVolume } = await import('../../workflows/encrypt.js');
   const plain = await plainSourceOf(volume, o);
-  const progress = progressReporter(json, 'encrypt');
-  const lock = await VolumeLock.acquire(volume);
-  let report: EncryptReport | undefined;
   try {
-    for (let attempt = 1; ; attempt++) {
-      const passphrase = await input.read();
-      try {
-        report = await withCancellation((signal) => {
-          const options = {
-            passphrases: [passphrase],
-            ...(o.header !== undefined ? { header: o.header } : {}),
-            ...(o.keySlot !== undefined ? { keyslot: parseInteger(o.keySlot, 'key-slot', 0, 31) } : {}),
-            ...(o.reduceDeviceSize !== undefined ? { reduceDeviceSize: parseSize(o.reduceDeviceSize, 'reduce-device-size') } : {}),
-            ...(o.resumeOnly ? { resumeOnly: true } : {}),
-            ...(o.initOnly ? { initOnly: true } : {}),
-            ...(resilience !== undefined && resilience !== 'datashift' ? { resilience } : {}),
-            ...(o.resilienceHash !== undefined ? { resilienceHash: o.resilienceHash } : {}),
-            ...(o.hotzoneSize !== undefined ? { hotzoneSize: parseSize(o.hotzoneSize, 'hotzone-size') } : {}),
-            ...(o.cipher !== undefined ? { cipher: o.cipher } : {}),
-            ...(o.keySize !== undefined ? { keySizeBits: parseInteger(o.keySize, 'key-size', 128, 4096) } : {}),
-            ...(o.sectorSize !== undefined ? { sectorSize: parseInteger(o.sectorSize, 'sector-size', 512, 4096) } : {}),
-            ...(o.hash !== undefined ? { hash: o.hash } : {}),
-            ...(o.pbkdf !== undefined ? { pbkdf: parseChoice(o.pbkdf, 'pbkdf', ['pbkdf2', 'argon2i', 'argon2id'] as const) } : {}),
-            ...(o.iterTime !== undefined ? { iterTimeMs: parseInteger(o.iterTime, 'iter-time', 1) } : {}),
-            ...(o.pbkdfForceIterations !== undefined ? { iterations: parseInteger(o.pbkdfForceIterations, 'pbkdf-force-iterations', 1, 0xffffffff) } : {}),
-            ...(o.pbkdfMemory !== undefined ? { memoryKiB: parseInteger(o.pbkdfMemory, 'pbkdf-memory', 32, 4 * 1024 * 1024) } : {}),
-            ...(o.pbkdfParallel !== undefined ? { parallel: parseInteger(o.pbkdfParallel, 'pbkdf-parallel', 1, 16) } : {}),
-            ...(o.workers !== undefined ? { workers: parseInteger(o.workers, 'workers', 0, 64) } : {}),
-            signal,
-            onProgress: ({ done, total }: { done: number; total: number }) => progress.update({ bytes: done, total }),
-          };
-          return plain ? plain.run(options) : encryptVolume(volume, options);
-        });
-        break;
-      } catch (err) {
-        if (!(err instanceof WrongPassphraseError) || attempt >= tries) throw err;
-        process.stderr.write('No key available with this passphrase.\n');
-      } finally {
-        passphrase.wipe();
-      }
-    }
-  } catch (err) {
-    if (err instanceof CancelledError) {
-      progress.stop();
-      process.stderr.write(`${volume}: encryption stopped at a consistent point; resume with \`brickcrypt reencrypt --resume-only ${volume}\`.\n`);
-    }
-    throw err;
+    const lock = await VolumeLock.acquire(volume);
+    await runMode<EncryptReport>({
+      volume,
+      o,
+      input,
+      label: 'encrypt',
+      noun: 'encryption',
+      lock,
+      run: (passphrase, signal, onProgress) => {
+        const options = {
+          passphrases: [passphrase],
+          ...commonEngineOptions(o),
+          ...newEncryptionOptions(o),
+          ...(o.reduceDeviceSize !== undefined ? { reduceDeviceSize: parseSize(o.reduceDeviceSize, 'reduce-device-size') } : {}),
+          ...(resilience !== undefined && resilience !== 'datashift' ? { resilience } : {}),
+          signal,
+          onProgress,
+        };
+        return plain ? plain.run(options) : encryptVolume(volume, options);
+      },
+      describe: (r) => describe(volume, r),
+    });
   } finally {
-    progress.stop();
     plain?.key.wipe();
-    await lock.release();
   }
-  const peakRssBytes = process.resourceUsage().maxRSS * 1024;
-  if (json) process.stdout.write(JSON.stringify({ event: 'done', ...report, peakRssBytes }) + '\n');
-  else process.stdout.write(describe(volume, report!));
 }

@@ -5,48 +5,17 @@
  * the header records a consistent, resumable state; the volume's writer lock is held throughout.
  */
 import type { Command } from 'commander';
-import { withCancellation } from '../cancellation.js';
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { CancelledError, InvalidArgumentError, LockedError, NotImplementedError } from '../../errors.js';
+import { InvalidArgumentError, LockedError, NotImplementedError } from '../../errors.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
-import { addKeyManagerOptions, KEY_MANAGER_HELP, type KeyManagerCliOptions } from '../key-manager-options.js';
+import { addKeyManagerOptions, KEY_MANAGER_HELP } from '../key-manager-options.js';
+import { commonEngineOptions, newEncryptionOptions, runMode, type ReencryptCliOptions } from './reencrypt-run.js';
 import { addKeyfileRangeOptions, addPlainOptions } from '../plain-options.js';
-import { DEFAULT_TRIES, type PassphraseInput } from '../passphrase-prompt.js';
-import { parseChoice, parseInteger, parseSize } from '../parse.js';
-import { progressReporter } from './convert.js';
+import type { PassphraseInput } from '../passphrase-prompt.js';
+import { parseChoice } from '../parse.js';
 import type { ReencryptReport, ReencryptVolumeOptions } from '../../workflows/reencrypt.js';
-import type { Passphrase } from '../../secret.js';
 
-interface ReencryptCliOptions extends KeyManagerCliOptions {
-  keyFile?: string;
-  keyfileOffset?: string;
-  keyfileSize?: string;
-  keyId?: string;
-  keySlot?: string;
-  tries?: string;
-  resumeOnly?: boolean;
-  initOnly?: boolean;
-  resilience?: string;
-  resilienceHash?: string;
-  hotzoneSize?: string;
-  cipher?: string;
-  keySize?: string;
-  sectorSize?: string;
-  encrypt?: boolean;
-  decrypt?: boolean;
-  type?: string;
-  reduceDeviceSize?: string;
-  header?: string;
-  hash?: string;
-  pbkdf?: string;
-  iterTime?: string;
-  pbkdfForceIterations?: string;
-  pbkdfMemory?: string;
-  pbkdfParallel?: string;
-  workers?: string;
-  json?: boolean;
-}
 
 /**
  * The passphrase: --key-id, --key-file, the volume's brickcrypt-key-manager token, or typed at a
@@ -156,11 +125,10 @@ sectors, pbkdf2 keyslots keeping their numbers); a crash in any phase is resumed
 ${KEY_MANAGER_HELP}`)
     .action(async (volume: string, o: ReencryptCliOptions) => {
       if (o.encrypt && o.decrypt) throw new InvalidArgumentError('Give --encrypt or --decrypt, not both.');
-      if (o.encrypt || (o as { srcFormat?: string }).srcFormat !== undefined) {
+      if (o.encrypt || o.srcFormat !== undefined) {
         const input = await keyInput(o, volume);
-        const tries = input.interactive ? (o.tries === undefined ? DEFAULT_TRIES : parseInteger(o.tries, 'tries', 1, 1000)) : 1;
         const { runEncrypt } = await import('./reencrypt-encrypt.js');
-        return runEncrypt(volume, o, input, tries);
+        return runEncrypt(volume, o, input);
       }
       const decrypt = await import('./reencrypt-decrypt.js');
       if (await decrypt.isDecryption(volume, o)) return decrypt.decryptAction(volume, o);
@@ -170,64 +138,27 @@ ${KEY_MANAGER_HELP}`)
       const resilience = o.resilience === undefined ? undefined : parseChoice(o.resilience, 'resilience', ['checksum', 'journal', 'none', 'datashift'] as const);
       if (resilience === 'datashift') throw new NotImplementedError('A re-key with resilience datashift (moving the data) is not built; --encrypt uses datashift by itself.');
       if (o.resumeOnly && o.initOnly) throw new InvalidArgumentError('Give --resume-only or --init-only, not both.');
-      const json = o.json === true;
       const input = await keyInput(o, volume);
-      const tries = input.interactive ? (o.tries === undefined ? DEFAULT_TRIES : parseInteger(o.tries, 'tries', 1, 1000)) : 1;
       const { reencryptVolume } = await import('../../workflows/reencrypt.js');
-      const { WrongPassphraseError } = await import('../../errors.js');
-      const progress = progressReporter(json, 'reencrypt');
       // A volume served by `attach` is re-keyed by that process (docs/reencrypt.md, "Online").
       const held = await acquireOrOnline(volume, o);
-      const lock = held.lock;
-      let report: ReencryptReport | undefined;
-      try {
-        for (let attempt = 1; ; attempt++) {
-          const passphrase: Passphrase = await input.read();
-          try {
-            report = await withCancellation((signal) =>
-              (held.online ?? reencryptVolume)(volume, {
-                passphrases: [passphrase],
-                ...(o.header !== undefined ? { header: o.header } : {}),
-                ...(o.keySlot !== undefined ? { keyslot: parseInteger(o.keySlot, 'key-slot', 0, 31) } : {}),
-                ...(o.resumeOnly ? { resumeOnly: true } : {}),
-                ...(o.initOnly ? { initOnly: true } : {}),
-                ...(resilience !== undefined ? { resilience } : {}),
-                ...(o.resilienceHash !== undefined ? { resilienceHash: o.resilienceHash } : {}),
-                ...(o.hotzoneSize !== undefined ? { hotzoneSize: parseSize(o.hotzoneSize, 'hotzone-size') } : {}),
-                ...(o.cipher !== undefined ? { cipher: o.cipher } : {}),
-                ...(o.keySize !== undefined ? { keySizeBits: parseInteger(o.keySize, 'key-size', 128, 4096) } : {}),
-                ...(o.sectorSize !== undefined ? { sectorSize: parseInteger(o.sectorSize, 'sector-size', 512, 4096) } : {}),
-                ...(o.hash !== undefined ? { hash: o.hash } : {}),
-                ...(o.pbkdf !== undefined ? { pbkdf: parseChoice(o.pbkdf, 'pbkdf', ['pbkdf2', 'argon2i', 'argon2id'] as const) } : {}),
-                ...(o.iterTime !== undefined ? { iterTimeMs: parseInteger(o.iterTime, 'iter-time', 1) } : {}),
-                ...(o.pbkdfForceIterations !== undefined ? { iterations: parseInteger(o.pbkdfForceIterations, 'pbkdf-force-iterations', 1, 0xffffffff) } : {}),
-                ...(o.pbkdfMemory !== undefined ? { memoryKiB: parseInteger(o.pbkdfMemory, 'pbkdf-memory', 32, 4 * 1024 * 1024) } : {}),
-                ...(o.pbkdfParallel !== undefined ? { parallel: parseInteger(o.pbkdfParallel, 'pbkdf-parallel', 1, 16) } : {}),
-                ...(o.workers !== undefined ? { workers: parseInteger(o.workers, 'workers', 0, 64) } : {}),
-                signal,
-                onProgress: ({ done, total }) => progress.update({ bytes: done, total }),
-              }),
-            );
-            break;
-          } catch (err) {
-            if (!(err instanceof WrongPassphraseError) || attempt >= tries) throw err;
-            process.stderr.write('No key available with this passphrase.\n');
-          } finally {
-            passphrase.wipe();
-          }
-        }
-      } catch (err) {
-        if (err instanceof CancelledError) {
-          progress.stop();
-          process.stderr.write(`${volume}: reencryption stopped at a consistent point; resume with \`brickcrypt reencrypt --resume-only ${volume}\`.\n`);
-        }
-        throw err;
-      } finally {
-        progress.stop();
-        await lock?.release();
-      }
-      const peakRssBytes = process.resourceUsage().maxRSS * 1024;
-      if (json) process.stdout.write(JSON.stringify({ event: 'done', ...report, peakRssBytes }) + '\n');
-      else process.stdout.write(describe(volume, report!));
+      await runMode<ReencryptReport>({
+        volume,
+        o,
+        input,
+        label: 'reencrypt',
+        noun: 'reencryption',
+        ...(held.lock ? { lock: held.lock } : {}),
+        run: (passphrase, signal, onProgress) =>
+          (held.online ?? reencryptVolume)(volume, {
+            passphrases: [passphrase],
+            ...commonEngineOptions(o),
+            ...newEncryptionOptions(o),
+            ...(resilience !== undefined ? { resilience } : {}),
+            signal,
+            onProgress,
+          }),
+        describe: (r) => describe(volume, r),
+      });
     });
 }
