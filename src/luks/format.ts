@@ -15,7 +15,7 @@ import type { VolumeKey } from '../secret.js';
 import { pbkdf2Digest } from './keyslot-crypto.js';
 import { digestIterations } from './kdf-choice.js';
 import { DEFAULT_ALIGNMENT, LUKS2_DEFAULTS, luks1KeyslotLayout, luks2DefaultDataOffset, luks2KeyslotAreaBytes, roundUp } from './layout.js';
-import type { Luks2HeaderState } from './luks2-io.js';
+import { newLuks2HeaderState } from './luks2-io.js';
 import type { FormatOptions } from './options.js';
 import type { LuksHeaderState } from './state.js';
 
@@ -146,26 +146,7 @@ export async function writeLuks2Skeleton(n: NewHeader, options: FormatOptions): 
     },
     config: { json_size: String(hdrSize - 4096), keyslots_size: String(keyslotsSize) },
   };
-  const h2: Luks2HeaderState = {
-    bin: {
-      magic: new Uint8Array(6),
-      version: 2,
-      hdrSize,
-      seqid: 0n,
-      label: options.label ?? '',
-      checksumAlg: 'sha256',
-      salt: new Uint8Array(64),
-      uuid: n.uuid,
-      subsystem: options.subsystem ?? '',
-      hdrOffset: 0,
-      checksum: new Uint8Array(64),
-      padding: new Uint8Array(184),
-      padding4096: new Uint8Array(3584),
-    },
-    metadata,
-    escapeSlashes: false,
-    salts: [new Uint8Array(randomBytes(64)), new Uint8Array(randomBytes(64))],
-  };
+  const h2 = newLuks2HeaderState({ hdrSize, metadata, uuid: n.uuid, label: options.label ?? '', subsystem: options.subsystem ?? '' });
   await header.writeZeroes(0, metaEnd);
   await header.flush();
   return { version: 2, h2 };

@@ -41,6 +41,37 @@ export interface Luks2HeaderState {
   salts: [Uint8Array, Uint8Array];
 }
 
+/**
+ * The in-memory state of a new LUKS2 header (both copies get fresh salts; the binary fields are
+ * filled in when written). `seqid` 0 for a new volume; a header that replaces another one
+ * carries a higher one.
+ *
+ * @example
+ * await writeLuks2Headers(device, newLuks2HeaderState({ hdrSize: 16384, metadata, uuid }));
+ */
+export function newLuks2HeaderState(o: { hdrSize: number; metadata: Luks2Metadata; uuid: string; label?: string; subsystem?: string; seqid?: bigint }): Luks2HeaderState {
+  return {
+    bin: {
+      magic: new Uint8Array(6),
+      version: 2,
+      hdrSize: o.hdrSize,
+      seqid: o.seqid ?? 0n,
+      label: o.label ?? '',
+      checksumAlg: 'sha256',
+      salt: new Uint8Array(64),
+      uuid: o.uuid,
+      subsystem: o.subsystem ?? '',
+      hdrOffset: 0,
+      checksum: new Uint8Array(64),
+      padding: new Uint8Array(184),
+      padding4096: new Uint8Array(3584),
+    },
+    metadata: o.metadata,
+    escapeSlashes: false,
+    salts: [new Uint8Array(randomBytes(64)), new Uint8Array(randomBytes(64))],
+  };
+}
+
 export interface Luks2ReadResult {
   state: Luks2HeaderState;
   /** Copies that are damaged or older than the winner and should be rewritten. */

@@ -51,7 +51,7 @@ import { MemoryDevice } from '../../devices/memory-device.js';
 import type { KdfOptions } from '../options.js';
 import { onlineReencryptVersion } from '../requirements.js';
 import { DEFAULT_HOTZONE_BYTES, largestFreeArea, type Resilience, type ZoneChecksums, type ZoneSide } from './engine.js';
-import { createDigest, openKeys, openReencryptKeys, verifyReencryptDigest } from './keys.js';
+import { createDigest, openKeys, openReencryptKeys, startSegment, verifyReencryptDigest } from './keys.js';
 
 /** Decrypts pieces of old ciphertext in place. */
 export interface DecryptCipher {
@@ -557,20 +557,7 @@ async function runZones(header: BlockDevice, data: BlockDevice, st: Luks2HeaderS
  */
 async function initDecrypt(header: BlockDevice, device: BlockDevice, st: Luks2HeaderState, options: DecryptOptions): Promise<{ key: VolumeKey; state: ReencryptState }> {
   const meta = structuredClone(st.metadata);
-  const segIds = Object.keys(meta.segments);
-  if (segIds.length !== 1 || meta.segments[segIds[0]!]!.type !== 'crypt') throw new UnsupportedError('Decryption needs a LUKS2 volume with one crypt data segment.');
-  const segId = segIds[0]!;
-  const old = meta.segments[segId]!;
-  if (old.size !== 'dynamic') throw new UnsupportedError('Decryption of a LUKS2 segment with a fixed size is not supported.');
-  if (old.flags && old.flags.length > 0) throw new UnsupportedError(`The data segment carries flags (${old.flags.join(', ')}).`);
-  const oldDigestId = Object.keys(meta.digests).find((d) => meta.digests[d]!.segments.includes(segId));
-  if (oldDigestId === undefined) throw new CorruptHeaderError('LUKS2 data segment has no digest.');
-  const bound = meta.digests[oldDigestId]!.keyslots.filter((k) => meta.keyslots[k]?.type === 'luks2');
-  let wanted = bound;
-  if (options.keyslot !== undefined) {
-    if (!bound.includes(String(options.keyslot))) throw new InvalidArgumentError(`Keyslot ${options.keyslot} does not hold the volume key.`);
-    wanted = [String(options.keyslot)];
-  }
+  const { segId, segment: old, digestId: oldDigestId, keyslotIds: wanted } = startSegment(meta, options.keyslot, 'Decryption');
   const { keys } = await openKeys(header, meta, options.passphrases, { keyslotIds: wanted, stopWhen: (k) => k.has(oldDigestId) });
   const key = keys.get(oldDigestId);
   for (const [d, k] of keys) if (d !== oldDigestId) k.wipe();

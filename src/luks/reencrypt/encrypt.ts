@@ -59,7 +59,7 @@ import { SliceDevice } from '../../devices/slice-device.js';
 import { isXtsWeak } from '../format.js';
 import { allocateLuks2Area, sealLuks2Keyslot } from '../keyslot-store.js';
 import { LUKS2_DEFAULTS, defaultKeyBytes, luks2KeyslotAreaBytes } from '../layout.js';
-import { buildLuks2Copy, readLuks2Headers, writeLuks2Headers, type Luks2HeaderState } from '../luks2-io.js';
+import { buildLuks2Copy, newLuks2HeaderState, readLuks2Headers, writeLuks2Headers, type Luks2HeaderState } from '../luks2-io.js';
 import type { KdfOptions } from '../options.js';
 import { onlineReencryptVersion } from '../requirements.js';
 import { createDigest, openReencryptKeys, verifyReencryptDigest } from './keys.js';
@@ -584,26 +584,7 @@ async function initEncrypt(device: BlockDevice, options: EncryptOptions, report:
     }
     validateReencryptState(meta, decodeReencryptState(meta)!);
     validateLuks2Metadata(meta, { hdrSize });
-    const st: Luks2HeaderState = {
-      bin: {
-        magic: new Uint8Array(6),
-        version: 2,
-        hdrSize,
-        seqid: 1n,
-        label: options.label ?? '',
-        checksumAlg: 'sha256',
-        salt: new Uint8Array(64),
-        uuid: options.uuid ?? randomUUID(),
-        subsystem: '',
-        hdrOffset: 0,
-        checksum: new Uint8Array(64),
-        padding: new Uint8Array(184),
-        padding4096: new Uint8Array(3584),
-      },
-      metadata: meta,
-      escapeSlashes: false,
-      salts: [new Uint8Array(randomBytes(64)), new Uint8Array(randomBytes(64))],
-    };
+    const st = newLuks2HeaderState({ hdrSize, metadata: meta, uuid: options.uuid ?? randomUUID(), label: options.label ?? '', seqid: 1n });
     const image = new Uint8Array(shift);
     image.set(sealed.material, area.offset);
     image.set(buildLuks2Copy(st, 'primary'), 0);
@@ -815,26 +796,7 @@ async function initDetached(device: BlockDevice, header: BlockDevice, options: E
       vdata.fill(0);
     }
     validateReencryptState(meta, decodeReencryptState(meta)!);
-    const st: Luks2HeaderState = {
-      bin: {
-        magic: new Uint8Array(6),
-        version: 2,
-        hdrSize,
-        seqid: 0n,
-        label: options.label ?? '',
-        checksumAlg: 'sha256',
-        salt: new Uint8Array(64),
-        uuid: options.uuid ?? randomUUID(),
-        subsystem: '',
-        hdrOffset: 0,
-        checksum: new Uint8Array(64),
-        padding: new Uint8Array(184),
-        padding4096: new Uint8Array(3584),
-      },
-      metadata: meta,
-      escapeSlashes: false,
-      salts: [new Uint8Array(randomBytes(64)), new Uint8Array(randomBytes(64))],
-    };
+    const st = newLuks2HeaderState({ hdrSize, metadata: meta, uuid: options.uuid ?? randomUUID(), label: options.label ?? '' });
     // The header device only: the data is not touched until the engine runs.
     await header.writeZeroes(0, metaEnd);
     await header.write(sealed.material, area.offset);

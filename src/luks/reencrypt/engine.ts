@@ -62,7 +62,7 @@ import { defaultKeyBytes, luks2KeyslotAreaBytes } from '../layout.js';
 import { readLuks2Headers, writeLuks2Headers, type Luks2HeaderState } from '../luks2-io.js';
 import type { KdfOptions } from '../options.js';
 import { onlineReencryptVersion } from '../requirements.js';
-import { createDigest, openKeys, openReencryptKeys, verifyReencryptDigest } from './keys.js';
+import { createDigest, openKeys, openReencryptKeys, startSegment, verifyReencryptDigest } from './keys.js';
 
 export type Resilience = 'checksum' | 'journal' | 'none';
 
@@ -666,20 +666,7 @@ async function initReencrypt(
   options: ReencryptOptions,
 ): Promise<{ keys: { old: VolumeKey; new: VolumeKey }; state: ReencryptState }> {
   const meta = structuredClone(st.metadata);
-  const segIds = Object.keys(meta.segments);
-  if (segIds.length !== 1 || meta.segments[segIds[0]!]!.type !== 'crypt') throw new UnsupportedError('Reencryption needs a LUKS2 volume with one crypt data segment.');
-  const segId = segIds[0]!;
-  const old = meta.segments[segId]!;
-  if (old.size !== 'dynamic') throw new UnsupportedError('Reencryption of a LUKS2 segment with a fixed size is not supported.');
-  if (old.flags && old.flags.length > 0) throw new UnsupportedError(`The data segment carries flags (${old.flags.join(', ')}).`);
-  const oldDigestId = Object.keys(meta.digests).find((d) => meta.digests[d]!.segments.includes(segId));
-  if (oldDigestId === undefined) throw new CorruptHeaderError('LUKS2 data segment has no digest.');
-  const bound = meta.digests[oldDigestId]!.keyslots.filter((k) => meta.keyslots[k]?.type === 'luks2');
-  let wanted = bound;
-  if (options.keyslot !== undefined) {
-    if (!bound.includes(String(options.keyslot))) throw new InvalidArgumentError(`Keyslot ${options.keyslot} does not hold the volume key.`);
-    wanted = [String(options.keyslot)];
-  }
+  const { segId, segment: old, digestId: oldDigestId, keyslotIds: wanted } = startSegment(meta, options.keyslot, 'Reencryption');
   const { keys, opened } = await openKeys(header, meta, options.passphrases, { keyslotIds: wanted });
   let newKey: VolumeKey | undefined;
   try {

@@ -6,8 +6,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { BlockDevice } from '../../block-device.js';
-import { CorruptHeaderError, WrongPassphraseError } from '../../errors.js';
-import type { Luks2Digest, Luks2Metadata } from '../../formats/luks2/metadata.js';
+import { CorruptHeaderError, InvalidArgumentError, UnsupportedError, WrongPassphraseError } from '../../errors.js';
+import type { Luks2Digest, Luks2Metadata, Luks2Segment } from '../../formats/luks2/metadata.js';
 import { reencryptVerificationData, type ReencryptState } from '../../formats/luks2/reencrypt-state.js';
 import type { Passphrase, VolumeKey } from '../../secret.js';
 import { pbkdf2Digest } from '../keyslot-crypto.js';
@@ -98,4 +98,24 @@ export async function openReencryptKeys(header: BlockDevice, meta: Luks2Metadata
   if (state.newDigestId !== undefined) out.new = keys.get(state.newDigestId)!;
   for (const [d, k] of keys) if (d !== state.oldDigestId && d !== state.newDigestId) k.wipe();
   return out;
+}
+
+/**
+ * The one dynamic-size crypt segment a reencryption or decryption starts from, its digest, and
+ * the keyslots to open: every keyslot of that key, or only `keyslot`. Refuses other layouts
+ * (several or flagged segments, a fixed size) before anything is written.
+ */
+export function startSegment(meta: Luks2Metadata, keyslot: number | undefined, what: 'Reencryption' | 'Decryption'): { segId: string; segment: Luks2Segment; digestId: string; keyslotIds: string[] } {
+  const segIds = Object.keys(meta.segments);
+  if (segIds.length !== 1 || meta.segments[segIds[0]!]!.type !== 'crypt') throw new UnsupportedError(`${what} needs a LUKS2 volume with one crypt data segment.`);
+  const segId = segIds[0]!;
+  const segment = meta.segments[segId]!;
+  if (segment.size !== 'dynamic') throw new UnsupportedError(`${what} of a LUKS2 segment with a fixed size is not supported.`);
+  if (segment.flags && segment.flags.length > 0) throw new UnsupportedError(`The data segment carries flags (${segment.flags.join(', ')}).`);
+  const digestId = Object.keys(meta.digests).find((d) => meta.digests[d]!.segments.includes(segId));
+  if (digestId === undefined) throw new CorruptHeaderError('LUKS2 data segment has no digest.');
+  const bound = meta.digests[digestId]!.keyslots.filter((k) => meta.keyslots[k]?.type === 'luks2');
+  if (keyslot === undefined) return { segId, segment, digestId, keyslotIds: bound };
+  if (!bound.includes(String(keyslot))) throw new InvalidArgumentError(`Keyslot ${keyslot} does not hold the volume key.`);
+  return { segId, segment, digestId, keyslotIds: [String(keyslot)] };
 }
