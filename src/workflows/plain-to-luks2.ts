@@ -29,7 +29,7 @@ import { poolSide, poolTransform } from './pool-zone-ciphers.js';
 /** The key check value: PBKDF2-SHA256 of the plain key (a full-entropy key needs no slow KDF). */
 const CHECK_ITERATIONS = 1000;
 
-export interface EncryptPlainOptions extends Omit<EncryptVolumeOptions, 'header' | 'reduceDeviceSize'> {
+export interface EncryptPlainOptions extends Omit<EncryptVolumeOptions, 'header'> {
   /** The plain volume's parameters (`--src-cipher`, `--src-key-size`, `--src-skip`, ...). */
   plain: PlainParams;
   /** Its volume key (the caller keeps and wipes it). */

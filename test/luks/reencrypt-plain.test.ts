@@ -119,6 +119,24 @@ for (const [label, options] of [
   });
 }
 
+test('plain -> LUKS2 with --reduce-device-size (a device that cannot grow): the plaintext before the given-up end survives, the device keeps its size', async () => {
+  const N = 4 * MIB;
+  const R = 2 * MIB;
+  const plain = new Uint8Array(randomBytes(N));
+  const params = resolvePlainParams({ cipher: 'aes-xts-plain64', keyBits: 256 });
+  const key = randomBytes(32);
+  // A MemoryDevice cannot grow, as a block device.
+  const dev = new MemoryDevice(new Uint8Array(N));
+  await plainVolume(dev, params, key, plain);
+  const report = await encryptLuks2(dev, sourceOpts(params, key, { headerSize: undefined, hotzoneSize: undefined, reduceDeviceSize: R }));
+  assert.equal(report.finished, true);
+  assert.equal(dev.size, N, 'the device keeps its size');
+  assert.equal(report.lostBytes, R);
+  const out = await luksPlaintext(dev);
+  same(out.subarray(0, N - R), plain.subarray(0, N - R), 'plaintext before the given-up end');
+  assert.ok(!leaksPlaintext(dev.bytes, plain), 'no plaintext block reached the device');
+});
+
 function sourceOpts(params: PlainParams, key: Uint8Array, extra: Partial<EncryptOptions> = {}): EncryptOptions {
   const plainKey = new VolumeKey(new Uint8Array(key));
   return {

@@ -46,7 +46,7 @@ async function plainSourceOf(volume: string, o: EncryptCliOptions): Promise<{ ke
     return undefined;
   }
   if (o.srcFormat !== 'plain') throw new InvalidArgumentError(`--src-format: in-place encryption converts plaintext (no option) or a plain dm-crypt volume (plain), not ${o.srcFormat}.`);
-  if (o.header !== undefined || o.reduceDeviceSize !== undefined) throw new InvalidArgumentError('Converting a plain dm-crypt volume in place grows the file for the header: --header and --reduce-device-size are not supported with --src-format plain.');
+  if (o.header !== undefined) throw new InvalidArgumentError('Converting a plain dm-crypt volume in place puts the LUKS2 header on the device: --header is not supported with --src-format plain.');
   if (o.srcKeyFile !== undefined && o.srcKeyId !== undefined) throw new InvalidArgumentError('Give one of --src-key-file or --src-key-id.');
   const srcKeyId = o.srcKeyId;
   const source = plainSourceFrom(o as Record<string, unknown>, 'src-', {
