@@ -58,7 +58,7 @@ import {
   sealLuks2Keyslot,
 } from './keyslot-store.js';
 import type { LuksHeaderState } from './state.js';
-import { payloadFence } from './requirements.js';
+import { onlineReencryptVersion, payloadFence } from './requirements.js';
 
 export { LUKS2_DEFAULTS, plannedDataOffset, plannedHeaderSize } from './layout.js';
 
@@ -257,7 +257,11 @@ export class LuksVolume {
   get readOnlyReason(): string | undefined {
     if (this.#state.version !== 2) return undefined;
     const req = mandatoryRequirements(this.#state.h2.metadata);
-    return req.length > 0 ? `LUKS2 volume has unsupported mandatory requirements: ${req.join(', ')}.` : undefined;
+    if (req.length === 0) return undefined;
+    const unknown = req.filter((r) => onlineReencryptVersion(r) === undefined);
+    // A recorded reencryption is not "unsupported": brickcrypt reencrypt finishes it.
+    if (unknown.length === 0) return `LUKS2 volume has a reencryption in progress (${req.join(', ')}); finish it with brickcrypt reencrypt --resume-only.`;
+    return `LUKS2 volume has unsupported mandatory requirements: ${unknown.join(', ')}.`;
   }
 
   /**
