@@ -13,15 +13,14 @@ import { EXIT_CODES } from '../../src/errors.js';
 import { VolumeLock } from '../../src/devices/volume-lock.js';
 import { cliPath, needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { CS_OFFLINE, cryptsetupMetadata, cryptsetupVolumeWithData, readPlaintext } from '../helpers/reencrypt-states.js';
+import { equalPlain } from '../helpers/plaintext.js';
 
 const skip = needTools('cryptsetup');
 const PASS = 'cli pass';
 const FAST = ['--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000'];
 const fileHash = (p: string): string => createHash('sha256').update(readFileSync(p)).digest('hex');
 
-function same(a: Uint8Array, b: Uint8Array, label: string): void {
-  if (Buffer.compare(a, b) !== 0) assert.fail(`${label}: plaintext differs`);
-}
+const same = equalPlain;
 
 async function setup(dir: string, size = 40 << 20): Promise<{ img: string; keyFile: string; plain: Uint8Array }> {
   const img = join(dir, 'vol.img');

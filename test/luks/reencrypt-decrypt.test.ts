@@ -29,6 +29,7 @@ import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-
 import { cliPath, needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
 import { VolumeLock } from '../../src/devices/volume-lock.js';
 import { CS_FAST, CS_OFFLINE, cryptsetupMetadata } from '../helpers/reencrypt-states.js';
+import { equalPlain } from '../helpers/plaintext.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
 const PASS = 'decrypt me';
@@ -38,12 +39,6 @@ function opts(headerDevice: BlockDevice, extra: Partial<DecryptOptions> = {}): D
   return { headerDevice, passphrases: [Passphrase.fromString(PASS)], ...FAST, hotzoneSize: 64 * 1024, ...extra };
 }
 
-function equalPlain(actual: Uint8Array, expected: Uint8Array, label: string): void {
-  if (Buffer.compare(actual, expected) === 0) return;
-  let i = 0;
-  while (i < actual.length && actual[i] === expected[i]) i++;
-  assert.fail(`${label}: plaintext differs at byte ${i} (lengths ${actual.length}/${expected.length})`);
-}
 
 async function fill(data: BlockDevice, volume: LuksVolume, key: VolumeKey): Promise<Uint8Array> {
   const view = EncryptedDevice.open(data, volume, key);

@@ -27,6 +27,7 @@ import { cliPath, needRoot, needTools, run, runCli, runStatus, tempDir } from '.
 import { spawn } from 'node:child_process';
 import { EXIT_CODES } from '../../src/errors.js';
 import { CS_FAST, CS_OFFLINE, cryptsetupMetadata, readPlaintext } from '../helpers/reencrypt-states.js';
+import { contains, equalPlain, luksPlaintext } from '../helpers/plaintext.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
 const PASS = 'encrypt me';
@@ -37,26 +38,9 @@ function opts(extra: Partial<EncryptOptions> = {}): EncryptOptions {
   return { passphrases: [Passphrase.fromString(PASS)], ...FAST, headerSize: 512 * KIB, hotzoneSize: 128 * KIB, ...extra };
 }
 
-async function plaintextOf(dev: BlockDevice, pass = PASS): Promise<Uint8Array> {
-  const vol = await LuksVolume.open(dev, { readOnly: true });
-  const { key } = await vol.unlock(Passphrase.fromString(pass));
-  const view = EncryptedDevice.open(dev, vol, key, { readOnly: true });
-  const out = new Uint8Array(view.size);
-  await view.read(out, 0);
-  await view.close();
-  return out;
-}
+const plaintextOf = (dev: BlockDevice, pass = PASS): Promise<Uint8Array> => luksPlaintext(dev, pass);
 
-function equalPlain(actual: Uint8Array, expected: Uint8Array, label: string): void {
-  if (Buffer.compare(actual, expected) === 0) return;
-  let i = 0;
-  while (i < actual.length && actual[i] === expected[i]) i++;
-  assert.fail(`${label}: plaintext differs at byte ${i} (lengths ${actual.length}/${expected.length})`);
-}
 
-function contains(hay: Uint8Array, needle: Uint8Array): boolean {
-  return Buffer.from(hay).indexOf(Buffer.from(needle)) >= 0;
-}
 
 test('encrypt a growable device: same plaintext, usable size unchanged, no state or plaintext left', async () => {
   const P = 1536 * KIB;

@@ -18,6 +18,7 @@ import { CancelledError } from '../../src/errors.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
 import { needTools, run, runStatus, tempDir } from '../helpers/tools.js';
 import { CS_OFFLINE, cryptsetupInitOnly, cryptsetupKilled, cryptsetupMetadata, cryptsetupVolumeWithData, readPlaintext } from '../helpers/reencrypt-states.js';
+import { equalPlain } from '../helpers/plaintext.js';
 
 const skip = needTools('cryptsetup');
 const PASS = 'interop pass';
@@ -36,9 +37,7 @@ async function onFile<T>(path: string, fn: (dev: FileDevice) => Promise<T>): Pro
   }
 }
 
-function same(a: Uint8Array, b: Uint8Array, label: string): void {
-  if (Buffer.compare(a, b) !== 0) assert.fail(`${label}: plaintext differs`);
-}
+const same = equalPlain;
 
 /** cryptsetup accepts the volume: no requirement left, the passphrase opens it, one digest. */
 function cryptsetupAccepts(img: string, keyFile: string): void {

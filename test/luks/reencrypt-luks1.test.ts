@@ -25,6 +25,7 @@ import { InvalidArgumentError, Luks1ReencryptRefusedError, WrongPassphraseError 
 import { reencryptVolume } from '../../src/workflows/reencrypt.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
 import { extractFixture, needFixtures, needTools, run, runCli, tempDir } from '../helpers/tools.js';
+import { equalPlain } from '../helpers/plaintext.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
 const PASS = 'luks1 pass';
@@ -80,12 +81,6 @@ async function open(dev: BlockDevice, pass = PASS): Promise<{ version: number; k
   return { version: vol.version, key: keyBytes, plain, keyslot: Number(keyslot) };
 }
 
-function equalPlain(actual: Uint8Array, expected: Uint8Array, label: string): void {
-  if (Buffer.compare(actual, expected) === 0) return;
-  let i = 0;
-  while (actual[i] === expected[i]) i++;
-  assert.fail(`${label}: plaintext differs at byte ${i} (lengths ${actual.length}/${expected.length})`);
-}
 
 /** The volume is a finished LUKS1 re-key: LUKS1, no marker, no LUKS2 copy left in the header area. */
 async function assertFinishedLuks1(dev: MemoryDevice, label: string): Promise<void> {

@@ -27,6 +27,7 @@ import { NBD_CMD } from '../../src/nbd/protocol/constants.js';
 import { RawClient } from '../nbd/raw-client.js';
 import { cliPath, needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { cryptsetupMetadata, cryptsetupVolumeWithData, readPlaintext } from '../helpers/reencrypt-states.js';
+import { equalPlain, luksPlaintext } from '../helpers/plaintext.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
 const PASS = 'online pass';
@@ -56,15 +57,7 @@ async function served(dev: BlockDevice): Promise<{ view: ReencryptingDevice; ree
   return { view, reencryptor, pool };
 }
 
-async function plaintextOf(dev: BlockDevice): Promise<Uint8Array> {
-  const vol = await LuksVolume.open(dev, { readOnly: true });
-  const { key } = await vol.unlock(Passphrase.fromString(PASS));
-  const view = EncryptedDevice.open(dev, vol, key, { readOnly: true });
-  const out = new Uint8Array(view.size);
-  await view.read(out, 0);
-  await view.close();
-  return out;
-}
+const plaintextOf = (dev: BlockDevice): Promise<Uint8Array> => luksPlaintext(dev, PASS);
 
 function firstDiff(a: Uint8Array, b: Uint8Array): number {
   const n = Math.min(a.length, b.length);
@@ -346,10 +339,7 @@ test('OnlineReencryptor: one run at a time; control options are checked', async 
 
 // ---- CLI: `attach` serving over NBD while `brickcrypt reencrypt` (another process) re-keys it ----
 
-function same(a: Uint8Array, b: Uint8Array, label: string): void {
-  const d = firstDiff(a, b);
-  if (d >= 0) assert.fail(`${label}: plaintext differs at byte ${d}`);
-}
+const same = equalPlain;
 
 const CLI_FAST = ['--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000'];
 

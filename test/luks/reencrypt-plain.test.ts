@@ -25,6 +25,7 @@ import { decodeReencryptState } from '../../src/formats/luks2/reencrypt-state.js
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
 import { needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
 import type { BlockDevice } from '../../src/block-device.js';
+import { equalPlain, luksPlaintext } from '../helpers/plaintext.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
 const PASS = 'luks passphrase';
@@ -40,15 +41,7 @@ async function plainVolume(dev: BlockDevice, params: PlainParams, key: Uint8Arra
   await view.close();
 }
 
-async function luksPlaintext(dev: BlockDevice, pass = PASS): Promise<Uint8Array> {
-  const vol = await LuksVolume.open(dev, { readOnly: true });
-  const { key } = await vol.unlock(Passphrase.fromString(pass));
-  const view = EncryptedDevice.open(dev, vol, key, { readOnly: true });
-  const out = new Uint8Array(view.size);
-  await view.read(out, 0);
-  await view.close();
-  return out;
-}
+const plainOf = (dev: BlockDevice, pass = PASS): Promise<Uint8Array> => luksPlaintext(dev, pass);
 
 /** True when any 4096-byte block of `plain` appears in `image` (plaintext written to the device). */
 function leaksPlaintext(image: Uint8Array, plain: Uint8Array): boolean {
@@ -58,12 +51,7 @@ function leaksPlaintext(image: Uint8Array, plain: Uint8Array): boolean {
   return false;
 }
 
-function same(a: Uint8Array, b: Uint8Array, label: string): void {
-  if (Buffer.compare(a, b) === 0) return;
-  let i = 0;
-  while (i < a.length && a[i] === b[i]) i++;
-  assert.fail(`${label}: differs at byte ${i} (lengths ${a.length}/${b.length})`);
-}
+const same = equalPlain;
 
 for (const [label, options] of [
   ['aes-xts-plain64, 512-bit key, skip 8, on the calling thread', { cipher: 'aes-xts-plain64', keyBits: 512, skip: 8, workers: 0 }],
@@ -90,7 +78,7 @@ for (const [label, options] of [
       assert.ok(!leaksPlaintext(image, plain), 'no plaintext block reached the device');
       const dev = await FileDevice.open(path, { readOnly: true });
       try {
-        same(await luksPlaintext(dev), plain, 'LUKS2 plaintext');
+        same(await plainOf(dev), plain, 'LUKS2 plaintext');
         const { state } = await readLuks2Headers(dev, dev.size);
         assert.equal(state.metadata.config.requirements?.mandatory, undefined, 'no requirement left');
         assert.deepEqual(Object.keys(state.metadata.tokens), [], 'no token left');
@@ -132,7 +120,7 @@ test('plain -> LUKS2 with --reduce-device-size (a device that cannot grow): the 
   assert.equal(report.finished, true);
   assert.equal(dev.size, N, 'the device keeps its size');
   assert.equal(report.lostBytes, R);
-  const out = await luksPlaintext(dev);
+  const out = await plainOf(dev);
   same(out.subarray(0, N - R), plain.subarray(0, N - R), 'plaintext before the given-up end');
   assert.ok(!leaksPlaintext(dev.bytes, plain), 'no plaintext block reached the device');
 });
@@ -185,7 +173,7 @@ test('power cut after EVERY write of a plain -> LUKS2 conversion (torn at 512 by
         }
       }
     }
-    same(await luksPlaintext(after), plain, `power cut after write ${cut}`);
+    same(await plainOf(after), plain, `power cut after write ${cut}`);
     if (done) break;
   }
   assert.ok(cut > 30 && resumed > 20, `${cut} write boundaries, ${resumed} resumed`);
@@ -230,7 +218,7 @@ test('while a conversion is recorded: cryptsetup refuses the volume; a resume wi
     try {
       const report = await encryptLuks2(dev2, sourceOpts(params, key, { resumeOnly: true }));
       assert.equal(report.finished, true);
-      same(await luksPlaintext(dev2), plain, 'finished after the refusals');
+      same(await plainOf(dev2), plain, 'finished after the refusals');
     } finally {
       await dev2.close();
     }
@@ -272,7 +260,7 @@ test('CLI: reencrypt --encrypt --src-format plain converts a plain volume (key f
     assert.match(r.stdout, /encryption finished/);
     const dev = await FileDevice.open(path, { readOnly: true });
     try {
-      same(await luksPlaintext(dev), plain, 'CLI conversion');
+      same(await plainOf(dev), plain, 'CLI conversion');
     } finally {
       await dev.close();
     }

@@ -19,6 +19,7 @@ import { readLuks2Headers, writeLuks2Headers } from '../../src/luks/luks2-io.js'
 import { decodeReencryptState } from '../../src/formats/luks2/reencrypt-state.js';
 import { openKeys } from '../../src/luks/reencrypt/keys.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
+import { contains, equalPlain, luksPlaintext } from '../helpers/plaintext.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
 const PASS = 'old and new';
@@ -47,30 +48,13 @@ async function smallVolume(payload: number, options: { sectorSize?: 512 | 4096; 
   return { dev, plain, oldKey };
 }
 
-async function plaintextOf(dev: BlockDevice, pass = PASS): Promise<Uint8Array> {
-  const vol = await LuksVolume.open(dev, { readOnly: true });
-  const { key } = await vol.unlock(Passphrase.fromString(pass));
-  const view = EncryptedDevice.open(dev, vol, key, { readOnly: true });
-  const out = new Uint8Array(view.size);
-  await view.read(out, 0);
-  await view.close();
-  return out;
-}
+const plaintextOf = (dev: BlockDevice, pass = PASS): Promise<Uint8Array> => luksPlaintext(dev, pass);
 
 function opts(extra: Partial<ReencryptOptions> = {}): ReencryptOptions {
   return { passphrases: [Passphrase.fromString(PASS)], ...FAST, hotzoneSize: 64 * 1024, ...extra };
 }
 
-function contains(hay: Uint8Array, needle: Uint8Array): boolean {
-  return Buffer.from(hay).indexOf(Buffer.from(needle)) >= 0;
-}
 
-function equalPlain(actual: Uint8Array, expected: Uint8Array, label: string): void {
-  if (Buffer.compare(actual, expected) === 0) return;
-  let i = 0;
-  while (actual[i] === expected[i]) i++;
-  assert.fail(`${label}: plaintext differs at byte ${i} (lengths ${actual.length}/${expected.length})`);
-}
 
 for (const resilience of ['checksum', 'journal', 'none'] as Resilience[]) {
   test(`re-key (${resilience}): same plaintext, passphrase still opens it, new key, old key and state gone`, async () => {
