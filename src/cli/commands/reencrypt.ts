@@ -61,8 +61,8 @@ function describe(volume: string, r: ReencryptReport): string {
 export function register(program: Command): void {
   const cmd = program
     .command('reencrypt')
-    .description('Re-encrypt a LUKS2 volume in place under a new volume key (cryptsetup reencrypt); crash-safe and resumable, also by cryptsetup.')
-    .argument('<volume>', 'LUKS2 volume file or block device')
+    .description('Re-encrypt a volume in place (cryptsetup reencrypt): re-key LUKS2/LUKS1, --encrypt plain data (or a plain dm-crypt volume) into LUKS2, --decrypt to plain; crash-safe and resumable, also by cryptsetup.')
+    .argument('<volume>', 'volume file or block device')
     .option('--key-file <file>', "passphrase file ('-' = stdin); the same passphrase opens the new keyslots")
     .option('--keyfile-offset <bytes>', 'skip this many bytes of the key file')
     .option('--keyfile-size <bytes>', 'read at most this many bytes of the key file')
