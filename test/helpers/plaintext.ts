@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import type { BlockDevice } from '../../src/block-device.js';
 import { EncryptedDevice } from '../../src/devices/encrypted-device.js';
+import { FileDevice } from '../../src/devices/file-device.js';
 import { LuksVolume } from '../../src/luks/index.js';
 import { Passphrase } from '../../src/secret.js';
 
@@ -30,4 +31,17 @@ export function equalPlain(actual: Uint8Array, expected: Uint8Array, label: stri
 /** True when `needle` occurs in `hay` (e.g. old key bytes left in a header). */
 export function contains(hay: Uint8Array, needle: Uint8Array): boolean {
   return Buffer.from(hay).indexOf(Buffer.from(needle)) >= 0;
+}
+
+/** The volume key brickcrypt unlocks from the LUKS volume at `path` with `passphrase`, as lowercase hex. */
+export async function brickcryptVolumeKeyHex(path: string, passphrase: string): Promise<string> {
+  const file = await FileDevice.open(path, { readOnly: true });
+  try {
+    const { key } = await (await LuksVolume.open(file, { readOnly: true })).unlock(Passphrase.fromString(passphrase));
+    const hex = Buffer.from(key.expose()).toString('hex');
+    key.wipe();
+    return hex;
+  } finally {
+    await file.close();
+  }
 }

@@ -133,3 +133,14 @@ export function extractFixture(name: string, dir: string): string {
   execFileSync('bash', ['-c', `xz -dc "$1" > "$2"`, 'xz', src, out]);
   return out;
 }
+
+/**
+ * The volume key `cryptsetup luksDump --dump-volume-key` prints for `img` unlocked with
+ * `keyFile`, as lowercase hex (the reference against which brickcrypt's key is compared).
+ */
+export function cryptsetupVolumeKeyHex(img: string, keyFile: string, extra: string[] = []): string {
+  const out = run('cryptsetup', ['luksDump', '--dump-volume-key', '--batch-mode', '--disable-locks', '--key-file', keyFile, ...extra, img]);
+  const m = /MK dump:\s*((?:[0-9a-f]{2}\s+)+)/.exec(out);
+  if (!m) throw new Error(`cryptsetup printed no volume key:\n${out}`);
+  return m[1]!.replace(/\s+/g, '');
+}

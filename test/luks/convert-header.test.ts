@@ -18,7 +18,7 @@ import { decodeLuks1Header, encodeLuks1Header, LUKS1_HEADER_SIZE } from '../../s
 import { Passphrase } from '../../src/secret.js';
 import { ConversionRefusedError } from '../../src/errors.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
-import { needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
+import { cryptsetupVolumeKeyHex, needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
 
 const MIB = 1024 * 1024;
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
@@ -184,10 +184,7 @@ function cs(args: string[]): string {
   return run('cryptsetup', [...args, '--disable-locks']);
 }
 
-function csKey(img: string, keyFile: string): string {
-  const out = cs(['luksDump', '--dump-volume-key', '--batch-mode', '--key-file', keyFile, img]);
-  return /MK dump:\s*((?:[0-9a-f]{2}\s+)+)/.exec(out)![1]!.replace(/\s+/g, '');
-}
+const csKey = (img: string, keyFile: string): string => cryptsetupVolumeKeyHex(img, keyFile);
 
 for (const [cipher, bits] of [
   ['aes-xts-plain64', 512],

@@ -14,7 +14,7 @@ import { Passphrase, VolumeKey } from '../../src/secret.js';
 import { AlreadyExistsError, InvalidArgumentError, WrongPassphraseError } from '../../src/errors.js';
 import { parseEncryption } from '../../src/crypto/cipher-spec.js';
 import { createSectorCipher } from '../../src/crypto/sector-cipher.js';
-import { needTools, run, runStatus, runQemuImgLuks, tempDir } from '../helpers/tools.js';
+import { cryptsetupVolumeKeyHex, needTools, run, runQemuImgLuks, runStatus, tempDir } from '../helpers/tools.js';
 
 const skip = needTools('cryptsetup');
 const PASS = 'correct horse\n';
@@ -26,12 +26,7 @@ function truncateSync(path: string, size: number): void {
   truncateExisting(path, size);
 }
 
-function csVolumeKey(img: string, keyFile: string, extra: string[] = []): string {
-  const out = run('cryptsetup', ['luksDump', '--dump-volume-key', '--batch-mode', '--key-file', keyFile, ...extra, img]);
-  const m = /MK dump:\s*((?:[0-9a-f]{2}\s+)+)/.exec(out);
-  assert.ok(m, out);
-  return m[1]!.replace(/\s+/g, '');
-}
+const csVolumeKey = (img: string, keyFile: string, extra: string[] = []): string => cryptsetupVolumeKeyHex(img, keyFile, extra);
 
 function hexOf(key: VolumeKey): string {
   return Buffer.from(key.expose()).toString('hex');

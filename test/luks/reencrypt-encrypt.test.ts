@@ -23,11 +23,11 @@ import { CancelledError, CorruptHeaderError, InsufficientSpaceError, InvalidArgu
 import { readLuks2Headers, writeLuks2Headers } from '../../src/luks/luks2-io.js';
 import { decodeReencryptState } from '../../src/formats/luks2/reencrypt-state.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
-import { cliPath, needRoot, needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
+import { cliPath, cryptsetupVolumeKeyHex, needRoot, needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
 import { spawn } from 'node:child_process';
 import { EXIT_CODES } from '../../src/errors.js';
 import { CS_FAST, CS_OFFLINE, cryptsetupMetadata, readPlaintext } from '../helpers/reencrypt-states.js';
-import { contains, equalPlain, luksPlaintext } from '../helpers/plaintext.js';
+import { brickcryptVolumeKeyHex, contains, equalPlain, luksPlaintext } from '../helpers/plaintext.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
 const PASS = 'encrypt me';
@@ -455,14 +455,8 @@ test('a file brickcrypt encrypted opens in cryptsetup, with the volume key brick
     assert.equal(statSync(img).size, 36 * MIB);
     cryptsetupAccepts(img, keyFile);
     equalPlain(await readPlaintext(img, PASS), plain, 'brickcrypt');
-    const dump = run('cryptsetup', ['luksDump', '--dump-volume-key', '--batch-mode', '--key-file', keyFile, img]);
-    const csKey = /MK dump:\s*((?:[0-9a-f]{2}\s+)+)/.exec(dump)![1]!.replace(/\s+/g, '');
-    const ours = await onFile(img, async (dev) => {
-      const { key } = await (await LuksVolume.open(dev)).unlock(Passphrase.fromString(PASS));
-      const hex = Buffer.from(key.expose()).toString('hex');
-      key.wipe();
-      return hex;
-    });
+    const csKey = cryptsetupVolumeKeyHex(img, keyFile);
+    const ours = await brickcryptVolumeKeyHex(img, PASS);
     assert.equal(ours, csKey);
     assert.match(run('cryptsetup', ['luksDump', img]), /sector: 512 \[bytes\]/);
   } finally {

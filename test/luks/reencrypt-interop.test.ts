@@ -16,9 +16,9 @@ import { reencryptLuks2, type ReencryptOptions, type Resilience } from '../../sr
 import { Passphrase } from '../../src/secret.js';
 import { CancelledError } from '../../src/errors.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
-import { needTools, run, runStatus, tempDir } from '../helpers/tools.js';
+import { cryptsetupVolumeKeyHex, needTools, run, runStatus, tempDir } from '../helpers/tools.js';
 import { CS_OFFLINE, cryptsetupInitOnly, cryptsetupKilled, cryptsetupMetadata, cryptsetupVolumeWithData, readPlaintext } from '../helpers/reencrypt-states.js';
-import { equalPlain } from '../helpers/plaintext.js';
+import { brickcryptVolumeKeyHex, equalPlain } from '../helpers/plaintext.js';
 
 const skip = needTools('cryptsetup');
 const PASS = 'interop pass';
@@ -161,14 +161,8 @@ test('a volume brickcrypt re-keyed opens in cryptsetup with the key brickcrypt r
     await onFile(img, (dev) => reencryptLuks2(dev, opts({ cipher: 'aes-xts-plain64', keySizeBits: 256, sectorSize: 512 })));
     same(await readPlaintext(img, PASS), plain, 'brickcrypt');
     cryptsetupAccepts(img, keyFile);
-    const dump = run('cryptsetup', ['luksDump', '--dump-volume-key', '--batch-mode', '--key-file', keyFile, img]);
-    const csKey = /MK dump:\s*((?:[0-9a-f]{2}\s+)+)/.exec(dump)![1]!.replace(/\s+/g, '');
-    const ours = await onFile(img, async (dev) => {
-      const { key } = await (await LuksVolume.open(dev)).unlock(Passphrase.fromString(PASS));
-      const hex = Buffer.from(key.expose()).toString('hex');
-      key.wipe();
-      return hex;
-    });
+    const csKey = cryptsetupVolumeKeyHex(img, keyFile);
+    const ours = await brickcryptVolumeKeyHex(img, PASS);
     assert.equal(ours, csKey);
     assert.equal(csKey.length, 64);
     assert.match(run('cryptsetup', ['luksDump', img]), /sector: 512 \[bytes\]/);

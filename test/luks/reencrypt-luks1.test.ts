@@ -24,7 +24,7 @@ import { Passphrase, VolumeKey } from '../../src/secret.js';
 import { InvalidArgumentError, Luks1ReencryptRefusedError, WrongPassphraseError } from '../../src/errors.js';
 import { reencryptVolume } from '../../src/workflows/reencrypt.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
-import { extractFixture, needFixtures, needTools, run, runCli, tempDir } from '../helpers/tools.js';
+import { cryptsetupVolumeKeyHex, extractFixture, needFixtures, needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { equalPlain } from '../helpers/plaintext.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
@@ -333,10 +333,7 @@ function cs(args: string[]): string {
   return run('cryptsetup', [...args, '--disable-locks']);
 }
 
-function csKey(img: string, keyFile: string): string {
-  const out = cs(['luksDump', '--dump-volume-key', '--batch-mode', '--key-file', keyFile, img]);
-  return /MK dump:\s*((?:[0-9a-f]{2}\s+)+)/.exec(out)![1]!.replace(/\s+/g, '');
-}
+const csKey = (img: string, keyFile: string): string => cryptsetupVolumeKeyHex(img, keyFile);
 
 async function onFile<T>(path: string, fn: (dev: FileDevice) => Promise<T>): Promise<T> {
   const dev = await FileDevice.open(path);

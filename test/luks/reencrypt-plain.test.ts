@@ -23,7 +23,7 @@ import { InvalidArgumentError, WrongPassphraseError } from '../../src/errors.js'
 import { readLuks2Headers } from '../../src/luks/luks2-io.js';
 import { decodeReencryptState } from '../../src/formats/luks2/reencrypt-state.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
-import { needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
+import { cryptsetupVolumeKeyHex, needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
 import type { BlockDevice } from '../../src/block-device.js';
 import { equalPlain, luksPlaintext } from '../helpers/plaintext.js';
 
@@ -89,8 +89,7 @@ for (const [label, options] of [
         const passFile = join(dir, 'pass');
         writeFileSync(passFile, PASS);
         run('cryptsetup', ['open', '--test-passphrase', '--disable-locks', '--key-file', passFile, path]);
-        const dump = run('cryptsetup', ['luksDump', '--dump-volume-key', '--batch-mode', '--disable-locks', '--key-file', passFile, path]);
-        const vk = Buffer.from(/MK dump:\s*([\s\S]*?)\n\S/.exec(dump + '\nX')![1]!.replace(/[^0-9a-f]/gi, ''), 'hex');
+        const vk = Buffer.from(cryptsetupVolumeKeyHex(path, passFile), 'hex');
         assert.equal(vk.length, 64);
         // Independent decryption: aes-xts-plain64, 4096-byte sectors, IV = byte offset / 512.
         const out = Buffer.alloc(P);
