@@ -50,7 +50,7 @@ import { decodeLuks1Header, LUKS1_HEADER_SIZE } from '../../formats/luks1/header
 import { MemoryDevice } from '../../devices/memory-device.js';
 import type { KdfOptions } from '../options.js';
 import { onlineReencryptVersion } from '../requirements.js';
-import { DEFAULT_HOTZONE_BYTES, largestFreeArea, type Resilience, type ZoneChecksums, type ZoneSide } from './engine.js';
+import { DEFAULT_HOTZONE_BYTES, largestFreeArea, type InPlaceRunOptions, type Resilience, type ZoneChecksums, type ZoneSide } from './engine.js';
 import { createDigest, openKeys, openReencryptKeys, startSegment, verifyReencryptDigest } from './keys.js';
 
 /** Decrypts pieces of old ciphertext in place. */
@@ -83,7 +83,7 @@ export const localDecryptCipher: DecryptCipherFactory = (from) => {
   };
 };
 
-export interface DecryptOptions extends KdfOptions {
+export interface DecryptOptions extends KdfOptions, InPlaceRunOptions {
   /** The LUKS2 header: a detached header, or the header exported from the volume. */
   headerDevice: BlockDevice;
   /** Passphrases tried on the keyslots. The caller keeps and wipes them. */
@@ -92,18 +92,11 @@ export interface DecryptOptions extends KdfOptions {
   keyslot?: number;
   /** checksum (default), journal, none; with a data shift: checksum or journal for the moved segment. */
   resilience?: Resilience;
-  resilienceHash?: string;
   /**
    * Largest hot zone (no data shift), or the size of the moved segment (data shift; at most
    * the data offset; default min(data offset, 20 MiB) as cryptsetup).
    */
   hotzoneSize?: number;
-  /** Bytes of a zone held in memory at a time; default 16 MiB. */
-  pieceBytes?: number;
-  resumeOnly?: boolean;
-  initOnly?: boolean;
-  signal?: AbortSignal;
-  onProgress?: (progress: { done: number; total: number }) => void;
   decryptCipher?: DecryptCipherFactory;
 }
 

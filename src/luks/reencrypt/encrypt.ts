@@ -63,7 +63,7 @@ import { buildLuks2Copy, newLuks2HeaderState, readLuks2Headers, writeLuks2Header
 import type { KdfOptions } from '../options.js';
 import { onlineReencryptVersion } from '../requirements.js';
 import { createDigest, openReencryptKeys, verifyReencryptDigest } from './keys.js';
-import { largestFreeArea, reencryptLuks2, type Resilience, type ZoneCipher, type ZoneSide } from './engine.js';
+import { largestFreeArea, reencryptLuks2, type InPlaceRunOptions, type Resilience, type ZoneCipher, type ZoneSide } from './engine.js';
 
 /** Token that marks a reencryption which grew a regular file: the file is cut back at the end. */
 export const GROWN_TOKEN_TYPE = 'brickcrypt-encrypt-grown';
@@ -108,7 +108,7 @@ function growable(dev: BlockDevice): dev is Growable {
   return dev.capabilities.resize && typeof (dev as Partial<Growable>).resize === 'function';
 }
 
-export interface EncryptOptions extends KdfOptions {
+export interface EncryptOptions extends KdfOptions, InPlaceRunOptions {
   /** Passphrases: the first seals the new keyslot; on resume each is tried. The caller wipes them. */
   passphrases: Passphrase[];
   /**
@@ -116,9 +116,8 @@ export interface EncryptOptions extends KdfOptions {
    * forward with resilience checksum (default), journal or none by the re-key engine.
    */
   headerDevice?: BlockDevice;
-  /** With a detached header: the hot zone protection, and the checksum hash (default sha256). */
+  /** With a detached header: the hot zone protection (checksum hash: `resilienceHash`). */
   resilience?: Resilience;
-  resilienceHash?: string;
   /** With a detached header: the zone cipher (encrypt only, plus checksums). */
   plainZoneCipher?: (to: ZoneSide) => ZoneCipher;
   /** New keyslot number (default 0). */
@@ -137,14 +136,8 @@ export interface EncryptOptions extends KdfOptions {
   headerSize?: number;
   /** Largest hot zone (at most the data shift, which is the default). */
   hotzoneSize?: number;
-  /** Bytes held in memory at a time; default 16 MiB. */
-  pieceBytes?: number;
   label?: string;
   uuid?: string;
-  resumeOnly?: boolean;
-  initOnly?: boolean;
-  signal?: AbortSignal;
-  onProgress?: (progress: { done: number; total: number }) => void;
   cipherFactory?: EncryptCipherFactory;
   /**
    * The device holds another scheme's ciphertext, which `cipherFactory` turns into plaintext

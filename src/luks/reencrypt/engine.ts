@@ -116,7 +116,24 @@ export const localZoneCipher: ZoneCipherFactory = (from, to) => {
   };
 };
 
-export interface ReencryptOptions extends KdfOptions {
+/** Run control every in-place engine takes (re-key, encrypt, decrypt), with cryptsetup's meanings. */
+export interface InPlaceRunOptions {
+  /** Checksum hash (cryptsetup --resilience-hash), default sha256. */
+  resilienceHash?: string;
+  /** Largest hot zone in bytes (cryptsetup --hotzone-size); each engine says its default. */
+  hotzoneSize?: number;
+  /** Bytes of a zone held in memory at a time; default 16 MiB. */
+  pieceBytes?: number;
+  /** Only continue a recorded operation; never start one. */
+  resumeOnly?: boolean;
+  /** Only record the operation (keyslots, state); rewrite no data. */
+  initOnly?: boolean;
+  /** Stops at the next zone boundary (a consistent, resumable point) with CancelledError. */
+  signal?: AbortSignal;
+  onProgress?: (progress: { done: number; total: number }) => void;
+}
+
+export interface ReencryptOptions extends KdfOptions, InPlaceRunOptions {
   /** Detached header (cryptsetup --header). */
   headerDevice?: BlockDevice;
   /** Passphrases for the keyslots (each tried on each keyslot). The caller keeps and wipes them. */
@@ -129,18 +146,6 @@ export interface ReencryptOptions extends KdfOptions {
   sectorSize?: number;
   /** Default checksum (cryptsetup's default). */
   resilience?: Resilience;
-  /** Checksum hash (cryptsetup --resilience-hash), default sha256. */
-  resilienceHash?: string;
-  /** Largest hot zone in bytes (cryptsetup --hotzone-size); default 64 MiB. */
-  hotzoneSize?: number;
-  /** Bytes of a hot zone held in memory at a time (two such pieces are); default 16 MiB. */
-  pieceBytes?: number;
-  /** Only continue a recorded reencryption; never start one. */
-  resumeOnly?: boolean;
-  /** Only record the reencryption (new keyslots, state); rewrite nothing. */
-  initOnly?: boolean;
-  signal?: AbortSignal;
-  onProgress?: (progress: { done: number; total: number }) => void;
   zoneCipher?: ZoneCipherFactory;
   /**
    * Zone cipher of an encryption (mode encrypt, forward, detached header: the old segment is
