@@ -286,6 +286,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"alignGap", NULL, brickcrypt_align_gap, NULL, NULL, NULL, napi_default, NULL},
       {"seekData", NULL, brickcrypt_seek_data, NULL, NULL, NULL, napi_default, NULL},
       {"syncFs", NULL, brickcrypt_sync_fs, NULL, NULL, NULL, napi_default, NULL},
+      {"afChain", NULL, brickcrypt_af_chain, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

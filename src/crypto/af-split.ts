@@ -10,6 +10,7 @@
  */
 import * as nodeCrypto from 'node:crypto';
 import { InvalidArgumentError } from '../errors.js';
+import { nativeAddon } from '../native-addon.js';
 import { hashInfo } from './hash.js';
 import { randomBytes } from './random.js';
 
@@ -35,6 +36,33 @@ function oneShot(hash: string, data: Uint8Array): Buffer {
   return fastHash ? fastHash(hash, data, 'buffer') : nodeCrypto.createHash(hash).update(data).digest();
 }
 
+/**
+ * d_count of the chain d_0 = 0, d_{i+1} = H(d_i xor s_i) over the first `count` stripes of
+ * `stripes` (a fresh buffer the caller wipes). The native module runs the whole chain in one call
+ * (native/af-chain.c: 8000 hash calls a 64-byte keyslot, ~30 ms in JavaScript on a thread that may
+ * also serve requests); this loop is the reference, and the fallback for a hash OpenSSL lacks.
+ */
+function chain(stripes: Uint8Array, n: number, count: number, name: string, digestSize: number, useNative: boolean): Uint8Array {
+  if (useNative && count > 0) {
+    const d = nativeAddon()?.afChain?.(stripes, n, count, name);
+    if (d !== undefined) return d;
+  }
+  const d = new Uint8Array(n);
+  for (let i = 0; i < count; i++) {
+    const s = stripes.subarray(i * n, (i + 1) * n);
+    for (let k = 0; k < n; k++) d[k]! ^= s[k]!;
+    diffuse(d, name, digestSize);
+  }
+  return d;
+}
+
+let nativeChain = true;
+
+/** Tests only: false makes the AF functions use the JavaScript chain even when the native module is there. */
+export function useNativeAfChain(on: boolean): void {
+  nativeChain = on;
+}
+
 function check(keyBytes: number, stripes: number): void {
   if (!Number.isInteger(keyBytes) || keyBytes <= 0) throw new InvalidArgumentError(`Invalid AF key size ${keyBytes}.`);
   if (!Number.isInteger(stripes) || stripes < 1) throw new InvalidArgumentError(`Invalid AF stripe count ${stripes}.`);
@@ -52,13 +80,8 @@ export function afSplitWithRandom(key: Uint8Array, stripes: number, hash: string
     throw new InvalidArgumentError(`AF split needs ${(stripes - 1) * n} random bytes, got ${random.length}.`);
   }
   const out = new Uint8Array(n * stripes);
-  const d = new Uint8Array(n);
-  for (let i = 0; i < stripes - 1; i++) {
-    const s = random.subarray(i * n, (i + 1) * n);
-    out.set(s, i * n);
-    for (let k = 0; k < n; k++) d[k]! ^= s[k]!;
-    diffuse(d, name, digestSize);
-  }
+  out.set(random);
+  const d = chain(random, n, stripes - 1, name, digestSize, nativeChain);
   const last = out.subarray((stripes - 1) * n);
   for (let k = 0; k < n; k++) last[k] = d[k]! ^ key[k]!;
   d.fill(0);
@@ -93,12 +116,7 @@ export function afMerge(material: Uint8Array, keyBytes: number, stripes: number,
   if (material.length < keyBytes * stripes) {
     throw new InvalidArgumentError(`AF material is ${material.length} bytes, needs ${keyBytes * stripes}.`);
   }
-  const d = new Uint8Array(keyBytes);
-  for (let i = 0; i < stripes - 1; i++) {
-    const s = material.subarray(i * keyBytes, (i + 1) * keyBytes);
-    for (let k = 0; k < keyBytes; k++) d[k]! ^= s[k]!;
-    diffuse(d, name, digestSize);
-  }
+  const d = chain(material, keyBytes, stripes - 1, name, digestSize, nativeChain);
   const last = material.subarray((stripes - 1) * keyBytes, stripes * keyBytes);
   for (let k = 0; k < keyBytes; k++) d[k]! ^= last[k]!;
   return d;

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { afMerge, afSplit, afSplitWithRandom } from '../../src/crypto/af-split.js';
+import { afMerge, afSplit, afSplitWithRandom, useNativeAfChain } from '../../src/crypto/af-split.js';
+import { nativeAddon } from '../../src/native-addon.js';
 import { InvalidArgumentError, UnsupportedError } from '../../src/errors.js';
 
 /** Independent textbook AF-split (LUKS1 spec 2.4), written with Buffers. */
@@ -59,7 +60,16 @@ test('afMerge(afSplit(k)) == k for key sizes 16/32/64 and sha1/sha256/sha512 wit
   }
 });
 
-test('afSplitWithRandom matches an independent textbook implementation (known answer)', () => {
+// Both chains: the native module's (native/af-chain.c) and the JavaScript one it replaces.
+for (const native of [true, false]) {
+test(`afSplitWithRandom matches an independent textbook implementation (known answer, ${native ? 'native' : 'JavaScript'} chain)`, (t) => {
+  if (native && !nativeAddon()?.afChain) {
+    if (process.env.CI === 'true') assert.fail('the native module (afChain) is missing under CI=true');
+    t.skip('native module not built');
+    return;
+  }
+  useNativeAfChain(native);
+  t.after(() => useNativeAfChain(true));
   for (const hash of [...HASHES, 'ripemd160']) {
     for (const size of [...KEY_SIZES, 24, 48]) {
       for (const stripes of size === 64 && hash === 'sha256' ? [1, 2, 7, 4000] : [1, 2, 7, 150]) {
@@ -71,6 +81,23 @@ test('afSplitWithRandom matches an independent textbook implementation (known an
       }
     }
   }
+});
+}
+
+test('the native AF chain checks its arguments and declines hashes OpenSSL does not know', (t) => {
+  const addon = nativeAddon();
+  if (!addon?.afChain) {
+    if (process.env.CI === 'true') assert.fail('the native module (afChain) is missing under CI=true');
+    t.skip('native module not built');
+    return;
+  }
+  assert.throws(() => addon.afChain!(new Uint8Array(63), 32, 2, 'sha256'), RangeError);
+  assert.throws(() => addon.afChain!(new Uint8Array(64), 0, 2, 'sha256'), RangeError);
+  assert.equal(addon.afChain(new Uint8Array(64), 32, 2, 'no-such-hash'), undefined);
+  // One stripe: d_1 = H(s_0), per 32-byte block with the block number in front.
+  const s0 = stream(64, 'one');
+  const expect = Buffer.concat([0, 1].map((j) => createHash('sha256').update(Buffer.concat([Buffer.from([0, 0, 0, j]), s0.subarray(j * 32, j * 32 + 32)])).digest()));
+  assert.deepEqual(Buffer.from(addon.afChain(new Uint8Array(s0), 64, 1, 'sha256')!), expect);
 });
 
 test('afMerge ignores padding after the material and any damaged stripe changes the key', () => {
