@@ -91,7 +91,7 @@ Examples:
       const backupRepo = o.backupRepo ?? process.env.BRICKCRYPT_BACKUP_REPO;
       if (backupRepo) (await import('../../backup/object-store.js')).parseStoreUri(backupRepo); // a bad URI fails now
       const log = (m: string) => process.stderr.write(`brickcrypt serve: ${m}\n`);
-      if (database !== undefined && keyManager.keyManager === undefined) log('the local keystore under --state is the key manager: every process must share this --state (one host); workers on several hosts need --key-manager');
+      if (database !== undefined && (keyManager.keyManager ?? 'local:').startsWith('local')) log('the local keystore under --state is the key manager: every process must share this --state (one host); workers on several hosts need --key-manager');
       const service = await createService({
         stateDir: resolve(o.state),
         identity: { tokens, trustProxyIdentity: o.trustProxyIdentity === true },
