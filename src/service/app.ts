@@ -117,14 +117,14 @@ function errorBody(err: unknown): { status: number; body: { error: { code: strin
   return { status: httpStatusOf(err), body: { error: { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) } } };
 }
 
-/** Builds the service on a state directory: SQLite state, the local keystore, the runner, the routes. */
+/** Builds the service on a state directory: its state (SQLite or PostgreSQL), its key manager (default the local keystore), the runner, the routes. */
 export async function createService(o: ServiceOptions): Promise<Service> {
-  mkdirSync(o.stateDir, { recursive: true, mode: 0o700 });
   const role = o.role ?? 'all';
   if (role !== 'all' && !o.database) throw new InvalidArgumentError(`role ${role} needs a PostgreSQL database (one process on SQLite is always "all").`);
   // The same keystore `BRICKCRYPT_HOME=STATE brickcrypt key ...` opens, unless another is named.
   const keyManagerUri = o.keyManager ?? `local:${join(o.stateDir, 'keystore.db')}`;
-  if (!o.keys) parseKeyManagerUri(keyManagerUri); // a bad URI fails before any state is opened
+  if (!o.keys) parseKeyManagerUri(keyManagerUri); // a bad URI fails before any state is made
+  mkdirSync(o.stateDir, { recursive: true, mode: 0o700 });
   let stateLock: VolumeLock | undefined;
   let db: StateStore;
   let dispatch: JobDispatch | undefined;
