@@ -46,7 +46,7 @@ async function barbicanSecret(url: string, id: string): Promise<{ status: number
 async function startService(keyManager: string, keyManagerOptions: Record<string, unknown>, env: ReturnType<typeof setupState>, log?: (m: string) => void) {
   const service = await createService({
     stateDir: env.state,
-    identity: { tokens: loadTokensFile(env.tokensFile), trustProxyIdentity: false },
+    identity: { tokens: loadTokensFile(env.tokensFile), trustProxyIdentity: true },
     imageDirs: [env.dir],
     keyManager,
     keyManagerOptions,
@@ -152,6 +152,26 @@ describe('serve with keys in Barbican', { skip: 'skip' in barbican ? barbican.sk
     const ok = await action(call, v.id, { attach: {} });
     assert.equal(ok.state, 'succeeded', JSON.stringify(ok.error));
     assert.equal((await action(call, v.id, { detach: {} })).state, 'succeeded');
+  });
+
+  test('an identity from trusted Keystone headers reaches Barbican unchanged: project, user and roles', async () => {
+    const project = `ks-${randomUUID().slice(0, 8)}`;
+    const keystone = (user: string, roles: string) => ({ 'x-identity-status': 'Confirmed', 'x-user-name': user, 'x-project-id': project, 'x-roles': roles });
+    const r = await call('POST', '/v1/volumes', { headers: keystone('glance-svc', 'member,reader'), body: { name: 'ks', format: 'luks2', size: '1M', luks: FAST_LUKS } });
+    assert.equal(r.status, 202, r.text);
+    let polled: any;
+    for (const until = Date.now() + 30_000; Date.now() < until; await new Promise((res) => setTimeout(res, 50))) {
+      polled = (await call('GET', `/v1/jobs/${r.json.job.id}`, { headers: keystone('glance-svc', 'member') })).json.job;
+      if (polled.state !== 'queued' && polled.state !== 'running') break;
+    }
+    assert.equal(polled.state, 'succeeded', JSON.stringify(polled.error));
+    const v = (await call('GET', `/v1/volumes/${r.json.volume.id}`, { headers: keystone('glance-svc', 'member') })).json.volume;
+    // Straight from Barbican, as that project: the secret is there, made by that user.
+    const res = await fetch(`${url}/v1/secrets/${v.encryption_key_id}`, { headers: { 'X-Project-Id': project, 'X-User-Id': 'glance-svc', 'X-Roles': 'member', Accept: 'application/json' } });
+    assert.equal(res.status, 200);
+    assert.equal(((await res.json()) as any).creator_id, 'glance-svc');
+    // p1 (the tokens file's project) cannot see it: it belongs to the Keystone caller's project.
+    assert.notEqual((await barbicanPayload(url, v.encryption_key_id)).status, 200);
   });
 
   test("another project's Barbican secret is refused as the caller (Barbican's own policy decides)", async () => {
