@@ -212,6 +212,18 @@ describe('serve with keys in a KMIP server', { skip: 'skip' in kmip ? kmip.skip 
     fresh.secret.wipe();
     assert.equal(cryptsetupAccepts(v.path, hex), false);
     await assert.rejects(direct.get(ADMIN, v.encryption_key_id), { code: 'KEY_NOT_FOUND' });
+    assert.equal((await call('DELETE', `/v1/volumes/${v.id}`, { who: 'admin' })).status, 204);
+    await assert.rejects(direct.get(ADMIN, job.result.new_key_id), { code: 'KEY_NOT_FOUND' }, 'the key went with the volume');
+  });
+
+  test('KMIP sees no roles: the service keeps a creator from reading the key it made', async () => {
+    const v = await created(call, { name: 'k2', format: 'luks2', size: '1M', luks: FAST_LUKS }, 'creator');
+    const a = await action(call, v.id, { attach: {} }, 'creator');
+    assert.equal(a.state, 'failed');
+    assert.equal(a.error.code, 'FORBIDDEN');
+    const ok = await action(call, v.id, { attach: {} });
+    assert.equal(ok.state, 'succeeded', JSON.stringify(ok.error));
+    assert.equal((await action(call, v.id, { detach: {} })).state, 'succeeded');
   });
 });
 
