@@ -43,14 +43,13 @@ Key-manager options select the key manager and the caller:
                       {"user": ..., "project": ..., "roles": [...]} (default $BRICKCRYPT_PROFILE).
                       Without a profile, roles default to admin in project "default".`;
 
-/** Adds the key-manager and caller-identity options to a command. */
-export function addKeyManagerOptions(cmd: Command, options: { help?: boolean } = {}): Command {
-  cmd
-    .option('--key-manager <uri>', 'key manager URI (see below)')
-    .option('--user <name>', 'caller user name')
-    .option('--project <name>', 'caller project')
-    .option('--roles <list>', 'caller roles, comma-separated (admin, member, creator, reader)')
-    .option('--profile <file>', 'JSON identity profile {user, project, roles}')
+/**
+ * Adds the options that select and reach a key manager (URI, local KEK, PKCS#11, TLS, timeout),
+ * without the caller identity: `serve` takes its callers' identities from each request.
+ */
+export function addKeyManagerConnectionOptions(cmd: Command, options: { keyManagerDescription?: string } = {}): Command {
+  return cmd
+    .option('--key-manager <uri>', options.keyManagerDescription ?? 'key manager URI (see below)')
     .option('--kek-file <file>', 'local keystore: key-encryption-key file (32 bytes, mode 0600)')
     .option('--kek-passphrase-file <file>', 'local keystore: file whose every byte is the KEK passphrase (Argon2id)')
     .option('--kek-pkcs11-key <label>', 'local keystore: the KEK is this AES key inside a PKCS#11 token (never leaves it)')
@@ -61,6 +60,15 @@ export function addKeyManagerOptions(cmd: Command, options: { help?: boolean } =
     .option('--tls-cert <file>', 'barbican/kmip: client certificate (PEM)')
     .option('--tls-key <file>', 'barbican/kmip: client private key (PEM)')
     .option('--timeout <ms>', 'barbican/kmip: per-attempt timeout in milliseconds');
+}
+
+/** Adds the key-manager and caller-identity options to a command. */
+export function addKeyManagerOptions(cmd: Command, options: { help?: boolean } = {}): Command {
+  addKeyManagerConnectionOptions(cmd)
+    .option('--user <name>', 'caller user name')
+    .option('--project <name>', 'caller project')
+    .option('--roles <list>', 'caller roles, comma-separated (admin, member, creator, reader)')
+    .option('--profile <file>', 'JSON identity profile {user, project, roles}');
   if (options.help !== false) cmd.addHelpText('after', KEY_MANAGER_HELP);
   return cmd;
 }

@@ -11,7 +11,8 @@ import * as prom from 'prom-client';
 import { BrickcryptError, ForbiddenError, InvalidArgumentError, LockedError, httpStatusOf } from '../errors.js';
 import { VolumeLock } from '../devices/volume-lock.js';
 import type { CallerIdentity, KeyManager } from '../keys/key-manager.js';
-import { openKeyManager } from '../keys/open-key-manager.js';
+import { guardCreatorReads } from '../keys/creator-read-guard.js';
+import { openKeyManager, parseKeyManagerUri, type OpenKeyManagerOptions } from '../keys/open-key-manager.js';
 import { identify, mayWrite, type IdentitySource } from './caller-identity.js';
 import { JobRunner, type JobEvent } from './job-runner.js';
 import { actionBody, createVolumeBody, errorSchema, idParams, jobSchema, volumeSchema } from './schemas.js';
@@ -46,8 +47,18 @@ export interface ServiceOptions {
   role?: 'api' | 'worker' | 'all';
   /** PostgreSQL: seconds without a heartbeat after which a worker's jobs go to the others (default 30). */
   heartbeatTimeoutSeconds?: number;
-  /** Key manager to use instead of the local keystore under the state directory (tests). */
+  /**
+   * Key manager URI (src/keys/open-key-manager.ts): `barbican+https://HOST:PORT`,
+   * `kmip://HOST:PORT`, `local:PATH`, `memory:`. Default: the local keystore
+   * `STATE/keystore.db`, created when missing. Workers on several hosts need a network one.
+   */
+  keyManager?: string;
+  /** Options of `keyManager` (TLS files, timeout, attempts, local KEK). */
+  keyManagerOptions?: OpenKeyManagerOptions;
+  /** An open key manager to use instead (the caller closes it); wins over `keyManager`. */
   keys?: KeyManager;
+  /** Where new volume files go (default STATE/volumes). Workers on several hosts share it at one path. */
+  volumesDir?: string;
   log?: (m: string) => void;
 }
 
@@ -106,11 +117,14 @@ function errorBody(err: unknown): { status: number; body: { error: { code: strin
   return { status: httpStatusOf(err), body: { error: { code: 'INTERNAL', message: (err as Error)?.message ?? String(err) } } };
 }
 
-/** Builds the service on a state directory: SQLite state, the local keystore, the runner, the routes. */
+/** Builds the service on a state directory: its state (SQLite or PostgreSQL), its key manager (default the local keystore), the runner, the routes. */
 export async function createService(o: ServiceOptions): Promise<Service> {
-  mkdirSync(o.stateDir, { recursive: true, mode: 0o700 });
   const role = o.role ?? 'all';
   if (role !== 'all' && !o.database) throw new InvalidArgumentError(`role ${role} needs a PostgreSQL database (one process on SQLite is always "all").`);
+  // The same keystore `BRICKCRYPT_HOME=STATE brickcrypt key ...` opens, unless another is named.
+  const keyManagerUri = o.keyManager ?? `local:${join(o.stateDir, 'keystore.db')}`;
+  if (!o.keys) parseKeyManagerUri(keyManagerUri); // a bad URI fails before any state is made
+  mkdirSync(o.stateDir, { recursive: true, mode: 0o700 });
   let stateLock: VolumeLock | undefined;
   let db: StateStore;
   let dispatch: JobDispatch | undefined;
@@ -126,11 +140,20 @@ export async function createService(o: ServiceOptions): Promise<Service> {
     stateLock = await VolumeLock.acquire(join(o.stateDir, 'service'));
     db = SqliteStateStore.open(join(o.stateDir, 'state.db'));
   }
-  // The same keystore `BRICKCRYPT_HOME=STATE brickcrypt key ...` opens.
-  const keys = o.keys ?? (await openKeyManager(`local:${join(o.stateDir, 'keystore.db')}`, { init: true }));
   const log = o.log ?? (() => {});
+  let keys: KeyManager;
+  try {
+    const opened = o.keys ?? (await openKeyManager(keyManagerUri, { init: true, ...(o.keyManagerOptions ?? {}) }));
+    // Barbican and KMIP cannot refuse a creator its own key's bytes: the service does (docs/service.md).
+    keys = guardCreatorReads(opened, (c, id) => log(`denied key read of ${id} to ${c.user}@${c.project} (role creator)`));
+  } catch (err) {
+    await db.close();
+    await stateLock?.release();
+    throw err;
+  }
   const volumes = new VolumeService({
     stateDir: o.stateDir,
+    ...(o.volumesDir !== undefined ? { volumesDir: o.volumesDir } : {}),
     db,
     keys,
     ...(o.nbdHost !== undefined ? { nbdHost: o.nbdHost } : {}),
@@ -253,7 +276,7 @@ export async function createService(o: ServiceOptions): Promise<Service> {
   };
   const jsonOut = (s: object) => ({ 200: s, '4xx': errorSchema, '5xx': errorSchema });
 
-  route('GET', '/v1/health', 'Liveness (no token)', {}, false, async () => ({ status: 'ok', version: API_VERSION, running_jobs: runner.runningCount, role, state: db.kind }));
+  route('GET', '/v1/health', 'Liveness (no token)', {}, false, async () => ({ status: 'ok', version: API_VERSION, running_jobs: runner.runningCount, role, state: db.kind, key_manager: keys.backend }));
 
   route('POST', '/v1/volumes', 'Create a volume (blank, from a local image file, an image service image or a backup)', { body: createVolumeBody, response: { 202: { type: 'object', properties: { volume: volumeSchema, job: jobSchema } }, '4xx': errorSchema } }, true, async (req, reply) => {
     const c = writer(req);

@@ -49,6 +49,8 @@ import {
 
 export interface VolumeServiceOptions {
   stateDir: string;
+  /** Where new volume files go (default STATE/volumes); rows keep each file's absolute path. */
+  volumesDir?: string;
   db: StateStore;
   keys: KeyManager;
   /** Host the NBD servers of attachments listen on (default 127.0.0.1). */
@@ -86,6 +88,10 @@ export type VolumeAction = Record<string, Record<string, unknown>>;
 export const UNBUILT_ACTIONS: Record<string, string> = {};
 
 const CONSUMER = (volumeId: string) => ({ service: 'brickcrypt', resourceType: 'volume', resourceId: volumeId });
+/** KMIP 1.x has no consumers (UnsupportedError): the volume row is then the only record of the use. */
+const noConsumers = (err: unknown): void => {
+  if (!(err instanceof UnsupportedError)) throw err;
+};
 
 interface Attachment {
   server: NbdServer;
@@ -110,7 +116,7 @@ export class VolumeService {
     this.#pool = CryptoPool.create(serverWorkerCount());
     this.#deps = {
       stateDir: options.stateDir,
-      volumesDir: join(options.stateDir, 'volumes'),
+      volumesDir: options.volumesDir ?? join(options.stateDir, 'volumes'),
       db: options.db,
       keys: options.keys,
       pool: this.#pool,
@@ -123,7 +129,7 @@ export class VolumeService {
   }
 
   get volumesDir(): string {
-    return join(this.#o.stateDir, 'volumes');
+    return this.#deps.volumesDir;
   }
 
   /** The caller's volume, or NotFoundError (another project's volume does not exist for it). */
@@ -369,12 +375,12 @@ export class VolumeService {
     const km = this.#o.keys;
     if (existing) {
       const pass = await passphraseOfKey(km, caller, existing);
-      await km.addConsumer(caller, existing, CONSUMER(vol.id));
+      await km.addConsumer(caller, existing, CONSUMER(vol.id)).catch(noConsumers);
       return pass;
     }
     const { id, passphrase } = await newKeyPassphrase(km, caller, `volume-${vol.id}`);
     await this.#db.updateVolume(vol.id, { encryption_key_id: id, key_owned: true });
-    await km.addConsumer(caller, id, CONSUMER(vol.id));
+    await km.addConsumer(caller, id, CONSUMER(vol.id)).catch(noConsumers);
     return passphrase;
   }
 

@@ -62,6 +62,7 @@ test('health needs no token; everything else does (401), with a typed error body
   assert.equal(h.status, 200);
   assert.equal(h.json.status, 'ok');
   assert.equal(h.json.state, 'sqlite');
+  assert.equal(h.json.key_manager, 'local', 'the local keystore under --state by default');
   const r = await call('GET', '/v1/volumes');
   assert.equal(r.status, 401);
   assert.equal(r.json.error.code, 'UNAUTHENTICATED');

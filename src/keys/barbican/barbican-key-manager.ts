@@ -137,7 +137,11 @@ export class BarbicanKeyManager implements KeyManager {
     const project = caller?.project || this.#opts.project;
     if (!project) throw new InvalidArgumentError('caller identity needs a project');
     const map = { ...DEFAULT_ROLE_MAP, ...(this.#opts.roleMap ?? {}) };
-    const roles = [...new Set(caller.roles.map((r) => map[r] ?? r))].filter((r) => /^[A-Za-z0-9_.-]+$/.test(r));
+    const mapped = caller.roles.map((r) => map[r] ?? r);
+    // Keystone's default implied role (admin implies member): a Keystone token lists it, a bare
+    // ["admin"] identity does not, and Barbican's policy lets only member create.
+    if (mapped.includes('admin')) mapped.push('member');
+    const roles = [...new Set(mapped)].filter((r) => /^[A-Za-z0-9_.-]+$/.test(r));
     const h: Record<string, string> = {
       'X-Project-Id': project,
       'X-User-Id': caller.user,
