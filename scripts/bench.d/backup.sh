@@ -69,8 +69,22 @@ scatter "$work/vol.img"
 run bc_incr "${bc[@]}" create "$work/vol.img" --repo "file:$work/bc-repo"
 run r_incr restic -r "$work/restic-repo" backup --quiet "$work/vol.img"
 bc_id=$(cat "$work/out.bc_incr")
+# Both restores start cold, as a restore from backup storage does: neither repository in the page
+# cache (brickcrypt writes chunk files with O_DIRECT, restic through the page cache, so after the
+# backups only restic's would be cached). Dropping caches needs root; otherwise each repository
+# file is evicted with posix_fadvise(DONTNEED) (dd iflag=nocache).
+cold() {
+  sync
+  if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches
+  else find "$work/bc-repo" "$work/restic-repo" -type f -exec dd if={} iflag=nocache count=0 status=none \;
+  fi
+}
+# restic restores through the page cache and ends without a flush; brickcrypt's restore is durable
+# (fsync, then the rename), so restic's time includes the fsync of what it restored.
+cold
 run bc_restore "${bc[@]}" restore "$bc_id" "$work/bc-restored.img" --repo "file:$work/bc-repo"
-run r_restore restic -r "$work/restic-repo" restore latest --target "$work/restic-restored"
+cold
+run r_restore bash -c 'restic -r "$1" restore latest --target "$2" && sync "$2$3"' restore "$work/restic-repo" "$work/restic-restored" "$work/vol.img"
 cmp "$work/vol.img" "$work/bc-restored.img"
 cmp "$work/vol.img" "$work/restic-restored$work/vol.img"
 rm -f "$work/bc-restored.img"; rm -rf "$work/restic-restored"
