@@ -531,15 +531,15 @@ function runAndSignal(args: string[], ms: number, signal: NodeJS.Signals, fromSp
   });
 }
 
-test('CLI: --encrypt grows a file and says so; --reduce-device-size says what is given up; --type luks1 and datashift with --header are refused', { skip }, async () => {
+test('CLI: --encrypt grows a file and says so; --reduce-device-size says what is given up; an unknown --type and datashift with --header are refused', { skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const keyFile = join(dir, 'key');
     writeFileSync(keyFile, PASS);
     const img = join(dir, 'a.img');
     const plain = plainFile(img, 8 * MIB);
-    let r = runCli(['reencrypt', '--encrypt', '--type', 'luks1', img, '--key-file', keyFile, ...CLI_FAST]);
-    assert.equal(r.status, EXIT_CODES.device, r.stderr);
+    let r = runCli(['reencrypt', '--encrypt', '--type', 'luks3', img, '--key-file', keyFile, ...CLI_FAST]);
+    assert.equal(r.status, EXIT_CODES.usage, r.stderr);
     r = runCli(['reencrypt', '--encrypt', img, '--header', join(dir, 'h'), '--resilience', 'datashift', '--key-file', keyFile, ...CLI_FAST]);
     assert.equal(r.status, EXIT_CODES.usage, r.stderr);
     equalPlain(new Uint8Array(readFileSync(img)), plain, 'refusals wrote nothing');
