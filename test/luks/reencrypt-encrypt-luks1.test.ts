@@ -194,6 +194,12 @@ async function crashAndResume(image: Uint8Array, cut: number, seed: number, extr
   }
   let after = new MemoryDevice(dev.crashImage());
   const phase = await phaseOf(after, after.size).catch(() => 'plain');
+  if (phase === 'luks2:converting' || phase === 'luks1:down') {
+    // A resume with a passphrase that opens nothing changes nothing.
+    const before = new Uint8Array(after.bytes);
+    await assert.rejects(encryptLuks(after, { ...opts({ passphrases: [Passphrase.fromString('wrong')] }), resumeOnly: true }), WrongPassphraseError);
+    assert.deepEqual(after.bytes, before, `cut ${cut}: a wrong passphrase changed the volume`);
+  }
   // A resume repeats no layout option (a recorded encryption refuses them), except
   // --reduce-device-size while the head is not LUKS yet (it says where the header copy is).
   const resume = async (d: BlockDevice) => {
