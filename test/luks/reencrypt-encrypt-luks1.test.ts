@@ -148,6 +148,7 @@ test('init-only records the LUKS1 target in a token; a wrong passphrase writes n
   assert.equal(state.metadata.segments[Object.keys(state.metadata.segments).find((id) => state.metadata.segments[id]!.flags?.includes('backup-final'))!]!.sector_size, 512);
   const snapshot = new Uint8Array(dev.bytes);
   await assert.rejects(encryptLuks(dev, { ...opts({ passphrases: [Passphrase.fromString('wrong')] }) }), WrongPassphraseError);
+  await assert.rejects(encryptLuks(dev, { ...opts(), type: 'luks2' }), (err: unknown) => err instanceof InvalidArgumentError && /to LUKS1/.test(err.message));
   assert.deepEqual(dev.bytes, snapshot);
   const r2 = await encryptLuks(dev, { ...opts(), resumeOnly: true });
   assert.equal(r2.type, 'luks1');

@@ -249,16 +249,21 @@ export async function encryptLuks1(device: BlockDevice, options: EncryptOptions)
 
 /**
  * In-place encryption to `type` (default luks2); a device that records an encryption to LUKS1
- * is finished as LUKS1 whatever `type` says — also one whose interrupted start is found and
- * redone by the LUKS2 engine.
+ * is finished as LUKS1 when no type is given (refused with luks2) — also one whose interrupted
+ * start is found and redone by the LUKS2 engine.
  */
 export async function encryptLuks(device: BlockDevice, options: EncryptOptions & { type?: 'luks1' | 'luks2' }): Promise<EncryptReport> {
   const { type, ...rest } = options;
   const header = options.headerDevice ?? device;
-  const dataSize = options.headerDevice !== undefined && options.headerDevice !== device ? undefined : device.size;
-  if (type === 'luks1' || (await luks1EncryptionRecorded(header, dataSize))) return encryptLuks1(device, rest);
+  // Read each time: the LUKS2 phase grows and cuts a file.
+  const recorded = () => luks1EncryptionRecorded(header, options.headerDevice !== undefined && options.headerDevice !== device ? undefined : device.size);
+  if (type === 'luks1') return encryptLuks1(device, rest);
+  if (await recorded()) {
+    if (type === 'luks2') throw new InvalidArgumentError('The recorded encryption is to LUKS1: resume it without --type luks2.');
+    return encryptLuks1(device, rest);
+  }
   const r = await encryptLuks2(device, rest);
-  if (r.finished && (await luks1EncryptionRecorded(header, dataSize))) {
+  if (r.finished && (await recorded())) {
     const { cipher: _c, keySizeBits: _k, sectorSize: _s, reduceDeviceSize: _r, ...more } = rest;
     const done = await encryptLuks1(device, more);
     return { ...done, started: r.started, recovered: r.recovered, bytes: r.bytes, total: r.total, grownBytes: r.grownBytes, lostBytes: r.lostBytes };
