@@ -107,6 +107,26 @@ test('LUKS1 with a 256-bit aes-cbc-essiv key in keyslot 3, and --reduce-device-s
   equalPlain(got.subarray(0, N - 4 * MIB), plain.subarray(0, N - 4 * MIB), 'kept part');
 });
 
+test('a 128-bit key gets LUKS1\'s 1 MiB payload offset; a start cut while the head is written is found by a resume that names neither type nor size', async () => {
+  const P = 2 * MIB;
+  const plain = new Uint8Array(randomBytes(P));
+  const extra = { cipher: 'aes-cbc-essiv:sha256', keySizeBits: 128 };
+  const probe = new FaultInjectingDevice(plain);
+  await encryptLuks1(probe, opts({ ...extra, initOnly: true }));
+  const initWrites = probe.writes;
+  for (let back = 0; back < 3; back++) {
+    const dev = new FaultInjectingDevice(plain, { cutAfterWrite: initWrites - back, seed: back + 3, sectorSize: 512 });
+    await assert.rejects(encryptLuks1(dev, opts(extra)), PowerCutError);
+    const after = new MemoryDevice(dev.crashImage());
+    const r = await encryptLuks(after, { ...opts(), resumeOnly: true });
+    assert.equal(r.finished, true);
+    assert.equal(r.type, 'luks1');
+    await assertLuks1(after, 1 * MIB, `cut ${back} writes before the end of the start`);
+    assert.equal(after.size, P + 1 * MIB);
+    equalPlain(await luksPlaintext(after, PASS), plain, `cut ${back} writes before the end of the start`);
+  }
+});
+
 test('refusals write nothing: LUKS1-impossible options, too small a --reduce-device-size, a device that cannot grow, LUKS volumes already, nothing to resume', async () => {
   const plain = new Uint8Array(randomBytes(4 * MIB));
   const dev = new MemoryDevice(new Uint8Array(plain));
