@@ -428,6 +428,32 @@ test('interop: brickcrypt records the LUKS1 encryption, cryptsetup finishes the 
   }
 });
 
+test('interop: cryptsetup opens the volume in every phase a crash can leave (LUKS2 encrypting, LUKS2 converting, LUKS1 with the marker)', { skip }, async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const plain = new Uint8Array(randomBytes(3 * MIB));
+    const probe = new FaultInjectingDevice(plain);
+    await encryptLuks1(probe, opts());
+    const wanted = new Set(['luks2:encrypting', 'luks2:converting', 'luks1:down']);
+    for (let cut = 1; cut <= probe.writes && wanted.size > 0; cut++) {
+      const d = new FaultInjectingDevice(plain, { cutAfterWrite: cut, seed: cut });
+      await assert.rejects(encryptLuks1(d, opts()), PowerCutError);
+      const crash = new MemoryDevice(d.crashImage());
+      const phase = await phaseOf(crash, crash.size).catch(() => 'plain');
+      if (!wanted.delete(phase)) continue;
+      const img = join(dir, `${phase.replace(':', '-')}.img`);
+      writeFileSync(img, crash.bytes);
+      assert.match(cs(['luksDump', img]), phase.startsWith('luks1') ? /^Version:\s+1$/m : /^Version:\s+2$/m, phase);
+      cs(['open', '--test-passphrase', '--key-file', keyFile, img]);
+    }
+    assert.equal(wanted.size, 0, `phases not reached: ${[...wanted].join(', ')}`);
+  } finally {
+    cleanup();
+  }
+});
+
 const CLI_FAST = ['--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000', '--workers', '1'];
 
 test('CLI: --encrypt --type luks1 says LUKS1 and what grew; refusals exit with their codes and write nothing; --header makes a LUKS1 header file', { skip }, async () => {
