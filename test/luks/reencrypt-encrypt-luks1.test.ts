@@ -29,7 +29,7 @@ import { CancelledError, EXIT_CODES, InsufficientSpaceError, InvalidArgumentErro
 import { encryptVolume } from '../../src/workflows/encrypt.js';
 import { reencryptVolume } from '../../src/workflows/reencrypt.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
-import { cliPath, cryptsetupVolumeKeyHex, needTools, run, runCli, tempDir } from '../helpers/tools.js';
+import { cliPath, cryptsetupVolumeKeyHex, needRoot, needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { CS_OFFLINE } from '../helpers/reencrypt-states.js';
 import { brickcryptVolumeKeyHex, contains, equalPlain, luksPlaintext } from '../helpers/plaintext.js';
 import { assertFinishedLuks1 } from '../helpers/luks1.js';
@@ -527,6 +527,30 @@ test('CLI: kill -9 of --encrypt --type luks1 at random instants: `reencrypt --re
     }
     assert.ok(killed >= 2, `only ${killed} runs were killed before they finished`);
   } finally {
+    cleanup();
+  }
+});
+
+test('CLI on a loop block device: --type luks1 is refused without --reduce-device-size (exit 4, nothing written); with it the device becomes LUKS1 and the kept data survives', { skip: skip || needTools('losetup') || needRoot('loop devices') }, async () => {
+  const { dir, cleanup } = tempDir();
+  const backing = join(dir, 'loop.img');
+  const plain = new Uint8Array(randomBytes(16 * MIB));
+  writeFileSync(backing, plain);
+  const loop = run('losetup', ['-f', '--show', backing]).trim();
+  try {
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    let r = runCli(['reencrypt', '--encrypt', '--type', 'luks1', loop, '--key-file', keyFile, ...CLI_FAST]);
+    assert.equal(r.status, EXIT_CODES.device, r.stderr);
+    assert.match(r.stderr, /--reduce-device-size/);
+    equalPlain(new Uint8Array(readFileSync(loop)), plain, 'refused');
+    r = runCli(['reencrypt', '--encrypt', '--type', 'luks1', '--reduce-device-size', '4M', loop, '--key-file', keyFile, ...CLI_FAST]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /LUKS1/);
+    assert.match(r.stdout, /last 4\.0 MiB of the device were given up/);
+    await cryptsetupAgrees(loop, keyFile, plain.subarray(0, 12 * MIB));
+  } finally {
+    run('losetup', ['-d', loop]);
     cleanup();
   }
 });
