@@ -226,7 +226,7 @@ export async function encryptLuks1(device: BlockDevice, options: EncryptOptions)
     if (engine || converted) throw new UnknownFormatError('The header of the encryption disappeared.');
     // No LUKS header: plaintext (a new encryption), or — attached — a start interrupted while the
     // header was written to the head (its copy waits in the gap; encrypt.ts writes it again).
-    const restart = detached ? undefined : await interruptedStartShift(device, options.reduceDeviceSize !== undefined ? { reduceDeviceSize: options.reduceDeviceSize } : {});
+    const restart = detached ? undefined : await interruptedStartShift(device, options);
     if (restart !== undefined) {
       const { reduceDeviceSize: _r, cipher: _c, keySizeBits: _k, sectorSize: _s, ...rest } = options;
       engine = await encryptLuks2(device, { ...rest, headerSize: restart, resumeOnly: true });

@@ -660,8 +660,8 @@ async function writeHeaderImage(device: BlockDevice, base: number, image: Uint8A
 const START_COPY_SHIFTS = [LUKS2_DEFAULTS.dataOffset, 2 * MIB, 1 * MIB];
 
 /**
- * The copy of the header a start left in the gap [N-2S, N-S) (written after the moved copy was
- * flushed) when it describes this very layout for one of the candidate shifts; reads only.
+ * The copy of the header a start left at startCopyAt (written after the moved copy was flushed)
+ * when it describes this very layout for one of the candidate shifts; reads only.
  */
 async function findStartCopy(device: BlockDevice, options: Pick<EncryptOptions, 'reduceDeviceSize' | 'headerSize'>): Promise<{ gap: SliceDevice; st: Luks2HeaderState; s: ReencryptState; shift: number } | undefined> {
   const given = options.reduceDeviceSize !== undefined ? options.reduceDeviceSize / 2 : options.headerSize;
