@@ -28,7 +28,9 @@ function describe(volume: string, r: EncryptReport): string {
   const lines = [
     r.finished
       ? `${volume}: encryption finished: ${r.type === 'luks1' ? 'LUKS1' : 'LUKS2'} ${r.encryption}, ${r.sectorSize}-byte sectors, data offset ${mib(r.dataOffset)} MiB, volume size ${mib(r.volumeSize)} MiB, keyslot ${r.keyslots.join(', ')}.`
-      : `${volume}: encryption${r.type === 'luks1' ? ' to LUKS1' : ''} recorded (${r.resilience}); resume with \`brickcrypt reencrypt --resume-only ${volume}\` (or cryptsetup reencrypt --resume-only).`,
+      : r.type === 'luks1'
+        ? `${volume}: encryption to LUKS1 recorded (${r.resilience}); resume with \`brickcrypt reencrypt --resume-only ${volume}\` (cryptsetup reencrypt --resume-only finishes only its LUKS2 phase; brickcrypt then converts).`
+        : `${volume}: encryption recorded (datashift); resume with \`brickcrypt reencrypt --resume-only ${volume}\` (or cryptsetup reencrypt --resume-only).`,
     `  ${mib(r.bytes)} of ${mib(r.total)} MiB encrypted in ${r.seconds.toFixed(1)} s${rate}${r.recovered ? '; an interrupted step was redone first' : ''}${r.started ? '' : '; resumed a recorded encryption'}.`,
   ];
   if (r.grownBytes > 0) lines.push(`  The file grew by ${mib(r.grownBytes)} MiB for the header and the moved data; it is cut back to header + data when finished.`);
