@@ -113,9 +113,10 @@ export const actionBody = {
       type: 'object',
       additionalProperties: false,
       description:
-        'in place, resumable, in cryptsetup 2.6 on-disk state: mode reencrypt (default) re-keys a LUKS2 or LUKS1 volume under a new volume key and managed key; encrypt makes a raw volume LUKS2 under a new managed key; decrypt makes a LUKS2 volume raw',
+        'in place, resumable, in cryptsetup 2.6 on-disk state: mode reencrypt (default) re-keys a LUKS2 or LUKS1 volume under a new volume key and managed key; encrypt makes a raw volume LUKS2 (or LUKS1) under a new managed key; decrypt makes a LUKS2 volume raw',
       properties: {
-        mode: { type: 'string', enum: ['reencrypt', 'encrypt', 'decrypt'], description: 'reencrypt (default): new volume key; encrypt: raw -> LUKS2 (the file grows by the header, the usable size stays); decrypt: LUKS2 -> raw (no key options)' },
+        mode: { type: 'string', enum: ['reencrypt', 'encrypt', 'decrypt'], description: 'reencrypt (default): new volume key; encrypt: raw -> LUKS2, or LUKS1 with format (the file grows by the header, the usable size stays); decrypt: LUKS2 -> raw (no key options)' },
+        format: { type: 'string', enum: ['luks2', 'luks1'], description: 'mode encrypt: the format to make (default luks2; luks1: 512-byte sectors, pbkdf2, made as LUKS2 and converted in place)' },
         hotzone_size: { anyOf: [{ type: 'integer', minimum: 4096 }, { type: 'string', pattern: '^\\s*\\d+\\s*([KMGTkmgt](i?[Bb])?)?\\s*$' }], description: 'largest hot zone, bytes or "16M" (default: the engine\'s); a cancel waits at most one zone' },
         resume: { type: 'boolean', description: 'true: continue the reencryption a failed or cancelled job left on this volume (status error); no other field' },
         cipher: { type: 'string', minLength: 1, description: 'new dm-crypt cipher (default: the current one)' },

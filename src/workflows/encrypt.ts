@@ -10,7 +10,8 @@ import { FileDevice } from '../devices/file-device.js';
 import { decodeReencryptState } from '../formats/luks2/reencrypt-state.js';
 import { detectFormat } from '../images/detect.js';
 import { readLuks2Headers } from '../luks/luks2-io.js';
-import { encryptLuks2, type EncryptCipherFactory, type EncryptOptions, type EncryptReport } from '../luks/reencrypt/encrypt.js';
+import { type EncryptCipherFactory, type EncryptOptions, type EncryptReport } from '../luks/reencrypt/encrypt.js';
+import { encryptLuks, luks1EncryptionRecorded } from '../luks/reencrypt/encrypt-luks1.js';
 import type { ZoneCipher, ZoneSide } from '../luks/reencrypt/engine.js';
 import { CryptoPool, defaultWorkerCount } from './worker-pool.js';
 import { poolChecksums, poolSide, poolTransform } from './pool-zone-ciphers.js';
@@ -38,6 +39,8 @@ export interface EncryptVolumeOptions extends Omit<EncryptOptions, 'headerDevice
   header?: string;
   /** Crypto worker threads (0: the calling thread); default one per core. */
   workers?: number;
+  /** The format to end with (default luks2); a recorded encryption to LUKS1 ends as LUKS1 anyway. */
+  type?: 'luks1' | 'luks2';
 }
 
 /** Encrypts (or resumes encrypting) the plain file or device at `path` in place. */
@@ -50,7 +53,7 @@ export async function encryptVolume(path: string, options: EncryptVolumeOptions)
     // A detached header file is created when missing (as cryptsetup does).
     if (options.header !== undefined) header = await FileDevice.open(options.header, { create: true });
     const { header: _h, workers: _w, ...rest } = options;
-    return await encryptLuks2(file, {
+    return await encryptLuks(file, {
       ...rest,
       ...(header ? { headerDevice: header } : {}),
       ...(pool ? { cipherFactory: poolEncryptCipher(pool), plainZoneCipher: poolPlainZoneCipher(pool) } : {}),
@@ -63,7 +66,8 @@ export async function encryptVolume(path: string, options: EncryptVolumeOptions)
 }
 
 /**
- * True when `path` holds a recorded in-place encryption (mode encrypt), or — with `resumeOnly` —
+ * True when `path` holds a recorded in-place encryption (mode encrypt, or any phase of one to
+ * LUKS1: src/luks/reencrypt/encrypt-luks1.ts), or — with `resumeOnly` —
  * is not LUKS at all (a start interrupted while the header was written: the engine looks for
  * the header's copy). `reencrypt --resume-only` then goes to `encryptVolume`.
  */
@@ -77,6 +81,7 @@ export async function encryptionRecorded(path: string, resumeOnly: boolean, head
   try {
     const format = await detectFormat(file);
     if (format === 'raw') return resumeOnly;
+    if (await luks1EncryptionRecorded(file, header === undefined ? file.size : undefined)) return true;
     if (format !== 'luks2') return false;
     const { state } = await readLuks2Headers(file, file.size);
     return decodeReencryptState(state.metadata)?.keyslot.mode === 'encrypt';

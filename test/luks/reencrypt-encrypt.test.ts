@@ -249,6 +249,27 @@ test('a start interrupted while the header is written to the head is finished fr
   }
 });
 
+test('less data than the header: the start\'s header copy lies clear of the head, so a cut while the head is written is finished from it', async () => {
+  // 384 KiB of data, a 512 KiB header: the gap [N-2S, N-S) would begin inside [0, S).
+  const P = 384 * KIB;
+  const plain = new Uint8Array(randomBytes(P));
+  const probe = new FaultInjectingDevice(plain);
+  await encryptLuks2(probe, opts({ initOnly: true }));
+  const initWrites = probe.writes;
+  for (let back = 0; back < 4; back++) {
+    const dev = new FaultInjectingDevice(plain, { cutAfterWrite: initWrites - back, seed: back + 11, sectorSize: 512 });
+    await assert.rejects(encryptLuks2(dev, opts()), PowerCutError);
+    const after = new MemoryDevice(dev.crashImage());
+    const r = await encryptLuks2(after, opts({ resumeOnly: true }));
+    assert.equal(r.finished, true);
+    equalPlain(await plaintextOf(after), plain, `cut ${back} writes before the end of the start`);
+  }
+  // Too little data to hold the copy (the keyslot areas) next to the head: refused, nothing written.
+  const tiny = new MemoryDevice(new Uint8Array(plain.subarray(0, 64 * KIB)));
+  await assert.rejects(encryptLuks2(tiny, opts()), InsufficientSpaceError);
+  equalPlain(tiny.bytes, plain.subarray(0, 64 * KIB), 'tiny');
+});
+
 /** Header [0, 1 MiB) and data after it, both slices of one fault-injecting device. */
 function detachedPair(backing: BlockDevice, dataSize: number): { header: SliceDevice; data: SliceDevice } {
   return { header: new SliceDevice(backing, 0, 1 * MIB), data: new SliceDevice(backing, 1 * MIB, dataSize) };
@@ -531,15 +552,15 @@ function runAndSignal(args: string[], ms: number, signal: NodeJS.Signals, fromSp
   });
 }
 
-test('CLI: --encrypt grows a file and says so; --reduce-device-size says what is given up; --type luks1 and datashift with --header are refused', { skip }, async () => {
+test('CLI: --encrypt grows a file and says so; --reduce-device-size says what is given up; an unknown --type and datashift with --header are refused', { skip }, async () => {
   const { dir, cleanup } = tempDir();
   try {
     const keyFile = join(dir, 'key');
     writeFileSync(keyFile, PASS);
     const img = join(dir, 'a.img');
     const plain = plainFile(img, 8 * MIB);
-    let r = runCli(['reencrypt', '--encrypt', '--type', 'luks1', img, '--key-file', keyFile, ...CLI_FAST]);
-    assert.equal(r.status, EXIT_CODES.device, r.stderr);
+    let r = runCli(['reencrypt', '--encrypt', '--type', 'luks3', img, '--key-file', keyFile, ...CLI_FAST]);
+    assert.equal(r.status, EXIT_CODES.usage, r.stderr);
     r = runCli(['reencrypt', '--encrypt', img, '--header', join(dir, 'h'), '--resilience', 'datashift', '--key-file', keyFile, ...CLI_FAST]);
     assert.equal(r.status, EXIT_CODES.usage, r.stderr);
     equalPlain(new Uint8Array(readFileSync(img)), plain, 'refusals wrote nothing');

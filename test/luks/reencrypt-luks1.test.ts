@@ -19,13 +19,13 @@ import { isLuks1Reencryption, readLuks1Marker, reencryptLuks1, LUKS1_REENCRYPT_T
 import type { ReencryptOptions, Resilience } from '../../src/luks/reencrypt/engine.js';
 import { readLuks2Headers } from '../../src/luks/luks2-io.js';
 import { detectFormat } from '../../src/images/detect.js';
-import { LUKS1_HEADER_SIZE, LUKS1_KEY_ENABLED, decodeLuks1Header, luks1KeyslotSectors } from '../../src/formats/luks1/header.js';
 import { Passphrase, VolumeKey } from '../../src/secret.js';
 import { InvalidArgumentError, Luks1ReencryptRefusedError, WrongPassphraseError } from '../../src/errors.js';
 import { reencryptVolume } from '../../src/workflows/reencrypt.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
 import { cryptsetupVolumeKeyHex, extractFixture, needFixtures, needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { equalPlain } from '../helpers/plaintext.js';
+import { assertFinishedLuks1 } from '../helpers/luks1.js';
 
 const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
 const PASS = 'luks1 pass';
@@ -81,21 +81,6 @@ async function open(dev: BlockDevice, pass = PASS): Promise<{ version: number; k
   return { version: vol.version, key: keyBytes, plain, keyslot: Number(keyslot) };
 }
 
-
-/** The volume is a finished LUKS1 re-key: LUKS1, no marker, no LUKS2 copy left in the header area. */
-async function assertFinishedLuks1(dev: MemoryDevice, label: string): Promise<void> {
-  assert.equal(await detectFormat(dev), 'luks1', `${label}: format`);
-  assert.equal(await readLuks1Marker(dev), undefined, `${label}: marker left`);
-  assert.equal(await isLuks1Reencryption(dev), false, `${label}: still recorded`);
-  // Between the header and the data only the active keyslots' material is left: the marker, the
-  // LUKS2 headers, the old keyslots and the resilience data are wiped.
-  const hdr = decodeLuks1Header(dev.bytes.subarray(0, LUKS1_HEADER_SIZE));
-  const length = luks1KeyslotSectors(hdr.keyBytes) * 512;
-  const keep = hdr.keyslots.filter((k) => k.state === LUKS1_KEY_ENABLED).map((k) => [k.keyMaterialOffset * 512, k.keyMaterialOffset * 512 + length] as const);
-  for (let at = LUKS1_HEADER_SIZE; at < hdr.payloadOffset * 512; at++) {
-    if (dev.bytes[at] !== 0 && !keep.some(([a, b]) => at >= a && at < b)) assert.fail(`${label}: byte ${at} of the header area is not wiped`);
-  }
-}
 
 test('LUKS1 re-key: LUKS1 again, same plaintext and keyslot number, new key, old key gone', async () => {
   const { dev, plain, oldKey } = await luks1Volume(512 * 1024);

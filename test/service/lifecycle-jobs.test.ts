@@ -207,6 +207,59 @@ test('reencrypt mode encrypt: a raw volume becomes LUKS2 in place under a new ma
   }
 });
 
+test('reencrypt mode encrypt with format luks1: a raw volume becomes LUKS1 in place (payload at 2 MiB, 512-byte sectors), same plaintext; LUKS1-impossible options are 400', async () => {
+  const bytes = randomBytes(4 << 20);
+  const v = await volumeWith('enc-l1', 'raw', bytes);
+  const before = sha(v.path);
+  for (const body of [
+    { mode: 'encrypt', format: 'luks1', sector_size: 4096 },
+    { mode: 'encrypt', format: 'luks1', luks: { pbkdf: 'argon2id' } },
+    { mode: 'encrypt', format: 'luks3' },
+    { mode: 'decrypt', format: 'luks1' },
+  ]) {
+    const r = await action(v.id, { reencrypt: body });
+    assert.equal(r.status, 400, `${JSON.stringify(body)}: ${r.text}`);
+  }
+  assert.equal(sha(v.path), before);
+  const job = await runAction(v.id, { reencrypt: { mode: 'encrypt', format: 'luks1', luks: FAST_LUKS } });
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.equal(job.result.format, 'luks1');
+  assert.equal(job.result.data_offset, 2 << 20);
+  const after = service.db.volume(v.id)!;
+  assert.deepEqual({ format: after.format, status: after.status, size: after.size, cipher: after.cipher }, { format: 'luks1', status: 'available', size: bytes.length, cipher: 'aes-xts-plain64' });
+  assert.equal(readFileSync(v.path).readUInt16BE(6), 1, 'LUKS version 1');
+  assert.equal(statSync(v.path).size, bytes.length + (2 << 20));
+  assert.ok((await plaintext(v.id)).equals(bytes));
+  const cryptsetup = whichTool('cryptsetup');
+  if (cryptsetup) {
+    const pass = await passphraseOfKey(service.keys, ADMIN, after.encryption_key_id!);
+    const passFile = join(env.dir, 'enc-l1.pass');
+    writeFileSync(passFile, Buffer.from(pass.expose()));
+    pass.wipe();
+    await execFileP(cryptsetup, ['open', '--test-passphrase', '--disable-locks', '--key-file', passFile, v.path]);
+    assert.match((await execFileP(cryptsetup, ['luksDump', '--disable-locks', v.path])).stdout, /^Version:\s+1$/m);
+  }
+});
+
+test('reencrypt mode encrypt to luks1 cancelled mid-way: the volume is in error, {resume: true} finishes it as LUKS1', async () => {
+  const bytes = randomBytes(48 << 20);
+  const v = await volumeWith('enc-l1-cancel', 'raw', bytes);
+  const r = await action(v.id, { reencrypt: { mode: 'encrypt', format: 'luks1', hotzone_size: '256K', luks: FAST_LUKS } });
+  assert.equal(r.status, 202, r.text);
+  await waitFor(call, r.json.job.id, (j) => j.state === 'running' && j.progress.bytes_done > 0);
+  assert.ok((await call('POST', `/v1/jobs/${r.json.job.id}/cancel`, { who: 'admin' })).status < 300);
+  const cancelled = await waitJob(call, r.json.job.id);
+  assert.equal(cancelled.state, 'cancelled', JSON.stringify(cancelled));
+  assert.equal(service.db.volume(v.id)!.status, 'error');
+  assert.equal(service.db.volume(v.id)!.format, 'raw');
+  const job = await runAction(v.id, { reencrypt: { resume: true } });
+  assert.equal(job.state, 'succeeded', JSON.stringify(job));
+  assert.equal(job.result.resumed, true);
+  const after = service.db.volume(v.id)!;
+  assert.equal(after.format, 'luks1');
+  assert.ok((await plaintext(v.id)).equals(bytes));
+});
+
 test('reencrypt mode decrypt: a LUKS2 volume becomes raw in place, the file holds exactly the plaintext, the key the service made is deleted', async () => {
   const bytes = randomBytes(8 << 20);
   const v = await volumeWith('dec-in-place', 'luks2', bytes);
@@ -348,7 +401,7 @@ test('openapi.json describes the resize and reencrypt bodies', async () => {
   const actions = doc.paths['/v1/volumes/{id}/actions'].post.requestBody.content['application/json'].schema.properties;
   assert.deepEqual(Object.keys(actions.resize.properties).sort(), ['allow_truncate', 'size']);
   assert.deepEqual(actions.resize.required, ['size']);
-  assert.deepEqual(Object.keys(actions.reencrypt.properties).sort(), ['cipher', 'hotzone_size', 'key', 'key_size', 'luks', 'mode', 'resilience', 'resume', 'sector_size']);
+  assert.deepEqual(Object.keys(actions.reencrypt.properties).sort(), ['cipher', 'format', 'hotzone_size', 'key', 'key_size', 'luks', 'mode', 'resilience', 'resume', 'sector_size']);
   assert.deepEqual(actions.reencrypt.properties.mode.enum, ['reencrypt', 'encrypt', 'decrypt']);
 });
 

@@ -1,9 +1,10 @@
 /**
- * `brickcrypt reencrypt --encrypt --type luks2 VOLUME`: in-place encryption of a plain file or
- * block device (cryptsetup's option names) over src/workflows/encrypt.ts. A regular file grows
- * by the header size; a block device needs --reduce-device-size (the room is taken from the end
- * of the data, and the output says how much). Same key input, progress, signals and volume lock
- * as the re-key.
+ * `brickcrypt reencrypt --encrypt --type luks2|luks1 VOLUME`: in-place encryption of a plain file
+ * or block device (cryptsetup's option names) over src/workflows/encrypt.ts (LUKS1: through a
+ * LUKS2 encryption converted at the end, src/luks/reencrypt/encrypt-luks1.ts). A regular file
+ * grows by the header size; a block device needs --reduce-device-size (the room is taken from
+ * the end of the data, and the output says how much) or --header. Same key input, progress,
+ * signals and volume lock as the re-key.
  */
 import { InvalidArgumentError, NotImplementedError } from '../../errors.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
@@ -26,11 +27,14 @@ function describe(volume: string, r: EncryptReport): string {
   const rate = r.seconds > 0 ? ` (${mib(r.bytes / r.seconds)} MiB/s)` : '';
   const lines = [
     r.finished
-      ? `${volume}: encryption finished: LUKS2 ${r.encryption}, ${r.sectorSize}-byte sectors, data offset ${mib(r.dataOffset)} MiB, volume size ${mib(r.volumeSize)} MiB, keyslot ${r.keyslots.join(', ')}.`
-      : `${volume}: encryption recorded (datashift); resume with \`brickcrypt reencrypt --resume-only ${volume}\` (or cryptsetup reencrypt --resume-only).`,
+      ? `${volume}: encryption finished: ${r.type === 'luks1' ? 'LUKS1' : 'LUKS2'} ${r.encryption}, ${r.sectorSize}-byte sectors, data offset ${mib(r.dataOffset)} MiB, volume size ${mib(r.volumeSize)} MiB, keyslot ${r.keyslots.join(', ')}.`
+      : r.type === 'luks1'
+        ? `${volume}: encryption to LUKS1 recorded (${r.resilience}); resume with \`brickcrypt reencrypt --resume-only ${volume}\` (cryptsetup reencrypt --resume-only finishes only its LUKS2 phase; brickcrypt then converts).`
+        : `${volume}: encryption recorded (datashift); resume with \`brickcrypt reencrypt --resume-only ${volume}\` (or cryptsetup reencrypt --resume-only).`,
     `  ${mib(r.bytes)} of ${mib(r.total)} MiB encrypted in ${r.seconds.toFixed(1)} s${rate}${r.recovered ? '; an interrupted step was redone first' : ''}${r.started ? '' : '; resumed a recorded encryption'}.`,
   ];
   if (r.grownBytes > 0) lines.push(`  The file grew by ${mib(r.grownBytes)} MiB for the header and the moved data; it is cut back to header + data when finished.`);
+  if (r.type === 'luks1' && r.finished) lines.push(`  Encrypted as LUKS2 and converted to LUKS1 in place (512-byte sectors, pbkdf2 keyslot${r.keyslots.length === 1 ? '' : 's'}).`);
   if (r.lostBytes > 0) lines.push(`  --reduce-device-size: the last ${mib(r.lostBytes)} MiB of the device were given up (${r.lostBytes} bytes); only the first ${mib(r.total)} MiB of the old data are kept.`);
   return lines.join('\n') + '\n';
 }
@@ -61,10 +65,8 @@ async function plainSourceOf(volume: string, o: EncryptCliOptions): Promise<{ ke
 
 /** Runs the encryption for the `reencrypt` command's action. */
 export async function runEncrypt(volume: string, o: EncryptCliOptions, input: PassphraseInput): Promise<void> {
-  if (o.type !== undefined && o.type !== 'luks2') {
-    if (o.type === 'luks1') throw new NotImplementedError('In-place encryption to LUKS1 is not built; use --type luks2.');
-    throw new InvalidArgumentError(`--type must be luks2, not ${o.type}.`);
-  }
+  const type = o.type === undefined ? undefined : parseChoice(o.type, 'type', ['luks2', 'luks1'] as const);
+  if (type === 'luks1' && o.srcFormat !== undefined) throw new NotImplementedError('Converting a plain dm-crypt volume in place to LUKS1 is not built; use --type luks2.');
   const detached = o.header !== undefined;
   const resilience = o.resilience === undefined ? undefined : parseChoice(o.resilience, 'resilience', ['checksum', 'journal', 'none', 'datashift'] as const);
   if (resilience !== undefined && (resilience === 'datashift') !== !detached) {
@@ -93,6 +95,7 @@ export async function runEncrypt(volume: string, o: EncryptCliOptions, input: Pa
           ...newEncryptionOptions(o),
           ...(o.reduceDeviceSize !== undefined ? { reduceDeviceSize: parseSize(o.reduceDeviceSize, 'reduce-device-size') } : {}),
           ...(resilience !== undefined && resilience !== 'datashift' ? { resilience } : {}),
+          ...(type !== undefined ? { type } : {}),
           signal,
           onProgress,
         };

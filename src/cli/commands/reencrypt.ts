@@ -61,7 +61,7 @@ function describe(volume: string, r: ReencryptReport): string {
 export function register(program: Command): void {
   const cmd = program
     .command('reencrypt')
-    .description('Re-encrypt a volume in place (cryptsetup reencrypt): re-key LUKS2/LUKS1, --encrypt plain data (or a plain dm-crypt volume) into LUKS2, --decrypt to plain; crash-safe and resumable, also by cryptsetup.')
+    .description('Re-encrypt a volume in place (cryptsetup reencrypt): re-key LUKS2/LUKS1, --encrypt plain data into LUKS2 or LUKS1 (a plain dm-crypt volume into LUKS2), --decrypt to plain; crash-safe and resumable, also by cryptsetup.')
     .argument('<volume>', 'volume file or block device')
     .option('--key-file <file>', "passphrase file ('-' = stdin); the same passphrase opens the new keyslots")
     .option('--keyfile-offset <bytes>', 'skip this many bytes of the key file')
@@ -78,9 +78,9 @@ export function register(program: Command): void {
     .option('--key-size <bits>', 'new volume key size in bits (default: the current one)')
     .option('--sector-size <bytes>', 'new encryption sector size: 512, 1024, 2048 or 4096 (default: the current one)')
     .option('--header <file>', 'detached LUKS2 header; with --decrypt of an attached header: where it is exported')
-    .option('--encrypt', 'encrypt a plain file or device in place into LUKS2 (a file grows by the header size)')
+    .option('--encrypt', 'encrypt a plain file or device in place into LUKS2 or LUKS1 (--type; a file grows by the header size)')
     .option('--decrypt', 'decrypt a LUKS2 device in place (header kept in --header FILE, default VOLUME.decrypt-header)')
-    .option('--type <type>', 'with --encrypt: luks2 (luks1 is not built)')
+    .option('--type <type>', 'with --encrypt: luks2 (default) or luks1 (512-byte sectors, pbkdf2; made as LUKS2 and converted in place)')
     .option('--reduce-device-size <size>', 'with --encrypt: room for the header taken from the device end (needed on a block device; half of it becomes the header)')
     .option('--src-format <format>', 'with --encrypt: plain when the device is a plain dm-crypt volume (converted to LUKS2 without writing plaintext; see --src-cipher)')
     .option('--src-key-file <file>', 'with --src-format plain: the plain volume\'s key file, or - (hashed with --src-hash)')
@@ -106,6 +106,7 @@ Examples:
   brickcrypt reencrypt --resume-only vol.img --key-file pass.txt        (after a crash, kill or Ctrl-C)
   brickcrypt reencrypt --encrypt --type luks2 disk.img --key-file pass.txt   (encrypt a plain file in place; it grows by 16 MiB)
   brickcrypt reencrypt --encrypt --type luks2 --reduce-device-size 32M /dev/sdX1 --key-file pass.txt
+  brickcrypt reencrypt --encrypt --type luks1 disk.img --key-file pass.txt   (LUKS1: the file grows by 2 MiB, its payload offset)
   brickcrypt reencrypt --decrypt vol.img --key-file pass.txt            (to plain data; the header waits in vol.img.decrypt-header)
   brickcrypt reencrypt --decrypt vol.img --header vol.hdr --key-file pass.txt   (detached header, or where to export it)
   brickcrypt reencrypt --encrypt disk.plain --key-file pass.txt --src-format plain --src-key-size 512 --src-key-file plain.key
@@ -122,6 +123,8 @@ online by the attach process (clients keep reading and writing; default hot zone
 this command is killed the server goes on, Ctrl-C stops it at a zone boundary. See docs/reencrypt.md.
 A LUKS1 volume is converted in place to LUKS2, re-keyed and converted back to LUKS1 (512-byte
 sectors, pbkdf2 keyslots keeping their numbers); a crash in any phase is resumed by the next run.
+--encrypt --type luks1 encrypts as LUKS2 with a layout LUKS1 can hold (payload at 2 MiB, or 1 MiB
+for 128-bit keys) and converts the header at the end; a resume, with or without --type, ends as LUKS1.
 ${KEY_MANAGER_HELP}`)
     .action(async (volume: string, o: ReencryptCliOptions) => {
       if (o.encrypt && o.decrypt) throw new InvalidArgumentError('Give --encrypt or --decrypt, not both.');

@@ -19,10 +19,13 @@
  * is recorded in a token (type brickcrypt-encrypt-grown) so a resume knows it.
  *
  * The start is crash-safe too: the moved copy is written and flushed, then a copy of the new
- * header H is written into the free gap [N-2S, N-S) and flushed, and only then is H written over
- * [0, S). A crash while H is written at the head leaves a device without a valid head but with H
- * in the gap: a resume finds it there (it checks H's keyslot opens with the passphrase), writes
- * it to the head again and goes on. Before H is in the gap nothing of the plaintext is changed.
+ * header H (its used part: binary headers, JSON and keyslot areas) is written into the free gap
+ * at max(N-2S, S) and flushed, and only then is H written over [0, S). (With less plaintext than
+ * S the gap [N-2S, N-S) reaches into [0, S), so the copy goes to S: free too until the first
+ * zone is written.) A crash while H is written at the head leaves a device without a valid head
+ * but with H in the gap: a resume finds it there (it checks H's keyslot opens with the
+ * passphrase), writes it to the head again (zeros after its used part) and goes on. Before H is
+ * in the gap nothing of the plaintext is changed.
  */
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import type { BlockDevice } from '../../block-device.js';
@@ -40,7 +43,7 @@ import {
 import { parseEncryption, validateKeyBytes, cipherSpecStrings } from '../../crypto/cipher-spec.js';
 import { hashInfo } from '../../crypto/hash.js';
 import { createSectorCipher } from '../../crypto/sector-cipher.js';
-import { u64, validateLuks2Metadata, type Luks2Metadata, type Luks2Segment } from '../../formats/luks2/metadata.js';
+import { u64, validateLuks2Metadata, type Luks2Metadata, type Luks2Segment, type Luks2Token } from '../../formats/luks2/metadata.js';
 import {
   REENCRYPT_REQ_VERSION,
   SEGMENT_FLAG,
@@ -144,9 +147,16 @@ export interface EncryptOptions extends KdfOptions, InPlaceRunOptions {
    * before encrypting (no plaintext is ever written). Attached header only.
    */
   source?: EncryptSource;
+  /**
+   * Tokens recorded with the new header and kept when it finishes (e.g. the LUKS1 target of
+   * encrypt-luks1.ts, which converts the finished volume down).
+   */
+  tokens?: Luks2Token[];
 }
 
 export interface EncryptReport {
+  /** What the volume is when finished (encrypt-luks1.ts converts the LUKS2 result to LUKS1). */
+  type: 'luks1' | 'luks2';
   started: boolean;
   /** An interrupted zone (or header write of the start) was redone. */
   recovered: boolean;
@@ -184,6 +194,7 @@ export async function encryptLuks2(device: BlockDevice, options: EncryptOptions)
     return encryptDetached(device, options.headerDevice, options, t0);
   }
   const report: EncryptReport = {
+    type: 'luks2',
     started: false,
     recovered: false,
     finished: false,
@@ -212,6 +223,8 @@ export async function encryptLuks2(device: BlockDevice, options: EncryptOptions)
     st = await recoverStart(device, options);
     if (st) report.recovered = true;
   }
+  // --reduce-device-size says where the copy of an interrupted start is: then it is no change.
+  const fromStartCopy = report.recovered;
 
   let key: VolumeKey;
   if (st) {
@@ -234,7 +247,7 @@ export async function encryptLuks2(device: BlockDevice, options: EncryptOptions)
       if (!token) throw new CorruptHeaderError(`The header requires ${ENCRYPT_SOURCE_REQUIREMENT} but has no ${ENCRYPT_SOURCE_TOKEN_TYPE} token.`);
       options.source.check(token);
     }
-    if (options.cipher !== undefined || options.keySizeBits !== undefined || options.sectorSize !== undefined || options.reduceDeviceSize !== undefined) {
+    if (options.cipher !== undefined || options.keySizeBits !== undefined || options.sectorSize !== undefined || (options.reduceDeviceSize !== undefined && !fromStartCopy)) {
       throw new InvalidArgumentError('An encryption is already recorded: resume it without --cipher, --key-size, --sector-size or --reduce-device-size.');
     }
     const keys = await openReencryptKeys(device, st.metadata, state, options.passphrases);
@@ -567,6 +580,7 @@ async function initEncrypt(device: BlockDevice, options: EncryptOptions, report:
       meta.tokens[String(Object.keys(meta.tokens).length)] = options.source.token;
       meta.config.requirements.mandatory!.push(ENCRYPT_SOURCE_REQUIREMENT);
     }
+    for (const t of options.tokens ?? []) meta.tokens[String(Object.keys(meta.tokens).length)] = structuredClone(t);
     meta.digests['1'] = { type: 'pbkdf2', keyslots: [reencId], segments: [] };
     const draft = decodeReencryptState(meta)!;
     const vdata = reencryptVerificationData(meta, draft, { new: key.expose() });
@@ -584,6 +598,11 @@ async function initEncrypt(device: BlockDevice, options: EncryptOptions, report:
     image.set(buildLuks2Copy(st, 'secondary'), hdrSize);
     sealed.material.fill(0);
 
+    // The copy of the header must fit between the head and the moved segment.
+    const used = headerBytesUsed(meta, hdrSize);
+    if (startCopyAt(deviceSize, shift) + used > movedOffset) {
+      throw new InsufficientSpaceError(`${plainSize} bytes of data are too few to encrypt in place crash-safely: the copy of the header needs ${used} bytes of room before the moved data.`);
+    }
     // 1. Room: a file grows by 2S (the gap and the moved segment).
     if (plan.grow) {
       await (device as Growable).resize(deviceSize);
@@ -600,8 +619,8 @@ async function initEncrypt(device: BlockDevice, options: EncryptOptions, report:
       b.fill(0);
     }
     await device.flush();
-    // 3. A copy of the header into the gap [N-2S, N-S) (free until the first zone), then 4. the header at the head.
-    await writeHeaderImage(device, deviceSize - 2 * shift, image, hdrSize);
+    // 3. A copy of the header into the gap (free until the first zone), then 4. the header at the head.
+    await writeHeaderImage(device, startCopyAt(deviceSize, shift), image.subarray(0, used), hdrSize);
     await writeHeaderImage(device, 0, image, hdrSize);
     image.fill(0);
     return { st, key };
@@ -609,6 +628,18 @@ async function initEncrypt(device: BlockDevice, options: EncryptOptions, report:
     key?.wipe();
     throw err;
   }
+}
+
+/** Where the copy of a new header goes: the gap [N-2S, N-S), or S when that reaches into the head [0, S). */
+function startCopyAt(deviceSize: number, shift: number): number {
+  return Math.max(deviceSize - 2 * shift, shift);
+}
+
+/** Bytes of a header image that matter: the binary headers and JSON, and the keyslot areas (4 KiB aligned). */
+function headerBytesUsed(meta: Luks2Metadata, hdrSize: number): number {
+  let end = 2 * hdrSize;
+  for (const ks of Object.values(meta.keyslots)) end = Math.max(end, u64(ks.area.offset, 'area offset') + u64(ks.area.size, 'area size'));
+  return Math.ceil(end / 4096) * 4096;
 }
 
 /** Writes a header image at `base`: everything but the two binary headers, flush, then those, flush. */
@@ -623,31 +654,59 @@ async function writeHeaderImage(device: BlockDevice, base: number, image: Uint8A
 }
 
 /**
+ * Header sizes an interrupted start is looked for with when none is given: LUKS2's default and
+ * the LUKS1 payload offsets of 128-, 256- and 512-bit keys (encrypt-luks1.ts), 1 and 2 MiB.
+ */
+const START_COPY_SHIFTS = [LUKS2_DEFAULTS.dataOffset, 2 * MIB, 1 * MIB];
+
+/**
+ * The copy of the header a start left at startCopyAt (written after the moved copy was flushed)
+ * when it describes this very layout for one of the candidate shifts; reads only.
+ */
+async function findStartCopy(device: BlockDevice, options: Pick<EncryptOptions, 'reduceDeviceSize' | 'headerSize'>): Promise<{ gap: SliceDevice; st: Luks2HeaderState; s: ReencryptState; shift: number } | undefined> {
+  const given = options.reduceDeviceSize !== undefined ? options.reduceDeviceSize / 2 : options.headerSize;
+  for (const shift of given !== undefined ? [given] : START_COPY_SHIFTS) {
+    if (!Number.isInteger(shift) || shift <= 0 || device.size < 2 * shift) continue;
+    const gap = new SliceDevice(device, startCopyAt(device.size, shift), shift);
+    let st: Luks2HeaderState;
+    try {
+      st = (await readLuks2Headers(gap)).state;
+    } catch {
+      continue;
+    }
+    const s = (() => {
+      try {
+        return decodeReencryptState(st.metadata);
+      } catch {
+        return undefined;
+      }
+    })();
+    if (!s || s.keyslot.mode !== 'encrypt' || s.movedId === undefined || s.keyslot.shiftSize !== shift) continue;
+    const prev = st.metadata.segments[s.previousId]!;
+    const moved = st.metadata.segments[s.movedId]!;
+    if (u64(prev.size, 'size') !== device.size - 2 * shift || u64(moved.offset, 'offset') !== device.size - shift) continue;
+    return { gap, st, s, shift };
+  }
+  return undefined;
+}
+
+/**
+ * The header size (data shift) of a start interrupted while the header was written to the head
+ * of `device` (no valid header there, its copy in the gap), or undefined. Reads only, no KDF.
+ */
+export async function interruptedStartShift(device: BlockDevice, options: Pick<EncryptOptions, 'reduceDeviceSize' | 'headerSize'> = {}): Promise<number | undefined> {
+  return (await findStartCopy(device, options))?.shift;
+}
+
+/**
  * A start interrupted while the header was written to the head: the gap [N-2S, N-S) holds a
- * copy of the header (written after the moved copy was flushed). When it describes this very
- * layout and the passphrase opens its keyslot, it is written to the head again.
+ * copy of the header. When it describes this very layout and the passphrase opens its keyslot,
+ * it is written to the head again.
  */
 async function recoverStart(device: BlockDevice, options: EncryptOptions): Promise<Luks2HeaderState | undefined> {
-  const shift = options.reduceDeviceSize !== undefined ? options.reduceDeviceSize / 2 : (options.headerSize ?? LUKS2_DEFAULTS.dataOffset);
-  if (!Number.isInteger(shift) || shift <= 0 || device.size < 2 * shift) return undefined;
-  const gap = new SliceDevice(device, device.size - 2 * shift, shift);
-  let st: Luks2HeaderState;
-  try {
-    st = (await readLuks2Headers(gap)).state;
-  } catch {
-    return undefined;
-  }
-  const s = (() => {
-    try {
-      return decodeReencryptState(st.metadata);
-    } catch {
-      return undefined;
-    }
-  })();
-  if (!s || s.keyslot.mode !== 'encrypt' || s.movedId === undefined || s.keyslot.shiftSize !== shift) return undefined;
-  const prev = st.metadata.segments[s.previousId]!;
-  const moved = st.metadata.segments[s.movedId]!;
-  if (u64(prev.size, 'size') !== device.size - 2 * shift || u64(moved.offset, 'offset') !== device.size - shift) return undefined;
+  const found = await findStartCopy(device, options);
+  if (!found) return undefined;
+  const { gap, st, s, shift } = found;
   // Only the header it was written with: its keyslot must open with the passphrase.
   try {
     const keys = await openReencryptKeys(gap, st.metadata, s, options.passphrases);
@@ -657,7 +716,9 @@ async function recoverStart(device: BlockDevice, options: EncryptOptions): Promi
     throw err;
   }
   const image = new Uint8Array(shift);
-  await gap.read(image, 0);
+  const used = headerBytesUsed(st.metadata, st.bin.hdrSize);
+  if (used > shift) throw new CorruptHeaderError('The copy of the header describes keyslots past its end.');
+  await gap.read(image.subarray(0, used), 0);
   await writeHeaderImage(device, 0, image, st.bin.hdrSize);
   image.fill(0);
   return (await readLuks2Headers(device, device.size)).state;
@@ -709,6 +770,7 @@ async function encryptDetached(device: BlockDevice, header: BlockDevice, options
     started = true;
   }
   const base: EncryptReport = {
+    type: 'luks2',
     started,
     recovered: false,
     finished: false,
@@ -781,6 +843,7 @@ async function initDetached(device: BlockDevice, header: BlockDevice, options: E
       ...(resilience === 'checksum' ? { hash: hashInfo(options.resilienceHash ?? 'sha256').name, checksumBlock: CHECKSUM_BLOCK } : {}),
     });
     meta.config.requirements = { mandatory: [reencryptRequirementString(REENCRYPT_REQ_VERSION)] };
+    (options.tokens ?? []).forEach((t, i) => (meta.tokens[String(i)] = structuredClone(t)));
     meta.digests['1'] = { type: 'pbkdf2', keyslots: [reencId], segments: [] };
     const vdata = reencryptVerificationData(meta, decodeReencryptState(meta)!, { new: key.expose() });
     try {

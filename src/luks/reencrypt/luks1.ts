@@ -62,7 +62,11 @@ interface Requested {
   resilience?: Resilience;
 }
 
-export type Luks1Marker = ({ phase: 'up'; requested: Requested } | { phase: 'down' }) & { uuid: string; offsets: number[] };
+/**
+ * `down` with `encrypt`: the last phase of an in-place encryption to LUKS1 (encrypt-luks1.ts),
+ * finished the same way (keyslot moves, then the marker cleared).
+ */
+export type Luks1Marker = ({ phase: 'up'; requested: Requested } | { phase: 'down'; encrypt?: true }) & { uuid: string; offsets: number[] };
 
 /** Encodes a marker sector: JSON, zero padding, and the SHA-256 of the rest in the last 32 bytes. */
 export function encodeLuks1Marker(m: Luks1Marker): Uint8Array {
@@ -95,6 +99,11 @@ export async function readLuks1Marker(device: BlockDevice): Promise<Luks1Marker 
 async function writeMarker(device: BlockDevice, bytes: Uint8Array): Promise<void> {
   await device.write(bytes, LUKS1_MARKER_OFFSET);
   await device.flush();
+}
+
+/** Zeros the marker sector (the last write of a finished operation). */
+export async function clearLuks1Marker(device: BlockDevice): Promise<void> {
+  await writeMarker(device, new Uint8Array(MARKER_SIZE));
 }
 
 function tokenOf(meta: Luks2Metadata): [string, Luks2Token] | undefined {
@@ -140,7 +149,7 @@ function refusedByOptions(options: ReencryptOptions): void {
 }
 
 /** A LUKS1-compatible LUKS2 keyslot as the engine seals it (for the dry run; no material). */
-function simulatedKeyslot(encryption: string, keyBytes: number, area: { offset: number; size: number }): Luks2Keyslot {
+export function simulatedKeyslot(encryption: string, keyBytes: number, area: { offset: number; size: number }): Luks2Keyslot {
   const salt = Buffer.alloc(32).toString('base64');
   return {
     type: 'luks2',

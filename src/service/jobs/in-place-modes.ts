@@ -1,13 +1,15 @@
 /**
- * The in-place modes of the `reencrypt` action: `encrypt` (a raw volume becomes LUKS2 where it
- * lies, src/workflows/encrypt.ts: the file grows by the header, the usable size stays) and
+ * The in-place modes of the `reencrypt` action: `encrypt` (a raw volume becomes LUKS2 — or LUKS1
+ * with `format: luks1`, made as LUKS2 and converted — where it lies, src/workflows/encrypt.ts:
+ * the file grows by the header, the usable size stays) and
  * `decrypt` (a LUKS2 or LUKS1 volume becomes raw, src/workflows/decrypt.ts: the header is exported next to
  * the volume, the plaintext shifted to offset 0 and the file cut). Both record their progress in
  * cryptsetup 2.6's on-disk state, so a crash or kill -9 of the service resumes from the volume
  * itself, and cryptsetup could finish either.
  *
  * Phases (checkpointed): `encrypt` — the new managed key exists (its id is in the checkpoint);
- * the engine runs (or resumes) until the volume is LUKS2 under it; then the record says luks2.
+ * the engine runs (or resumes) until the volume is LUKS2 (or LUKS1) under it; then the record
+ * says so (the format read from the volume).
  * `decrypt` — the old key's id is in the checkpoint; the engine runs (or resumes) until the
  * volume is plain; then the record says raw and the key loses the volume (deleted when the
  * service had made it).
@@ -18,6 +20,7 @@ import { ReencryptionInProgressError } from '../../errors.js';
 import { detectFormat } from '../../images/detect.js';
 import { LuksVolume } from '../../luks/index.js';
 import { isLuks1Reencryption } from '../../luks/reencrypt/luks1.js';
+import { luks1EncryptionRecorded } from '../../luks/reencrypt/encrypt-luks1.js';
 import { encryptVolume, type EncryptReport } from '../../workflows/encrypt.js';
 import { decryptVolume, defaultDecryptHeaderPath, type DecryptVolumeReport } from '../../workflows/decrypt.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
@@ -48,7 +51,8 @@ async function fileState(path: string): Promise<'plain' | 'luks' | 'in-progress'
   try {
     const format = await detectFormat(file);
     if (format !== 'luks2' && format !== 'luks1') return 'plain';
-    if (await isLuks1Reencryption(file)) return 'in-progress';
+    // A LUKS1 re-key, or an encryption to LUKS1 in any phase (a finished LUKS2 header with its token included).
+    if ((await isLuks1Reencryption(file)) || (await luks1EncryptionRecorded(file, file.size))) return 'in-progress';
     const luks = await LuksVolume.open(file, { readOnly: true });
     return luks.payloadFence instanceof ReencryptionInProgressError ? 'in-progress' : 'luks';
   } catch {
@@ -59,16 +63,17 @@ async function fileState(path: string): Promise<'plain' | 'luks' | 'in-progress'
   }
 }
 
-async function cipherOf(path: string): Promise<string> {
+async function luksOf(path: string): Promise<{ cipher: string; format: 'luks1' | 'luks2' }> {
   const file = await FileDevice.open(path, { readOnly: true });
   try {
-    return (await LuksVolume.open(file, { readOnly: true })).encryption;
+    const vol = await LuksVolume.open(file, { readOnly: true });
+    return { cipher: vol.encryption, format: vol.version === 1 ? 'luks1' : 'luks2' };
   } finally {
     await file.close();
   }
 }
 
-/** `encrypt`: a raw volume becomes a LUKS2 volume under a new managed key, in place. */
+/** `encrypt`: a raw volume becomes a LUKS2 (or LUKS1) volume under a new managed key, in place. */
 export async function runEncryptInPlace(deps: ServiceJobDeps, ctx: JobContext, p: ReencryptParams, checkpoint: EncryptCheckpoint | null): Promise<Record<string, unknown>> {
   const job = ctx.job;
   const km = deps.keys;
@@ -93,10 +98,11 @@ export async function runEncryptInPlace(deps: ServiceJobDeps, ctx: JobContext, p
     let report: EncryptReport | undefined;
     // A run killed after the engine's last header write left a finished LUKS2 volume.
     if ((await fileState(vol.path)) !== 'luks') {
-      const { type: _t, sectorSize: _s, ...kdf } = kdfOf(p);
+      const { type: _t, sectorSize: _s, ...kdf } = kdfOf(p, p.format ?? 'luks2');
       report = await encryptVolume(vol.path, {
         passphrases: [pass],
         ...kdf,
+        ...(p.format !== undefined ? { type: p.format } : {}),
         ...(p.cipher !== undefined ? { cipher: p.cipher } : {}),
         ...(p.key_size !== undefined ? { keySizeBits: p.key_size } : {}),
         ...(p.sector_size !== undefined ? { sectorSize: p.sector_size } : {}),
@@ -106,14 +112,15 @@ export async function runEncryptInPlace(deps: ServiceJobDeps, ctx: JobContext, p
       });
       if (!report.finished) throw new ReencryptionInProgressError('The encryption stopped before the end; the job resumes it.');
     }
-    const cipher = await cipherOf(vol.path);
-    await deps.db.updateVolume(vol.id, { format: 'luks2', encryption_key_id: cp.new_key_id, key_owned: cp.new_key_owned, cipher, status: 'available' });
+    const { cipher, format } = await luksOf(vol.path);
+    await deps.db.updateVolume(vol.id, { format, encryption_key_id: cp.new_key_id, key_owned: cp.new_key_owned, cipher, status: 'available' });
     await km.addConsumer(job.caller, cp.new_key_id, volumeConsumer(vol.id)).catch(() => {});
     ctx.progress(vol.size, vol.size);
     return {
       volume_id: vol.id,
       mode: 'encrypt',
       new_key_id: cp.new_key_id,
+      format,
       cipher,
       ...(report ? { sector_size: report.sectorSize, resilience: report.resilience, rewritten_bytes: report.bytes, data_offset: report.dataOffset, recovered: report.recovered, resumed: !report.started } : { resumed: true, rewritten_bytes: 0 }),
       runs: cp.runs,

@@ -4,6 +4,8 @@ import { formatOptionsOf, parseVolumeSize, type LuksRequestOptions } from '../vo
 
 export interface ReencryptParams {
   mode?: 'reencrypt' | 'encrypt' | 'decrypt';
+  /** mode encrypt: the format to make (default luks2; luks1 goes through LUKS2, src/luks/reencrypt/encrypt-luks1.ts). */
+  format?: 'luks1' | 'luks2';
   /** Continue the reencryption a failed or cancelled job left recorded on a volume in `error`. */
   resume?: boolean;
   cipher?: string;

@@ -2,9 +2,9 @@
  * `reencrypt`: in-place re-encryption of a LUKS2 volume under a new volume key and a new managed
  * key, through `reencryptVolume` (src/workflows/reencrypt.ts; on-disk state is cryptsetup 2.6's
  * online-reencrypt-v2, so cryptsetup can finish what this job started and the other way round).
- * In-place `encrypt` (raw -> LUKS) and `decrypt` (LUKS -> raw) are not built: they answer 501
- * NOT_IMPLEMENTED (the `migrate` action converts by copying instead). LUKS1 volumes answer 422
- * UNSUPPORTED (migrate them to luks2 first).
+ * LUKS1 volumes are re-keyed through a temporary LUKS2 header (src/luks/reencrypt/luks1.ts).
+ * Modes `encrypt` (raw -> LUKS2, or LUKS1 with `format: luks1`) and `decrypt` (LUKS -> raw) run
+ * in place too (./in-place-modes.ts).
  *
  * The managed key: `key: {create: true}` (the default) creates one as the caller, named as the
  * volume's keys are; `key: {id}` uses an existing key (the caller must be able to read it). Its
@@ -50,7 +50,7 @@ interface Checkpoint {
   runs: number;
 }
 
-const PARAMS = ['mode', 'resume', 'hotzone_size', 'cipher', 'key_size', 'sector_size', 'resilience', 'key', 'luks'] as const;
+const PARAMS = ['mode', 'format', 'resume', 'hotzone_size', 'cipher', 'key_size', 'sector_size', 'resilience', 'key', 'luks'] as const;
 
 
 export function reencryptJob(deps: ServiceJobDeps): ActionJob {
@@ -66,8 +66,11 @@ export function reencryptJob(deps: ServiceJobDeps): ActionJob {
       }
       const mode = p.mode ?? 'reencrypt';
       if (mode !== 'reencrypt' && mode !== 'encrypt' && mode !== 'decrypt') throw new InvalidArgumentError(`reencrypt: unknown mode ${String(mode)}.`);
+      if (p.format !== undefined && mode !== 'encrypt') throw new InvalidArgumentError('reencrypt: format goes with mode encrypt (the format to make).');
       if (mode === 'encrypt') {
         if (volume.format !== 'raw') throw new InvalidArgumentError(`reencrypt mode encrypt applies to raw volumes; volume ${volume.id} is ${volume.format} already.`);
+        if (p.format !== undefined && p.format !== 'luks1' && p.format !== 'luks2') throw new InvalidArgumentError(`reencrypt mode encrypt makes luks2 or luks1, not ${String(p.format)}.`);
+        if (p.format === 'luks1' && p.sector_size !== undefined && p.sector_size !== 512) throw new InvalidArgumentError('LUKS1 supports only 512-byte sectors.');
       } else if (mode === 'decrypt') {
         if (volume.format === 'raw') throw new InvalidArgumentError(`reencrypt mode decrypt applies to LUKS volumes; volume ${volume.id} is raw.`);
         for (const k of ['cipher', 'key_size', 'sector_size', 'key', 'luks'] as const) if (p[k] !== undefined) throw new InvalidArgumentError(`reencrypt mode decrypt takes no ${k}.`);
@@ -76,7 +79,7 @@ export function reencryptJob(deps: ServiceJobDeps): ActionJob {
         if (volume.format === 'luks1' && p.sector_size !== undefined && p.sector_size !== 512) throw new InvalidArgumentError('LUKS1 supports only 512-byte sectors.');
       }
       if (p.key && 'id' in p.key && p.key.id === volume.encryption_key_id) throw new InvalidArgumentError('reencrypt: the new key must differ from the volume\'s key.');
-      kdfOf(p, volume.format === 'luks1' ? 'luks1' : 'luks2');
+      kdfOf(p, volume.format === 'luks1' || p.format === 'luks1' ? 'luks1' : 'luks2');
       hotzoneOf(p);
       if (volume.status === 'error') throw new LockedError(`Volume ${volume.id} is error; continue an interrupted reencryption with {"reencrypt": {"resume": true}}.`);
       needStatus(volume, 'reencrypt', 'available');
