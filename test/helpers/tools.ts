@@ -67,10 +67,11 @@ export function runStatus(cmd: string, args: string[], options: { input?: string
 
 /**
  * Runs qemu-img to make a LUKS-encrypted image. QEMU offers only `iter-time` (no fixed
- * iteration count) and its PBKDF benchmark fails now and then on a busy machine ("Unable to
- * get accurate CPU usage"), so short times are avoided and a failed benchmark is retried.
+ * iteration count) and its PBKDF benchmark fails now and then ("Unable to get accurate CPU
+ * usage"): it times its first 32768 iterations (a few ms here) with the thread's CPU time, which
+ * a tick-based clock can report as 0 ms. Each try fails in about 30 ms, so it is tried often.
  */
-export function runQemuImgLuks(args: string[], attempts = 3): string {
+export function runQemuImgLuks(args: string[], attempts = 12): string {
   let last = '';
   for (let i = 0; i < attempts; i++) {
     const r = runStatus('qemu-img', args);
