@@ -179,13 +179,30 @@ async function crashAndResume(plain: Uint8Array, cut: number, seed: number, extr
   const after = new MemoryDevice(image);
   const head = await readLuks2Headers(after, after.size).catch(() => undefined);
   if (head && decodeReencryptState(head.state.metadata) === undefined) return { outcome: 'resumed', dev: after };
+  // A resume with a wrong passphrase is refused and writes nothing, in every phase: a wrong
+  // passphrase, or nothing to resume when nothing was recorded (checked against the real resume).
+  const before = new Uint8Array(after.bytes);
+  const wrong = await encryptLuks2(after, opts({ ...extra, resumeOnly: true, passphrases: [Passphrase.fromString('not the passphrase')] })).then(
+    () => assert.fail(`cut after write ${cut}: a resume with a wrong passphrase succeeded`),
+    (err: unknown) => {
+      if (err instanceof WrongPassphraseError) return 'wrong-passphrase';
+      if (err instanceof InvalidArgumentError && /nothing to resume/.test(err.message)) return 'nothing';
+      throw err;
+    },
+  );
+  // Only a repair of a stale LUKS2 header copy from the valid one may have been written (as
+  // when any LUKS2 volume is opened for writing); nothing outside the two header copies.
+  const copies = head ? 2 * head.state.bin.hdrSize : 0;
+  assert.ok(Buffer.from(after.bytes.subarray(copies)).equals(Buffer.from(before.subarray(copies))), `cut after write ${cut}: a refused resume changed the device`);
   try {
     await encryptLuks2(after, opts({ ...extra, resumeOnly: true }));
   } catch (err) {
     if (!(err instanceof InvalidArgumentError && /nothing to resume/.test(err.message))) throw err;
     equalPlain(after.bytes.subarray(0, plain.length), plain, `cut after write ${cut}: nothing recorded but the plaintext changed`);
+    assert.equal(wrong, 'nothing', `cut after write ${cut}`);
     return { outcome: 'untouched', dev: after };
   }
+  assert.equal(wrong, 'wrong-passphrase', `cut after write ${cut}: a recorded encryption was reported as nothing to resume under a wrong passphrase`);
   return { outcome: 'resumed', dev: after };
 }
 

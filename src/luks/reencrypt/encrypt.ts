@@ -707,12 +707,14 @@ async function recoverStart(device: BlockDevice, options: EncryptOptions): Promi
   const found = await findStartCopy(device, options);
   if (!found) return undefined;
   const { gap, st, s, shift } = found;
-  // Only the header it was written with: its keyslot must open with the passphrase.
+  // Only the header it was written with: its keyslot must open with the passphrase. A copy it
+  // does not open is still the record of an interrupted start (findStartCopy checked its shape),
+  // so the run stops here: treating the device as plaintext would encrypt over the head.
   try {
     const keys = await openReencryptKeys(gap, st.metadata, s, options.passphrases);
     keys.new?.wipe();
   } catch (err) {
-    if (err instanceof WrongPassphraseError) return undefined;
+    if (err instanceof WrongPassphraseError) throw new WrongPassphraseError('An interrupted encryption start is recorded on this device, and the passphrase does not open it.');
     throw err;
   }
   const image = new Uint8Array(shift);
