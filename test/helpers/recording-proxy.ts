@@ -6,6 +6,7 @@
  * (Barbican's `host_href` puts absolute references in its answers).
  */
 import http from 'node:http';
+import { Transform } from 'node:stream';
 
 export interface RecordedRequest {
   method: string;
@@ -19,7 +20,13 @@ export interface RecordingProxy {
   close(): Promise<void>;
 }
 
-export async function recordingProxy(target: string, options: { rewriteOrigin?: boolean } = {}): Promise<RecordingProxy> {
+export interface RecordingProxyOptions {
+  rewriteOrigin?: boolean;
+  /** Milliseconds to hold each chunk of an answer to a GET whose path matches (a slow download to kill mid-way). */
+  slowDownload?: { path: RegExp; msPerChunk: number };
+}
+
+export async function recordingProxy(target: string, options: RecordingProxyOptions = {}): Promise<RecordingProxy> {
   const to = new URL(target);
   const requests: RecordedRequest[] = [];
   const agent = new http.Agent({ keepAlive: true });
@@ -31,7 +38,12 @@ export async function recordingProxy(target: string, options: { rewriteOrigin?: 
       const json = String(answer.headers['content-type'] ?? '').includes('json');
       if (!options.rewriteOrigin || !json) {
         res.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(res);
+        const slow = options.slowDownload;
+        if (slow && req.method === 'GET' && slow.path.test(req.url ?? '')) {
+          answer
+            .pipe(new Transform({ transform: (chunk, _enc, done) => void setTimeout(() => done(null, chunk), slow.msPerChunk) }))
+            .pipe(res);
+        } else answer.pipe(res);
         return;
       }
       const chunks: Buffer[] = [];

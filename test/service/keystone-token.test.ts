@@ -3,8 +3,9 @@
  * `X-Auth-Token` keystonemiddleware passes on reaches the real Glance (scripts/servers/glance.sh)
  * and the real Barbican (scripts/key-servers.sh) on every call made for the caller, seen by a
  * recording proxy in front of each; it is never in the state directory or the log; a job run
- * after a restart has no token and calls with the identity headers alone (and succeeds against
- * a Glance that trusts them); a Bearer token of the tokens file is never forwarded.
+ * after a restart (also after `kill -9` of a real `serve` mid-download) has no token and calls
+ * with the identity headers alone (and succeeds against a Glance that trusts them); a Bearer
+ * token of the tokens file is never forwarded.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,7 +19,7 @@ import { ForwardedToken, forwardedToken } from '../../src/keys/forwarded-token.j
 import { glanceAs, glanceServer, type GlanceTestServer } from '../helpers/glance.js';
 import { barbicanServer } from '../helpers/key-servers.js';
 import { recordingProxy, type RecordingProxy } from '../helpers/recording-proxy.js';
-import { FAST_LUKS, TOKENS, client, setupState, volumePlaintext, waitJob, type Call } from './service-helpers.js';
+import { FAST_LUKS, TOKENS, client, setupState, startServeProcess, stopProcess, volumePlaintext, waitFor, waitJob, type Call, type ServeProcess } from './service-helpers.js';
 
 const glance: GlanceTestServer | { skip: string } = await glanceServer();
 const barbican = await barbicanServer();
@@ -188,6 +189,55 @@ test('a job run after a restart has no token: it calls with the identity headers
     }
   } finally {
     await service.close();
+  }
+});
+
+test('kill -9 mid-download, then a restart: the continued job reads the image with the identity headers alone', { skip }, async () => {
+  const env2 = setupState();
+  const big = randomBytes(24 << 20);
+  const g = glanceAs(glanceUrl, ALICE.project, ALICE.user, [...ALICE.roles]);
+  const image = await g.create({ name: 'keystone-token-big', diskFormat: 'raw' });
+  const slow = await recordingProxy(glanceUrl, { slowDownload: { path: /\/file$/, msPerChunk: 4 } });
+  const token = newToken();
+  const args = ['--state', env2.state, '--tokens', env2.tokensFile, '--trust-proxy-identity', '--image-dir', env2.dir, '--image-service', slow.url];
+  let serve: ServeProcess | undefined;
+  const stderrs: string[] = [];
+  try {
+    await g.upload(image.id, (async function* () {
+      yield big;
+    })());
+    serve = await startServeProcess(args);
+    const r = await serve.call('POST', '/v1/volumes', { headers: keystone(token), body: { name: 'killed', format: 'raw', source: { image_id: image.id } } });
+    assert.equal(r.status, 202, r.text);
+    await waitFor(serve.call, r.json.job.id, (j) => j.state === 'running' && j.progress.bytes_done >= 1 << 20);
+    const beforeKill = slow.requests.length;
+    await stopProcess(serve.child, 'SIGKILL');
+    stderrs.push(serve.stderr());
+    for (const q of slow.requests.slice(0, beforeKill)) assert.equal(q.headers['x-auth-token'], token, `${q.method} ${q.path} before the kill`);
+    serve = await startServeProcess(args);
+    const job = await waitJob(serve.call, r.json.job.id, 'admin', 120_000);
+    assert.equal(job.state, 'succeeded', JSON.stringify(job));
+    assert.equal(job.result.runs, 2, 'the killed run and the one after the restart');
+    const after = slow.requests.slice(beforeKill);
+    assert.ok(after.some((q) => q.path.endsWith(`/v2/images/${image.id}/file`)), 'the restarted job read the image again');
+    for (const q of after) {
+      assert.equal(q.headers['x-auth-token'], undefined, `${q.method} ${q.path} after the restart`);
+      assert.equal(q.headers['x-user-id'], ALICE.user);
+    }
+    const vol = (await serve.call('GET', `/v1/volumes/${r.json.volume.id}`, { who: 'admin' })).json.volume;
+    assert.deepEqual(readFileSync(vol.path), big);
+    await stopProcess(serve.child);
+    stderrs.push(serve.stderr());
+    serve = undefined;
+    const all = Buffer.concat(filesUnder(env2.state).map((f) => readFileSync(f)));
+    assert.ok(all.includes(Buffer.from(r.json.job.id)), 'the scan reads the job rows');
+    assert.equal(all.includes(Buffer.from(token)), false, 'the token is in the state directory');
+    assert.equal(stderrs.some((e) => e.includes(token)), false, 'the token is in the output of serve');
+  } finally {
+    if (serve) await stopProcess(serve.child, 'SIGKILL');
+    await slow.close();
+    await g.delete(image.id).catch(() => undefined);
+    env2.cleanup();
   }
 });
 
