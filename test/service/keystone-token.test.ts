@@ -16,6 +16,7 @@ import { inspect } from 'node:util';
 import { createService, type Service } from '../../src/service/app.js';
 import { identify, loadTokensFile } from '../../src/service/caller-identity.js';
 import { ForwardedToken, forwardedToken } from '../../src/keys/forwarded-token.js';
+import { BarbicanKeyManager } from '../../src/keys/barbican/barbican-key-manager.js';
 import { glanceAs, glanceServer, type GlanceTestServer } from '../helpers/glance.js';
 import { barbicanServer } from '../helpers/key-servers.js';
 import { recordingProxy, type RecordingProxy } from '../helpers/recording-proxy.js';
@@ -103,6 +104,25 @@ test('a token is memory-only: JSON drops it, inspection and String() redact it; 
   const bearer = identify({ tokens: loadTokensFile(env.tokensFile), trustProxyIdentity: true }, { authorization: `Bearer ${ALICE.token}`, 'x-auth-token': 'gAAAAAB-other' });
   assert.equal(forwardedToken(bearer), undefined);
   assert.throws(() => new ForwardedToken('two\r\nlines'), { code: 'UNAUTHENTICATED' });
+});
+
+test("Barbican backend: a caller's own token replaces the configured service token; without one the service token goes", { skip: 'skip' in barbican ? barbican.skip : false }, async () => {
+  const proxy = await recordingProxy((barbican as { url: string }).url, { rewriteOrigin: true });
+  const km = new BarbicanKeyManager({ url: proxy.url, authToken: 'service-token-value' });
+  try {
+    const own = newToken();
+    const alice = { user: ALICE.user, project: ALICE.project, roles: [...ALICE.roles] };
+    const made = await km.createKey({ ...alice, token: new ForwardedToken(own) }, { bitLength: 256 });
+    made.key.wipe();
+    const n = proxy.requests.length;
+    assert.ok(n > 0);
+    for (const q of proxy.requests) assert.equal(q.headers['x-auth-token'], own, `${q.method} ${q.path}`);
+    await km.delete(alice, made.id, { force: true });
+    for (const q of proxy.requests.slice(n)) assert.equal(q.headers['x-auth-token'], 'service-token-value', `${q.method} ${q.path}`);
+  } finally {
+    await km.close();
+    await proxy.close();
+  }
 });
 
 test('the X-Auth-Token of a trusted proxy reaches Glance and Barbican on every call for the caller, and is never stored or logged', { skip }, async () => {
