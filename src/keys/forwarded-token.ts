@@ -9,7 +9,7 @@
  * field, which `structuredClone` and object spread of the token do not copy.
  */
 import { inspect } from 'node:util';
-import { InvalidArgumentError, UnauthenticatedError } from '../errors.js';
+import { UnauthenticatedError } from '../errors.js';
 
 /** Keystone tokens (fernet ~180 bytes, PKI up to a few KiB); anything longer is not one. */
 const MAX_TOKEN_LENGTH = 16 * 1024;
@@ -51,7 +51,6 @@ export function forwardedToken(caller: { token?: unknown } | undefined): string 
 
 /** A caller without its token (what is stored with a job). */
 export function withoutToken<T extends { token?: unknown }>(caller: T): Omit<T, 'token'> {
-  if (caller === null || typeof caller !== 'object') throw new InvalidArgumentError('caller identity must be an object');
   const { token: _token, ...rest } = caller;
   return rest;
 }

@@ -172,6 +172,12 @@ test('schema: unknown fields in sign and source, other import methods, require_s
     const r = await call('POST', '/v1/volumes', { who: 'admin', body: { name: 'bad', format: 'raw', source } });
     assert.equal(r.status, 400, `${JSON.stringify(source)}: ${r.text}`);
   }
+  // The library call (no HTTP schema in front) refuses the same.
+  for (const params of [{ sign: { private_key_id: privateKeyId, hash_method: 'toString' } }, { sign: { private_key_id: privateKeyId, extra: 1 } }, { sign: {} }, { import_method: 'copy-image' }]) {
+    await assert.rejects(service.volumes.action(ADMIN, id, { upload_to_image: params }), { code: 'INVALID_ARGUMENT' }, JSON.stringify(params));
+  }
+  await assert.rejects(service.volumes.create(ADMIN, { name: 'x', format: 'raw', source: { image_file: imageFile, require_signature: true } }), { code: 'INVALID_ARGUMENT' });
+  await assert.rejects(service.volumes.create(ADMIN, { name: 'x', format: 'raw', source: { image_id: signedImage, backup_id: 'b' } }), { code: 'INVALID_ARGUMENT' });
   const doc = (await call('GET', '/openapi.json')).json;
   const actions = doc.paths['/v1/volumes/{id}/actions'].post.requestBody.content['application/json'].schema.properties.upload_to_image.properties;
   assert.deepEqual(actions.import_method.enum, ['glance-direct']);

@@ -56,8 +56,8 @@ export function uploadToImageJob(deps: ServiceJobDeps): ActionJob {
       if (p.sign !== undefined) {
         onlyKeys(p.sign, SIGN_FIELDS, 'upload_to_image.sign');
         if (typeof p.sign.private_key_id !== 'string' || p.sign.private_key_id === '') throw new InvalidArgumentError('upload_to_image.sign needs private_key_id (a private key in the key manager).');
-        if (p.sign.hash_method !== undefined && !(p.sign.hash_method in HASH_METHODS)) throw new InvalidArgumentError(`upload_to_image.sign: unknown hash_method ${p.sign.hash_method}.`);
-        if (p.sign.key_type !== undefined && !(p.sign.key_type in KEY_TYPES)) throw new InvalidArgumentError(`upload_to_image.sign: unknown key_type ${p.sign.key_type}.`);
+        if (p.sign.hash_method !== undefined && !Object.hasOwn(HASH_METHODS, p.sign.hash_method)) throw new InvalidArgumentError(`upload_to_image.sign: unknown hash_method ${p.sign.hash_method}.`);
+        if (p.sign.key_type !== undefined && !Object.hasOwn(KEY_TYPES, p.sign.key_type)) throw new InvalidArgumentError(`upload_to_image.sign: unknown key_type ${p.sign.key_type}.`);
       }
       for (const k of Object.keys(p.properties ?? {})) {
         if (k === JOB_ID_PROPERTY || k === VOLUME_ID_PROPERTY || k.startsWith('os_') || k.startsWith('cinder_') || k.startsWith('img_signature')) {
