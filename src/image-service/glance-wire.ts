@@ -33,7 +33,7 @@ import {
 /** Who calls the image service. */
 export type ImageServiceIdentity =
   | { token: string }
-  | { user: string; project: string; roles: readonly string[] };
+  | { user: string; project: string; roles: readonly string[]; token?: string };
 
 export type ImageStatus = 'queued' | 'saving' | 'uploading' | 'importing' | 'active' | 'killed' | 'deleted' | 'pending_delete' | 'deactivated';
 
@@ -161,7 +161,7 @@ export function encodePatch(ops: readonly PatchOperation[]): Array<Record<string
 
 /** The identity headers of every request. */
 export function identityHeaders(identity: ImageServiceIdentity): Record<string, string> {
-  if ('token' in identity) {
+  if (!('user' in identity)) {
     if (!identity.token) throw new InvalidArgumentError('An empty image-service token was given.');
     return { 'X-Auth-Token': identity.token };
   }
@@ -171,6 +171,9 @@ export function identityHeaders(identity: ImageServiceIdentity): Record<string, 
     'X-Project-Id': identity.project,
     'X-User-Id': identity.user,
     'X-Roles': identity.roles.join(','),
+    // Both: a Glance behind keystonemiddleware validates the token (and replaces the X-*
+    // headers with what it says), one behind a trusting proxy reads the headers.
+    ...(identity.token ? { 'X-Auth-Token': identity.token } : {}),
   };
 }
 

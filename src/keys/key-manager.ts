@@ -7,6 +7,7 @@
  * object inside the backend where the backend can, so the caller never sees the bytes.
  */
 import type { SecretBytes } from '../secret.js';
+import type { ForwardedToken } from './forwarded-token.js';
 
 export type ObjectType = 'symmetric' | 'passphrase' | 'opaque' | 'certificate' | 'private' | 'public';
 export const OBJECT_TYPES: readonly ObjectType[] = ['symmetric', 'passphrase', 'opaque', 'certificate', 'private', 'public'];
@@ -19,6 +20,12 @@ export interface CallerIdentity {
   user: string;
   project: string;
   roles: readonly string[];
+  /**
+   * The caller's Keystone token, when an authenticating proxy passed it (`serve
+   * --trust-proxy-identity`): Barbican gets it as X-Auth-Token instead of a configured service
+   * token; backends without Keystone ignore it. Memory only: never stored with a job.
+   */
+  token?: ForwardedToken;
 }
 
 /** A service using an object (e.g. a volume or image), as Barbican consumers. */

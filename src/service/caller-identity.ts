@@ -2,7 +2,8 @@
  * Who calls the API: a Bearer token looked up in the tokens file, or (opt-in, behind a proxy
  * that authenticates, e.g. keystonemiddleware's auth_token) Keystone's identity headers
  * `X-Identity-Status: Confirmed`, `X-User-Name`/`X-User-Id`, `X-Project-Id`/`X-Project-Name`,
- * `X-Roles` (comma-separated), as keystonemiddleware sets them.
+ * `X-Roles` (comma-separated), as keystonemiddleware sets them, and its `X-Auth-Token` (the
+ * caller's token, forwarded to Barbican and Glance; never stored).
  *
  * Tokens file: `{"TOKEN": {"user": "cinder", "project": "p1", "roles": ["creator"]}, ...}`.
  */
@@ -10,6 +11,7 @@ import { readFileSync } from 'node:fs';
 import { timingSafeEqual, createHash } from 'node:crypto';
 import { InvalidArgumentError, UnauthenticatedError } from '../errors.js';
 import type { CallerIdentity } from '../keys/key-manager.js';
+import { ForwardedToken } from '../keys/forwarded-token.js';
 
 export interface IdentitySource {
   tokens: Map<string, CallerIdentity>;
@@ -75,7 +77,10 @@ export function identify(source: IdentitySource, headers: Headers): CallerIdenti
     const project = header(headers, 'x-project-id') ?? header(headers, 'x-project-name');
     const roles = (header(headers, 'x-roles') ?? '').split(',').map((r) => r.trim()).filter(Boolean);
     if (!user || !project) throw new UnauthenticatedError('The identity headers name no user or project.');
-    return { user, project, roles };
+    // keystonemiddleware passes the caller's token on: it goes to Barbican and Glance as the
+    // caller's (memory only; a Bearer token of the tokens file is the service's own, never sent).
+    const token = header(headers, 'x-auth-token');
+    return { user, project, roles, ...(token !== undefined && token !== '' ? { token: new ForwardedToken(token) } : {}) };
   }
   throw new UnauthenticatedError();
 }

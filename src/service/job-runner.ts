@@ -16,6 +16,7 @@
 import { EventEmitter } from 'node:events';
 import { BrickcryptError, CancelledError, QueueFullError } from '../errors.js';
 import { processAlive } from '../devices/volume-lock.js';
+import { withoutToken, type ForwardedToken } from '../keys/forwarded-token.js';
 import type { JobProgress, JobRow } from './state-db.js';
 import type { NewJob, NewVolume, SqliteStateStore, StateStore } from './state-store.js';
 
@@ -88,6 +89,12 @@ export class JobRunner extends EventEmitter {
   readonly #log: (m: string) => void;
   readonly dispatch: JobDispatch;
   readonly #running = new Map<string, { job: JobRow; controller: AbortController; done: Promise<RunOutcome>; progress: JobProgress }>();
+  /**
+   * Callers' forwarded Keystone tokens of jobs submitted here, by job id: memory only, never in
+   * the job row. A run of the job in this process gets its token back; a run after a restart or
+   * in another process has none and calls with the identity headers alone (docs/service.md).
+   */
+  readonly #tokens = new Map<string, ForwardedToken>();
   #stopping = false;
 
   constructor(store: StateStore, handlers: Record<string, JobHandler>, options: JobRunnerOptions = {}, dispatch?: JobDispatch) {
@@ -114,6 +121,8 @@ export class JobRunner extends EventEmitter {
           if (!job) return;
           // A cancellation sent to another process (an API process) stops the job here at once.
           if (job.cancel_requested && job.state === 'running') this.abortLocal(job.id);
+          // Finished elsewhere (another worker took it): its token is of no use here any more.
+          if (job.state !== 'queued' && job.state !== 'running') this.#tokens.delete(job.id);
           this.emit('job', { job: this.view(job) } satisfies JobEvent);
           // A job queued by another process (the API role): take it now rather than at the next poll.
           if (job.state === 'queued') this.kick();
@@ -128,12 +137,16 @@ export class JobRunner extends EventEmitter {
    * refuses when the queue is full.
    */
   async submit(job: NewJob, extra: { insertVolume?: NewVolume; volumeStatus?: NewVolume['status'] } = {}): Promise<{ job: JobRow; volume: import('./state-db.js').VolumeRow | undefined }> {
-    const r = await this.store.submitJob(job, {
+    // The token stays here: the stored caller never has one (toJSON drops it as well).
+    const token = job.caller.token;
+    const r = await this.store.submitJob({ ...job, caller: withoutToken(job.caller) }, {
       maxActive: this.#maxJobs,
       ...extra,
       ...(this.dispatch.onInserted ? { onInserted: (j: JobRow, tx: unknown) => this.dispatch.onInserted!(j, tx) } : {}),
     });
     if (r.full) throw new QueueFullError(`The job queue is full (${r.active} of ${this.#maxJobs} jobs queued or running); try again later.`);
+    // An API-only process never runs the job, so it keeps no token (the worker calls with the headers).
+    if (token && this.#work && (r.job.state === 'queued' || r.job.state === 'running')) this.#tokens.set(r.job.id, token);
     this.#emitLocal(r.job);
     return { job: r.job, volume: r.volume };
   }
@@ -225,6 +238,8 @@ export class JobRunner extends EventEmitter {
 
   /** Runs a job this process has claimed (state running, owned here); resolves when it ends or is interrupted. */
   execute(job: JobRow): Promise<RunOutcome> {
+    const token = this.#tokens.get(job.id);
+    if (token) job = { ...job, caller: { ...job.caller, token } };
     const controller = new AbortController();
     const progress: JobProgress = { ...job.progress, rate: 0, eta_seconds: null };
     const entry = { job, controller, progress, done: Promise.resolve<RunOutcome>('interrupted') };
@@ -297,6 +312,7 @@ export class JobRunner extends EventEmitter {
   }
 
   async #finish(job: JobRow, state: 'succeeded' | 'failed' | 'cancelled', result: Record<string, unknown> | null, error: BrickcryptError | null): Promise<void> {
+    this.#tokens.delete(job.id);
     await this.store.finishJob(job.id, state, { result, error: error ? { code: error.code, message: error.message } : null });
     // From here the stored row is the job's state: no snapshot says `running` any more.
     this.#running.delete(job.id);

@@ -2,6 +2,7 @@
  * JSON schemas of the API, used twice: fastify validates requests with them (unknown fields
  * are refused, never dropped) and /openapi.json is generated from them.
  */
+import { HASH_METHODS, KEY_TYPES } from '../signatures/image-signature.js';
 
 const luksOptions = {
   type: 'object',
@@ -83,9 +84,14 @@ export const createVolumeBody = {
     source: {
       type: 'object',
       additionalProperties: false,
-      minProperties: 1,
-      maxProperties: 1,
-      properties: { image_file: { type: 'string', minLength: 1 }, image_id: { type: 'string', minLength: 1 }, backup_id: { type: 'string', minLength: 1 } },
+      description: 'exactly one of image_file, image_id, backup_id; require_signature goes with image_id',
+      oneOf: [{ required: ['image_file'] }, { required: ['image_id'] }, { required: ['backup_id'] }],
+      properties: {
+        image_file: { type: 'string', minLength: 1 },
+        image_id: { type: 'string', minLength: 1 },
+        require_signature: { type: 'boolean', description: 'image_id: refuse an image without img_signature properties (422 INTEGRITY); a signed image is verified either way' },
+        backup_id: { type: 'string', minLength: 1 },
+      },
     },
     key: {
       description: 'an existing managed key id (default: a new managed key is created)',
@@ -153,6 +159,19 @@ export const actionBody = {
         disk_format: { type: 'string', enum: ['raw', 'qcow2'], description: 'mode decrypted only (default raw)' },
         visibility: { type: 'string', enum: ['private', 'shared', 'community', 'public'] },
         properties: { type: 'object', additionalProperties: { type: 'string' }, maxProperties: 64 },
+        import_method: { type: 'string', enum: ['glance-direct'], description: "stage + import (Glance's interoperable import) instead of PUT .../file" },
+        sign: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['private_key_id'],
+          description: "sign the uploaded bytes while they stream (cursive's img_signature* properties); the private key is read from the key manager as the caller",
+          properties: {
+            private_key_id: { type: 'string', minLength: 1, description: 'a private key (PKCS#8) in the key manager' },
+            certificate_id: { type: 'string', minLength: 1, description: "the signer's certificate in the key manager (img_signature_certificate_uuid), checked against the key" },
+            hash_method: { type: 'string', enum: [...Object.keys(HASH_METHODS)], description: 'default SHA-256' },
+            key_type: { type: 'string', enum: [...Object.keys(KEY_TYPES)], description: 'default RSA-PSS' },
+          },
+        },
       },
     },
     backup: {

@@ -29,6 +29,7 @@ import { LuksVolume } from '../luks/index.js';
 import { NbdServer } from '../nbd/server.js';
 import { nbdUri } from '../nbd/uri.js';
 import type { CallerIdentity, KeyManager } from '../keys/key-manager.js';
+import { withoutToken } from '../keys/forwarded-token.js';
 import type { Passphrase } from '../secret.js';
 import { resumableCopy } from '../workflows/resumable-copy.js';
 import { CryptoPool, serverWorkerCount } from '../workflows/worker-pool.js';
@@ -77,7 +78,7 @@ export interface CreateVolumeRequest {
   name: string;
   format: VolumeFormat;
   size?: number | string;
-  source?: { image_file?: string; image_id?: string; backup_id?: string };
+  source?: { image_file?: string; image_id?: string; backup_id?: string; require_signature?: boolean };
   key?: string | { id: string };
   luks?: LuksRequestOptions;
 }
@@ -153,6 +154,9 @@ export class VolumeService {
   /** Validates a create request, inserts the volume (`creating`) and its job in one transaction. */
   async create(caller: CallerIdentity, req: CreateVolumeRequest): Promise<{ volume: VolumeRow; job: JobRow }> {
     const src = req.source ?? {};
+    const kinds = (['image_file', 'image_id', 'backup_id'] as const).filter((k) => src[k] !== undefined);
+    if (req.source !== undefined && kinds.length !== 1) throw new InvalidArgumentError('source takes exactly one of image_file, image_id, backup_id.');
+    if (src.require_signature !== undefined && src.image_id === undefined) throw new InvalidArgumentError('source.require_signature goes with source.image_id (image service images carry signatures).');
     if (req.format === 'raw' && (req.key !== undefined || req.luks !== undefined)) throw new InvalidArgumentError('A raw volume takes no key and no luks options.');
     if (req.luks) formatOptionsOf(req.format as 'luks1' | 'luks2', req.luks); // refuses bad combinations now
     let size = req.size !== undefined ? parseVolumeSize(req.size) : undefined;
@@ -173,6 +177,7 @@ export class VolumeService {
         ...(size !== undefined ? { size } : {}),
         ...(keyId !== undefined ? { keyId } : {}),
         ...(req.luks ? { luks: req.luks } : {}),
+        ...(src.require_signature ? { requireSignature: true } : {}),
       });
       size = prepared.size;
       sourceParams = { source_kind: sourceKind, ...prepared.params };
@@ -615,7 +620,7 @@ export class VolumeService {
     const file = join(dir, `${vol.id}.psk`);
     await fsp.writeFile(file, `${identity}:${key}\n`, { mode: 0o600 });
     const { uri, port } = await this.#serve(vol, job.caller, { identity, file }, 0);
-    const attachment: AttachmentRecord = { uri, tls_psk_identity: identity, port, caller: job.caller, owner: this.runner.dispatch.owner, attached_at: new Date().toISOString() };
+    const attachment: AttachmentRecord = { uri, tls_psk_identity: identity, port, caller: withoutToken(job.caller), owner: this.runner.dispatch.owner, attached_at: new Date().toISOString() };
     await this.#db.updateVolume(vol.id, { status: 'in-use', attachment: { ...attachment } });
     return { uri, tls_psk_identity: identity, tls_psk_key: key };
   }

@@ -100,6 +100,14 @@ test('identity headers: a token, or the headers Keystone middleware sets', () =>
     'X-User-Id': 'u',
     'X-Roles': 'member,creator',
   });
+  // A forwarded caller token goes with the headers (keystonemiddleware validates it, a trusting proxy reads the headers).
+  assert.deepEqual(identityHeaders({ user: 'u', project: 'p', roles: ['member'], token: 'gAAB' }), {
+    'X-Identity-Status': 'Confirmed',
+    'X-Project-Id': 'p',
+    'X-User-Id': 'u',
+    'X-Roles': 'member',
+    'X-Auth-Token': 'gAAB',
+  });
   assert.throws(() => identityHeaders({ token: '' }), InvalidArgumentError);
   assert.throws(() => identityHeaders({ user: 'u', project: '', roles: [] }), InvalidArgumentError);
 });

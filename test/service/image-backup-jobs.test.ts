@@ -197,6 +197,6 @@ test('backup into Swift and restore from it (a raw volume)', { skip: skip() || (
 test('the OpenAPI document describes the upload_to_image and backup actions', { skip: skip() }, async () => {
   const r = await call('GET', '/openapi.json');
   const actions = r.json.paths['/v1/volumes/{id}/actions'].post.requestBody.content['application/json'].schema.properties;
-  assert.deepEqual(Object.keys(actions.upload_to_image.properties).sort(), ['disk_format', 'image_name', 'mode', 'properties', 'visibility']);
+  assert.deepEqual(Object.keys(actions.upload_to_image.properties).sort(), ['disk_format', 'image_name', 'import_method', 'mode', 'properties', 'sign', 'visibility']);
   assert.deepEqual(Object.keys(actions.backup.properties), ['name']);
 });

@@ -215,7 +215,8 @@ async function imageClient(o: ImageServiceCliOptions): Promise<GlanceClient> {
   if (!url) throw new InvalidArgumentError('Give the image service: --image-service URL (or $BRICKCRYPT_IMAGE_SERVICE).');
   const token = o.tokenFile ? readFile(o.tokenFile, 'Token file').toString('utf8').trim() : process.env.OS_AUTH_TOKEN;
   const { GlanceClient } = await import('../../image-service/glance-client.js');
-  const identity = token ? { token } : callerIdentity(o);
+  const caller = token ? undefined : callerIdentity(o);
+  const identity = caller ? { user: caller.user, project: caller.project, roles: caller.roles } : { token: token! };
   return new GlanceClient({ url, identity, ...(o.timeout ? { timeoutMs: parseInteger(o.timeout, 'timeout', 1) } : {}) });
 }
 

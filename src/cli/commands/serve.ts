@@ -41,7 +41,7 @@ export function register(program: Command): void {
     .requiredOption('--listen <host:port>', 'address of the HTTP API, e.g. 127.0.0.1:8776')
     .requiredOption('--state <dir>', 'state directory: state.db, keystore.db, volumes/ (BRICKCRYPT_HOME=DIR brickcrypt key ... reaches the same keys)')
     .option('--tokens <file>', 'JSON file {"TOKEN": {"user": ..., "project": ..., "roles": [...]}}')
-    .option('--trust-proxy-identity', "trust Keystone's X-Identity-Status/X-User-Name/X-Project-Id/X-Roles headers (only behind an authenticating proxy)")
+    .option('--trust-proxy-identity', "trust Keystone's X-Identity-Status/X-User-Name/X-Project-Id/X-Roles headers (only behind an authenticating proxy); its X-Auth-Token goes on to Glance and Barbican, in memory only")
     .option('--workers <n>', 'jobs running at once (default 2)')
     .option('--max-jobs <n>', 'queued plus running jobs at most; more is 429 (default 64)')
     .option('--nbd-host <host>', 'address the NBD servers of attached volumes listen on (default 127.0.0.1)')

@@ -8,7 +8,8 @@
  *   EC pairs are generated in this process (Barbican's crypto plugins do not generate EC) and stored.
  * - consumers -> Barbican secret consumers (API 1.1); ACL -> the secret's `read` ACL.
  * - identity -> X-Project-Id / X-User-Id / X-Roles (what Keystone's auth_token middleware sets), plus
- *   X-Auth-Token when `authToken` is configured (production, behind Keystone).
+ *   X-Auth-Token: the caller's own token (`CallerIdentity.token`) or else `authToken` when configured
+ *   (production, behind Keystone).
  * - clone -> get + store: Barbican has no server-side copy, so the bytes pass through this process.
  */
 import { X509Certificate, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
@@ -27,6 +28,7 @@ import {
   type NewManagedObject,
   type ObjectType,
 } from '../key-manager.js';
+import { forwardedToken } from '../forwarded-token.js';
 import { BarbicanHttp, type BarbicanHttpOptions, type BarbicanTlsOptions } from './barbican-http.js';
 
 export interface BarbicanKeyManagerOptions extends BarbicanHttpOptions {
@@ -150,8 +152,12 @@ export class BarbicanKeyManager implements KeyManager {
       Accept: 'application/json',
       ...extra,
     };
+    // The caller's own Keystone token (forwarded by `serve`) wins over a configured service
+    // token: Barbican then applies its policy to the caller, not to the service.
+    const own = forwardedToken(caller);
     const t = this.#opts.authToken;
-    if (t !== undefined) h['X-Auth-Token'] = typeof t === 'string' ? t : await t();
+    if (own !== undefined) h['X-Auth-Token'] = own;
+    else if (t !== undefined) h['X-Auth-Token'] = typeof t === 'string' ? t : await t();
     return h;
   }
 

@@ -10,6 +10,7 @@
 import { InvalidArgumentError, LockedError, NotImplementedError } from '../../errors.js';
 import type { CallerIdentity, KeyManager } from '../../keys/key-manager.js';
 import { GlanceClient } from '../../image-service/glance-client.js';
+import { forwardedToken } from '../../keys/forwarded-token.js';
 import type { CryptoPool } from '../../workflows/worker-pool.js';
 import type { JobHandler } from '../job-runner.js';
 import type { VolumeFormat, VolumeRow, VolumeStatus } from '../state-db.js';
@@ -46,6 +47,8 @@ export interface SourceRequest {
   size?: number;
   keyId?: string;
   luks?: LuksRequestOptions;
+  /** `source.require_signature`: an image without img_signature properties is refused. */
+  requireSignature?: boolean;
 }
 
 /** A source a new volume is made from (`source.image_id`, `source.backup_id`). */
@@ -58,10 +61,15 @@ export interface VolumeSource {
   handler: JobHandler;
 }
 
-/** The image-service client acting as the API caller: the identity headers Keystone's middleware sets. */
+/**
+ * The image-service client acting as the API caller: the identity headers Keystone's middleware
+ * sets, plus the caller's own Keystone token when the proxy passed one and this process still
+ * holds it (a job resumed after a restart has none: the headers alone, see docs/service.md).
+ */
 export function imageServiceFor(deps: ServiceJobDeps, caller: CallerIdentity): GlanceClient {
   if (!deps.imageServiceUrl) throw new NotImplementedError('This service runs without an image service: start it with --image-service URL.');
-  return new GlanceClient({ url: deps.imageServiceUrl, identity: { user: caller.user, project: caller.project, roles: caller.roles } });
+  const token = forwardedToken(caller);
+  return new GlanceClient({ url: deps.imageServiceUrl, identity: { user: caller.user, project: caller.project, roles: caller.roles, ...(token ? { token } : {}) } });
 }
 
 export function requireBackupRepo(deps: ServiceJobDeps): string {

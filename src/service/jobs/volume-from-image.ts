@@ -12,12 +12,15 @@
  *   Another format, `key` or `luks` options re-key it: the image's key is read as the caller.
  *
  * The sha512 Glance recorded (and a signature, when the image has one) is checked before the
- * volume file is committed. Resumption: a download is one stream and cannot continue mid-way,
+ * volume file is committed; `source.require_signature` refuses an unsigned image at the request
+ * (422 INTEGRITY, nothing made), and a signature that does not verify fails the job with its
+ * typed error, no volume file and the volume in `error`, as every failed creation. Resumption: a download is one stream and cannot continue mid-way,
  * so a resumed job restarts it from scratch, safely: the partial file and any target of the
  * earlier run are removed first (the target appears only by a rename at the very end).
  */
 import { promises as fsp } from 'node:fs';
-import { ForbiddenError, InvalidArgumentError } from '../../errors.js';
+import { ForbiddenError, IntegrityError, InvalidArgumentError } from '../../errors.js';
+import { SIGNATURE_PROPERTY } from '../../signatures/image-signature.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
 import { FileDevice } from '../../devices/file-device.js';
 import { LuksVolume } from '../../luks/index.js';
@@ -39,6 +42,8 @@ interface ImageParams {
   luks?: LuksRequestOptions;
   /** The image is encrypted and is copied as-is (ciphertext unchanged, key cloned). */
   as_is: boolean;
+  /** Refuse an unsigned image (checked at the request, and again by the download). */
+  require_signature?: boolean;
 }
 
 const LUKS_OF: Record<string, VolumeFormat> = { LUKSv1: 'luks1', LUKSv2: 'luks2', LUKS: 'luks1' };
@@ -49,13 +54,17 @@ export function volumeFromImageSource(deps: ServiceJobDeps): VolumeSource {
       const client = imageServiceFor(d, caller);
       const image = await client.show(id);
       if (image.status !== 'active' || image.size === null) throw new InvalidArgumentError(`Image ${id} is ${image.status}: only an active image with data can become a volume.`);
+      // Refused now, before any volume row exists; a bad signature fails the job (volume `error`).
+      if (req.requireSignature && image.properties[SIGNATURE_PROPERTY.signature] === undefined) {
+        throw new IntegrityError(`Image ${id} has no ${SIGNATURE_PROPERTY.signature} property, and source.require_signature is set.`);
+      }
       const encrypted = encryptedImageKeyId(image) !== undefined;
       const imageFormat = LUKS_OF[image.properties[ENCRYPTION_PROPERTY.format] ?? ''];
       const asIs = encrypted && imageFormat === req.format && req.keyId === undefined && req.luks === undefined && req.size === undefined;
       const decryptSize = Number(image.properties[ENCRYPTION_PROPERTY.decryptSize]);
       // The exact usable size is known once the image is read; until then the best estimate.
       const size = req.size ?? (encrypted && Number.isSafeInteger(decryptSize) && decryptSize > 0 ? decryptSize : image.size);
-      const params: ImageParams = { image_id: id, format: req.format, as_is: asIs, ...(req.size !== undefined ? { requested_size: req.size } : {}), ...(req.keyId ? { key_id: req.keyId } : {}), ...(req.luks ? { luks: req.luks } : {}) };
+      const params: ImageParams = { image_id: id, format: req.format, as_is: asIs, ...(req.size !== undefined ? { requested_size: req.size } : {}), ...(req.keyId ? { key_id: req.keyId } : {}), ...(req.luks ? { luks: req.luks } : {}), ...(req.requireSignature ? { require_signature: true } : {}) };
       return { size, params: { ...params } };
     },
     handler: {
@@ -127,6 +136,7 @@ async function runDownload(deps: ServiceJobDeps, ctx: JobContext): Promise<Recor
       targetFormat: p.format,
       keyManager: km,
       caller: job.caller,
+      requireSignature: p.require_signature === true,
       ...(held ? { targetPassphrase: async () => held.clone() as Passphrase } : {}),
       ...(luks ? { luks } : {}),
       ...(p.requested_size !== undefined ? { size: p.requested_size } : {}),
