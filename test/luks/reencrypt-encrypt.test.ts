@@ -22,6 +22,7 @@ import { Passphrase } from '../../src/secret.js';
 import { CancelledError, CorruptHeaderError, InsufficientSpaceError, InvalidArgumentError, ReencryptionInProgressError, WrongPassphraseError } from '../../src/errors.js';
 import { readLuks2Headers, writeLuks2Headers } from '../../src/luks/luks2-io.js';
 import { decodeReencryptState } from '../../src/formats/luks2/reencrypt-state.js';
+import { stopAtEveryOtherZone } from '../helpers/zone-stops.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
 import { cliPath, cryptsetupVolumeKeyHex, needRoot, needTools, run, runCli, runStatus, tempDir } from '../helpers/tools.js';
 import { spawn } from 'node:child_process';
@@ -139,19 +140,10 @@ test('stopped by a signal at every zone boundary, then resumed, gives the same p
   const P = 1 * MIB;
   const plain = new Uint8Array(randomBytes(P));
   const dev = new MemoryDevice(new Uint8Array(plain));
-  let stops = 0;
-  for (;;) {
-    const ac = new AbortController();
-    let zones = 0;
-    try {
-      await encryptLuks2(dev, opts({ signal: ac.signal, onProgress: () => (++zones === 2 ? ac.abort() : undefined) }));
-      break;
-    } catch (err) {
-      assert.ok(err instanceof CancelledError, String(err));
-      stops++;
-      assert.ok((await LuksVolume.open(dev)).payloadFence instanceof ReencryptionInProgressError);
-    }
-  }
+  const stops = await stopAtEveryOtherZone(
+    (o) => encryptLuks2(dev, opts(o)),
+    async () => assert.ok((await LuksVolume.open(dev)).payloadFence instanceof ReencryptionInProgressError),
+  );
   assert.ok(stops >= 4, `stopped ${stops} times`);
   equalPlain(await plaintextOf(dev), plain, 'signals');
 });
