@@ -199,10 +199,7 @@ test('reencrypt mode encrypt: a raw volume becomes LUKS2 in place under a new ma
   assert.ok(!readFileSync(v.path).includes(bytes.subarray(0, 4096)), 'no plaintext block is left in the file');
   const cryptsetup = whichTool('cryptsetup');
   if (cryptsetup) {
-    const pass = await passphraseOfKey(service.keys, ADMIN, after.encryption_key_id!);
-    const passFile = join(env.dir, 'enc-in-place.pass');
-    writeFileSync(passFile, Buffer.from(pass.expose()));
-    pass.wipe();
+    const passFile = await passphraseFile(after.encryption_key_id!, 'enc-in-place.pass');
     await execFileP(cryptsetup, ['open', '--test-passphrase', '--disable-locks', '--key-file', passFile, v.path]);
   }
 });
@@ -232,10 +229,7 @@ test('reencrypt mode encrypt with format luks1: a raw volume becomes LUKS1 in pl
   assert.ok((await plaintext(v.id)).equals(bytes));
   const cryptsetup = whichTool('cryptsetup');
   if (cryptsetup) {
-    const pass = await passphraseOfKey(service.keys, ADMIN, after.encryption_key_id!);
-    const passFile = join(env.dir, 'enc-l1.pass');
-    writeFileSync(passFile, Buffer.from(pass.expose()));
-    pass.wipe();
+    const passFile = await passphraseFile(after.encryption_key_id!, 'enc-l1.pass');
     await execFileP(cryptsetup, ['open', '--test-passphrase', '--disable-locks', '--key-file', passFile, v.path]);
     assert.match((await execFileP(cryptsetup, ['luksDump', '--disable-locks', v.path])).stdout, /^Version:\s+1$/m);
   }
@@ -352,10 +346,7 @@ test('a reencrypt cancelled mid-way leaves the volume in error with a resumable,
   const made = (await service.keys.list(ADMIN)).filter((k) => !keysBefore.has(k.id));
   assert.equal(made.length, 1, 'the new key the job made is kept (the state on disk is part of its run)');
   // The old key's passphrase finishes it (as cryptsetup reencrypt --resume-only would).
-  const pass = await passphraseOfKey(service.keys, ADMIN, v.encryption_key_id!);
-  const passFile = join(env.dir, 'cancel.pass');
-  writeFileSync(passFile, Buffer.from(pass.expose()));
-  pass.wipe();
+  const passFile = await passphraseFile(v.encryption_key_id!, 'cancel.pass');
   const cli = runCli(['reencrypt', '--resume-only', v.path, '--key-file', passFile, '--workers', '0']);
   assert.equal(cli.status, 0, cli.stderr);
   assert.ok((await plaintext(v.id)).equals(bytes));
@@ -404,6 +395,15 @@ test('openapi.json describes the resize and reencrypt bodies', async () => {
   assert.deepEqual(Object.keys(actions.reencrypt.properties).sort(), ['cipher', 'format', 'hotzone_size', 'key', 'key_size', 'luks', 'mode', 'resilience', 'resume', 'sector_size']);
   assert.deepEqual(actions.reencrypt.properties.mode.enum, ['reencrypt', 'encrypt', 'decrypt']);
 });
+
+/** A file under the test directory holding managed key `keyId`'s LUKS passphrase (for cryptsetup and the CLI). */
+async function passphraseFile(keyId: string, name: string): Promise<string> {
+  const pass = await passphraseOfKey(service.keys, ADMIN, keyId);
+  const file = join(env.dir, name);
+  writeFileSync(file, Buffer.from(pass.expose()));
+  pass.wipe();
+  return file;
+}
 
 /** The volume key (hex) that managed key `keyId`'s passphrase unlocks: changes when the volume is re-keyed. */
 async function volumeKeyOf(path: string, keyId: string): Promise<string> {
