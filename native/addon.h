@@ -10,6 +10,7 @@ napi_value brickcrypt_align_gap(napi_env env, napi_callback_info info);
 napi_value brickcrypt_seek_data(napi_env env, napi_callback_info info);
 napi_value brickcrypt_sync_fs(napi_env env, napi_callback_info info);
 napi_value brickcrypt_af_chain(napi_env env, napi_callback_info info);
+napi_value brickcrypt_block_digests(napi_env env, napi_callback_info info);
 /* The bytes of a Uint8Array (any view, also over a SharedArrayBuffer); 0 for anything else. */
 int brickcrypt_bytes_of(napi_env env, napi_value v, uint8_t **data, size_t *len);
 

@@ -287,6 +287,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"seekData", NULL, brickcrypt_seek_data, NULL, NULL, NULL, napi_default, NULL},
       {"syncFs", NULL, brickcrypt_sync_fs, NULL, NULL, NULL, napi_default, NULL},
       {"afChain", NULL, brickcrypt_af_chain, NULL, NULL, NULL, napi_default, NULL},
+      {"blockDigests", NULL, brickcrypt_block_digests, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Builds the native module (native/xts.c: the AES-XTS kernel, native/copy-bytes.c: a memcpy into
 // shared memory, native/align.c: buffer addresses for O_DIRECT,
-// native/af-chain.c: the LUKS AF-splitter hash chain -> build/Release/brickcrypt_xts.node) with
+// native/af-chain.c: the LUKS AF-splitter hash chain, native/block-digests.c: a digest per block -> build/Release/brickcrypt_xts.node) with
 // node-gyp against Node's own headers (which carry OpenSSL's). brickcrypt works without it
 // (the WebAssembly kernel takes over, about half as fast), so a failed build only warns -
 // except under CI=true, where the fast path must be there and tested.
@@ -41,7 +41,7 @@ function fail(why) {
 }
 
 const output = join(root, 'build', 'Release', 'brickcrypt_xts.node');
-const sources = ['native/xts.c', 'native/copy-bytes.c', 'native/align.c', 'native/seek-data.c', 'native/syncfs.c', 'native/af-chain.c', 'native/addon.h', 'binding.gyp'].map((f) => join(root, f));
+const sources = ['native/xts.c', 'native/copy-bytes.c', 'native/align.c', 'native/seek-data.c', 'native/syncfs.c', 'native/af-chain.c', 'native/block-digests.c', 'native/addon.h', 'binding.gyp'].map((f) => join(root, f));
 if (existsSync(output) && sources.every((f) => statSync(f).mtimeMs <= statSync(output).mtimeMs)) process.exit(0); // up to date
 
 const gyp = nodeGyp();

@@ -8,7 +8,7 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
-/** What the compiled module exports (native/xts.c, native/copy-bytes.c, native/align.c, native/seek-data.c, native/syncfs.c, native/af-chain.c). */
+/** What the compiled module exports (native/xts.c, native/copy-bytes.c, native/align.c, native/seek-data.c, native/syncfs.c, native/af-chain.c, native/block-digests.c). */
 export interface NativeAddon {
   /** engine 0: AES-NI when the CPU has it, else OpenSSL EVP; 1: OpenSSL EVP only. */
   createKeys(key: Uint8Array, engine: number): object;
@@ -23,6 +23,8 @@ export interface NativeAddon {
   syncFs?(fd: number): void;
   /** The AF-splitter chain over `count` stripes (native/af-chain.c); undefined for a hash OpenSSL lacks. */
   afChain?(stripes: Uint8Array, keyBytes: number, count: number, hash: string): Uint8Array | undefined;
+  /** A digest of every `block` bytes of `data` into `out` (native/block-digests.c); false for a hash OpenSSL lacks. */
+  blockDigests?(data: Uint8Array, block: number, hash: string, out: Uint8Array): boolean;
 }
 
 let loaded: NativeAddon | null | undefined;

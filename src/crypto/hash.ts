@@ -7,7 +7,8 @@
  * `UnsupportedError` naming the hash.
  */
 import { createHash, getHashes } from 'node:crypto';
-import { UnsupportedError } from '../errors.js';
+import { InvalidArgumentError, UnsupportedError } from '../errors.js';
+import { nativeAddon } from '../native-addon.js';
 
 /** A supported hash and its output size. */
 export interface HashInfo {
@@ -72,4 +73,22 @@ export function digest(name: string, ...parts: Uint8Array[]): Uint8Array {
   for (const p of parts) h.update(p);
   const out = h.digest();
   return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+}
+
+/**
+ * The digest of every `block` bytes of `data` (the last block may be shorter), one after another
+ * into `out` (at least one digest per block): the per-block checksums of a reencryption's
+ * `checksum` resilience. The native module does the whole buffer in one call
+ * (native/block-digests.c); this loop is the reference and the fallback.
+ *
+ * @example
+ * const sums = new Uint8Array((zone.length / 4096) * 32);
+ * blockDigestsInto(zone, 4096, 'sha256', sums);
+ */
+export function blockDigestsInto(data: Uint8Array, block: number, name: string, out: Uint8Array, useNative = true): void {
+  const { name: hash, digestSize } = hashInfo(name);
+  if (!Number.isInteger(block) || block <= 0) throw new InvalidArgumentError(`Block digests need a positive whole block size, not ${block}.`);
+  if (out.length < Math.ceil(data.length / block) * digestSize) throw new RangeError('blockDigestsInto: out cannot hold a digest per block.');
+  if (useNative && nativeAddon()?.blockDigests?.(data, block, hash, out)) return;
+  for (let i = 0, o = 0; i < data.length; i += block, o += digestSize) out.set(createHash(hash).update(data.subarray(i, i + block)).digest(), o);
 }

@@ -3,9 +3,9 @@
  * code runs inline and inside a worker thread: decrypt with the source key, flag all-zero
  * blocks of the plaintext, encrypt with the target key.
  */
-import { createHash } from 'node:crypto';
 import { parseEncryption } from '../crypto/cipher-spec.js';
 import { createSectorCipher, type SectorCipher } from '../crypto/sector-cipher.js';
+import { blockDigestsInto } from '../crypto/hash.js';
 
 /** What a worker needs to key a cipher (the key bytes travel separately). */
 export interface CipherParams {
@@ -100,13 +100,7 @@ export function zeroBlocks(buf: Uint8Array, block: number): { zeros: Uint8Array;
 
 /** Hashes each block of `buf` into the shared output (see `ChunkJob.checksum`). */
 function blockDigests(buf: Uint8Array, c: NonNullable<ChunkJob['checksum']>): void {
-  let out = c.offset;
-  const target = new Uint8Array(c.shared);
-  for (let i = 0; i < buf.length; i += c.block) {
-    const d = createHash(c.algorithm).update(buf.subarray(i, i + c.block)).digest();
-    target.set(d, out);
-    out += d.length;
-  }
+  blockDigestsInto(buf, c.block, c.algorithm, new Uint8Array(c.shared, c.offset));
 }
 
 /** Runs one job on `buf` in place. */

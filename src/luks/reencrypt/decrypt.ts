@@ -21,11 +21,10 @@
  * segment); decrypt and write, flush; commit B (the zone in the plaintext segment). The
  * crash-safety argument is in docs/reencrypt.md ("Decrypt in place").
  */
-import { createHash } from 'node:crypto';
 import type { BlockDevice } from '../../block-device.js';
 import { CancelledError, CorruptHeaderError, InvalidArgumentError, ReadOnlyDeviceError, UnsupportedError, UnsupportedRequirementError, WrongPassphraseError } from '../../errors.js';
 import { parseEncryption } from '../../crypto/cipher-spec.js';
-import { hashInfo } from '../../crypto/hash.js';
+import { blockDigestsInto, hashInfo } from '../../crypto/hash.js';
 import { createSectorCipher } from '../../crypto/sector-cipher.js';
 import { mandatoryRequirements, u64, type Luks2Metadata, type Luks2Segment } from '../../formats/luks2/metadata.js';
 import {
@@ -66,19 +65,13 @@ export interface DecryptCipher {
 /** Makes a `DecryptCipher` for the old side (e.g. on worker threads); the key is copied. */
 export type DecryptCipherFactory = (from: ZoneSide) => DecryptCipher;
 
-function checksums(data: Uint8Array, block: number, hash: string): Uint8Array {
-  const len = hashInfo(hash).digestSize;
-  const out = new Uint8Array((data.length / block) * len);
-  for (let i = 0, o = 0; i < data.length; i += block, o += len) out.set(createHash(hash).update(data.subarray(i, i + block)).digest(), o);
-  return out;
-}
 
 /** The calling thread's cipher. */
 export const localDecryptCipher: DecryptCipherFactory = (from) => {
   const c = createSectorCipher(parseEncryption(from.encryption, from.keyBytes), from.key, from.sectorSize);
   return {
     decrypt: async (data, pos) => c.decrypt(data, pos / 512 + from.ivTweak),
-    digest: async (data, sums) => sums.out.set(checksums(data, sums.block, sums.hash)),
+    digest: async (data, sums) => blockDigestsInto(data, sums.block, sums.hash, sums.out),
     close: async () => c.wipe(),
   };
 };

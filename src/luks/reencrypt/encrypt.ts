@@ -27,7 +27,7 @@
  * passphrase), writes it to the head again (zeros after its used part) and goes on. Before H is
  * in the gap nothing of the plaintext is changed.
  */
-import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import type { BlockDevice } from '../../block-device.js';
 import {
   CancelledError,
@@ -41,7 +41,7 @@ import {
   WrongPassphraseError,
 } from '../../errors.js';
 import { parseEncryption, validateKeyBytes, cipherSpecStrings } from '../../crypto/cipher-spec.js';
-import { hashInfo } from '../../crypto/hash.js';
+import { blockDigestsInto, hashInfo } from '../../crypto/hash.js';
 import { createSectorCipher } from '../../crypto/sector-cipher.js';
 import { u64, validateLuks2Metadata, type Luks2Metadata, type Luks2Segment, type Luks2Token } from '../../formats/luks2/metadata.js';
 import {
@@ -732,8 +732,7 @@ export const localPlainZoneCipher = (to: ZoneSide): ZoneCipher => {
   return {
     transform: async (data, pos) => c.encrypt(data, pos / 512 + to.ivTweak),
     digest: async (data, sums) => {
-      const len = hashInfo(sums.hash).digestSize;
-      for (let i = 0, o = 0; i < data.length; i += sums.block, o += len) sums.out.set(createHash(sums.hash).update(data.subarray(i, i + sums.block)).digest(), o);
+      blockDigestsInto(data, sums.block, sums.hash, sums.out);
     },
     close: async () => c.wipe(),
   };

@@ -23,7 +23,6 @@
  * cryptsetup assumes of its 4096-byte checksum blocks). Resilience none skips 1-3: a crash inside
  * a zone loses that zone (as with cryptsetup); stopping on a signal is safe.
  */
-import { createHash } from 'node:crypto';
 import type { BlockDevice } from '../../block-device.js';
 import {
   CancelledError,
@@ -36,7 +35,7 @@ import {
   WrongPassphraseError,
 } from '../../errors.js';
 import { parseEncryption, validateKeyBytes } from '../../crypto/cipher-spec.js';
-import { hashInfo } from '../../crypto/hash.js';
+import { blockDigestsInto, hashInfo } from '../../crypto/hash.js';
 import { createSectorCipher } from '../../crypto/sector-cipher.js';
 import { mandatoryRequirements, u64, type Luks2Metadata, type Luks2Segment } from '../../formats/luks2/metadata.js';
 import {
@@ -107,7 +106,7 @@ export const localZoneCipher: ZoneCipherFactory = (from, to) => {
       b.encrypt(data, pos / 512 + to.ivTweak);
     },
     digest: async (data, sums) => {
-      sums.out.set(checksums(data, sums.block, sums.hash));
+      blockDigestsInto(data, sums.block, sums.hash, sums.out);
     },
     close: async () => {
       a.wipe();
@@ -295,14 +294,6 @@ function finalLayout(meta: Luks2Metadata, s: ReencryptState): Array<{ offset: nu
   return wipe;
 }
 
-function checksums(data: Uint8Array, block: number, hash: string): Uint8Array {
-  const len = hashInfo(hash).digestSize;
-  const out = new Uint8Array((data.length / block) * len);
-  for (let i = 0, o = 0; i < data.length; i += block, o += len) {
-    out.set(createHash(hash).update(data.subarray(i, i + block)).digest(), o);
-  }
-  return out;
-}
 
 function sharedBuffer(size: number): Uint8Array {
   return new Uint8Array(new SharedArrayBuffer(size));
