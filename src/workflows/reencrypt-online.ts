@@ -13,10 +13,13 @@
  * disappears without `stop` (killed) does not stop the run: the server finishes it.
  */
 import net from 'node:net';
-import { chmodSync, rmSync } from 'node:fs';
+import { chmodSync, rmSync, statSync } from 'node:fs';
 import type { BlockDevice } from '../block-device.js';
 import { EncryptedDevice } from '../devices/encrypted-device.js';
 import { ReencryptingDevice } from '../devices/reencrypting-device.js';
+import { SliceDevice } from '../devices/slice-device.js';
+import { decryptLuks2, type DecryptZoneGate } from '../luks/reencrypt/decrypt.js';
+import { poolDecryptCipher, type DecryptVolumeReport } from './decrypt.js';
 import { mandatoryRequirements, u64 } from '../formats/luks2/metadata.js';
 import { decodeReencryptState, forwardOffset, REENCRYPT_REQ_VERSION, validateReencryptState } from '../formats/luks2/reencrypt-state.js';
 import { readLuks2Headers } from '../luks/luks2-io.js';
@@ -29,6 +32,7 @@ import {
   DeviceIoError,
   InvalidArgumentError,
   LockedError,
+  NotImplementedError,
   RemoteCommandError,
   ReencryptionInProgressError,
   UnsupportedError,
@@ -48,15 +52,19 @@ export function controlPathFor(volumePath: string): string {
   return `${volumePath}.ctl`;
 }
 
-/** The engine options a control client may set (the rest — devices, ciphers, gate — are the server's). */
+/**
+ * The engine options a control client may set (the rest — devices, ciphers, gate — are the
+ * server's). `decrypt` asks for a decryption (detached header only); `header` is the header
+ * file the client named (absolute), checked against the one the server serves with.
+ */
 export type OnlineReencryptOptions = Pick<
   ReencryptOptions,
   'keyslot' | 'cipher' | 'keySizeBits' | 'sectorSize' | 'resilience' | 'resilienceHash' | 'hotzoneSize' | 'resumeOnly' | 'initOnly' | 'pbkdf' | 'hash' | 'iterTimeMs' | 'iterations' | 'memoryKiB' | 'parallel'
->;
+> & { decrypt?: boolean; header?: string };
 
 const NUMBER_KEYS = ['keyslot', 'keySizeBits', 'sectorSize', 'hotzoneSize', 'iterTimeMs', 'iterations', 'memoryKiB', 'parallel'] as const;
-const STRING_KEYS = ['cipher', 'resilience', 'resilienceHash', 'pbkdf', 'hash'] as const;
-const BOOLEAN_KEYS = ['resumeOnly', 'initOnly'] as const;
+const STRING_KEYS = ['cipher', 'resilience', 'resilienceHash', 'pbkdf', 'hash', 'header'] as const;
+const BOOLEAN_KEYS = ['resumeOnly', 'initOnly', 'decrypt'] as const;
 
 /** Keeps the known option keys of the right types; anything else is an `InvalidArgumentError`. */
 export function parseOnlineOptions(raw: unknown): OnlineReencryptOptions {
@@ -80,8 +88,9 @@ export function parseOnlineOptions(raw: unknown): OnlineReencryptOptions {
 export interface OnlineReencryptorOptions {
   /** The data device the served view decrypts (the engine rewrites its ciphertext). */
   data: BlockDevice;
-  /** Detached header, when the volume has one. */
+  /** Detached header, when the volume has one, and its file (to check a client's `--header` against). */
   header?: BlockDevice;
+  headerPath?: string;
   /** The served view. */
   view: ReencryptingDevice;
   /** Worker pool for the engine's zone ciphers and the new-key view's offload. */
@@ -98,6 +107,8 @@ export class OnlineReencryptor {
   #running: { promise: Promise<unknown>; abort: AbortController } | undefined;
   /** The served (old-key) view's parameters; the new ones after a finished run. */
   #old: OnlineReencryptorOptions['old'];
+  /** A finished decryption: the volume is plain, the header holds no key. */
+  #plain = false;
 
   constructor(readonly options: OnlineReencryptorOptions) {
     this.#old = options.old;
@@ -116,7 +127,10 @@ export class OnlineReencryptor {
         if (from.encryption !== old.encryption || from.sectorSize !== old.sectorSize || from.ivTweak !== old.ivTweak || area.dataOffset !== old.dataOffset || area.dataSize !== view.size) {
           throw new DeviceIoError('The header no longer describes the volume as it is served; detach and re-attach it.');
         }
-        if (view.hasNewView) return;
+        if (view.hasNewView) {
+          if (view.direction !== 'forward') throw new DeviceIoError('The served volume is being decrypted; resume that with `brickcrypt reencrypt --decrypt --resume-only`.');
+          return;
+        }
         const offload = pool.sectorCrypto({ encryption: to.encryption, keyBytes: to.keyBytes, sectorSize: to.sectorSize }, to.key);
         const params = { encryption: to.encryption, keyBytes: to.keyBytes, sectorSize: to.sectorSize, ivTweak: to.ivTweak, dataOffset: area.dataOffset, payloadSize: area.dataSize };
         let next: EncryptedDevice;
@@ -139,35 +153,116 @@ export class OnlineReencryptor {
   }
 
   /**
+   * The zone gate of a decryption (detached header, backward): the new view is the data device
+   * itself (plaintext at offset 0, not owned by the view), installed once the key is open.
+   */
+  decryptGate(): DecryptZoneGate {
+    const { view, data } = this.options;
+    return {
+      begin: async (from, area) => {
+        const old = this.#old;
+        if (from.encryption !== old.encryption || from.sectorSize !== old.sectorSize || from.ivTweak !== old.ivTweak || area.dataOffset !== old.dataOffset || area.dataSize !== view.size) {
+          throw new DeviceIoError('The header no longer describes the volume as it is served; detach and re-attach it.');
+        }
+        if (view.hasNewView) {
+          if (view.direction !== 'backward') throw new DeviceIoError('The served volume is being re-keyed; finish that first.');
+          return;
+        }
+        view.installNew(new SliceDevice(data, old.dataOffset, view.size), 'backward');
+      },
+      enter: (offset, length) => view.enterZone(offset, length),
+      leave: (offset, length, outcome) => view.leaveZone(offset, length, outcome),
+    };
+  }
+
+  /**
+   * What a decryption needs that only the server can check, before anything is written: a
+   * detached header at data offset 0 (the attached layout moves the data: not built online),
+   * named by the client as the one served.
+   */
+  #checkDecrypt(options: OnlineReencryptOptions): void {
+    if (!this.options.header || this.#old.dataOffset !== 0) {
+      throw new NotImplementedError('Online decryption of a volume with its header inside it (a data shift) is not built; detach the volume and run `brickcrypt reencrypt --decrypt` offline.');
+    }
+    const served = this.options.headerPath;
+    if (options.header === undefined) throw new InvalidArgumentError(`The volume is served with the detached header ${served ?? '(unknown)'}: give it with --header.`);
+    let same = false;
+    try {
+      const [a, b] = [statSync(options.header), statSync(served!)];
+      same = a.dev === b.dev && a.ino === b.ino;
+    } catch {
+      same = false;
+    }
+    if (!same) throw new InvalidArgumentError(`--header ${options.header} is not the header the volume is served with${served ? ` (${served})` : ''}.`);
+  }
+
+  /**
    * Re-keys the served volume (or resumes). `passphrase` is kept by the caller. Refuses a second
    * run while one is going with `LockedError`.
    */
   async run(passphrase: Passphrase, options: OnlineReencryptOptions & { signal?: AbortSignal; onProgress?: ReencryptOptions['onProgress'] }): Promise<ReencryptReport> {
+    if (options.decrypt) throw new InvalidArgumentError('Use decrypt() for a decryption.');
+    const { header: _h, decrypt: _d, ...engine } = options;
+    return this.#exclusive(options.signal, async (signal) => {
+      const report = await reencryptLuks2(this.options.data, {
+        ...engine,
+        hotzoneSize: engine.hotzoneSize ?? ONLINE_HOTZONE_BYTES,
+        passphrases: [passphrase],
+        ...(this.options.header ? { headerDevice: this.options.header } : {}),
+        zoneCipher: poolZoneCipher(this.options.pool),
+        zoneGate: this.gate(),
+        signal,
+      });
+      if (report.finished) {
+        // One key again: the new view serves everything and is the old one of a next re-key.
+        await this.options.view.restart();
+        this.#old = { encryption: report.encryption, sectorSize: report.sectorSize, ivTweak: this.#old.ivTweak, dataOffset: this.#old.dataOffset };
+      }
+      return report;
+    });
+  }
+
+  /**
+   * Decrypts the served volume in place (or resumes a decryption): detached header only, zones
+   * backward as offline (src/luks/reencrypt/decrypt.ts). At the end the old view is closed (its
+   * key wiped) and the plaintext is served as it lies on the data device.
+   */
+  async decrypt(passphrase: Passphrase, options: OnlineReencryptOptions & { signal?: AbortSignal; onProgress?: ReencryptOptions['onProgress'] }): Promise<DecryptVolumeReport> {
+    const { header: _h, decrypt: _d, cipher, keySizeBits, sectorSize, ...engine } = options;
+    if (cipher !== undefined || keySizeBits !== undefined || sectorSize !== undefined) throw new InvalidArgumentError('--cipher, --key-size and --sector-size do not apply to --decrypt.');
+    return this.#exclusive(options.signal, async (signal) => {
+      this.#checkDecrypt(options);
+      const { signal: _s, ...rest } = engine;
+      const report = await decryptLuks2(this.options.data, {
+        ...rest,
+        hotzoneSize: rest.hotzoneSize ?? ONLINE_HOTZONE_BYTES,
+        passphrases: [passphrase],
+        headerDevice: this.options.header!,
+        decryptCipher: poolDecryptCipher(this.options.pool),
+        zoneGate: this.decryptGate(),
+        signal,
+      });
+      if (report.finished) {
+        await this.options.view.retireOld();
+        this.#plain = true;
+      }
+      return { ...report, header: this.options.headerPath ?? '', exported: false, headerRemoved: false };
+    });
+  }
+
+  /** One run at a time; `signal` (the client's stop) and `stop()` both end it at a zone boundary. */
+  async #exclusive<R>(outer: AbortSignal | undefined, fn: (signal: AbortSignal) => Promise<R>): Promise<R> {
     if (this.#running) throw new LockedError(`A reencryption of this volume is already running in process ${process.pid}.`);
+    if (this.#plain) throw new InvalidArgumentError('The served volume was decrypted: it is plain data now, with nothing to reencrypt online (detach it first).');
     const abort = new AbortController();
     const onAbort = () => abort.abort();
-    options.signal?.addEventListener('abort', onAbort, { once: true });
-    if (options.signal?.aborted) abort.abort();
-    const { signal: _s, ...rest } = options;
+    outer?.addEventListener('abort', onAbort, { once: true });
+    if (outer?.aborted) abort.abort();
     const promise = (async () => {
       try {
-        const report = await reencryptLuks2(this.options.data, {
-          ...rest,
-          hotzoneSize: rest.hotzoneSize ?? ONLINE_HOTZONE_BYTES,
-          passphrases: [passphrase],
-          ...(this.options.header ? { headerDevice: this.options.header } : {}),
-          zoneCipher: poolZoneCipher(this.options.pool),
-          zoneGate: this.gate(),
-          signal: abort.signal,
-        });
-        if (report.finished) {
-          // One key again: the new view serves everything and is the old one of a next re-key.
-          await this.options.view.restart();
-          this.#old = { encryption: report.encryption, sectorSize: report.sectorSize, ivTweak: this.#old.ivTweak, dataOffset: this.#old.dataOffset };
-        }
-        return report;
+        return await fn(abort.signal);
       } finally {
-        options.signal?.removeEventListener('abort', onAbort);
+        outer?.removeEventListener('abort', onAbort);
       }
     })();
     this.#running = { promise, abort };
@@ -261,22 +356,23 @@ export async function serveReencryptControl(path: string, reencryptor: OnlineRee
           return;
         }
         stopRun = new AbortController();
-        log(`online reencryption requested (${options.resumeOnly ? 'resume' : options.initOnly ? 'init only' : 're-key'})`);
+        log(`online reencryption requested (${options.decrypt ? 'decrypt' : 're-key'}${options.resumeOnly ? ', resume' : options.initOnly ? ', init only' : ''})`);
         let lastSent = 0;
-        const handled = reencryptor
-          .run(passphrase, {
-            ...options,
-            signal: stopRun.signal,
-            onProgress: ({ done, total }) => {
-              const now = performance.now();
-              if (done < total && now - lastSent < 100) return;
-              lastSent = now;
-              send(socket, { event: 'progress', done, total });
-            },
-          })
+        const runOptions = {
+          ...options,
+          signal: stopRun.signal,
+          onProgress: ({ done, total }: { done: number; total: number }) => {
+            const now = performance.now();
+            if (done < total && now - lastSent < 100) return;
+            lastSent = now;
+            send(socket, { event: 'progress', done, total });
+          },
+        };
+        const running: Promise<{ finished: boolean; bytes: number; seconds: number }> = options.decrypt ? reencryptor.decrypt(passphrase, runOptions) : reencryptor.run(passphrase, runOptions);
+        const handled = running
           .then(
             (report) => {
-              log(`online reencryption ${report.finished ? 'finished' : 'recorded'}: ${report.bytes} bytes rewritten in ${report.seconds.toFixed(1)} s`);
+              log(`online ${options.decrypt ? 'decryption' : 'reencryption'} ${report.finished ? 'finished' : 'recorded'}: ${report.bytes} bytes rewritten in ${report.seconds.toFixed(1)} s`);
               send(socket, { event: 'done', report });
             },
             (err: unknown) => {
@@ -337,11 +433,11 @@ function remoteError(m: { code?: unknown; message?: unknown; exitCode?: unknown 
  * as it comes; `signal` sends `stop` (the server stops at the next zone boundary and reports
  * `CancelledError`). Rejects with `DeviceIoError` when the socket does not answer.
  */
-export async function requestOnlineReencrypt(
+export async function requestOnlineReencrypt<R = ReencryptReport>(
   path: string,
   passphrase: Passphrase,
   options: OnlineReencryptOptions & { signal?: AbortSignal; onProgress?: ReencryptOptions['onProgress'] },
-): Promise<ReencryptReport> {
+): Promise<R> {
   const { signal, onProgress, ...rest } = options;
   const socket = await new Promise<net.Socket>((resolve, reject) => {
     const s = net.connect(path, () => {
@@ -351,7 +447,7 @@ export async function requestOnlineReencrypt(
     s.once('error', (err) => reject(new DeviceIoError(`Cannot reach the serving process at ${path}: ${err.message}`, { cause: err })));
   });
   try {
-    return await new Promise<ReencryptReport>((resolve, reject) => {
+    return await new Promise<R>((resolve, reject) => {
       let settled = false;
       const finish = (fn: () => void) => {
         if (settled) return;
@@ -368,7 +464,7 @@ export async function requestOnlineReencrypt(
         (msg) => {
           const m = msg as { event?: unknown; done?: unknown; total?: unknown; report?: unknown };
           if (m.event === 'progress' && typeof m.done === 'number' && typeof m.total === 'number') onProgress?.({ done: m.done, total: m.total });
-          else if (m.event === 'done') finish(() => resolve(m.report as ReencryptReport));
+          else if (m.event === 'done') finish(() => resolve(m.report as R));
           else if (m.event === 'error') finish(() => reject(remoteError(m as Record<string, unknown>)));
         },
         () => finish(() => reject(new DeviceIoError(`The serving process at ${path} sent a malformed message.`))),

@@ -214,7 +214,7 @@ async function openReencrypting(path: string, file: FileDevice, header: FileDevi
     const r = await withPassphraseTries(input, (pass) => openReencryptingView(data, header, pass, pool, { allowDiscards: o.allowDiscards === true }), { tries: triesOf(o) });
     log(`${path}: reencryption recorded, ${r.boundary} of ${r.view.size} bytes under the new key; finish it with \`brickcrypt reencrypt --resume-only ${path}\``);
     if (r.hot) log(`bytes ${r.hot.offset}+${r.hot.length} (the interrupted hot zone) are not served until that resume recovers them`);
-    const reencryptor = new OnlineReencryptor({ data, ...(header ? { header } : {}), view: r.view, pool, allowDiscards: o.allowDiscards === true, old: r.old, log });
+    const reencryptor = new OnlineReencryptor({ data, ...(header ? { header, headerPath: resolve(o.header!) } : {}), view: r.view, pool, allowDiscards: o.allowDiscards === true, old: r.old, log });
     return {
       device: r.view,
       format: 'luks2',
@@ -314,7 +314,7 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
     const reencryptor = online
       ? new OnlineReencryptor({
           data,
-          ...(header ? { header } : {}),
+          ...(header ? { header, headerPath: resolve(o.header!) } : {}),
           view: device as ReencryptingDevice,
           pool: workers,
           allowDiscards: o.allowDiscards === true,
