@@ -173,6 +173,62 @@ test('online decrypt: power cut mid-run with clients writing and flushing; an of
   }
 });
 
+test('online decrypt: an I/O error inside a zone fences it (clients get errors there only); a stop ends at a zone boundary; online --resume-only runs recover and finish', async () => {
+  const payload = 1024 * 1024;
+  const { image, plain: model } = await detachedImage(payload, 4096);
+  const mem = new MemoryDevice(image);
+  // The first full-zone data write of the fourth zone (from the end) fails once, torn.
+  let failNext = true;
+  const failAt = HDR + payload - 4 * ZONE;
+  const flaky = new Proxy(mem, {
+    get(target, prop) {
+      const v = Reflect.get(target, prop, target) as unknown;
+      if (prop === 'write') {
+        return async (buf: Uint8Array, offset: number) => {
+          if (failNext && offset === failAt && buf.length === ZONE) {
+            failNext = false;
+            await target.write(buf.subarray(0, 8192), offset);
+            throw new DeviceIoError('injected write error');
+          }
+          return target.write(buf, offset);
+        };
+      }
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  const { header, data } = split(yielding(flaky));
+  const { view, reencryptor, pool } = await served(header, data, HEADER_FILE);
+  const opts = { hotzoneSize: ZONE, header: HEADER_FILE, ...FAST };
+  await assert.rejects(reencryptor.decrypt(Passphrase.fromString(PASS), opts), /injected write error/);
+  const zoneEnd = view.boundary;
+  assert.equal(zoneEnd, payload - 3 * ZONE, 'three zones done, the fourth fenced');
+  await assert.rejects(view.read(new Uint8Array(100), zoneEnd - 10), DeviceIoError);
+  // Served on both sides of the fenced zone: plaintext above it, ciphertext below.
+  const above = new Uint8Array(1000);
+  await view.read(above, zoneEnd);
+  assert.equal(firstDiff(above, model.subarray(zoneEnd, zoneEnd + 1000)), -1);
+  const w = new Uint8Array(randomBytes(3000));
+  await view.write(w, zoneEnd - ZONE - 4000);
+  model.set(w, zoneEnd - ZONE - 4000);
+  // A stop: the resume recovers the fenced zone, then stops at the next zone boundary.
+  const ac = new AbortController();
+  let zones = 0;
+  const stopped = reencryptor.decrypt(Passphrase.fromString(PASS), { ...opts, resumeOnly: true, signal: ac.signal, onProgress: () => (++zones === 3 ? ac.abort() : undefined) });
+  await assert.rejects(stopped, /stopped/);
+  assert.ok(view.boundary < zoneEnd - ZONE && view.boundary > 0, `stopped part-way (${view.boundary})`);
+  const mid = new Uint8Array(payload);
+  await view.read(mid, 0);
+  assert.equal(firstDiff(mid, model), -1, 'served view after the stop');
+  const report = await reencryptor.decrypt(Passphrase.fromString(PASS), { ...opts, resumeOnly: true });
+  assert.equal(report.finished, true);
+  const all = new Uint8Array(payload);
+  await view.read(all, 0);
+  assert.equal(firstDiff(all, model), -1, 'served view after the finish');
+  await view.close();
+  await pool.close();
+  equalPlain(mem.bytes.subarray(HDR), model, 'data device');
+});
+
 test('online decrypt refusals: attached header (data shift), a header that is not the served one, none named; nothing is written', async () => {
   // Attached header: served without a header device.
   const dataOffset = 2 * 1024 * 1024;
