@@ -20,6 +20,9 @@ import { ReencryptingDevice } from '../devices/reencrypting-device.js';
 import { SliceDevice } from '../devices/slice-device.js';
 import { decryptLuks2, type DecryptZoneGate } from '../luks/reencrypt/decrypt.js';
 import { poolDecryptCipher, type DecryptVolumeReport } from './decrypt.js';
+import { poolPlainZoneCipher } from './encrypt.js';
+import { encryptLuks2, type EncryptReport } from '../luks/reencrypt/encrypt.js';
+import { FileDevice } from '../devices/file-device.js';
 import { mandatoryRequirements, u64 } from '../formats/luks2/metadata.js';
 import { decodeReencryptState, forwardOffset, REENCRYPT_REQ_VERSION, validateReencryptState } from '../formats/luks2/reencrypt-state.js';
 import { readLuks2Headers } from '../luks/luks2-io.js';
@@ -60,11 +63,11 @@ export function controlPathFor(volumePath: string): string {
 export type OnlineReencryptOptions = Pick<
   ReencryptOptions,
   'keyslot' | 'cipher' | 'keySizeBits' | 'sectorSize' | 'resilience' | 'resilienceHash' | 'hotzoneSize' | 'resumeOnly' | 'initOnly' | 'pbkdf' | 'hash' | 'iterTimeMs' | 'iterations' | 'memoryKiB' | 'parallel'
-> & { decrypt?: boolean; header?: string };
+> & { decrypt?: boolean; encrypt?: boolean; header?: string };
 
 const NUMBER_KEYS = ['keyslot', 'keySizeBits', 'sectorSize', 'hotzoneSize', 'iterTimeMs', 'iterations', 'memoryKiB', 'parallel'] as const;
 const STRING_KEYS = ['cipher', 'resilience', 'resilienceHash', 'pbkdf', 'hash', 'header'] as const;
-const BOOLEAN_KEYS = ['resumeOnly', 'initOnly', 'decrypt'] as const;
+const BOOLEAN_KEYS = ['resumeOnly', 'initOnly', 'decrypt', 'encrypt'] as const;
 
 /** Keeps the known option keys of the right types; anything else is an `InvalidArgumentError`. */
 export function parseOnlineOptions(raw: unknown): OnlineReencryptOptions {
@@ -97,7 +100,10 @@ export interface OnlineReencryptorOptions {
   pool: CryptoPool;
   /** As the served view's (dm-crypt allow_discards). */
   allowDiscards?: boolean;
-  /** The old view's geometry, checked against what the header says. */
+  /**
+   * The old view's geometry, checked against what the header says; `encryption` `plain` for a
+   * raw volume served as it is (which only an online encryption with a detached header turns into LUKS2).
+   */
   old: { encryption: string; sectorSize: number; ivTweak: number; dataOffset: number };
   log?: (message: string) => void;
 }
@@ -109,9 +115,22 @@ export class OnlineReencryptor {
   #old: OnlineReencryptorOptions['old'];
   /** A finished decryption: the volume is plain, the header holds no key. */
   #plain = false;
+  /** The detached header and its file: given, or created by an online encryption (then closed by `close()`). */
+  #header: BlockDevice | undefined;
+  #headerPath: string | undefined;
+  #ownHeader: FileDevice | undefined;
 
   constructor(readonly options: OnlineReencryptorOptions) {
     this.#old = options.old;
+    this.#header = options.header;
+    this.#headerPath = options.headerPath;
+  }
+
+  /** Closes a header file this reencryptor created (an online encryption); call after the last run. */
+  async close(): Promise<void> {
+    const h = this.#ownHeader;
+    this.#ownHeader = undefined;
+    await h?.close();
   }
 
   get running(): boolean {
@@ -124,7 +143,10 @@ export class OnlineReencryptor {
     return {
       begin: async (from, to, area) => {
         const old = this.#old;
-        if (from.encryption !== old.encryption || from.sectorSize !== old.sectorSize || from.ivTweak !== old.ivTweak || area.dataOffset !== old.dataOffset || area.dataSize !== view.size) {
+        const plain = from === undefined;
+        if (plain !== (old.encryption === 'plain')) throw new DeviceIoError('The header no longer describes the volume as it is served; detach and re-attach it.');
+        const moved = from !== undefined && (from.encryption !== old.encryption || from.sectorSize !== old.sectorSize || from.ivTweak !== old.ivTweak);
+        if (moved || area.dataOffset !== old.dataOffset || area.dataSize !== view.size) {
           throw new DeviceIoError('The header no longer describes the volume as it is served; detach and re-attach it.');
         }
         if (view.hasNewView) {
@@ -181,19 +203,25 @@ export class OnlineReencryptor {
    * named by the client as the one served.
    */
   #checkDecrypt(options: OnlineReencryptOptions): void {
-    if (!this.options.header || this.#old.dataOffset !== 0) {
+    if (this.#old.encryption === 'plain') throw new InvalidArgumentError('The served volume is plain data, not LUKS: there is nothing to decrypt.');
+    if (!this.#header || this.#old.dataOffset !== 0) {
       throw new NotImplementedError('Online decryption of a volume with its header inside it (a data shift) is not built; detach the volume and run `brickcrypt reencrypt --decrypt` offline.');
     }
-    const served = this.options.headerPath;
-    if (options.header === undefined) throw new InvalidArgumentError(`The volume is served with the detached header ${served ?? '(unknown)'}: give it with --header.`);
+    this.#checkHeaderPath(options.header);
+  }
+
+  /** The client's `--header` must be the file the volume is served with (same device and inode). */
+  #checkHeaderPath(given: string | undefined): void {
+    const served = this.#headerPath;
+    if (given === undefined) throw new InvalidArgumentError(`The volume is served with the detached header ${served ?? '(unknown)'}: give it with --header.`);
     let same = false;
     try {
-      const [a, b] = [statSync(options.header), statSync(served!)];
+      const [a, b] = [statSync(given), statSync(served!)];
       same = a.dev === b.dev && a.ino === b.ino;
     } catch {
       same = false;
     }
-    if (!same) throw new InvalidArgumentError(`--header ${options.header} is not the header the volume is served with${served ? ` (${served})` : ''}.`);
+    if (!same) throw new InvalidArgumentError(`--header ${given} is not the header the volume is served with${served ? ` (${served})` : ''}.`);
   }
 
   /**
@@ -201,14 +229,15 @@ export class OnlineReencryptor {
    * run while one is going with `LockedError`.
    */
   async run(passphrase: Passphrase, options: OnlineReencryptOptions & { signal?: AbortSignal; onProgress?: ReencryptOptions['onProgress'] }): Promise<ReencryptReport> {
-    if (options.decrypt) throw new InvalidArgumentError('Use decrypt() for a decryption.');
-    const { header: _h, decrypt: _d, ...engine } = options;
+    if (options.decrypt || options.encrypt) throw new InvalidArgumentError('Use decrypt() or encrypt() for a decryption or an encryption.');
+    const { header: _h, decrypt: _d, encrypt: _e, ...engine } = options;
     return this.#exclusive(options.signal, async (signal) => {
+      if (this.#old.encryption === 'plain') throw new InvalidArgumentError('The served volume is plain data, not LUKS: encrypt it with `brickcrypt reencrypt --encrypt --header FILE`.');
       const report = await reencryptLuks2(this.options.data, {
         ...engine,
         hotzoneSize: engine.hotzoneSize ?? ONLINE_HOTZONE_BYTES,
         passphrases: [passphrase],
-        ...(this.options.header ? { headerDevice: this.options.header } : {}),
+        ...(this.#header ? { headerDevice: this.#header } : {}),
         zoneCipher: poolZoneCipher(this.options.pool),
         zoneGate: this.gate(),
         signal,
@@ -228,7 +257,7 @@ export class OnlineReencryptor {
    * key wiped) and the plaintext is served as it lies on the data device.
    */
   async decrypt(passphrase: Passphrase, options: OnlineReencryptOptions & { signal?: AbortSignal; onProgress?: ReencryptOptions['onProgress'] }): Promise<DecryptVolumeReport> {
-    const { header: _h, decrypt: _d, cipher, keySizeBits, sectorSize, ...engine } = options;
+    const { header: _h, decrypt: _d, encrypt: _e, cipher, keySizeBits, sectorSize, ...engine } = options;
     if (cipher !== undefined || keySizeBits !== undefined || sectorSize !== undefined) throw new InvalidArgumentError('--cipher, --key-size and --sector-size do not apply to --decrypt.');
     return this.#exclusive(options.signal, async (signal) => {
       this.#checkDecrypt(options);
@@ -237,7 +266,7 @@ export class OnlineReencryptor {
         ...rest,
         hotzoneSize: rest.hotzoneSize ?? ONLINE_HOTZONE_BYTES,
         passphrases: [passphrase],
-        headerDevice: this.options.header!,
+        headerDevice: this.#header!,
         decryptCipher: poolDecryptCipher(this.options.pool),
         zoneGate: this.decryptGate(),
         signal,
@@ -246,7 +275,44 @@ export class OnlineReencryptor {
         await this.options.view.retireOld();
         this.#plain = true;
       }
-      return { ...report, header: this.options.headerPath ?? '', exported: false, headerRemoved: false };
+      return { ...report, header: this.#headerPath ?? '', exported: false, headerRemoved: false };
+    });
+  }
+
+  /**
+   * Encrypts a served raw volume in place into LUKS2 with a detached header (created at the
+   * client's `--header` path when missing, as offline), forward as offline (the re-key engine
+   * with plaintext as its old side): the new view is the encrypting view, installed once the key
+   * exists. At the end the volume is LUKS2 and served through the new key; a later online re-key
+   * or decryption uses that header. Growing the file (no `--header`) would shift the data: refused.
+   */
+  async encrypt(passphrase: Passphrase, options: OnlineReencryptOptions & { signal?: AbortSignal; onProgress?: ReencryptOptions['onProgress'] }): Promise<EncryptReport> {
+    const { header: headerPath, decrypt: _d, encrypt: _e, ...engine } = options;
+    return this.#exclusive(options.signal, async (signal) => {
+      if (this.#old.encryption !== 'plain') throw new InvalidArgumentError('The served volume is already LUKS: there is nothing to encrypt.');
+      if (headerPath === undefined) throw new NotImplementedError('Online encryption without a detached header (the file grows and the data shifts) is not built; give --header FILE.');
+      if (this.#header) this.#checkHeaderPath(headerPath);
+      else {
+        // Created by the server (it holds the volume lock), at the path the client named.
+        this.#ownHeader = await FileDevice.open(headerPath, { create: true });
+        this.#header = this.#ownHeader;
+        this.#headerPath = headerPath;
+      }
+      const { signal: _s, ...rest } = engine;
+      const report = await encryptLuks2(this.options.data, {
+        ...rest,
+        hotzoneSize: rest.hotzoneSize ?? ONLINE_HOTZONE_BYTES,
+        passphrases: [passphrase],
+        headerDevice: this.#header,
+        plainZoneCipher: poolPlainZoneCipher(this.options.pool),
+        zoneGate: this.gate(),
+        signal,
+      });
+      if (report.finished) {
+        await this.options.view.restart();
+        this.#old = { encryption: report.encryption, sectorSize: report.sectorSize, ivTweak: 0, dataOffset: 0 };
+      }
+      return report;
     });
   }
 
@@ -356,7 +422,7 @@ export async function serveReencryptControl(path: string, reencryptor: OnlineRee
           return;
         }
         stopRun = new AbortController();
-        log(`online reencryption requested (${options.decrypt ? 'decrypt' : 're-key'}${options.resumeOnly ? ', resume' : options.initOnly ? ', init only' : ''})`);
+        log(`online reencryption requested (${options.decrypt ? 'decrypt' : options.encrypt ? 'encrypt' : 're-key'}${options.resumeOnly ? ', resume' : options.initOnly ? ', init only' : ''})`);
         let lastSent = 0;
         const runOptions = {
           ...options,
@@ -368,11 +434,15 @@ export async function serveReencryptControl(path: string, reencryptor: OnlineRee
             send(socket, { event: 'progress', done, total });
           },
         };
-        const running: Promise<{ finished: boolean; bytes: number; seconds: number }> = options.decrypt ? reencryptor.decrypt(passphrase, runOptions) : reencryptor.run(passphrase, runOptions);
+        const running: Promise<{ finished: boolean; bytes: number; seconds: number }> = options.decrypt
+          ? reencryptor.decrypt(passphrase, runOptions)
+          : options.encrypt
+            ? reencryptor.encrypt(passphrase, runOptions)
+            : reencryptor.run(passphrase, runOptions);
         const handled = running
           .then(
             (report) => {
-              log(`online ${options.decrypt ? 'decryption' : 'reencryption'} ${report.finished ? 'finished' : 'recorded'}: ${report.bytes} bytes rewritten in ${report.seconds.toFixed(1)} s`);
+              log(`online ${options.decrypt ? 'decryption' : options.encrypt ? 'encryption' : 'reencryption'} ${report.finished ? 'finished' : 'recorded'}: ${report.bytes} bytes rewritten in ${report.seconds.toFixed(1)} s`);
               send(socket, { event: 'done', report });
             },
             (err: unknown) => {

@@ -18,6 +18,7 @@ import { FileDevice } from '../../devices/file-device.js';
 import { DirtyTracker } from '../../backup/dirty-tracking.js';
 import { EncryptedDevice, type SectorCryptoOffload } from '../../devices/encrypted-device.js';
 import { ReencryptingDevice } from '../../devices/reencrypting-device.js';
+import { SliceDevice } from '../../devices/slice-device.js';
 import { OnlineReencryptor, controlPathFor, openReencryptingView, serveReencryptControl } from '../../workflows/reencrypt-online.js';
 import { VolumeLock, processAlive } from '../../devices/volume-lock.js';
 import { detectFormat } from '../../images/detect.js';
@@ -59,6 +60,7 @@ interface AttachOptions extends KeyManagerCliOptions {
   qemuSyntax?: string;
   secretFile?: string;
   serveReencrypting?: boolean;
+  onlineEncrypt?: boolean;
 }
 
 /** Env var marking the detached child of `attach --daemon`. */
@@ -255,13 +257,36 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
     const img = await openImage(path, { readOnly: true });
     return { device: img.device, format, readOnly: true, close: () => img.close() };
   }
+  if (o.onlineEncrypt && o.header !== undefined) throw new InvalidArgumentError('--online-encrypt: the header file is named by `brickcrypt reencrypt VOLUME --encrypt --header FILE`, not by attach.');
+  if (o.onlineEncrypt && (format !== 'raw' || wantReadOnly)) throw new InvalidArgumentError(`--online-encrypt serves a writable raw file (${path} holds ${format} data${wantReadOnly ? ', and --read-only was given' : ''}).`);
   if (format === 'raw') {
     if (o.keyFile || o.keyId) throw new InvalidArgumentError(`${path} is not a LUKS volume; a key is not needed (a plain dm-crypt volume needs --type plain).`);
     const dev = await FileDevice.open(path, { readOnly: wantReadOnly });
     try {
       const tracker = await startTracking(path, wantReadOnly);
+      const data = tracker ? tracker.wrap(dev) : dev;
+      if (o.onlineEncrypt) {
+        // Served through a view an online `reencrypt --encrypt --header H` switches over zone by
+        // zone (the old side is the file itself, not owned by the view).
+        const pool = CryptoPool.create(serverWorkerCount());
+        const view = new ReencryptingDevice(new SliceDevice(data, 0, data.size));
+        const reencryptor = new OnlineReencryptor({ data, view, pool, allowDiscards: o.allowDiscards === true, old: { encryption: 'plain', sectorSize: 512, ivTweak: 0, dataOffset: 0 }, log: (m) => process.stderr.write(`brickcrypt attach: ${m}\n`) });
+        return {
+          device: view,
+          format,
+          readOnly: false,
+          reencryptor,
+          close: async () => {
+            await view.close(); // wipes a new key, also in the workers
+            await reencryptor.close();
+            await pool.close();
+            await finishTracking(dev, tracker);
+            await dev.close();
+          },
+        };
+      }
       return {
-        device: tracker ? tracker.wrap(dev) : dev,
+        device: data,
         format,
         readOnly: wantReadOnly,
         close: async () => {
@@ -487,6 +512,7 @@ export function register(program: Command): void {
     .option('--print <what>', 'instead of serving, print configuration for QEMU\'s own LUKS driver: qemu or libvirt (docs/native-qemu.md)')
     .option('--qemu-syntax <form>', 'with --print qemu: blockdev, blockdev-json or drive')
     .option('--secret-file <path>', 'with --print: where to write the passphrase file (0600)')
+    .option('--online-encrypt', 'serve a raw file so that `brickcrypt reencrypt VOLUME --encrypt --header FILE` encrypts it into LUKS2 online (detached header)')
     .option('--serve-reencrypting', 'serve a LUKS2 volume whose re-key is recorded and unfinished, through both keys; finish it online with `brickcrypt reencrypt --resume-only VOLUME`')
     .addHelpText('after', `
 Examples:

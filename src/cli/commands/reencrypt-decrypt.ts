@@ -39,7 +39,7 @@ function describe(volume: string, r: DecryptVolumeReport): string {
 }
 
 /** The volume lock, or the control socket of the live `attach` process that holds it. */
-async function lockOrOnline(volume: string): Promise<{ lock?: VolumeLock; ctl?: string }> {
+export async function lockOrOnline(volume: string): Promise<{ lock?: VolumeLock; ctl?: string }> {
   try {
     return { lock: await VolumeLock.acquire(volume) };
   } catch (err) {
