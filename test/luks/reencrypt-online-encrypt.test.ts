@@ -1,0 +1,243 @@
+/**
+ * Online encryption (detached header): `attach --online-encrypt` serves a raw file through a
+ * `ReencryptingDevice` whose old view is the file itself; `reencrypt --encrypt --header H` from
+ * another process hands the work to the server, which encrypts forward zone by zone while
+ * clients read and write. In process: concurrent clients checked against a model, the result
+ * opened as LUKS2 with the new header, then re-keyed online through that header. Through the
+ * CLI: NBD clients during the run, `kill -9` of the server then offline and cryptsetup resumes,
+ * and the refusal of the growing layout (no --header) with nothing written.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { MemoryDevice } from '../../src/devices/memory-device.js';
+import { FileDevice } from '../../src/devices/file-device.js';
+import { EncryptedDevice } from '../../src/devices/encrypted-device.js';
+import { ReencryptingDevice } from '../../src/devices/reencrypting-device.js';
+import { SliceDevice } from '../../src/devices/slice-device.js';
+import { LuksVolume } from '../../src/luks/index.js';
+import type { BlockDevice } from '../../src/block-device.js';
+import type { Resilience } from '../../src/luks/reencrypt/engine.js';
+import { OnlineReencryptor } from '../../src/workflows/reencrypt-online.js';
+import { CryptoPool } from '../../src/workflows/worker-pool.js';
+import { Passphrase } from '../../src/secret.js';
+import { InvalidArgumentError, NotImplementedError } from '../../src/errors.js';
+import { NbdTestClient, clientLoad, firstDiff, nbdLoad, runReencrypt, yielding } from '../helpers/online.js';
+import { cliPath, needTools, run, runCli, tempDir } from '../helpers/tools.js';
+import { CS_FAST, CS_OFFLINE, cryptsetupMetadata } from '../helpers/reencrypt-states.js';
+import { equalPlain } from '../helpers/plaintext.js';
+import { spawn, type ChildProcess } from 'node:child_process';
+
+const FAST = { pbkdf: 'pbkdf2' as const, iterations: 1000 };
+const PASS = 'online encrypt pass';
+const ZONE = 64 * 1024;
+
+/** The plaintext of data + detached header. */
+async function plaintextWithHeader(data: BlockDevice, header: BlockDevice): Promise<Uint8Array> {
+  const vol = await LuksVolume.open(data, { readOnly: true, headerDevice: header });
+  const { key } = await vol.unlock(Passphrase.fromString(PASS));
+  const view = EncryptedDevice.open(data, vol, key, { readOnly: true });
+  const out = new Uint8Array(view.size);
+  await view.read(out, 0);
+  await view.close();
+  return out;
+}
+
+async function plaintextOfFiles(img: string, hdr: string): Promise<Uint8Array> {
+  const data = await FileDevice.open(img, { readOnly: true });
+  const header = await FileDevice.open(hdr, { readOnly: true });
+  try {
+    return await plaintextWithHeader(data, header);
+  } finally {
+    await header.close();
+    await data.close();
+  }
+}
+
+/** The served stack as `attach --online-encrypt` builds it. */
+function served(data: BlockDevice): { view: ReencryptingDevice; reencryptor: OnlineReencryptor; pool: CryptoPool } {
+  const view = new ReencryptingDevice(new SliceDevice(data, 0, data.size));
+  const pool = CryptoPool.create(0);
+  const reencryptor = new OnlineReencryptor({ data, view, pool, old: { encryption: 'plain', sectorSize: 512, ivTweak: 0, dataOffset: 0 } });
+  return { view, reencryptor, pool };
+}
+
+for (const resilience of ['checksum', 'journal', 'none'] as Resilience[]) {
+  test(`online encrypt (${resilience}): concurrent random reads and writes see the model throughout; the result is LUKS2 with the new header, then re-keyed online through it`, async () => {
+    const { dir, cleanup } = tempDir('brickcrypt-online-encrypt-');
+    try {
+      const payload = 2 * 1024 * 1024;
+      const model = new Uint8Array(randomBytes(payload));
+      const mem = new MemoryDevice(new Uint8Array(model));
+      const { view, reencryptor, pool } = served(yielding(mem));
+      const hdr = join(dir, 'vol.hdr');
+      await assert.rejects(reencryptor.encrypt(Passphrase.fromString(PASS), { ...FAST }), NotImplementedError, 'no header: the file would grow');
+      await assert.rejects(reencryptor.decrypt(Passphrase.fromString(PASS), { header: hdr }), InvalidArgumentError, 'nothing to decrypt');
+      assert.equal(existsSync(hdr), false, 'nothing created by a refusal');
+      let done = false;
+      const run = reencryptor
+        .encrypt(Passphrase.fromString(PASS), { resilience, hotzoneSize: ZONE, header: hdr, sectorSize: 4096, ...FAST })
+        .finally(() => (done = true));
+      const stats = await clientLoad(view, model, resilience.length * 13, () => done);
+      const report = await run;
+      process.stderr.write(`# encrypt ${resilience}: ${JSON.stringify(stats)}\n`);
+      assert.equal(report.finished, true);
+      assert.ok(stats.midRun > 20, `requests while the boundary moved: ${stats.midRun}`);
+      assert.ok(stats.crossing > 0);
+      assert.equal(view.hasNewView, false, 'one key: the encrypting view is now the only one');
+      const after = new Uint8Array(payload);
+      await view.read(after, 0);
+      assert.equal(firstDiff(after, model), -1, 'served view after the finish');
+      const header = await FileDevice.open(hdr, { readOnly: true });
+      equalPlain(await plaintextWithHeader(mem, header), model, 'opened afresh with the header');
+      await header.close();
+      assert.ok(firstDiff(mem.bytes, model) >= 0 && firstDiff(mem.bytes.subarray(0, 4096), model.subarray(0, 4096)) >= 0, 'the data device holds ciphertext');
+      await assert.rejects(reencryptor.encrypt(Passphrase.fromString(PASS), { header: hdr }), InvalidArgumentError, 'already LUKS');
+      // The served volume is LUKS2 with that header now: an online re-key uses it.
+      let done2 = false;
+      const rekey = reencryptor.run(Passphrase.fromString(PASS), { hotzoneSize: ZONE, ...FAST }).finally(() => (done2 = true));
+      await clientLoad(view, model, 5, () => done2, { clients: 2 });
+      assert.equal((await rekey).finished, true);
+      await view.close();
+      await reencryptor.close();
+      await pool.close();
+      const h2 = await FileDevice.open(hdr, { readOnly: true });
+      equalPlain(await plaintextWithHeader(mem, h2), model, 'after the online re-key');
+      await h2.close();
+    } finally {
+      cleanup();
+    }
+  });
+}
+
+// ---- CLI ----
+
+const cliSkip = needTools('cryptsetup');
+
+function startRawAttach(img: string, sock: string): Promise<{ child: ChildProcess; exited: Promise<number | null>; stderr: () => string }> {
+  const child = spawn(process.execPath, [cliPath, 'attach', img, '--online-encrypt', '--socket', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));
+  return new Promise((resolve, reject) => {
+    child.stdout!.once('data', () => resolve({ child, exited, stderr: () => err }));
+    void exited.then((code) => reject(new Error(`attach exited ${code}: ${err}`)));
+  });
+}
+
+test('CLI: attach --online-encrypt + reencrypt --encrypt --header from another process while NBD clients read and write; cryptsetup opens the result with the header', { skip: cliSkip }, async () => {
+  const { dir, cleanup } = tempDir('brickcrypt-online-encrypt-');
+  try {
+    const img = join(dir, 'disk.img');
+    const hdr = join(dir, 'disk.hdr');
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const model = new Uint8Array(randomBytes(48 << 20));
+    writeFileSync(img, model);
+    const sock = join(dir, 'vol.sock');
+    const att = await startRawAttach(img, sock);
+    try {
+      assert.ok(existsSync(`${img}.ctl`), 'control socket');
+      // The growing layout (no --header) is refused, nothing written.
+      const grow = await runReencrypt([img, '--encrypt', '--type', 'luks2', '--key-file', keyFile, ...CS_FAST]).done;
+      assert.equal(grow.code, 4, grow.stderr);
+      assert.match(grow.stderr, /NOT_IMPLEMENTED/);
+      equalPlain(readFileSync(img), model, 'untouched by the refusal');
+      const client = await NbdTestClient.connect(sock);
+      const reader = await NbdTestClient.connect(sock);
+      let finished = false;
+      const re = runReencrypt([img, '--encrypt', '--type', 'luks2', '--header', hdr, '--key-file', keyFile, '--hotzone-size', '1M', ...CS_FAST]);
+      void re.done.then(() => (finished = true));
+      const half = model.length / 2;
+      const [ops, reads] = await Promise.all([
+        nbdLoad(client, model, () => finished, {}, 31, half),
+        (async () => {
+          let n = 0;
+          while (!finished) {
+            const off = half + ((n * 997 * 1024 + n * 513) % (half - 70_000));
+            const len = 1 + ((n * 7919) % 65_536);
+            const got = await reader.read(off, len);
+            n++;
+            const d = firstDiff(got, model.subarray(off, off + len));
+            if (d >= 0) assert.fail(`reader: ${off}+${len} differs at byte ${off + d}`);
+          }
+          return n;
+        })(),
+      ]);
+      const r = await re.done;
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.events.find((e) => e.event === 'done')!.finished, true);
+      assert.ok(ops > 10 && reads > 10, `clients kept going (${ops}, ${reads})`);
+      assert.match(att.stderr(), /online encryption finished/);
+      await nbdLoad(client, model, (() => { let k = 0; return () => k++ >= 20; })(), {}, 32);
+      client.close();
+      reader.close();
+    } finally {
+      att.child.kill('SIGTERM');
+      assert.equal(await att.exited, 0, att.stderr());
+    }
+    run('cryptsetup', ['open', '--test-passphrase', '--key-file', keyFile, '--header', hdr, img]);
+    assert.equal(cryptsetupMetadata(hdr).config.requirements, undefined);
+    equalPlain(await plaintextOfFiles(img, hdr), model, 'plaintext through the header');
+  } finally {
+    cleanup();
+  }
+});
+
+test('CLI: kill -9 of the server mid-encryption; offline reencrypt --resume-only --header and cryptsetup reencrypt --resume-only --header both finish with every acknowledged write', { skip: cliSkip }, async () => {
+  const { dir, cleanup } = tempDir('brickcrypt-online-encrypt-');
+  try {
+    const img = join(dir, 'disk.img');
+    const hdr = join(dir, 'disk.hdr');
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const model = new Uint8Array(randomBytes(96 << 20));
+    writeFileSync(img, model);
+    const sock = join(dir, 'vol.sock');
+    const att = await startRawAttach(img, sock);
+    const client = await NbdTestClient.connect(sock);
+    let killed = false;
+    const re = runReencrypt([img, '--encrypt', '--type', 'luks2', '--header', hdr, '--key-file', keyFile, '--hotzone-size', '1M', ...CS_FAST], (e) => {
+      if (e.event === 'progress' && !killed) {
+        killed = true;
+        setTimeout(() => att.child.kill('SIGKILL'), 400);
+      }
+    });
+    const inflight: { w?: { off: number; data: Uint8Array } } = {};
+    let gone = false;
+    void att.exited.then(() => (gone = true));
+    await nbdLoad(client, model, () => gone, inflight, 41).catch((err: Error) => assert.ok(killed, String(err)));
+    const r = await re.done;
+    await att.exited;
+    client.close();
+    assert.ok(killed);
+    assert.notEqual(r.code, 0);
+    const mid = cryptsetupMetadata(hdr);
+    assert.ok(mid.config.requirements?.mandatory?.some((x: string) => x.startsWith('online-reencrypt')), 'stopped mid-way');
+    const hot = Object.values(mid.segments).some((s: any) => s.flags?.includes('in-reencryption'));
+    process.stderr.write(`# killed ${hot ? 'inside a hot zone' : 'between zones'}\n`);
+    const check = (got: Uint8Array, label: string) => {
+      for (let i = 0; i < got.length; i++) {
+        if (got[i] === model[i]) continue;
+        const w = inflight.w;
+        if (w && i >= w.off && i < w.off + w.data.length && w.data[i - w.off] === got[i]) continue;
+        assert.fail(`${label}: byte ${i} is neither the acknowledged nor the in-flight write`);
+      }
+    };
+    const vcopy = join(dir, 'copy.img');
+    const hcopy = join(dir, 'copy.hdr');
+    writeFileSync(vcopy, readFileSync(img));
+    writeFileSync(hcopy, readFileSync(hdr));
+    if (hot) run('cryptsetup', ['repair', '--batch-mode', '--disable-locks', '--key-file', keyFile, '--header', hcopy, vcopy]);
+    run('cryptsetup', ['reencrypt', ...CS_OFFLINE, ...CS_FAST, '--key-file', keyFile, '--header', hcopy, '--resume-only', vcopy]);
+    check(await plaintextOfFiles(vcopy, hcopy), 'cryptsetup resume');
+    const resumed = runCli(['reencrypt', '--resume-only', '--header', hdr, img, '--key-file', keyFile]);
+    assert.equal(resumed.status, 0, resumed.stderr);
+    check(await plaintextOfFiles(img, hdr), 'offline resume');
+    assert.equal(cryptsetupMetadata(hdr).config.requirements, undefined);
+  } finally {
+    cleanup();
+  }
+});
