@@ -118,8 +118,10 @@ every keyslot of the volume key, or name the one to keep with --key-slot; each g
 (new number) for the new key, and the old keyslots and key are removed at the end.
 Resilience: checksum and journal survive a crash at any instant; none is safe only against
 Ctrl-C/SIGTERM (it stops at a zone boundary). A volume served by "brickcrypt attach" is re-keyed
-online by the attach process (clients keep reading and writing; default hot zone 16 MiB); if
-this command is killed the server goes on, Ctrl-C stops it at a zone boundary. See docs/reencrypt.md.
+online by the attach process (clients keep reading and writing; default hot zone 16 MiB); so is
+--decrypt --header H of a volume served with "attach --header H", and --encrypt --header H of a raw
+file served with "attach --online-encrypt". If this command is killed the server goes on, Ctrl-C
+stops it at a zone boundary. See docs/reencrypt.md.
 A LUKS1 volume is converted in place to LUKS2, re-keyed and converted back to LUKS1 (512-byte
 sectors, pbkdf2 keyslots keeping their numbers); a crash in any phase is resumed by the next run.
 ${KEY_MANAGER_HELP}`)
