@@ -245,3 +245,44 @@ test('CLI: kill -9 of the server mid-encryption; offline reencrypt --resume-only
     cleanup();
   }
 });
+
+test('CLI: Ctrl-C of reencrypt --encrypt stops the server at a zone boundary (130); reencrypt --resume-only --header finishes online', { skip: cliSkip }, async () => {
+  const { dir, cleanup } = tempDir('brickcrypt-online-encrypt-');
+  try {
+    const img = join(dir, 'disk.img');
+    const hdr = join(dir, 'disk.hdr');
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, PASS);
+    const model = new Uint8Array(randomBytes(64 << 20));
+    writeFileSync(img, model);
+    const sock = join(dir, 'vol.sock');
+    const att = await startRawAttach(img, sock);
+    try {
+      let sent = false;
+      const re = runReencrypt([img, '--encrypt', '--type', 'luks2', '--header', hdr, '--key-file', keyFile, '--hotzone-size', '1M', '--resilience', 'journal', ...CS_FAST], (e) => {
+        if (e.event === 'progress' && !sent) {
+          sent = true;
+          re.child.kill('SIGINT');
+        }
+      });
+      const r = await re.done;
+      assert.equal(r.code, 130, r.stderr);
+      const mid = cryptsetupMetadata(hdr);
+      assert.ok(mid.config.requirements?.mandatory?.some((x: string) => x.startsWith('online-reencrypt')), 'recorded, part-way');
+      const client = await NbdTestClient.connect(sock);
+      equalPlain(await client.readAll(0, model.length), model, 'served through both sides after the stop');
+      const resumed = await runReencrypt(['--resume-only', '--header', hdr, img, '--key-file', keyFile]).done;
+      assert.equal(resumed.code, 0, resumed.stderr);
+      assert.equal(resumed.events.find((e) => e.event === 'done')!.finished, true);
+      equalPlain(await client.readAll(0, model.length), model, 'served after the online resume');
+      client.close();
+    } finally {
+      att.child.kill('SIGTERM');
+      assert.equal(await att.exited, 0, att.stderr());
+    }
+    run('cryptsetup', ['open', '--test-passphrase', '--key-file', keyFile, '--header', hdr, img]);
+    equalPlain(await plaintextOfFiles(img, hdr), model, 'plaintext through the header');
+  } finally {
+    cleanup();
+  }
+});

@@ -38,10 +38,13 @@ async function acquireOrOnline(volume: string, o: ReencryptCliOptions): Promise<
     const { controlPathFor, requestOnlineReencrypt } = await import('../../workflows/reencrypt-online.js');
     const ctl = controlPathFor(resolve(volume));
     if (!existsSync(ctl)) throw err;
-    if (o.header !== undefined) throw new InvalidArgumentError(`${volume} is attached: it is re-keyed online with the header it is served with; leave out --header.`);
+    // `--resume-only --header H` of an encryption the server started online (and was stopped) resumes that.
+    const { encryptionRecorded } = await import('../../workflows/encrypt.js');
+    const encrypting = o.header !== undefined && (await encryptionRecorded(volume, false, o.header));
+    if (o.header !== undefined && !encrypting) throw new InvalidArgumentError(`${volume} is attached: it is re-keyed online with the header it is served with; leave out --header.`);
     return {
       online: (_v, { passphrases, header: _h, workers: _w, onProgress, signal, ...rest }) =>
-        requestOnlineReencrypt(ctl, passphrases[0]!, { ...rest, ...(onProgress ? { onProgress } : {}), ...(signal ? { signal } : {}) }),
+        requestOnlineReencrypt(ctl, passphrases[0]!, { ...rest, ...(encrypting ? { encrypt: true, header: resolve(o.header!) } : {}), ...(onProgress ? { onProgress } : {}), ...(signal ? { signal } : {}) }),
     };
   }
 }
