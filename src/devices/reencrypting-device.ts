@@ -81,19 +81,25 @@ export class ReencryptingDevice implements BlockDevice {
 
   /**
    * `old`: the view under the old key (owned: closed by `close()`). `options.new` and
-   * `options.boundary` describe a reencryption already under way (forward: `[0, boundary)` new);
-   * `options.fenced`, an interrupted hot zone (at the boundary) that is not served until recovered.
+   * `options.boundary` describe a reencryption already under way (forward: `[0, boundary)` new;
+   * `options.direction` backward: `[boundary, size)` new); `options.fenced`, an interrupted hot
+   * zone (at the boundary) that is not served until recovered.
    */
-  constructor(old: BlockDevice, options: { new?: BlockDevice; boundary?: number; fenced?: { offset: number; length: number } } = {}) {
+  constructor(old: BlockDevice, options: { new?: BlockDevice; boundary?: number; direction?: ZoneDirection; fenced?: { offset: number; length: number } } = {}) {
     this.size = old.size;
     this.readOnly = old.readOnly;
     this.capabilities = old.capabilities;
     this.alignment = old.alignment;
     this.#old = old;
-    this.#boundary = options.boundary ?? 0;
-    if (options.new) this.installNew(options.new);
+    this.#direction = options.direction ?? 'forward';
+    this.#boundary = options.boundary ?? (this.#direction === 'forward' ? 0 : this.size);
+    if (options.new) {
+      if (options.new.size !== this.size || options.new.readOnly !== this.readOnly) throw new InvalidArgumentError('The new view does not match the old one.');
+      this.#new = options.new;
+    }
     if (options.fenced) this.#fenced.push({ start: options.fenced.offset, end: options.fenced.offset + options.fenced.length });
-    if (!rangeInside(0, this.#boundary, this.size) || (this.#boundary > 0 && !this.#new)) {
+    const someNew = this.#direction === 'forward' ? this.#boundary > 0 : this.#boundary < this.size;
+    if (!rangeInside(0, this.#boundary, this.size) || (someNew && !this.#new)) {
       throw new InvalidArgumentError(`Reencryption boundary ${this.#boundary} does not fit the ${this.size}-byte volume or has no new view.`);
     }
   }

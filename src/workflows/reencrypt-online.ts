@@ -550,12 +550,13 @@ export async function requestOnlineReencrypt<R = ReencryptReport>(
 }
 
 /**
- * The served view of a volume whose re-key is recorded and unfinished (forward, cryptsetup's
- * `reencrypt` mode): the passphrase must open the old and the new key (the state's digest is
- * checked), `[0, done)` is served under the new key, the rest under the old; an interrupted hot
- * zone is fenced (requests into it fail) until `brickcrypt reencrypt --resume-only` — which the
- * returned reencryptor runs in this process — recovers it. Anything else recorded (encrypt,
- * decrypt, backward, data shift) is a `ReencryptionInProgressError`.
+ * The served view of a volume whose reencryption is recorded and unfinished: a re-key (forward,
+ * cryptsetup's `reencrypt` mode), or with a detached header an encryption (forward, plaintext
+ * above the boundary) or a decryption (backward, plaintext above the boundary, ciphertext below).
+ * The passphrase must open the keys the state names (the state's digest is checked); an
+ * interrupted hot zone is fenced (requests into it fail) until `brickcrypt reencrypt
+ * --resume-only` — which the returned reencryptor runs in this process — recovers it. Anything
+ * else recorded (a data shift, another direction) is a `ReencryptionInProgressError`.
  */
 export async function openReencryptingView(
   data: BlockDevice,
@@ -570,12 +571,26 @@ export async function openReencryptingView(
   const state = decodeReencryptState(meta);
   if (!state) throw new InvalidArgumentError('No reencryption is recorded on this volume.');
   const unknown = mandatoryRequirements(meta).filter((r) => onlineReencryptVersion(r) === undefined);
-  if (unknown.length > 0 || state.version !== REENCRYPT_REQ_VERSION || state.keyslot.mode !== 'reencrypt' || state.keyslot.direction !== 'forward' || state.movedId !== undefined) {
-    throw new ReencryptionInProgressError(`The recorded reencryption (${state.keyslot.mode}, ${state.keyslot.direction}) cannot be served online; finish it with \`brickcrypt reencrypt --resume-only\` first.`);
+  const ks = state.keyslot;
+  // Served: a re-key (forward), and with a detached header an encryption (forward, plaintext
+  // before the boundary's old side) or a decryption (backward) — the layouts without a data shift.
+  const prevType = meta.segments[state.previousId]?.type;
+  const finType = meta.segments[state.finalId]?.type;
+  const shape =
+    ks.mode === 'reencrypt' && ks.direction === 'forward'
+      ? 'reencrypt'
+      : header && ks.mode === 'encrypt' && ks.direction === 'forward' && prevType === 'linear' && finType === 'crypt'
+        ? 'encrypt'
+        : header && ks.mode === 'decrypt' && ks.direction === 'backward' && prevType === 'crypt' && finType === 'linear'
+          ? 'decrypt'
+          : undefined;
+  if (unknown.length > 0 || state.version !== REENCRYPT_REQ_VERSION || shape === undefined || state.movedId !== undefined || ks.shiftSize !== undefined) {
+    throw new ReencryptionInProgressError(`The recorded reencryption (${ks.mode}, ${ks.direction}) cannot be served online; finish it with \`brickcrypt reencrypt --resume-only\` first.`);
   }
   validateReencryptState(meta, state);
   const keys = await openReencryptKeys(hdr, meta, state, [passphrase]);
   const opened: BlockDevice[] = [];
+  const handed = new Set<VolumeKey>();
   try {
     await verifyReencryptDigest(meta, state, keys);
     const prev = meta.segments[state.previousId]!;
@@ -583,14 +598,26 @@ export async function openReencryptingView(
     const dataOffset = u64(fin.offset, 'segment offset');
     if (u64(prev.offset, 'segment offset') !== dataOffset) throw new UnsupportedError('Reencryption with a data shift is not supported.');
     const dataSize = data.size - dataOffset;
+    const size = (id: string) => u64(meta.segments[id]!.size, 'segment size');
     let boundary: number;
     let hot: { offset: number; length: number } | undefined;
-    const single = state.active.length === 1 ? state.active[0]! : undefined;
-    const allNew = single !== undefined && state.newDigestId !== undefined && meta.digests[state.newDigestId]!.segments.includes(single) && !(state.oldDigestId !== undefined && meta.digests[state.oldDigestId]!.segments.includes(single));
-    if (allNew) boundary = dataSize;
-    else {
-      boundary = forwardOffset(meta, state);
-      if (state.hotId !== undefined) hot = { offset: boundary, length: u64(meta.segments[state.hotId]!.size, 'hot segment size') };
+    if (shape === 'decrypt') {
+      // Backward: crypt [0, boundary), plaintext above it (reencrypt_make_post_segments_backward).
+      const segs = state.active.map((id) => meta.segments[id]!);
+      if (state.hotId !== undefined) {
+        hot = { offset: u64(meta.segments[state.hotId]!.offset, 'hot segment offset'), length: size(state.hotId) };
+        boundary = hot.offset + hot.length;
+      } else if (segs.length === 1) boundary = segs[0]!.type === 'linear' ? 0 : dataSize;
+      else if (segs.length === 2 && segs[0]!.type === 'crypt') boundary = size(state.active[0]!);
+      else throw new CorruptHeaderError(`LUKS2 decryption: unexpected layout of ${segs.length} data segments.`);
+    } else {
+      const single = state.active.length === 1 ? state.active[0]! : undefined;
+      const allNew = single !== undefined && state.newDigestId !== undefined && meta.digests[state.newDigestId]!.segments.includes(single) && !(state.oldDigestId !== undefined && meta.digests[state.oldDigestId]!.segments.includes(single));
+      if (allNew) boundary = dataSize;
+      else {
+        boundary = forwardOffset(meta, state);
+        if (state.hotId !== undefined) hot = { offset: boundary, length: size(state.hotId) };
+      }
     }
     if (boundary > dataSize || (hot && hot.offset + hot.length > dataSize)) throw new CorruptHeaderError(`The reencryption has ${boundary} bytes done but the data area is only ${dataSize} bytes.`);
     const viewOf = (seg: typeof prev, key: VolumeKey): EncryptedDevice => {
@@ -599,25 +626,29 @@ export async function openReencryptingView(
       try {
         const v = EncryptedDevice.open(data, params, key, { allowDiscards: options.allowDiscards === true, cryptoOffload: offload });
         opened.push(v);
+        handed.add(key);
         return v;
       } catch (err) {
         void offload.close();
         throw err;
       }
     };
-    const oldView = viewOf(prev, keys.old!);
-    const newView = viewOf(fin, keys.new!);
-    const view = new ReencryptingDevice(oldView, { new: newView, boundary, ...(hot ? { fenced: hot } : {}) });
+    // The plaintext side of an encryption or decryption is the data device itself (not owned).
+    const plainView = () => new SliceDevice(data, dataOffset, dataSize);
+    const oldView = shape === 'encrypt' ? plainView() : viewOf(prev, keys.old!);
+    const newView = shape === 'decrypt' ? plainView() : viewOf(fin, keys.new!);
+    const view = new ReencryptingDevice(oldView, { new: newView, boundary, direction: shape === 'decrypt' ? 'backward' : 'forward', ...(hot ? { fenced: hot } : {}) });
     return {
       view,
-      old: { encryption: prev.encryption!, sectorSize: prev.sector_size!, ivTweak: u64(prev.iv_tweak ?? '0', 'iv_tweak'), dataOffset },
+      old: shape === 'encrypt' ? { encryption: 'plain', sectorSize: 512, ivTweak: 0, dataOffset } : { encryption: prev.encryption!, sectorSize: prev.sector_size!, ivTweak: u64(prev.iv_tweak ?? '0', 'iv_tweak'), dataOffset },
       boundary,
       ...(hot ? { hot } : {}),
     };
   } catch (err) {
     for (const v of opened) await v.close(); // wipes their keys
-    if (opened.length < 1) keys.old?.wipe();
-    if (opened.length < 2) keys.new?.wipe();
+    // A key handed to a view was wiped by its close; the others are wiped here.
+    if (keys.old && !handed.has(keys.old)) keys.old.wipe();
+    if (keys.new && !handed.has(keys.new)) keys.new.wipe();
     throw err;
   }
 }

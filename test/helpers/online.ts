@@ -191,3 +191,53 @@ export async function nbdLoad(client: NbdTestClient, model: Uint8Array, until: (
   }
   return ops;
 }
+
+/**
+ * After a `kill -9` of the server: `attach --header H --serve-reencrypting` serves the recorded
+ * state (its log must match `doneLine`); reads outside the fenced hot zone (and the write that
+ * was in flight, `w`) give `model`, writes there stick (into `model`), a read in the hot zone
+ * fails with EIO; then an online `reencrypt --resume-only --header H` (plus `modeArgs`) recovers
+ * the zone and finishes. Detaches at the end.
+ */
+export async function serveAndResumeOnline(img: string, hdr: string, keyFile: string, sock: string, model: Uint8Array, w: { off: number; data: Uint8Array } | undefined, doneLine: RegExp, modeArgs: string[]): Promise<void> {
+  const again = await startAttach(img, keyFile, sock, ['--header', hdr, '--serve-reencrypting']);
+  try {
+    assert.match(again.stderr(), doneLine);
+    const hot = /bytes (\d+)\+(\d+) \(the interrupted hot zone\)/.exec(again.stderr());
+    process.stderr.write(`# re-attached after kill -9: hot zone ${hot ? `${hot[1]}+${hot[2]}` : 'none'}\n`);
+    const inHot = (off: number, len: number) => hot !== null && off < Number(hot[1]) + Number(hot[2]) && Number(hot[1]) < off + len;
+    const clear = (off: number, len: number) => !w || off + len <= w.off || off >= w.off + w.data.length;
+    const c2 = await NbdTestClient.connect(sock);
+    const r2 = rng(5);
+    let checked = 0;
+    for (let k = 0; k < 200; k++) {
+      const off = r2(model.length - 70_000);
+      const len = 1 + r2(65_536);
+      if (inHot(off, len) || !clear(off, len)) continue;
+      if (k % 2 === 0) {
+        const data = new Uint8Array(randomBytes(len));
+        await c2.write(off, data);
+        model.set(data, off);
+      } else {
+        const got = await c2.read(off, len);
+        const d = firstDiff(got, model.subarray(off, off + len));
+        if (d >= 0) assert.fail(`re-attached read ${off}+${len} differs at byte ${off + d}`);
+      }
+      checked++;
+    }
+    assert.ok(checked > 100);
+    if (hot) await assert.rejects(c2.read(Number(hot[1]), 4096), /NBD read error 5/, 'the hot zone is fenced');
+    await c2.flush();
+    const online = await runReencrypt(['--resume-only', '--header', hdr, ...modeArgs, img, '--key-file', keyFile]).done;
+    assert.equal(online.code, 0, online.stderr);
+    assert.equal(online.events.find((e) => e.event === 'done')!.recovered, hot !== null);
+    if (hot && clear(Number(hot[1]), 4096)) {
+      const got = await c2.read(Number(hot[1]), 4096);
+      assert.equal(firstDiff(got, model.subarray(Number(hot[1]), Number(hot[1]) + 4096)), -1, 'hot zone after recovery');
+    }
+    c2.close();
+  } finally {
+    again.child.kill('SIGTERM');
+    assert.equal(await again.exited, 0, again.stderr());
+  }
+}

@@ -28,7 +28,7 @@ import { CryptoPool } from '../../src/workflows/worker-pool.js';
 import { Passphrase } from '../../src/secret.js';
 import { DeviceIoError, InvalidArgumentError, NotImplementedError } from '../../src/errors.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
-import { NbdTestClient, clientLoad, firstDiff, nbdLoad, runReencrypt, startAttach, yielding } from '../helpers/online.js';
+import { NbdTestClient, clientLoad, firstDiff, nbdLoad, runReencrypt, serveAndResumeOnline, startAttach, yielding } from '../helpers/online.js';
 import { needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { CS_FAST, CS_OFFLINE, cryptsetupMetadata, cryptsetupVolumeWithData } from '../helpers/reencrypt-states.js';
 import { equalPlain } from '../helpers/plaintext.js';
@@ -386,7 +386,8 @@ test('CLI: reencrypt --decrypt --header of a volume attach serves is done by the
   }
 });
 
-test('CLI: kill -9 of the server mid-decryption; offline reencrypt --decrypt --resume-only --header and cryptsetup reencrypt --resume-only --header both finish with every acknowledged write', { skip: cliSkip }, async () => {
+for (const after of ['offline', 'online'] as const) {
+test(`CLI: kill -9 of the server mid-decryption; cryptsetup reencrypt --resume-only --header finishes a copy, and ${after === 'offline' ? 'offline reencrypt --decrypt --resume-only --header' : 'attach --header --serve-reencrypting (hot zone fenced) + an online --resume-only'} finishes with every acknowledged write`, { skip: cliSkip }, async () => {
   const { dir, cleanup } = tempDir('brickcrypt-online-decrypt-');
   try {
     const { img, hdr, keyFile, model } = await detachedFiles(dir, 96 << 20);
@@ -431,15 +432,20 @@ test('CLI: kill -9 of the server mid-decryption; offline reencrypt --decrypt --r
     run('cryptsetup', ['reencrypt', ...CS_OFFLINE, ...CS_FAST, '--key-file', keyFile, '--header', hcopy, '--resume-only', vcopy]);
     check(readFileSync(vcopy), 'cryptsetup resume');
     cryptsetupSeesPlain(hcopy);
-    // brickcrypt, offline (the dead server's lock is stale).
-    const resumed = runCli(['reencrypt', '--decrypt', '--resume-only', '--header', hdr, img, '--key-file', keyFile]);
-    assert.equal(resumed.status, 0, resumed.stderr);
-    check(readFileSync(img), 'offline resume');
+    if (after === 'offline') {
+      // brickcrypt, offline (the dead server's lock is stale).
+      const resumed = runCli(['reencrypt', '--decrypt', '--resume-only', '--header', hdr, img, '--key-file', keyFile]);
+      assert.equal(resumed.status, 0, resumed.stderr);
+    } else {
+      await serveAndResumeOnline(img, hdr, keyFile, sock, model, inflight.w, /(\d+) of (\d+) bytes decrypted/, ['--decrypt']);
+    }
+    check(readFileSync(img), `${after} resume`);
     cryptsetupSeesPlain(hdr);
   } finally {
     cleanup();
   }
 });
+}
 
 test('CLI online refusals, nothing written: attached header (data shift), the wrong or no --header, LUKS1, --encrypt of a served raw file', { skip: cliSkip }, async () => {
   const { dir, cleanup } = tempDir('brickcrypt-online-decrypt-');

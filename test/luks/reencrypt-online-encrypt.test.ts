@@ -24,7 +24,7 @@ import { OnlineReencryptor } from '../../src/workflows/reencrypt-online.js';
 import { CryptoPool } from '../../src/workflows/worker-pool.js';
 import { Passphrase } from '../../src/secret.js';
 import { InvalidArgumentError, NotImplementedError } from '../../src/errors.js';
-import { NbdTestClient, clientLoad, firstDiff, nbdLoad, runReencrypt, yielding } from '../helpers/online.js';
+import { NbdTestClient, clientLoad, firstDiff, nbdLoad, runReencrypt, serveAndResumeOnline, yielding } from '../helpers/online.js';
 import { cliPath, needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { CS_FAST, CS_OFFLINE, cryptsetupMetadata } from '../helpers/reencrypt-states.js';
 import { equalPlain } from '../helpers/plaintext.js';
@@ -190,7 +190,8 @@ test('CLI: attach --online-encrypt + reencrypt --encrypt --header from another p
   }
 });
 
-test('CLI: kill -9 of the server mid-encryption; offline reencrypt --resume-only --header and cryptsetup reencrypt --resume-only --header both finish with every acknowledged write', { skip: cliSkip }, async () => {
+for (const after of ['offline', 'online'] as const) {
+test(`CLI: kill -9 of the server mid-encryption; cryptsetup reencrypt --resume-only --header finishes a copy, and ${after === 'offline' ? 'offline reencrypt --resume-only --header' : 'attach --header --serve-reencrypting (hot zone fenced) + an online --resume-only'} finishes with every acknowledged write`, { skip: cliSkip }, async () => {
   const { dir, cleanup } = tempDir('brickcrypt-online-encrypt-');
   try {
     const img = join(dir, 'disk.img');
@@ -237,14 +238,19 @@ test('CLI: kill -9 of the server mid-encryption; offline reencrypt --resume-only
     if (hot) run('cryptsetup', ['repair', '--batch-mode', '--disable-locks', '--key-file', keyFile, '--header', hcopy, vcopy]);
     run('cryptsetup', ['reencrypt', ...CS_OFFLINE, ...CS_FAST, '--key-file', keyFile, '--header', hcopy, '--resume-only', vcopy]);
     check(await plaintextOfFiles(vcopy, hcopy), 'cryptsetup resume');
-    const resumed = runCli(['reencrypt', '--resume-only', '--header', hdr, img, '--key-file', keyFile]);
-    assert.equal(resumed.status, 0, resumed.stderr);
-    check(await plaintextOfFiles(img, hdr), 'offline resume');
+    if (after === 'offline') {
+      const resumed = runCli(['reencrypt', '--resume-only', '--header', hdr, img, '--key-file', keyFile]);
+      assert.equal(resumed.status, 0, resumed.stderr);
+    } else {
+      await serveAndResumeOnline(img, hdr, keyFile, sock, model, inflight.w, /(\d+) of (\d+) bytes under the new key/, []);
+    }
+    check(await plaintextOfFiles(img, hdr), `${after} resume`);
     assert.equal(cryptsetupMetadata(hdr).config.requirements, undefined);
   } finally {
     cleanup();
   }
 });
+}
 
 test('CLI: Ctrl-C of reencrypt --encrypt stops the server at a zone boundary (130); reencrypt --resume-only --header finishes online', { skip: cliSkip }, async () => {
   const { dir, cleanup } = tempDir('brickcrypt-online-encrypt-');

@@ -214,7 +214,9 @@ async function openReencrypting(path: string, file: FileDevice, header: FileDevi
     const tracker = await startTracking(path, false);
     const data = tracker ? tracker.wrap(file) : file;
     const r = await withPassphraseTries(input, (pass) => openReencryptingView(data, header, pass, pool, { allowDiscards: o.allowDiscards === true }), { tries: triesOf(o) });
-    log(`${path}: reencryption recorded, ${r.boundary} of ${r.view.size} bytes under the new key; finish it with \`brickcrypt reencrypt --resume-only ${path}\``);
+    const backward = r.view.direction === 'backward';
+    const done = backward ? r.view.size - r.boundary : r.boundary;
+    log(`${path}: reencryption recorded, ${done} of ${r.view.size} bytes ${backward ? 'decrypted' : 'under the new key'}; finish it with \`brickcrypt reencrypt --resume-only ${path}${header ? ` --header ${o.header}` : ''}\``);
     if (r.hot) log(`bytes ${r.hot.offset}+${r.hot.length} (the interrupted hot zone) are not served until that resume recovers them`);
     const reencryptor = new OnlineReencryptor({ data, ...(header ? { header, headerPath: resolve(o.header!) } : {}), view: r.view, pool, allowDiscards: o.allowDiscards === true, old: r.old, log });
     return {
@@ -513,7 +515,7 @@ export function register(program: Command): void {
     .option('--qemu-syntax <form>', 'with --print qemu: blockdev, blockdev-json or drive')
     .option('--secret-file <path>', 'with --print: where to write the passphrase file (0600)')
     .option('--online-encrypt', 'serve a raw file so that `brickcrypt reencrypt VOLUME --encrypt --header FILE` encrypts it into LUKS2 online (detached header)')
-    .option('--serve-reencrypting', 'serve a LUKS2 volume whose re-key is recorded and unfinished, through both keys; finish it online with `brickcrypt reencrypt --resume-only VOLUME`')
+    .option('--serve-reencrypting', 'serve a LUKS2 volume whose reencryption is recorded and unfinished (a re-key; with --header also an encryption or decryption), through both sides; finish it online with `brickcrypt reencrypt --resume-only VOLUME`')
     .addHelpText('after', `
 Examples:
   brickcrypt attach vol.luks --key-file pass --socket /run/vol.sock --daemon --pid-file /run/vol.pid
