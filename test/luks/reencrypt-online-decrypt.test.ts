@@ -23,7 +23,7 @@ import { readLuks2Headers } from '../../src/luks/luks2-io.js';
 import { decodeReencryptState } from '../../src/formats/luks2/reencrypt-state.js';
 import { decryptLuks2 } from '../../src/luks/reencrypt/decrypt.js';
 import type { Resilience } from '../../src/luks/reencrypt/engine.js';
-import { OnlineReencryptor } from '../../src/workflows/reencrypt-online.js';
+import { OnlineReencryptor, openReencryptingView } from '../../src/workflows/reencrypt-online.js';
 import { CryptoPool } from '../../src/workflows/worker-pool.js';
 import { Passphrase } from '../../src/secret.js';
 import { DeviceIoError, InvalidArgumentError, NotImplementedError } from '../../src/errors.js';
@@ -227,6 +227,47 @@ test('online decrypt: an I/O error inside a zone fences it (clients get errors t
   await view.close();
   await pool.close();
   equalPlain(mem.bytes.subarray(HDR), model, 'data device');
+});
+
+test('openReencryptingView: a decryption cut inside a hot zone is served backward (zone fenced, both sides readable) and finished online', async () => {
+  const payload = 1024 * 1024;
+  const { image, plain } = await detachedImage(payload, 4096);
+  // Find a cut that leaves a hot zone recorded (commit A durable, commit B not).
+  let crash: MemoryDevice | undefined;
+  for (let cut = 10; cut < 200 && !crash; cut += 3) {
+    const dev = new FaultInjectingDevice(image, { cutAfterWrite: cut, seed: cut, sectorSize: 4096 });
+    const parts = split(dev);
+    await decryptLuks2(parts.data, { headerDevice: parts.header, passphrases: [Passphrase.fromString(PASS)], hotzoneSize: ZONE, ...FAST }).catch((err) => {
+      if (!(err instanceof PowerCutError)) throw err;
+    });
+    const after = new MemoryDevice(dev.crashImage());
+    const st = decodeReencryptState((await readLuks2Headers(split(after).header)).state.metadata);
+    if (st?.hotId !== undefined) crash = after;
+  }
+  assert.ok(crash, 'a cut inside a hot zone');
+  const { header, data } = split(crash);
+  const pool = CryptoPool.create(0);
+  const r = await openReencryptingView(data, header, Passphrase.fromString(PASS), pool);
+  assert.equal(r.view.direction, 'backward');
+  assert.ok(r.hot, 'the interrupted zone is reported');
+  assert.equal(r.boundary, r.hot!.offset + r.hot!.length, 'the hot zone ends at the boundary');
+  await assert.rejects(r.view.read(new Uint8Array(512), r.hot!.offset), DeviceIoError);
+  const below = new Uint8Array(r.hot!.offset);
+  await r.view.read(below, 0);
+  equalPlain(below, plain.subarray(0, r.hot!.offset), 'ciphertext side, decrypted');
+  const above = new Uint8Array(payload - r.boundary);
+  await r.view.read(above, r.boundary);
+  equalPlain(above, plain.subarray(r.boundary), 'plaintext side');
+  const reencryptor = new OnlineReencryptor({ data, header, headerPath: HEADER_FILE, view: r.view, pool, old: r.old });
+  const report = await reencryptor.decrypt(Passphrase.fromString(PASS), { resumeOnly: true, header: HEADER_FILE, hotzoneSize: ZONE, ...FAST });
+  assert.equal(report.recovered, true);
+  assert.equal(report.finished, true);
+  const all = new Uint8Array(payload);
+  await r.view.read(all, 0);
+  equalPlain(all, plain, 'served after the online resume');
+  await r.view.close();
+  await pool.close();
+  equalPlain(crash.bytes.subarray(HDR), plain, 'data device');
 });
 
 test('online decrypt refusals: attached header (data shift), a header that is not the served one, none named; nothing is written', async () => {

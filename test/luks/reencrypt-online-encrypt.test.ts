@@ -20,7 +20,12 @@ import { SliceDevice } from '../../src/devices/slice-device.js';
 import { LuksVolume } from '../../src/luks/index.js';
 import type { BlockDevice } from '../../src/block-device.js';
 import type { Resilience } from '../../src/luks/reencrypt/engine.js';
-import { OnlineReencryptor } from '../../src/workflows/reencrypt-online.js';
+import { OnlineReencryptor, openReencryptingView } from '../../src/workflows/reencrypt-online.js';
+import { encryptLuks2 } from '../../src/luks/reencrypt/encrypt.js';
+import { readLuks2Headers } from '../../src/luks/luks2-io.js';
+import { decodeReencryptState } from '../../src/formats/luks2/reencrypt-state.js';
+import { DeviceIoError } from '../../src/errors.js';
+import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
 import { CryptoPool } from '../../src/workflows/worker-pool.js';
 import { Passphrase } from '../../src/secret.js';
 import { InvalidArgumentError, NotImplementedError } from '../../src/errors.js';
@@ -115,6 +120,55 @@ for (const resilience of ['checksum', 'journal', 'none'] as Resilience[]) {
     }
   });
 }
+
+test('openReencryptingView: an encryption cut inside a hot zone is served forward (zone fenced, both sides readable) and finished online', async () => {
+  const HDR = 2 * 1024 * 1024;
+  const payload = 1024 * 1024;
+  const plain = new Uint8Array(randomBytes(payload));
+  const image = new Uint8Array(HDR + payload);
+  image.set(plain, HDR);
+  const split = (dev: BlockDevice) => ({ header: new SliceDevice(dev, 0, HDR), data: new SliceDevice(dev, HDR, payload) });
+  let crash: MemoryDevice | undefined;
+  for (let cut = 10; cut < 200 && !crash; cut += 3) {
+    const dev = new FaultInjectingDevice(image, { cutAfterWrite: cut, seed: cut, sectorSize: 4096 });
+    const parts = split(dev);
+    await encryptLuks2(parts.data, { headerDevice: parts.header, headerSize: HDR, passphrases: [Passphrase.fromString(PASS)], hotzoneSize: ZONE, ...FAST }).catch((err) => {
+      if (!(err instanceof PowerCutError)) throw err;
+    });
+    const after = new MemoryDevice(dev.crashImage());
+    const st = await readLuks2Headers(split(after).header).then((r) => decodeReencryptState(r.state.metadata), () => undefined);
+    if (st?.hotId !== undefined) crash = after;
+  }
+  assert.ok(crash, 'a cut inside a hot zone');
+  const { header, data } = split(crash);
+  const pool = CryptoPool.create(0);
+  const r = await openReencryptingView(data, header, Passphrase.fromString(PASS), pool);
+  assert.equal(r.view.direction, 'forward');
+  assert.equal(r.old.encryption, 'plain');
+  assert.ok(r.hot && r.hot.offset === r.boundary, 'the hot zone starts at the boundary');
+  await assert.rejects(r.view.read(new Uint8Array(512), r.hot!.offset), DeviceIoError);
+  const below = new Uint8Array(r.boundary);
+  await r.view.read(below, 0);
+  equalPlain(below, plain.subarray(0, r.boundary), 'encrypted side');
+  const from = r.hot!.offset + r.hot!.length;
+  const above = new Uint8Array(payload - from);
+  await r.view.read(above, from);
+  equalPlain(above, plain.subarray(from), 'plaintext side');
+  const tmp = tempDir('brickcrypt-online-encrypt-');
+  const hdrFile = join(tmp.dir, 'stands-for.hdr');
+  writeFileSync(hdrFile, '');
+  const reencryptor = new OnlineReencryptor({ data, header, headerPath: hdrFile, view: r.view, pool, old: r.old });
+  const report = await reencryptor.encrypt(Passphrase.fromString(PASS), { resumeOnly: true, header: hdrFile, hotzoneSize: ZONE, ...FAST });
+  assert.equal(report.recovered, true);
+  assert.equal(report.finished, true);
+  const all = new Uint8Array(payload);
+  await r.view.read(all, 0);
+  equalPlain(all, plain, 'served after the online resume');
+  await r.view.close();
+  await pool.close();
+  equalPlain(await plaintextWithHeader(split(crash).data, split(crash).header), plain, 'opened afresh');
+  tmp.cleanup();
+});
 
 // ---- CLI ----
 
