@@ -1,12 +1,14 @@
 /**
- * Online re-key: the process that serves a LUKS2 volume (`brickcrypt attach`) runs the
- * reencryption engine itself, on the same data device as its export, with the engine's zone gate
+ * Online re-key, and with a detached header online decryption and encryption (the layouts
+ * without a data shift): the process that serves the volume (`brickcrypt attach`) runs the
+ * engine itself, on the same data device as its export, with the engine's zone gate
  * wired to the `ReencryptingDevice` it serves — so clients keep reading and writing while the
  * data is rewritten, and the header records progress exactly as an offline run does.
  *
  * Another process asks for it over a control socket next to the volume (`VOLUME.ctl`, mode 0600),
  * one JSON object per line:
  *   client → server  {"op":"reencrypt","passphrase":BASE64,"options":{...}}   then optionally {"op":"stop"}
+ *                    (options.decrypt / options.encrypt with options.header select the mode)
  *   server → client  {"event":"progress","done":N,"total":N}* then {"event":"done","report":{...}}
  *                    or {"event":"error","code":...,"message":...,"exitCode":N}
  * `stop` (the CLI got SIGINT/SIGTERM) ends the run at the next zone boundary. A client that
@@ -57,8 +59,9 @@ export function controlPathFor(volumePath: string): string {
 
 /**
  * The engine options a control client may set (the rest — devices, ciphers, gate — are the
- * server's). `decrypt` asks for a decryption (detached header only); `header` is the header
- * file the client named (absolute), checked against the one the server serves with.
+ * server's). `decrypt` / `encrypt` ask for a decryption / an encryption (detached header
+ * only); `header` is the header file the client named (absolute), checked against the one the
+ * server serves with (an encryption creates it when the server has none).
  */
 export type OnlineReencryptOptions = Pick<
   ReencryptOptions,

@@ -195,6 +195,12 @@ test('CLI: attach --online-encrypt + reencrypt --encrypt --header from another p
     const model = new Uint8Array(randomBytes(48 << 20));
     writeFileSync(img, model);
     const sock = join(dir, 'vol.sock');
+    // attach --online-encrypt takes no --header (the reencrypt command names it) and no --read-only.
+    for (const extra of [['--header', hdr], ['--read-only']]) {
+      const bad = runCli(['attach', img, '--online-encrypt', '--socket', sock, ...extra]);
+      assert.equal(bad.status, 1, bad.stderr);
+    }
+    assert.equal(existsSync(hdr), false);
     const att = await startRawAttach(img, sock);
     try {
       assert.ok(existsSync(`${img}.ctl`), 'control socket');

@@ -240,6 +240,8 @@ async function openReencrypting(path: string, file: FileDevice, header: FileDevi
 
 async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
   const type = o.type === undefined ? undefined : parseChoice(o.type, 'type', ['plain', 'luks', 'luks1', 'luks2', 'raw', 'qcow2'] as const);
+  if (o.onlineEncrypt && o.header !== undefined) throw new InvalidArgumentError('--online-encrypt: the header file is named by `brickcrypt reencrypt VOLUME --encrypt --header FILE`, not by attach.');
+  if (o.onlineEncrypt && type === 'plain') throw new InvalidArgumentError('--online-encrypt serves a raw file; converting a plain dm-crypt volume online is not built.');
   if (type === 'plain') return openPlainVolumeFor(path, o);
   const stray = PLAIN_OPTION_KEYS.filter((k) => (o as unknown as Record<string, unknown>)[k] !== undefined);
   if (stray.length > 0) throw new InvalidArgumentError('--cipher, --key-size, --hash, --offset, --skip, --size and --sector-size describe a plain volume: they need --type plain.');
@@ -259,7 +261,6 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
     const img = await openImage(path, { readOnly: true });
     return { device: img.device, format, readOnly: true, close: () => img.close() };
   }
-  if (o.onlineEncrypt && o.header !== undefined) throw new InvalidArgumentError('--online-encrypt: the header file is named by `brickcrypt reencrypt VOLUME --encrypt --header FILE`, not by attach.');
   if (o.onlineEncrypt && (format !== 'raw' || wantReadOnly)) throw new InvalidArgumentError(`--online-encrypt serves a writable raw file (${path} holds ${format} data${wantReadOnly ? ', and --read-only was given' : ''}).`);
   if (format === 'raw') {
     if (o.keyFile || o.keyId) throw new InvalidArgumentError(`${path} is not a LUKS volume; a key is not needed (a plain dm-crypt volume needs --type plain).`);
