@@ -1,7 +1,9 @@
 /**
- * The plaintext view of a LUKS2 volume while it is re-keyed in place (forward direction): two
- * decrypted views of the same data device — the new key's for `[0, boundary)`, the old key's for
- * `[boundary, size)` — and a range lock shared by client requests and held exclusively by the
+ * The plaintext view of a LUKS2 volume while it is reencrypted in place: two views of the same
+ * data device — forward (re-key, encrypt): the new one for `[0, boundary)`, the old one for
+ * `[boundary, size)`; backward (decrypt with a detached header, cryptsetup's direction there):
+ * the old one for `[0, boundary)`, the new one (plaintext pass-through) for `[boundary, size)` —
+ * and a range lock shared by client requests and held exclusively by the
  * reencryption for its hot zone (from before its checksums or journal are taken until the
  * header says the zone is new). Requests that span the boundary are split; requests into the
  * hot zone wait. The boundary moves only while the zone lock is held, so a request sees one
@@ -23,6 +25,9 @@ import { DeviceIoError, InvalidArgumentError, OutOfRangeError, ReadOnlyDeviceErr
 
 /** Where a zone's data is when its rewrite ends: under the new key, still the old, or unknown (half rewritten). */
 export type ZoneOutcome = 'new' | 'old' | 'unknown';
+
+/** Which way the boundary moves: forward from 0 (the new view below it), backward from the end (the new view above it). */
+export type ZoneDirection = 'forward' | 'backward';
 
 interface LockEntry {
   start: number;
@@ -68,6 +73,7 @@ export class ReencryptingDevice implements BlockDevice {
   #old: BlockDevice | undefined;
   #new: BlockDevice | undefined;
   #boundary: number;
+  #direction: ZoneDirection = 'forward';
   #fenced: Array<{ start: number; end: number }> = [];
   #zone: { start: number; end: number; release: () => void } | undefined;
   readonly #lock = new SharedRangeLock();
@@ -75,37 +81,62 @@ export class ReencryptingDevice implements BlockDevice {
 
   /**
    * `old`: the view under the old key (owned: closed by `close()`). `options.new` and
-   * `options.boundary` describe a reencryption already under way (`[0, boundary)` new);
-   * `options.fenced`, an interrupted hot zone (at the boundary) that is not served until recovered.
+   * `options.boundary` describe a reencryption already under way (forward: `[0, boundary)` new;
+   * `options.direction` backward: `[boundary, size)` new); `options.fenced`, an interrupted hot
+   * zone (at the boundary) that is not served until recovered.
    */
-  constructor(old: BlockDevice, options: { new?: BlockDevice; boundary?: number; fenced?: { offset: number; length: number } } = {}) {
+  constructor(old: BlockDevice, options: { new?: BlockDevice; boundary?: number; direction?: ZoneDirection; fenced?: { offset: number; length: number } } = {}) {
     this.size = old.size;
     this.readOnly = old.readOnly;
     this.capabilities = old.capabilities;
     this.alignment = old.alignment;
     this.#old = old;
-    this.#boundary = options.boundary ?? 0;
-    if (options.new) this.installNew(options.new);
+    this.#direction = options.direction ?? 'forward';
+    this.#boundary = options.boundary ?? (this.#direction === 'forward' ? 0 : this.size);
+    if (options.new) {
+      if (options.new.size !== this.size || options.new.readOnly !== this.readOnly) throw new InvalidArgumentError('The new view does not match the old one.');
+      this.#new = options.new;
+    }
     if (options.fenced) this.#fenced.push({ start: options.fenced.offset, end: options.fenced.offset + options.fenced.length });
-    if (!rangeInside(0, this.#boundary, this.size) || (this.#boundary > 0 && !this.#new)) {
+    const someNew = this.#direction === 'forward' ? this.#boundary > 0 : this.#boundary < this.size;
+    if (!rangeInside(0, this.#boundary, this.size) || (someNew && !this.#new)) {
       throw new InvalidArgumentError(`Reencryption boundary ${this.#boundary} does not fit the ${this.size}-byte volume or has no new view.`);
     }
   }
 
-  /** Bytes `[0, boundary)` are under the new key. */
+  /** Forward: bytes `[0, boundary)` are new; backward: bytes `[boundary, size)` are. */
   get boundary(): number {
     return this.#boundary;
+  }
+
+  get direction(): ZoneDirection {
+    return this.#direction;
+  }
+
+  /** Every byte is served by the new view. */
+  get allNew(): boolean {
+    return this.#new !== undefined && this.#boundary === (this.#direction === 'forward' ? this.size : 0);
   }
 
   get hasNewView(): boolean {
     return this.#new !== undefined;
   }
 
-  /** The view under the new key (owned from now on). Its geometry must match the old view's. */
-  installNew(view: BlockDevice): void {
+  /**
+   * The view under the new key (owned from now on). Its geometry must match the old view's.
+   * `direction` (default forward) may change only while nothing is new yet: the boundary is
+   * then put where nothing is new in that direction (0 forward, the size backward), which
+   * routes every request to the old view exactly as before.
+   */
+  installNew(view: BlockDevice, direction: ZoneDirection = 'forward'): void {
     if (this.#new) throw new InvalidArgumentError('The reencrypting view already has a new-key view.');
     if (view.size !== this.size) throw new InvalidArgumentError(`The new-key view has ${view.size} bytes, the volume ${this.size}.`);
     if (view.readOnly !== this.readOnly) throw new InvalidArgumentError('The new-key view and the old-key view differ in read-only mode.');
+    if (direction !== this.#direction) {
+      if (this.#boundary !== (this.#direction === 'forward' ? 0 : this.size)) throw new InvalidArgumentError('The reencryption direction cannot change once part of the volume is new.');
+      this.#direction = direction;
+      this.#boundary = direction === 'forward' ? 0 : this.size;
+    }
     this.#new = view;
   }
 
@@ -114,14 +145,15 @@ export class ReencryptingDevice implements BlockDevice {
    * is inside it (new ones wait), then flushes, so every write a client completed in the zone is
    * durable before the zone's protection (checksums of its ciphertext) is taken — else a crash
    * could leave an older block on disk whose hash matches nothing, which recovery would take for
-   * rewritten. `offset` must be the boundary.
+   * rewritten. Forward, `offset` must be the boundary; backward, `offset + length` must.
    */
   async enterZone(offset: number, length: number): Promise<void> {
     if (this.#closed) throw new DeviceIoError('reencrypting device is closed');
     if (!this.#new) throw new DeviceIoError('The reencrypting view has no new-key view yet.');
     if (this.#zone) throw new DeviceIoError('A hot zone is already held.');
-    if (offset !== this.#boundary || !rangeInside(offset, length, this.size) || length === 0) {
-      throw new DeviceIoError(`The reencryption works on ${offset}+${length}, but the served view has ${this.#boundary} bytes under the new key.`);
+    const at = this.#direction === 'forward' ? offset : offset + length;
+    if (at !== this.#boundary || !rangeInside(offset, length, this.size) || length === 0) {
+      throw new DeviceIoError(`The reencryption works on ${offset}+${length}, but the served view's ${this.#direction} boundary is at ${this.#boundary}.`);
     }
     const release = await this.#lock.acquire(offset, offset + length, true);
     this.#zone = { start: offset, end: offset + length, release };
@@ -139,7 +171,7 @@ export class ReencryptingDevice implements BlockDevice {
     const z = this.#zone;
     if (!z || z.start !== offset || z.end !== offset + length) throw new DeviceIoError(`The hot zone ${offset}+${length} is not held.`);
     if (outcome === 'new') {
-      this.#boundary = z.end;
+      this.#boundary = this.#direction === 'forward' ? z.end : z.start;
       this.#fenced = this.#fenced.filter((f) => f.end <= z.start || f.start >= z.end);
     } else if (outcome === 'unknown') {
       this.#fenced.push({ start: z.start, end: z.end });
@@ -153,7 +185,7 @@ export class ReencryptingDevice implements BlockDevice {
    * then go to the new view only.
    */
   async retireOld(): Promise<void> {
-    if (this.#boundary !== this.size || !this.#new || !this.#old) return;
+    if (!this.allNew || !this.#old) return;
     const release = await this.#lock.acquire(0, this.size, true);
     try {
       const old = this.#old;
@@ -169,10 +201,11 @@ export class ReencryptingDevice implements BlockDevice {
    * view the old one for a next reencryption — the same mapping, so requests in flight are unaffected.
    */
   async restart(): Promise<void> {
-    if (this.#boundary !== this.size || !this.#new) throw new DeviceIoError('Only a finished reencryption can be followed by another one.');
+    if (!this.allNew) throw new DeviceIoError('Only a finished reencryption can be followed by another one.');
     await this.retireOld();
     this.#old = this.#new;
     this.#new = undefined;
+    this.#direction = 'forward';
     this.#boundary = 0;
   }
 
@@ -200,11 +233,13 @@ export class ReencryptingDevice implements BlockDevice {
       const f = this.#fenced.find((x) => x.start < end && offset < x.end);
       if (f) throw new DeviceIoError(`Bytes ${f.start}+${f.end - f.start} are in a reencryption zone that was interrupted; run \`brickcrypt reencrypt --resume-only\` to recover it.`);
       const b = this.#boundary;
+      // Below the boundary: new forward, old backward; above it the other one.
+      const [low, high] = this.#direction === 'forward' ? [this.#new, this.#old] : [this.#old, this.#new];
       const jobs: Array<Promise<T>> = [];
-      if (offset < b) jobs.push(fn(this.#new!, offset, Math.min(end, b) - offset, 0));
+      if (offset < b) jobs.push(fn(low!, offset, Math.min(end, b) - offset, 0));
       if (end > b) {
         const at = Math.max(offset, b);
-        jobs.push(fn(this.#old!, at, end - at, at - offset));
+        jobs.push(fn(high!, at, end - at, at - offset));
       }
       return await Promise.all(jobs);
     } finally {

@@ -83,7 +83,8 @@ export async function encryptionRecorded(path: string, resumeOnly: boolean, head
     if (format === 'raw') return resumeOnly;
     if (await luks1EncryptionRecorded(file, header === undefined ? file.size : undefined)) return true;
     if (format !== 'luks2') return false;
-    const { state } = await readLuks2Headers(file, file.size);
+    // A detached header file is not the data device: its size bounds no segment.
+    const { state } = await readLuks2Headers(file, header === undefined ? file.size : undefined);
     return decodeReencryptState(state.metadata)?.keyslot.mode === 'encrypt';
   } catch {
     return false;

@@ -18,6 +18,7 @@ import { FileDevice } from '../../devices/file-device.js';
 import { DirtyTracker } from '../../backup/dirty-tracking.js';
 import { EncryptedDevice, type SectorCryptoOffload } from '../../devices/encrypted-device.js';
 import { ReencryptingDevice } from '../../devices/reencrypting-device.js';
+import { SliceDevice } from '../../devices/slice-device.js';
 import { OnlineReencryptor, controlPathFor, openReencryptingView, serveReencryptControl } from '../../workflows/reencrypt-online.js';
 import { VolumeLock, processAlive } from '../../devices/volume-lock.js';
 import { detectFormat } from '../../images/detect.js';
@@ -59,6 +60,7 @@ interface AttachOptions extends KeyManagerCliOptions {
   qemuSyntax?: string;
   secretFile?: string;
   serveReencrypting?: boolean;
+  onlineEncrypt?: boolean;
 }
 
 /** Env var marking the detached child of `attach --daemon`. */
@@ -212,9 +214,11 @@ async function openReencrypting(path: string, file: FileDevice, header: FileDevi
     const tracker = await startTracking(path, false);
     const data = tracker ? tracker.wrap(file) : file;
     const r = await withPassphraseTries(input, (pass) => openReencryptingView(data, header, pass, pool, { allowDiscards: o.allowDiscards === true }), { tries: triesOf(o) });
-    log(`${path}: reencryption recorded, ${r.boundary} of ${r.view.size} bytes under the new key; finish it with \`brickcrypt reencrypt --resume-only ${path}\``);
+    const backward = r.view.direction === 'backward';
+    const done = backward ? r.view.size - r.boundary : r.boundary;
+    log(`${path}: reencryption recorded, ${done} of ${r.view.size} bytes ${backward ? 'decrypted' : 'under the new key'}; finish it with \`brickcrypt reencrypt --resume-only ${path}${header ? ` --header ${o.header}` : ''}\``);
     if (r.hot) log(`bytes ${r.hot.offset}+${r.hot.length} (the interrupted hot zone) are not served until that resume recovers them`);
-    const reencryptor = new OnlineReencryptor({ data, ...(header ? { header } : {}), view: r.view, pool, allowDiscards: o.allowDiscards === true, old: r.old, log });
+    const reencryptor = new OnlineReencryptor({ data, ...(header ? { header, headerPath: resolve(o.header!) } : {}), view: r.view, pool, allowDiscards: o.allowDiscards === true, old: r.old, log });
     return {
       device: r.view,
       format: 'luks2',
@@ -236,6 +240,8 @@ async function openReencrypting(path: string, file: FileDevice, header: FileDevi
 
 async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
   const type = o.type === undefined ? undefined : parseChoice(o.type, 'type', ['plain', 'luks', 'luks1', 'luks2', 'raw', 'qcow2'] as const);
+  if (o.onlineEncrypt && o.header !== undefined) throw new InvalidArgumentError('--online-encrypt: the header file is named by `brickcrypt reencrypt VOLUME --encrypt --header FILE`, not by attach.');
+  if (o.onlineEncrypt && type === 'plain') throw new InvalidArgumentError('--online-encrypt serves a raw file; converting a plain dm-crypt volume online is not built.');
   if (type === 'plain') return openPlainVolumeFor(path, o);
   const stray = PLAIN_OPTION_KEYS.filter((k) => (o as unknown as Record<string, unknown>)[k] !== undefined);
   if (stray.length > 0) throw new InvalidArgumentError('--cipher, --key-size, --hash, --offset, --skip, --size and --sector-size describe a plain volume: they need --type plain.');
@@ -255,13 +261,35 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
     const img = await openImage(path, { readOnly: true });
     return { device: img.device, format, readOnly: true, close: () => img.close() };
   }
+  if (o.onlineEncrypt && (format !== 'raw' || wantReadOnly)) throw new InvalidArgumentError(`--online-encrypt serves a writable raw file (${path} holds ${format} data${wantReadOnly ? ', and --read-only was given' : ''}).`);
   if (format === 'raw') {
     if (o.keyFile || o.keyId) throw new InvalidArgumentError(`${path} is not a LUKS volume; a key is not needed (a plain dm-crypt volume needs --type plain).`);
     const dev = await FileDevice.open(path, { readOnly: wantReadOnly });
     try {
       const tracker = await startTracking(path, wantReadOnly);
+      const data = tracker ? tracker.wrap(dev) : dev;
+      if (o.onlineEncrypt) {
+        // Served through a view an online `reencrypt --encrypt --header H` switches over zone by
+        // zone (the old side is the file itself, not owned by the view).
+        const pool = CryptoPool.create(serverWorkerCount());
+        const view = new ReencryptingDevice(new SliceDevice(data, 0, data.size));
+        const reencryptor = new OnlineReencryptor({ data, view, pool, allowDiscards: o.allowDiscards === true, old: { encryption: 'plain', sectorSize: 512, ivTweak: 0, dataOffset: 0 }, log: (m) => process.stderr.write(`brickcrypt attach: ${m}\n`) });
+        return {
+          device: view,
+          format,
+          readOnly: false,
+          reencryptor,
+          close: async () => {
+            await view.close(); // wipes a new key, also in the workers
+            await reencryptor.close();
+            await pool.close();
+            await finishTracking(dev, tracker);
+            await dev.close();
+          },
+        };
+      }
       return {
-        device: tracker ? tracker.wrap(dev) : dev,
+        device: data,
         format,
         readOnly: wantReadOnly,
         close: async () => {
@@ -314,7 +342,7 @@ async function openVolume(path: string, o: AttachOptions): Promise<Opened> {
     const reencryptor = online
       ? new OnlineReencryptor({
           data,
-          ...(header ? { header } : {}),
+          ...(header ? { header, headerPath: resolve(o.header!) } : {}),
           view: device as ReencryptingDevice,
           pool: workers,
           allowDiscards: o.allowDiscards === true,
@@ -487,7 +515,8 @@ export function register(program: Command): void {
     .option('--print <what>', 'instead of serving, print configuration for QEMU\'s own LUKS driver: qemu or libvirt (docs/native-qemu.md)')
     .option('--qemu-syntax <form>', 'with --print qemu: blockdev, blockdev-json or drive')
     .option('--secret-file <path>', 'with --print: where to write the passphrase file (0600)')
-    .option('--serve-reencrypting', 'serve a LUKS2 volume whose re-key is recorded and unfinished, through both keys; finish it online with `brickcrypt reencrypt --resume-only VOLUME`')
+    .option('--online-encrypt', 'serve a raw file so that `brickcrypt reencrypt VOLUME --encrypt --header FILE` encrypts it into LUKS2 online (detached header)')
+    .option('--serve-reencrypting', 'serve a LUKS2 volume whose reencryption is recorded and unfinished (a re-key; with --header also an encryption or decryption), through both sides; finish it online with `brickcrypt reencrypt --resume-only VOLUME`')
     .addHelpText('after', `
 Examples:
   brickcrypt attach vol.luks --key-file pass --socket /run/vol.sock --daemon --pid-file /run/vol.pid

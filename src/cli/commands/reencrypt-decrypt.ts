@@ -4,7 +4,9 @@
  * SIGINT/SIGTERM stop at a zone boundary and volume lock as the re-key.
  */
 import { existsSync } from 'node:fs';
-import { InvalidArgumentError } from '../../errors.js';
+import { resolve } from 'node:path';
+import { InvalidArgumentError, LockedError } from '../../errors.js';
+import { controlPathFor, requestOnlineReencrypt } from '../../workflows/reencrypt-online.js';
 import { VolumeLock } from '../../devices/volume-lock.js';
 import { parseChoice } from '../parse.js';
 import type { DecryptVolumeReport } from '../../workflows/decrypt.js';
@@ -36,6 +38,17 @@ function describe(volume: string, r: DecryptVolumeReport): string {
   return lines.join('\n') + '\n';
 }
 
+/** The volume lock, or the control socket of the live `attach` process that holds it. */
+export async function lockOrOnline(volume: string): Promise<{ lock?: VolumeLock; ctl?: string }> {
+  try {
+    return { lock: await VolumeLock.acquire(volume) };
+  } catch (err) {
+    const ctl = controlPathFor(resolve(volume));
+    if (!(err instanceof LockedError) || !existsSync(ctl)) throw err;
+    return { ctl };
+  }
+}
+
 export async function decryptAction(volume: string, o: DecryptCliOptions): Promise<void> {
   if (o.encrypt) throw new InvalidArgumentError('Give --encrypt or --decrypt, not both.');
   if (o.type !== undefined || o.reduceDeviceSize !== undefined) throw new InvalidArgumentError('--type and --reduce-device-size belong to --encrypt, not --decrypt.');
@@ -48,23 +61,36 @@ export async function decryptAction(volume: string, o: DecryptCliOptions): Promi
   const { oldKeyInput } = await import('./luks.js');
   // The passphrase (or token) comes from the header file once it exists, else from the volume.
   const input = await oldKeyInput(existsSync(headerPath) ? { ...o, header: headerPath } : { ...o, header: undefined }, volume);
-  const lock = await VolumeLock.acquire(volume);
+  // The lock comes before anything is written (the export of an attached header); a volume
+  // served by `attach` is decrypted by that process instead (docs/reencrypt.md, "Online").
+  const held = await lockOrOnline(volume);
   await runMode<DecryptVolumeReport>({
     volume,
     o,
     input,
     label: 'decrypt',
     noun: 'decryption',
-    lock,
+    ...(held.lock ? { lock: held.lock } : {}),
     ...(o.header !== undefined ? { resumeHint: ` --header ${o.header}` } : {}),
-    run: (passphrase, signal, onProgress) =>
-      decryptVolume(volume, {
-        passphrases: [passphrase],
-        ...commonEngineOptions(o),
-        ...(res !== undefined ? { resilience: res } : {}),
-        signal,
-        onProgress,
-      }),
+    run: (passphrase, signal, onProgress) => {
+      const { header: _h, workers: _w, ...engine } = commonEngineOptions(o);
+      return held.ctl !== undefined
+        ? requestOnlineReencrypt<DecryptVolumeReport>(held.ctl, passphrase, {
+            ...engine,
+            decrypt: true,
+            ...(o.header !== undefined ? { header: resolve(o.header) } : {}),
+            ...(res !== undefined ? { resilience: res } : {}),
+            signal,
+            onProgress,
+          })
+        : decryptVolume(volume, {
+            passphrases: [passphrase],
+            ...commonEngineOptions(o),
+            ...(res !== undefined ? { resilience: res } : {}),
+            signal,
+            onProgress,
+          });
+    },
     describe: (r) => describe(volume, r),
   });
 }

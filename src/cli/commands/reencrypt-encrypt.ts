@@ -6,8 +6,10 @@
  * the end of the data, and the output says how much) or --header. Same key input, progress,
  * signals and volume lock as the re-key.
  */
+import { resolve } from 'node:path';
 import { InvalidArgumentError, NotImplementedError } from '../../errors.js';
-import { VolumeLock } from '../../devices/volume-lock.js';
+import { lockOrOnline } from './reencrypt-decrypt.js';
+import { requestOnlineReencrypt } from '../../workflows/reencrypt-online.js';
 import { parseChoice, parseSize } from '../parse.js';
 import { commonEngineOptions, newEncryptionOptions, runMode, type ReencryptCliOptions } from './reencrypt-run.js';
 import type { EncryptReport } from '../../workflows/encrypt.js';
@@ -80,15 +82,30 @@ export async function runEncrypt(volume: string, o: EncryptCliOptions, input: Pa
   const { encryptVolume } = await import('../../workflows/encrypt.js');
   const plain = await plainSourceOf(volume, o);
   try {
-    const lock = await VolumeLock.acquire(volume);
+    // A raw file served by `attach --online-encrypt` is encrypted by that process (docs/reencrypt.md, "Online").
+    const held = await lockOrOnline(volume);
+    if (held.ctl !== undefined && plain) throw new NotImplementedError('Online conversion of a plain dm-crypt volume is not built; detach it first.');
     await runMode<EncryptReport>({
       volume,
       o,
       input,
       label: 'encrypt',
       noun: 'encryption',
-      lock,
+      ...(held.lock ? { lock: held.lock } : {}),
       run: (passphrase, signal, onProgress) => {
+        if (held.ctl !== undefined) {
+          const { header: _h, workers: _w, ...engine } = commonEngineOptions(o);
+          if (o.reduceDeviceSize !== undefined) throw new NotImplementedError('Online encryption with --reduce-device-size (a data shift) is not built.');
+          return requestOnlineReencrypt<EncryptReport>(held.ctl, passphrase, {
+            ...engine,
+            ...newEncryptionOptions(o),
+            encrypt: true,
+            ...(o.header !== undefined ? { header: resolve(o.header) } : {}),
+            ...(resilience !== undefined && resilience !== 'datashift' ? { resilience } : {}),
+            signal,
+            onProgress,
+          });
+        }
         const options = {
           passphrases: [passphrase],
           ...commonEngineOptions(o),

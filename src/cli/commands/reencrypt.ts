@@ -38,10 +38,13 @@ async function acquireOrOnline(volume: string, o: ReencryptCliOptions): Promise<
     const { controlPathFor, requestOnlineReencrypt } = await import('../../workflows/reencrypt-online.js');
     const ctl = controlPathFor(resolve(volume));
     if (!existsSync(ctl)) throw err;
-    if (o.header !== undefined) throw new InvalidArgumentError(`${volume} is attached: it is re-keyed online with the header it is served with; leave out --header.`);
+    // `--resume-only --header H` of an encryption the server started online (and was stopped) resumes that.
+    const { encryptionRecorded } = await import('../../workflows/encrypt.js');
+    const encrypting = o.header !== undefined && (await encryptionRecorded(volume, false, o.header));
+    if (o.header !== undefined && !encrypting) throw new InvalidArgumentError(`${volume} is attached: it is re-keyed online with the header it is served with; leave out --header.`);
     return {
       online: (_v, { passphrases, header: _h, workers: _w, onProgress, signal, ...rest }) =>
-        requestOnlineReencrypt(ctl, passphrases[0]!, { ...rest, ...(onProgress ? { onProgress } : {}), ...(signal ? { signal } : {}) }),
+        requestOnlineReencrypt(ctl, passphrases[0]!, { ...rest, ...(encrypting ? { encrypt: true, header: resolve(o.header!) } : {}), ...(onProgress ? { onProgress } : {}), ...(signal ? { signal } : {}) }),
     };
   }
 }
@@ -119,8 +122,10 @@ every keyslot of the volume key, or name the one to keep with --key-slot; each g
 (new number) for the new key, and the old keyslots and key are removed at the end.
 Resilience: checksum and journal survive a crash at any instant; none is safe only against
 Ctrl-C/SIGTERM (it stops at a zone boundary). A volume served by "brickcrypt attach" is re-keyed
-online by the attach process (clients keep reading and writing; default hot zone 16 MiB); if
-this command is killed the server goes on, Ctrl-C stops it at a zone boundary. See docs/reencrypt.md.
+online by the attach process (clients keep reading and writing; default hot zone 16 MiB); so is
+--decrypt --header H of a volume served with "attach --header H", and --encrypt --header H of a raw
+file served with "attach --online-encrypt". If this command is killed the server goes on, Ctrl-C
+stops it at a zone boundary. See docs/reencrypt.md.
 A LUKS1 volume is converted in place to LUKS2, re-keyed and converted back to LUKS1 (512-byte
 sectors, pbkdf2 keyslots keeping their numbers); a crash in any phase is resumed by the next run.
 --encrypt --type luks1 encrypts as LUKS2 with a layout LUKS1 can hold (payload at 2 MiB, or 1 MiB

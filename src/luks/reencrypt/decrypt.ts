@@ -22,7 +22,7 @@
  * crash-safety argument is in docs/reencrypt.md ("Decrypt in place").
  */
 import type { BlockDevice } from '../../block-device.js';
-import { CancelledError, CorruptHeaderError, InvalidArgumentError, ReadOnlyDeviceError, UnsupportedError, UnsupportedRequirementError, WrongPassphraseError } from '../../errors.js';
+import { CancelledError, CorruptHeaderError, InvalidArgumentError, NotImplementedError, ReadOnlyDeviceError, UnsupportedError, UnsupportedRequirementError, WrongPassphraseError } from '../../errors.js';
 import { parseEncryption } from '../../crypto/cipher-spec.js';
 import { blockDigestsInto, hashInfo } from '../../crypto/hash.js';
 import { createSectorCipher } from '../../crypto/sector-cipher.js';
@@ -49,7 +49,7 @@ import { decodeLuks1Header, LUKS1_HEADER_SIZE } from '../../formats/luks1/header
 import { MemoryDevice } from '../../devices/memory-device.js';
 import type { KdfOptions } from '../options.js';
 import { onlineReencryptVersion } from '../requirements.js';
-import { DEFAULT_HOTZONE_BYTES, largestFreeArea, type InPlaceRunOptions, type Resilience, type ZoneChecksums, type ZoneSide } from './engine.js';
+import { DEFAULT_HOTZONE_BYTES, largestFreeArea, type InPlaceRunOptions, type Resilience, type ZoneChecksums, type ZoneGate, type ZoneSide } from './engine.js';
 import { createDigest, openKeys, openReencryptKeys, startSegment, verifyReencryptDigest } from './keys.js';
 
 /** Decrypts pieces of old ciphertext in place. */
@@ -65,6 +65,14 @@ export interface DecryptCipher {
 /** Makes a `DecryptCipher` for the old side (e.g. on worker threads); the key is copied. */
 export type DecryptCipherFactory = (from: ZoneSide) => DecryptCipher;
 
+/**
+ * Online decryption (no data shift only): as the re-key's `ZoneGate`, but `begin` gets the old
+ * side alone (the new side is the plaintext itself); zones come backward, so a zone ends where
+ * the plaintext begins.
+ */
+export interface DecryptZoneGate extends Omit<ZoneGate, 'begin'> {
+  begin(from: ZoneSide, area: { dataOffset: number; dataSize: number }): Promise<void>;
+}
 
 /** The calling thread's cipher. */
 export const localDecryptCipher: DecryptCipherFactory = (from) => {
@@ -91,6 +99,8 @@ export interface DecryptOptions extends KdfOptions, InPlaceRunOptions {
    */
   hotzoneSize?: number;
   decryptCipher?: DecryptCipherFactory;
+  /** Online decryption: the served view is told about each zone. Refused with a data shift. */
+  zoneGate?: DecryptZoneGate;
 }
 
 export interface DecryptReport {
@@ -336,6 +346,7 @@ export async function decryptLuks2(device: BlockDevice, options: DecryptOptions)
     const ks = state.keyslot;
     if (ks.mode !== 'decrypt') throw new InvalidArgumentError(`The recorded reencryption is a ${ks.mode}, not a decryption: resume it without --decrypt.`);
     const shifted = ks.resilience.startsWith('datashift');
+    if (shifted && options.zoneGate) throw new NotImplementedError('An online decryption with a data shift (attached header) is not built; detach the volume and resume it offline.');
     const okShape = shifted ? ks.direction === 'forward' && state.movedId !== undefined && ks.resilience !== 'datashift' : ks.direction === 'backward' && state.movedId === undefined;
     if (!okShape) throw new UnsupportedError(`Resuming a decryption with direction ${ks.direction} and resilience ${ks.resilience} is not supported.`);
     const wantVersion = shifted ? DECRYPT_DATASHIFT_REQ_VERSION : REENCRYPT_REQ_VERSION;
@@ -364,6 +375,9 @@ export async function decryptLuks2(device: BlockDevice, options: DecryptOptions)
     }
   } else {
     if (options.resumeOnly) throw new InvalidArgumentError('No reencryption is recorded on this volume: nothing to resume.');
+    if (options.zoneGate && u64(startSegment(structuredClone(meta), options.keyslot, 'Decryption').segment.offset, 'segment offset') !== 0) {
+      throw new NotImplementedError('An online decryption with a data shift (a header with a data offset) is not built; detach the volume and decrypt it offline.');
+    }
     const init = await initDecrypt(header, device, st, options);
     key = init.key;
     state = init.state;
@@ -386,8 +400,10 @@ export async function decryptLuks2(device: BlockDevice, options: DecryptOptions)
     const moved = state.movedId !== undefined ? u64(meta.segments[state.movedId]!.size, 'moved segment size') : 0;
     if (shift !== 0 && (moved <= 0 || moved > shift || moved > dataSize)) throw new CorruptHeaderError(`LUKS2 decryption: the moved segment (${moved} bytes) does not fit.`);
     const g: Geometry = { dataSize, shift, moved, zone: zoneSize(ks, sector, options, shift === 0 ? dataSize : moved), prev };
+    const side = { encryption: prev.encryption!, keyBytes: key.length, sectorSize: sector, ivTweak: u64(prev.iv_tweak ?? '0', 'iv_tweak'), key: key.expose() };
+    await options.zoneGate?.begin(side, { dataOffset: shift, dataSize });
     if (!options.initOnly) {
-      const cipher = (options.decryptCipher ?? localDecryptCipher)({ encryption: prev.encryption!, keyBytes: key.length, sectorSize: sector, ivTweak: u64(prev.iv_tweak ?? '0', 'iv_tweak'), key: key.expose() });
+      const cipher = (options.decryptCipher ?? localDecryptCipher)(side);
       try {
         await runZones(header, device, st, g, cipher, options, report);
       } finally {
@@ -423,6 +439,7 @@ async function runZones(header: BlockDevice, data: BlockDevice, st: Luks2HeaderS
   if (!Number.isInteger(piece) || piece < block || piece % block !== 0 || piece % sector !== 0) throw new InvalidArgumentError(`The piece size must be a multiple of ${Math.max(block, sector)} bytes.`);
   const buf = sharedBuffer(Math.min(piece, Math.max(g.zone, g.shift, sector)));
   const hashLen = ks.hash !== undefined ? hashInfo(ks.hash).digestSize : 0;
+  const gate = options.zoneGate;
 
   const commit = async (s: ReencryptState, layout: Luks2Segment[] | 'final'): Promise<void> => {
     if (layout === 'final') {
@@ -507,13 +524,20 @@ async function runZones(header: BlockDevice, data: BlockDevice, st: Luks2HeaderS
     }
     if (s.hotId !== undefined) {
       // An interrupted zone: rebuild it from its protection, then mark it done.
-      if (z.protection === 'datashift') await rewrite(z, 'data');
-      else if (z.protection === 'journal') await rewrite(z, 'journal');
-      else if (z.protection === 'checksum') await recoverChecksummed(z);
-      else throw new CorruptHeaderError(`An interrupted zone with resilience ${z.protection} cannot be recovered.`);
-      await data.flush();
-      report.recovered = true;
-      await commit(s, z.post);
+      await gate?.enter(z.off, z.len);
+      let outcome: 'new' | 'unknown' = 'unknown';
+      try {
+        if (z.protection === 'datashift') await rewrite(z, 'data');
+        else if (z.protection === 'journal') await rewrite(z, 'journal');
+        else if (z.protection === 'checksum') await recoverChecksummed(z);
+        else throw new CorruptHeaderError(`An interrupted zone with resilience ${z.protection} cannot be recovered.`);
+        await data.flush();
+        report.recovered = true;
+        await commit(s, z.post);
+        outcome = 'new';
+      } finally {
+        gate?.leave(z.off, z.len, outcome);
+      }
       if (z.post === 'final') {
         options.onProgress?.({ done: g.dataSize, total: g.dataSize });
         return;
@@ -522,12 +546,21 @@ async function runZones(header: BlockDevice, data: BlockDevice, st: Luks2HeaderS
     }
     options.onProgress?.({ done: z.done, total: g.dataSize });
     if (options.signal?.aborted) throw new CancelledError('Decryption stopped; resume it with `brickcrypt reencrypt --resume-only`.');
-    await protect(z);
-    if (z.protection !== 'none') await commit(s, z.hot);
-    await rewrite(z, 'data');
-    await data.flush();
-    report.bytes += z.len;
-    await commit(decodeReencryptState(meta)!, z.post);
+    await gate?.enter(z.off, z.len);
+    // The zone stays ciphertext until commit A (or, with `none`, the first data write) starts.
+    let outcome: 'new' | 'old' | 'unknown' = 'old';
+    try {
+      await protect(z);
+      outcome = 'unknown';
+      if (z.protection !== 'none') await commit(s, z.hot);
+      await rewrite(z, 'data');
+      await data.flush();
+      report.bytes += z.len;
+      await commit(decodeReencryptState(meta)!, z.post);
+      outcome = 'new';
+    } finally {
+      gate?.leave(z.off, z.len, outcome);
+    }
     if (z.post === 'final') {
       options.onProgress?.({ done: g.dataSize, total: g.dataSize });
       return;

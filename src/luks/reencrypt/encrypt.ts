@@ -34,6 +34,7 @@ import {
   CorruptHeaderError,
   InsufficientSpaceError,
   InvalidArgumentError,
+  NotImplementedError,
   ReadOnlyDeviceError,
   UnknownFormatError,
   UnsupportedError,
@@ -66,7 +67,7 @@ import { buildLuks2Copy, newLuks2HeaderState, readLuks2Headers, writeLuks2Header
 import type { KdfOptions } from '../options.js';
 import { onlineReencryptVersion } from '../requirements.js';
 import { createDigest, openReencryptKeys, verifyReencryptDigest } from './keys.js';
-import { largestFreeArea, reencryptLuks2, type InPlaceRunOptions, type Resilience, type ZoneCipher, type ZoneSide } from './engine.js';
+import { largestFreeArea, reencryptLuks2, type InPlaceRunOptions, type Resilience, type ZoneCipher, type ZoneGate, type ZoneSide } from './engine.js';
 
 /** Token that marks a reencryption which grew a regular file: the file is cut back at the end. */
 export const GROWN_TOKEN_TYPE = 'brickcrypt-encrypt-grown';
@@ -123,6 +124,8 @@ export interface EncryptOptions extends KdfOptions, InPlaceRunOptions {
   resilience?: Resilience;
   /** With a detached header: the zone cipher (encrypt only, plus checksums). */
   plainZoneCipher?: (to: ZoneSide) => ZoneCipher;
+  /** Online encryption (detached header only): the served view is told about each zone. */
+  zoneGate?: ZoneGate;
   /** New keyslot number (default 0). */
   keyslot?: number;
   cipher?: string;
@@ -193,6 +196,7 @@ export async function encryptLuks2(device: BlockDevice, options: EncryptOptions)
     if (options.source !== undefined) throw new InvalidArgumentError('Encryption from a plain dm-crypt source needs the header on the device (no --header).');
     return encryptDetached(device, options.headerDevice, options, t0);
   }
+  if (options.zoneGate) throw new NotImplementedError('An online encryption that grows the file or shifts the data is not built; give a detached header (--header FILE).');
   const report: EncryptReport = {
     type: 'luks2',
     started: false,

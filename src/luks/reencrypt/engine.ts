@@ -162,7 +162,8 @@ export interface ReencryptOptions extends KdfOptions, InPlaceRunOptions {
  * where the zone's data now is — `new` (committed), `old` (nothing written), `unknown`.
  */
 export interface ZoneGate {
-  begin(from: ZoneSide, to: ZoneSide, area: { dataOffset: number; dataSize: number }): Promise<void>;
+  /** `from` is undefined when the old side is plaintext (mode encrypt, detached header). */
+  begin(from: ZoneSide | undefined, to: ZoneSide, area: { dataOffset: number; dataSize: number }): Promise<void>;
   enter(offset: number, length: number): Promise<void>;
   leave(offset: number, length: number, outcome: 'new' | 'old' | 'unknown'): void;
 }
@@ -379,7 +380,8 @@ export async function reencryptLuks2(device: BlockDevice, options: ReencryptOpti
       throw new InvalidArgumentError(`The data area (${dataSize} bytes) is not a multiple of the encryption sector size ${alignment}.`);
     }
     report.total = dataSize;
-    await options.zoneGate?.begin(sideOf(meta.segments[state.previousId]!, keys.old!), sideOf(fin, keys.new!), { dataOffset, dataSize });
+    const prevSeg = meta.segments[state.previousId]!;
+    await options.zoneGate?.begin(prevSeg.type === 'linear' ? undefined : sideOf(prevSeg, keys.old!), sideOf(fin, keys.new!), { dataOffset, dataSize });
     if (!options.initOnly) await runZones(header, device, st, state, zc, dataOffset, dataSize, options, report);
   } finally {
     await zc.close();
