@@ -11,7 +11,10 @@ import type { ReencryptingDevice } from '../../src/devices/reencrypting-device.j
 import { encodeRequest } from '../../src/nbd/protocol/codec.js';
 import { NBD_CMD } from '../../src/nbd/protocol/constants.js';
 import { RawClient } from '../nbd/raw-client.js';
-import { cliPath } from './tools.js';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { cliPath, run } from './tools.js';
+import { CS_FAST, CS_OFFLINE, cryptsetupMetadata } from './reencrypt-states.js';
 
 export function firstDiff(a: Uint8Array, b: Uint8Array): number {
   const n = Math.min(a.length, b.length);
@@ -190,6 +193,52 @@ export async function nbdLoad(client: NbdTestClient, model: Uint8Array, until: (
     ops++;
   }
   return ops;
+}
+
+/**
+ * Reads at spread offsets of `[from, to)` through `reader` until `until()`, each checked against
+ * `model` (which nobody writes there meanwhile); returns how many reads were made.
+ */
+export async function nbdCheckedReads(reader: NbdTestClient, model: Uint8Array, until: () => boolean, from: number, to: number): Promise<number> {
+  let n = 0;
+  while (!until()) {
+    const off = from + ((n * 997 * 1024 + n * 513) % (to - from - 70_000));
+    const len = 1 + ((n * 7919) % 65_536);
+    const got = await reader.read(off, len);
+    n++;
+    const d = firstDiff(got, model.subarray(off, off + len));
+    if (d >= 0) assert.fail(`reader: ${off}+${len} differs at byte ${off + d}`);
+  }
+  return n;
+}
+
+/**
+ * After a `kill -9` of a server that was encrypting or decrypting with the detached header `hdr`:
+ * checks the header still records the run (and logs whether it stopped inside a hot zone), then
+ * lets cryptsetup finish copies of data and header in `dir` (`repair` first after a crash in a hot
+ * zone). Returns the copies, for the caller to read its own way, and `check`, which accepts data
+ * equal to `model` except where the write in flight (`inflight.w`) landed.
+ */
+export function cryptsetupFinishesKilledRun(img: string, hdr: string, keyFile: string, dir: string, model: Uint8Array, inflight: { w?: { off: number; data: Uint8Array } }): { data: string; header: string; check: (got: Uint8Array, label: string) => void } {
+  const mid = cryptsetupMetadata(hdr);
+  assert.ok(mid.config.requirements?.mandatory?.some((x: string) => x.startsWith('online-reencrypt')), 'stopped mid-way');
+  const hot = Object.values(mid.segments as Record<string, { flags?: string[] }>).some((s) => s.flags?.includes('in-reencryption'));
+  process.stderr.write(`# killed ${hot ? 'inside a hot zone' : 'between zones'}\n`);
+  const check = (got: Uint8Array, label: string) => {
+    for (let i = 0; i < got.length; i++) {
+      if (got[i] === model[i]) continue;
+      const w = inflight.w;
+      if (w && i >= w.off && i < w.off + w.data.length && w.data[i - w.off] === got[i]) continue;
+      assert.fail(`${label}: byte ${i} is neither the acknowledged nor the in-flight write`);
+    }
+  };
+  const data = join(dir, 'copy.img');
+  const header = join(dir, 'copy.hdr');
+  writeFileSync(data, readFileSync(img));
+  writeFileSync(header, readFileSync(hdr));
+  if (hot) run('cryptsetup', ['repair', '--batch-mode', '--disable-locks', '--key-file', keyFile, '--header', header, data]);
+  run('cryptsetup', ['reencrypt', ...CS_OFFLINE, ...CS_FAST, '--key-file', keyFile, '--header', header, '--resume-only', data]);
+  return { data, header, check };
 }
 
 /**

@@ -28,7 +28,7 @@ import { CryptoPool } from '../../src/workflows/worker-pool.js';
 import { Passphrase } from '../../src/secret.js';
 import { DeviceIoError, InvalidArgumentError, NotImplementedError } from '../../src/errors.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
-import { NbdTestClient, clientLoad, firstDiff, nbdLoad, runReencrypt, serveAndResumeOnline, startAttach, yielding } from '../helpers/online.js';
+import { NbdTestClient, clientLoad, cryptsetupFinishesKilledRun, firstDiff, nbdCheckedReads, nbdLoad, runReencrypt, serveAndResumeOnline, startAttach, yielding } from '../helpers/online.js';
 import { needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { CS_FAST, CS_OFFLINE, cryptsetupMetadata, cryptsetupVolumeWithData } from '../helpers/reencrypt-states.js';
 import { equalPlain } from '../helpers/plaintext.js';
@@ -383,18 +383,7 @@ test('CLI: reencrypt --decrypt --header of a volume attach serves is done by the
       // Backward: the writer works in the second half (decrypted first), the reader in the first.
       const [ops, reads] = await Promise.all([
         nbdLoad(client, model, () => finished, {}, 17, model.length, half),
-        (async () => {
-          let n = 0;
-          while (!finished) {
-            const off = (n * 997 * 1024 + n * 513) % (half - 70_000);
-            const len = 1 + ((n * 7919) % 65_536);
-            const got = await reader.read(off, len);
-            n++;
-            const d = firstDiff(got, model.subarray(off, off + len));
-            if (d >= 0) assert.fail(`reader: ${off}+${len} differs at byte ${off + d}`);
-          }
-          return n;
-        })(),
+        nbdCheckedReads(reader, model, () => finished, 0, half),
       ]);
       const r = await re.done;
       assert.equal(r.code, 0, r.stderr);
@@ -452,25 +441,8 @@ test(`CLI: kill -9 of the server mid-decryption; cryptsetup reencrypt --resume-o
     assert.ok(killed, 'the server was killed during the run');
     assert.notEqual(r.code, 0, 'the CLI reports that the server went away');
     assert.match(r.stderr, /resume-only/);
-    const mid = cryptsetupMetadata(hdr);
-    assert.ok(mid.config.requirements?.mandatory?.some((x: string) => x.startsWith('online-reencrypt')), 'stopped mid-way');
-    const hot = Object.values(mid.segments).some((s: any) => s.flags?.includes('in-reencryption'));
-    process.stderr.write(`# killed ${hot ? 'inside a hot zone' : 'between zones'}\n`);
-    const check = (got: Uint8Array, label: string) => {
-      for (let i = 0; i < got.length; i++) {
-        if (got[i] === model[i]) continue;
-        const w = inflight.w;
-        if (w && i >= w.off && i < w.off + w.data.length && w.data[i - w.off] === got[i]) continue;
-        assert.fail(`${label}: byte ${i} is neither the acknowledged nor the in-flight write`);
-      }
-    };
     // cryptsetup, on a copy (it wants `repair` first after a crash inside a hot zone).
-    const vcopy = join(dir, 'copy.img');
-    const hcopy = join(dir, 'copy.hdr');
-    writeFileSync(vcopy, readFileSync(img));
-    writeFileSync(hcopy, readFileSync(hdr));
-    if (hot) run('cryptsetup', ['repair', '--batch-mode', '--disable-locks', '--key-file', keyFile, '--header', hcopy, vcopy]);
-    run('cryptsetup', ['reencrypt', ...CS_OFFLINE, ...CS_FAST, '--key-file', keyFile, '--header', hcopy, '--resume-only', vcopy]);
+    const { data: vcopy, header: hcopy, check } = cryptsetupFinishesKilledRun(img, hdr, keyFile, dir, model, inflight);
     check(readFileSync(vcopy), 'cryptsetup resume');
     cryptsetupSeesPlain(hcopy);
     if (after === 'offline') {

@@ -29,7 +29,7 @@ import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-
 import { CryptoPool } from '../../src/workflows/worker-pool.js';
 import { Passphrase } from '../../src/secret.js';
 import { InvalidArgumentError, NotImplementedError } from '../../src/errors.js';
-import { NbdTestClient, clientLoad, firstDiff, nbdLoad, runReencrypt, serveAndResumeOnline, yielding } from '../helpers/online.js';
+import { NbdTestClient, clientLoad, cryptsetupFinishesKilledRun, firstDiff, nbdCheckedReads, nbdLoad, runReencrypt, serveAndResumeOnline, yielding } from '../helpers/online.js';
 import { cliPath, needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { CS_FAST, CS_OFFLINE, cryptsetupMetadata } from '../helpers/reencrypt-states.js';
 import { equalPlain } from '../helpers/plaintext.js';
@@ -293,18 +293,7 @@ test('CLI: attach --online-encrypt + reencrypt --encrypt --header from another p
       const half = model.length / 2;
       const [ops, reads] = await Promise.all([
         nbdLoad(client, model, () => finished, {}, 31, half),
-        (async () => {
-          let n = 0;
-          while (!finished) {
-            const off = half + ((n * 997 * 1024 + n * 513) % (half - 70_000));
-            const len = 1 + ((n * 7919) % 65_536);
-            const got = await reader.read(off, len);
-            n++;
-            const d = firstDiff(got, model.subarray(off, off + len));
-            if (d >= 0) assert.fail(`reader: ${off}+${len} differs at byte ${off + d}`);
-          }
-          return n;
-        })(),
+        nbdCheckedReads(reader, model, () => finished, half, model.length),
       ]);
       const r = await re.done;
       assert.equal(r.code, 0, r.stderr);
@@ -355,24 +344,7 @@ test(`CLI: kill -9 of the server mid-encryption; cryptsetup reencrypt --resume-o
     client.close();
     assert.ok(killed);
     assert.notEqual(r.code, 0);
-    const mid = cryptsetupMetadata(hdr);
-    assert.ok(mid.config.requirements?.mandatory?.some((x: string) => x.startsWith('online-reencrypt')), 'stopped mid-way');
-    const hot = Object.values(mid.segments).some((s: any) => s.flags?.includes('in-reencryption'));
-    process.stderr.write(`# killed ${hot ? 'inside a hot zone' : 'between zones'}\n`);
-    const check = (got: Uint8Array, label: string) => {
-      for (let i = 0; i < got.length; i++) {
-        if (got[i] === model[i]) continue;
-        const w = inflight.w;
-        if (w && i >= w.off && i < w.off + w.data.length && w.data[i - w.off] === got[i]) continue;
-        assert.fail(`${label}: byte ${i} is neither the acknowledged nor the in-flight write`);
-      }
-    };
-    const vcopy = join(dir, 'copy.img');
-    const hcopy = join(dir, 'copy.hdr');
-    writeFileSync(vcopy, readFileSync(img));
-    writeFileSync(hcopy, readFileSync(hdr));
-    if (hot) run('cryptsetup', ['repair', '--batch-mode', '--disable-locks', '--key-file', keyFile, '--header', hcopy, vcopy]);
-    run('cryptsetup', ['reencrypt', ...CS_OFFLINE, ...CS_FAST, '--key-file', keyFile, '--header', hcopy, '--resume-only', vcopy]);
+    const { data: vcopy, header: hcopy, check } = cryptsetupFinishesKilledRun(img, hdr, keyFile, dir, model, inflight);
     check(await plaintextOfFiles(vcopy, hcopy), 'cryptsetup resume');
     if (after === 'offline') {
       const resumed = runCli(['reencrypt', '--resume-only', '--header', hdr, img, '--key-file', keyFile]);

@@ -21,7 +21,7 @@ import { DeviceIoError, InvalidArgumentError, LockedError, WrongPassphraseError 
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
 import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { NbdTestClient, clientLoad, firstDiff, nbdLoad, rng, runReencrypt, startAttach, yielding } from '../helpers/online.js';
+import { NbdTestClient, clientLoad, firstDiff, nbdCheckedReads, nbdLoad, rng, runReencrypt, startAttach, yielding } from '../helpers/online.js';
 import { needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { cryptsetupMetadata, cryptsetupVolumeWithData, readPlaintext } from '../helpers/reencrypt-states.js';
 import { equalPlain, luksPlaintext } from '../helpers/plaintext.js';
@@ -289,18 +289,7 @@ test('CLI: reencrypt of an attached volume is done by the attach process while a
       const [ops, reads] = await Promise.all([
         // The writer works in the first half, a second connection reads the second half.
         nbdLoad(client, model, () => finished, {}, 7, half),
-        (async () => {
-          let n = 0;
-          while (!finished) {
-            const off = half + ((n * 997 * 1024 + n * 513) % (half - 70_000));
-            const len = 1 + ((n * 7919) % 65_536);
-            const got = await reader.read(off, len);
-            n++;
-            const d = firstDiff(got, model.subarray(off, off + len));
-            if (d >= 0) assert.fail(`reader: ${off}+${len} differs at byte ${off + d}`);
-          }
-          return n;
-        })(),
+        nbdCheckedReads(reader, model, () => finished, half, model.length),
       ]);
       const r = await re.done;
       assert.equal(r.code, 0, r.stderr);
