@@ -212,6 +212,16 @@ export async function nbdCheckedReads(reader: NbdTestClient, model: Uint8Array, 
   return n;
 }
 
+/** Fails unless every byte of `got` is `model`'s (acknowledged writes) or that of the write in flight, `inflight.w`. */
+export function acknowledgedOrInFlight(got: Uint8Array, model: Uint8Array, inflight: { w?: { off: number; data: Uint8Array } }, label: string): void {
+  for (let i = 0; i < got.length; i++) {
+    if (got[i] === model[i]) continue;
+    const w = inflight.w;
+    if (w && i >= w.off && i < w.off + w.data.length && w.data[i - w.off] === got[i]) continue;
+    assert.fail(`${label}: byte ${i} is neither the acknowledged nor the in-flight write`);
+  }
+}
+
 /**
  * After a `kill -9` of a server that was encrypting or decrypting with the detached header `hdr`:
  * checks the header still records the run (and logs whether it stopped inside a hot zone), then
@@ -224,14 +234,7 @@ export function cryptsetupFinishesKilledRun(img: string, hdr: string, keyFile: s
   assert.ok(mid.config.requirements?.mandatory?.some((x: string) => x.startsWith('online-reencrypt')), 'stopped mid-way');
   const hot = Object.values(mid.segments as Record<string, { flags?: string[] }>).some((s) => s.flags?.includes('in-reencryption'));
   process.stderr.write(`# killed ${hot ? 'inside a hot zone' : 'between zones'}\n`);
-  const check = (got: Uint8Array, label: string) => {
-    for (let i = 0; i < got.length; i++) {
-      if (got[i] === model[i]) continue;
-      const w = inflight.w;
-      if (w && i >= w.off && i < w.off + w.data.length && w.data[i - w.off] === got[i]) continue;
-      assert.fail(`${label}: byte ${i} is neither the acknowledged nor the in-flight write`);
-    }
-  };
+  const check = (got: Uint8Array, label: string) => acknowledgedOrInFlight(got, model, inflight, label);
   const data = join(dir, 'copy.img');
   const header = join(dir, 'copy.hdr');
   writeFileSync(data, readFileSync(img));
@@ -242,14 +245,15 @@ export function cryptsetupFinishesKilledRun(img: string, hdr: string, keyFile: s
 }
 
 /**
- * After a `kill -9` of the server: `attach --header H --serve-reencrypting` serves the recorded
+ * After a `kill -9` of the server: `attach [--header H] --serve-reencrypting` serves the recorded
  * state (its log must match `doneLine`); reads outside the fenced hot zone (and the write that
  * was in flight, `w`) give `model`, writes there stick (into `model`), a read in the hot zone
  * fails with EIO; then an online `reencrypt --resume-only --header H` (plus `modeArgs`) recovers
  * the zone and finishes. Detaches at the end.
  */
-export async function serveAndResumeOnline(img: string, hdr: string, keyFile: string, sock: string, model: Uint8Array, w: { off: number; data: Uint8Array } | undefined, doneLine: RegExp, modeArgs: string[]): Promise<void> {
-  const again = await startAttach(img, keyFile, sock, ['--header', hdr, '--serve-reencrypting']);
+export async function serveAndResumeOnline(img: string, hdr: string | undefined, keyFile: string, sock: string, model: Uint8Array, w: { off: number; data: Uint8Array } | undefined, doneLine: RegExp, modeArgs: string[]): Promise<void> {
+  const headerArgs = hdr !== undefined ? ['--header', hdr] : [];
+  const again = await startAttach(img, keyFile, sock, [...headerArgs, '--serve-reencrypting']);
   try {
     assert.match(again.stderr(), doneLine);
     const hot = /bytes (\d+)\+(\d+) \(the interrupted hot zone\)/.exec(again.stderr());
@@ -277,7 +281,7 @@ export async function serveAndResumeOnline(img: string, hdr: string, keyFile: st
     assert.ok(checked > 100);
     if (hot) await assert.rejects(c2.read(Number(hot[1]), 4096), /NBD read error 5/, 'the hot zone is fenced');
     await c2.flush();
-    const online = await runReencrypt(['--resume-only', '--header', hdr, ...modeArgs, img, '--key-file', keyFile]).done;
+    const online = await runReencrypt(['--resume-only', ...headerArgs, ...modeArgs, img, '--key-file', keyFile]).done;
     assert.equal(online.code, 0, online.stderr);
     assert.equal(online.events.find((e) => e.event === 'done')!.recovered, hot !== null);
     if (hot && clear(Number(hot[1]), 4096)) {

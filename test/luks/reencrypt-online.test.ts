@@ -21,7 +21,7 @@ import { DeviceIoError, InvalidArgumentError, LockedError, WrongPassphraseError 
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
 import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { NbdTestClient, clientLoad, firstDiff, nbdCheckedReads, nbdLoad, rng, runReencrypt, startAttach, yielding } from '../helpers/online.js';
+import { NbdTestClient, acknowledgedOrInFlight, clientLoad, firstDiff, nbdCheckedReads, nbdLoad, runReencrypt, serveAndResumeOnline, startAttach, yielding } from '../helpers/online.js';
 import { needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { cryptsetupMetadata, cryptsetupVolumeWithData, readPlaintext } from '../helpers/reencrypt-states.js';
 import { equalPlain, luksPlaintext } from '../helpers/plaintext.js';
@@ -349,8 +349,6 @@ test(`CLI: kill -9 of the serving process mid-way; ${after === 'offline' ? 'offl
     assert.match(r.stderr, /resume-only/);
     const mid = cryptsetupMetadata(img);
     assert.ok(mid.config.requirements?.mandatory?.some((x: string) => x.startsWith('online-reencrypt')), 'stopped mid-way');
-    const w0 = inflight.w;
-    const clear = (off: number, len: number) => !w0 || off + len <= w0.off || off >= w0.off + w0.data.length;
     if (after === 'offline') {
       const resumed = runCli(['reencrypt', '--resume-only', img, '--key-file', keyFile]);
       assert.equal(resumed.status, 0, resumed.stderr);
@@ -358,49 +356,9 @@ test(`CLI: kill -9 of the serving process mid-way; ${after === 'offline' ? 'offl
       const refused = runCli(['attach', img, '--key-file', keyFile, '--socket', sock]);
       assert.equal(refused.status, 5, refused.stderr);
       assert.match(refused.stderr, /--serve-reencrypting/);
-      const again = await startAttach(img, keyFile, sock, ['--serve-reencrypting']);
-      try {
-        assert.match(again.stderr(), /reencryption recorded, \d+ of \d+ bytes under the new key/);
-        const hot = /bytes (\d+)\+(\d+) \(the interrupted hot zone\)/.exec(again.stderr());
-        process.stderr.write(`# re-attached after kill -9: hot zone ${hot ? `${hot[1]}+${hot[2]}` : 'none'}\n`);
-        const inHot = (off: number, len: number) => hot !== null && off < Number(hot[1]) + Number(hot[2]) && Number(hot[1]) < off + len;
-        const c2 = await NbdTestClient.connect(sock);
-        // Reads outside the hot zone (and the write that was in flight) give the model; writes there stick.
-        const r2 = rng(5);
-        let checked = 0;
-        for (let k = 0; k < 200; k++) {
-          const off = r2(model.length - 70_000);
-          const len = 1 + r2(65_536);
-          if (inHot(off, len) || !clear(off, len)) continue;
-          if (k % 2 === 0) {
-            const data = new Uint8Array(randomBytes(len));
-            await c2.write(off, data);
-            model.set(data, off);
-          } else {
-            same(await c2.read(off, len), model.subarray(off, off + len), `re-attached read ${off}+${len}`);
-          }
-          checked++;
-        }
-        assert.ok(checked > 100);
-        if (hot) await assert.rejects(c2.read(Number(hot[1]), 4096), /NBD read error 5/, 'the hot zone is fenced');
-        await c2.flush();
-        const online = await runReencrypt(['--resume-only', img, '--key-file', keyFile]).done;
-        assert.equal(online.code, 0, online.stderr);
-        assert.equal(online.events.find((e) => e.event === 'done')!.recovered, hot !== null);
-        if (hot) same(await c2.read(Number(hot[1]), 4096), model.subarray(Number(hot[1]), Number(hot[1]) + 4096), 'hot zone after recovery');
-        c2.close();
-      } finally {
-        again.child.kill('SIGTERM');
-        assert.equal(await again.exited, 0, again.stderr());
-      }
+      await serveAndResumeOnline(img, undefined, keyFile, sock, model, inflight.w, /reencryption recorded, \d+ of \d+ bytes under the new key/, []);
     }
-    const got = await readPlaintext(img, PASS);
-    for (let i = 0; i < got.length; i++) {
-      if (got[i] === model[i]) continue;
-      const w = inflight.w;
-      if (w && i >= w.off && i < w.off + w.data.length && w.data[i - w.off] === got[i]) continue;
-      assert.fail(`byte ${i} is neither the acknowledged nor the in-flight write`);
-    }
+    acknowledgedOrInFlight(await readPlaintext(img, PASS), model, inflight, 'after the resume');
     run('cryptsetup', ['open', '--test-passphrase', '--key-file', keyFile, img]);
   } finally {
     cleanup();
