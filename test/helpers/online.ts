@@ -212,6 +212,33 @@ export async function nbdCheckedReads(reader: NbdTestClient, model: Uint8Array, 
   return n;
 }
 
+/**
+ * Runs `reencrypt ARGS` against the server `att` serves on `sock` and kills the server with
+ * SIGKILL 400 ms after the first progress line, while a client writes (each write flushed) and
+ * reads checked against `model` until the server is gone. Returns the CLI's result and the write
+ * that was in flight at the kill (acknowledged writes are in `model`).
+ */
+export async function killServerMidRun(att: { child: ChildProcess; exited: Promise<number | null> }, sock: string, args: string[], model: Uint8Array, seed: number): Promise<{ result: { code: number | null; stderr: string; events: Array<Record<string, unknown>> }; inflight: { w?: { off: number; data: Uint8Array } } }> {
+  const client = await NbdTestClient.connect(sock);
+  let killed = false;
+  const re = runReencrypt(args, (e) => {
+    if (e.event === 'progress' && !killed) {
+      killed = true;
+      setTimeout(() => att.child.kill('SIGKILL'), 400);
+    }
+  });
+  const inflight: { w?: { off: number; data: Uint8Array } } = {};
+  let gone = false;
+  void att.exited.then(() => (gone = true));
+  await nbdLoad(client, model, () => gone, inflight, seed).catch((err: Error) => assert.ok(killed, String(err)));
+  const result = await re.done;
+  await att.exited;
+  client.close();
+  assert.ok(killed, 'the server was killed during the run');
+  assert.notEqual(result.code, 0, 'the CLI reports that the server went away');
+  return { result, inflight };
+}
+
 /** Fails unless every byte of `got` is `model`'s (acknowledged writes) or that of the write in flight, `inflight.w`. */
 export function acknowledgedOrInFlight(got: Uint8Array, model: Uint8Array, inflight: { w?: { off: number; data: Uint8Array } }, label: string): void {
   for (let i = 0; i < got.length; i++) {

@@ -28,7 +28,7 @@ import { CryptoPool } from '../../src/workflows/worker-pool.js';
 import { Passphrase } from '../../src/secret.js';
 import { DeviceIoError, InvalidArgumentError, NotImplementedError } from '../../src/errors.js';
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
-import { NbdTestClient, clientLoad, cryptsetupFinishesKilledRun, firstDiff, nbdCheckedReads, nbdLoad, runReencrypt, serveAndResumeOnline, startAttach, yielding } from '../helpers/online.js';
+import { NbdTestClient, killServerMidRun, clientLoad, cryptsetupFinishesKilledRun, firstDiff, nbdCheckedReads, nbdLoad, runReencrypt, serveAndResumeOnline, startAttach, yielding } from '../helpers/online.js';
 import { needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { CS_FAST, CS_OFFLINE, cryptsetupMetadata, cryptsetupVolumeWithData } from '../helpers/reencrypt-states.js';
 import { equalPlain } from '../helpers/plaintext.js';
@@ -423,23 +423,7 @@ test(`CLI: kill -9 of the server mid-decryption; cryptsetup reencrypt --resume-o
     const { img, hdr, keyFile, model } = await detachedFiles(dir, 96 << 20);
     const sock = join(dir, 'vol.sock');
     const att = await startAttach(img, keyFile, sock, ['--header', hdr]);
-    const client = await NbdTestClient.connect(sock);
-    let killed = false;
-    const re = runReencrypt([img, '--decrypt', '--header', hdr, '--key-file', keyFile, '--hotzone-size', '1M', ...CS_FAST], (e) => {
-      if (e.event === 'progress' && !killed) {
-        killed = true;
-        setTimeout(() => att.child.kill('SIGKILL'), 400);
-      }
-    });
-    const inflight: { w?: { off: number; data: Uint8Array } } = {};
-    let gone = false;
-    void att.exited.then(() => (gone = true));
-    await nbdLoad(client, model, () => gone, inflight, 23).catch((err: Error) => assert.ok(killed, String(err)));
-    const r = await re.done;
-    await att.exited;
-    client.close();
-    assert.ok(killed, 'the server was killed during the run');
-    assert.notEqual(r.code, 0, 'the CLI reports that the server went away');
+    const { result: r, inflight } = await killServerMidRun(att, sock, [img, '--decrypt', '--header', hdr, '--key-file', keyFile, '--hotzone-size', '1M', ...CS_FAST], model, 23);
     assert.match(r.stderr, /resume-only/);
     // cryptsetup, on a copy (it wants `repair` first after a crash inside a hot zone).
     const { data: vcopy, header: hcopy, check } = cryptsetupFinishesKilledRun(img, hdr, keyFile, dir, model, inflight);

@@ -29,7 +29,7 @@ import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-
 import { CryptoPool } from '../../src/workflows/worker-pool.js';
 import { Passphrase } from '../../src/secret.js';
 import { InvalidArgumentError, NotImplementedError } from '../../src/errors.js';
-import { NbdTestClient, clientLoad, cryptsetupFinishesKilledRun, firstDiff, nbdCheckedReads, nbdLoad, runReencrypt, serveAndResumeOnline, yielding } from '../helpers/online.js';
+import { NbdTestClient, killServerMidRun, clientLoad, cryptsetupFinishesKilledRun, firstDiff, nbdCheckedReads, nbdLoad, runReencrypt, serveAndResumeOnline, yielding } from '../helpers/online.js';
 import { cliPath, needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { CS_FAST, CS_OFFLINE, cryptsetupMetadata } from '../helpers/reencrypt-states.js';
 import { equalPlain } from '../helpers/plaintext.js';
@@ -327,23 +327,7 @@ test(`CLI: kill -9 of the server mid-encryption; cryptsetup reencrypt --resume-o
     writeFileSync(img, model);
     const sock = join(dir, 'vol.sock');
     const att = await startRawAttach(img, sock);
-    const client = await NbdTestClient.connect(sock);
-    let killed = false;
-    const re = runReencrypt([img, '--encrypt', '--type', 'luks2', '--header', hdr, '--key-file', keyFile, '--hotzone-size', '1M', ...CS_FAST], (e) => {
-      if (e.event === 'progress' && !killed) {
-        killed = true;
-        setTimeout(() => att.child.kill('SIGKILL'), 400);
-      }
-    });
-    const inflight: { w?: { off: number; data: Uint8Array } } = {};
-    let gone = false;
-    void att.exited.then(() => (gone = true));
-    await nbdLoad(client, model, () => gone, inflight, 41).catch((err: Error) => assert.ok(killed, String(err)));
-    const r = await re.done;
-    await att.exited;
-    client.close();
-    assert.ok(killed);
-    assert.notEqual(r.code, 0);
+    const { result: r, inflight } = await killServerMidRun(att, sock, [img, '--encrypt', '--type', 'luks2', '--header', hdr, '--key-file', keyFile, '--hotzone-size', '1M', ...CS_FAST], model, 41);
     const { data: vcopy, header: hcopy, check } = cryptsetupFinishesKilledRun(img, hdr, keyFile, dir, model, inflight);
     check(await plaintextOfFiles(vcopy, hcopy), 'cryptsetup resume');
     if (after === 'offline') {

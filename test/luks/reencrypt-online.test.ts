@@ -21,7 +21,7 @@ import { DeviceIoError, InvalidArgumentError, LockedError, WrongPassphraseError 
 import { FaultInjectingDevice, PowerCutError } from '../helpers/fault-injecting-device.js';
 import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { NbdTestClient, acknowledgedOrInFlight, clientLoad, firstDiff, nbdCheckedReads, nbdLoad, runReencrypt, serveAndResumeOnline, startAttach, yielding } from '../helpers/online.js';
+import { NbdTestClient, killServerMidRun, acknowledgedOrInFlight, clientLoad, firstDiff, nbdCheckedReads, nbdLoad, runReencrypt, serveAndResumeOnline, startAttach, yielding } from '../helpers/online.js';
 import { needTools, run, runCli, tempDir } from '../helpers/tools.js';
 import { cryptsetupMetadata, cryptsetupVolumeWithData, readPlaintext } from '../helpers/reencrypt-states.js';
 import { equalPlain, luksPlaintext } from '../helpers/plaintext.js';
@@ -328,24 +328,7 @@ test(`CLI: kill -9 of the serving process mid-way; ${after === 'offline' ? 'offl
     const model = await cryptsetupVolumeWithData(img, 128 << 20, keyFile);
     const sock = join(dir, 'vol.sock');
     const att = await startAttach(img, keyFile, sock);
-    const client = await NbdTestClient.connect(sock);
-    let killed = false;
-    const re = runReencrypt([img, '--key-file', keyFile, '--hotzone-size', '1M', ...CLI_FAST], (e) => {
-      // The first progress line comes once the keys are open and the zones begin.
-      if (e.event === 'progress' && !killed) {
-        killed = true;
-        setTimeout(() => att.child.kill('SIGKILL'), 400);
-      }
-    });
-    const inflight: { w?: { off: number; data: Uint8Array } } = {};
-    let gone = false;
-    void att.exited.then(() => (gone = true));
-    await nbdLoad(client, model, () => gone, inflight, 11).catch((err: Error) => assert.ok(killed, String(err)));
-    const r = await re.done;
-    await att.exited;
-    client.close();
-    assert.ok(killed, 'the server was killed during the run');
-    assert.notEqual(r.code, 0, 'the CLI reports that the server went away');
+    const { result: r, inflight } = await killServerMidRun(att, sock, [img, '--key-file', keyFile, '--hotzone-size', '1M', ...CLI_FAST], model, 11);
     assert.match(r.stderr, /resume-only/);
     const mid = cryptsetupMetadata(img);
     assert.ok(mid.config.requirements?.mandatory?.some((x: string) => x.startsWith('online-reencrypt')), 'stopped mid-way');
