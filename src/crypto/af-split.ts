@@ -39,7 +39,7 @@ function oneShot(hash: string, data: Uint8Array): Buffer {
 /**
  * d_count of the chain d_0 = 0, d_{i+1} = H(d_i xor s_i) over the first `count` stripes of
  * `stripes` (a fresh buffer the caller wipes). The native module runs the whole chain in one call
- * (native/af-chain.c: 8000 hash calls a 64-byte keyslot, ~30 ms in JavaScript on a thread that may
+ * (native/af-chain.c: 8000 hash calls a 64-byte keyslot, 10-17 ms in JavaScript on a thread that may
  * also serve requests); this loop is the reference, and the fallback for a hash OpenSSL lacks.
  */
 function chain(stripes: Uint8Array, n: number, count: number, name: string, digestSize: number, useNative: boolean): Uint8Array {
